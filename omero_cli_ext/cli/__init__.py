@@ -1,0 +1,1 @@
+"""Thin omero CLI controls: parse arguments, call a core, render its results."""

@@ -1,0 +1,47 @@
+"""What every omero-cli-ext control shares: output flags, opening the server port, error mapping."""
+from __future__ import annotations
+
+import contextlib
+
+from omero_cli_ext import server
+from omero_cli_ext.output import Output
+
+# Exit codes shared by every command (each command's docs page lists its own on top of these)
+EXIT_OK = 0
+EXIT_USAGE = 2          # bad arguments (argparse uses 2 as well)
+EXIT_SERVER = 20        # the server could not be reached or refused the session
+EXIT_PERMISSION = 21    # the current user lacks a privilege the command needs
+EXIT_NOT_FOUND = 22     # objects unknown or not readable by the current user
+
+
+def add_json_argument(parser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per line (stable keys, see docs/) instead of text")
+
+
+def add_dry_run_argument(parser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="show what would be done and change nothing")
+
+
+def output_for(args) -> Output:
+    return Output(json_mode=bool(getattr(args, "json", False)))
+
+
+@contextlib.contextmanager
+def server_errors(ctx):
+    """Turn the port's exceptions into `ctx.die` with the documented exit codes."""
+    try:
+        yield
+    except server.PermissionDenied as err:
+        ctx.die(EXIT_PERMISSION, f"permission denied: {err}")
+    except server.NotFound as err:
+        ctx.die(EXIT_NOT_FOUND, f"not found: {err}")
+    except server.ServerError as err:
+        ctx.die(EXIT_SERVER, f"server error: {err}")
+
+
+def open_port(ctx, args) -> server.ServerPort:
+    """Log in (or reuse the CLI's session) and return the port; dies with EXIT_SERVER on failure."""
+    with server_errors(ctx):
+        return server.open_port(ctx, args)

@@ -1,0 +1,57 @@
+"""`omero mv`: relocate managed and in-place files, retarget repository symlinks, repair links."""
+from __future__ import annotations
+
+from omero.cli import BaseControl
+
+from omero_cli_ext.cli.base import add_dry_run_argument, add_json_argument
+
+HELP = """Move original files and retarget ManagedRepository symlinks, journaled and resumable.
+
+Modes:
+  omero mv SRC DST                  move originals of in-place (ln_s) imports, retarget their links
+  omero mv --links-only OLD NEW     files already moved: only retarget links from OLD to NEW
+  omero mv Fileset:ID DST           offload a fileset's managed files to DST, leave links behind
+  omero mv REPO_SUBPATH DST         offload a repository directory to DST, leave links behind
+  omero mv --inline REPO_SUBPATH    bring offloaded files back into the repository
+  omero mv --repair --search DIR    find dangling links and retarget them to files found under DIR
+
+See docs/mv.md for exit codes and the maintenance runbook."""
+
+
+class MvControl(BaseControl):
+
+    def _configure(self, parser):
+        parser.add_login_arguments()
+        parser.add_argument("source", nargs="?", help="SRC path, Fileset:ID, or a path inside the repository")
+        parser.add_argument("destination", nargs="?", help="DST path")
+        parser.add_argument("--repo", metavar="DIR",
+                            help="ManagedRepository root (default: asked from the server)")
+        parser.add_argument("--links-only", action="store_true",
+                            help="only retarget links from SRC to DST; the files were moved already")
+        parser.add_argument("--inline", action="store_true",
+                            help="replace links under the repository path SOURCE with the real files")
+        parser.add_argument("--repair", action="store_true", help="retarget dangling links")
+        parser.add_argument("--search", action="append", metavar="DIR", default=[],
+                            help="with --repair: where to look for the missing files (repeatable)")
+        parser.add_argument("--force", action="store_true",
+                            help="move SRC even when no repository link points into it")
+        parser.add_argument("--verify", choices=("size", "checksum"), default="size",
+                            help="final verification of every retargeted link (default size)")
+        parser.add_argument("--journal", metavar="PATH", help="journal file (default: beside the repository)")
+        parser.add_argument("--abandon", action="store_true",
+                            help="forget an unfinished job for this repository (files stay as they are)")
+        parser.add_argument("--render-check", action="store_true",
+                            help="afterwards, render one image per affected fileset (needs omero-cli-render)")
+        parser.add_argument("--no-server", action="store_true",
+                            help="never contact the server (needs --repo)")
+        add_dry_run_argument(parser)
+        add_json_argument(parser)
+        parser.set_defaults(func=self.mv)
+
+    def mv(self, args):
+        from omero_cli_ext.cli.mv_run import run_mv
+        return run_mv(self, args)
+
+
+def register_plugin(register):
+    register("mv", MvControl, HELP)

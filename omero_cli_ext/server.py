@@ -1,0 +1,261 @@
+"""The one port between omero-cli-ext and an OMERO server.
+
+Cores take a `ServerPort` and plain values; only `omero_adapter.py` implements it on omero-py
+(HQL, Ice), and `tests/sim/` implements it over a simulated server. Every method works on a batch
+(ids, paths) so that an implementation can answer with one query per page, never one per object.
+
+Names follow the OMERO model (ome/omero-model mappings): see docs/server-contract.md.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, runtime_checkable
+
+# JobStatus values (ome/omero-model mappings/jobs.ome.xml, enum JobStatus)
+JOB_STATUSES = ("Submitted", "Resubmitted", "Queued", "Requeued", "Running",
+                "Error", "Waiting", "Finished", "Cancelled")
+# Job subclasses an import creates, in the order the server runs them (jobs.ome.xml)
+IMPORT_JOB_CLASSES = ("UploadJob", "MetadataImportJob", "PixelDataJob",
+                      "ThumbnailGenerationJob", "IndexingJob")
+# ChecksumAlgorithm values (mappings/fs.ome.xml enum ChecksumAlgorithm)
+HASHERS = ("Adler-32", "CRC-32", "MD5-128", "Murmur3-32", "Murmur3-128", "SHA1-160", "File-Size-64")
+# Container classes an object reference may name
+CONTAINER_TYPES = ("Project", "Dataset", "Image", "Screen", "Plate", "Fileset")
+# Group permission levels as omero.model.PermissionsI strings
+GROUP_LEVELS = {"private": "rw----", "read-only": "rwr---",
+                "read-annotate": "rwra--", "read-write": "rwrw--"}
+# Mimetypes the managed repository gives its own rows (omero-blitz ManagedRepositoryI)
+MIMETYPE_DIRECTORY = "Directory"
+MIMETYPE_REPOSITORY = "Repository"
+MIMETYPE_IMPORT_LOG = "application/omero-log-file"
+# CommentAnnotation namespace naming the transfer of an in-place import
+NS_FILE_TRANSFER = "openmicroscopy.org/omero/import/fileTransfer"
+
+
+class ServerError(Exception):
+    """A server call failed for a reason a user can act on (message is shown as is)."""
+
+
+class NotFound(ServerError):
+    """Objects that do not exist or that the current user cannot read (OMERO does not tell apart)."""
+
+    def __init__(self, message: str, missing: Sequence[object] = ()):
+        super().__init__(message)
+        self.missing = tuple(missing)
+
+
+class PermissionDenied(ServerError):
+    """The current user lacks a privilege or right the call needs."""
+
+
+@dataclass(frozen=True)
+class Repository:
+    """The managed repository: its root directory on the server host and its UUID."""
+    uuid: str
+    root: str
+
+
+@dataclass(frozen=True)
+class User:
+    """An Experimenter, with the admin privileges the server reports for the session's user."""
+    id: int
+    name: str
+    group_id: int = -1
+    group_name: str = ""
+    is_admin: bool = False
+    privileges: frozenset = frozenset()   # AdminPrivilege values, e.g. {"Sudo", "WriteManagedRepo"}
+
+    @property
+    def is_full_admin(self) -> bool:
+        return self.is_admin and "ModifyUser" in self.privileges and "Sudo" in self.privileges
+
+
+@dataclass(frozen=True)
+class OriginalFile:
+    id: int
+    path: str            # repository-relative directory, ending with "/"
+    name: str
+    size: Optional[int] = None
+    hash: Optional[str] = None
+    hasher: Optional[str] = None       # one of HASHERS, None when the server stored no hash
+    mimetype: Optional[str] = None
+    repo: Optional[str] = None
+    binary_restricted: bool = False   # details.permissions isRestricted(BINARYACCESS)
+
+    @property
+    def repo_path(self) -> str:
+        """Path relative to the repository root: path + name."""
+        return self.path + self.name
+
+
+@dataclass(frozen=True)
+class FilesetEntry:
+    client_path: str      # as stored: the client's absolute path without the leading "/"
+    original_file: OriginalFile
+
+
+@dataclass(frozen=True)
+class Fileset:
+    id: int
+    template_prefix: str  # repository-relative, ends with "/"
+    owner_id: int
+    owner_name: str
+    group_id: int
+    group_name: str
+    group_perms: str      # "rw----", "rwr---", "rwra--", "rwrw--"
+    entries: tuple = ()   # tuple[FilesetEntry, ...]
+    image_count: int = 0
+    transfer: Optional[str] = None    # fileTransfer CommentAnnotation text ("ln_s", ...), None = upload
+    created: Optional[_dt.datetime] = None
+
+    @property
+    def size(self) -> int:
+        return sum(e.original_file.size or 0 for e in self.entries)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A Job linked to a fileset via FilesetJobLink."""
+    id: int
+    fileset_id: int
+    kind: str             # one of IMPORT_JOB_CLASSES
+    status: str           # one of JOB_STATUSES
+    submitted: Optional[_dt.datetime] = None
+    started: Optional[_dt.datetime] = None
+    finished: Optional[_dt.datetime] = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ImportLog:
+    """The import log OriginalFile of a fileset (mimetype application/omero-log-file)."""
+    fileset_id: int
+    original_file_id: int
+    size: int
+    updated: Optional[_dt.datetime] = None   # time of the last UPDATE EventLog on that file
+
+
+@dataclass(frozen=True)
+class FilesetActivity:
+    """What really changes while a fileset is imported (DESIGN.md §3: only the UploadJob moves)."""
+    fileset_id: int
+    jobs: tuple = ()                       # tuple[Job, ...]
+    image_count: int = 0
+    log: Optional[ImportLog] = None
+    last_event: Optional[_dt.datetime] = None   # newest EventLog on the fileset's objects
+
+
+@dataclass(frozen=True)
+class RunningImport:
+    """An ImportProcess the managed repository lists as live (ManagedRepository.listImports)."""
+    fileset_id: int
+    upload_offsets: tuple = ()   # bytes received per used file, when the process answers
+
+
+@dataclass(frozen=True)
+class FilesetQuery:
+    """Which filesets to list for a status or export view; None means no filter."""
+    owner_id: Optional[int] = None
+    group_id: Optional[int] = None
+    since: Optional[_dt.datetime] = None
+    ids: Optional[tuple] = None
+
+
+@runtime_checkable
+class RawFileReader(Protocol):
+    """A RawFileStore opened on one OriginalFile."""
+
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ServerPort(Protocol):
+    """Everything the four commands ask of an OMERO server."""
+
+    # --- who and where ---
+    def repository(self) -> Repository:
+        """The managed repository (root path and UUID)."""
+
+    def current_user(self) -> User:
+        """The session's user, with admin privileges."""
+
+    def lookup_users(self, names: Sequence[str]) -> Mapping[str, User]:
+        """Experimenters by omeName; absent names are left out."""
+
+    def sudo(self, user_name: str) -> "ServerPort":
+        """A port on a session created for `user_name` (needs the Sudo privilege)."""
+
+    # --- filesets ---
+    def filesets(self, ids: Iterable[int]) -> Mapping[int, Fileset]:
+        """Filesets with entries, as visible to the current user in all groups; unreadable ids are left out."""
+
+    def filesets_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
+        """Fileset ids reached from each (ContainerType, id); unreadable or unknown refs are left out."""
+
+    def find_filesets(self, query: FilesetQuery) -> Sequence[Fileset]:
+        """Filesets by owner / group / creation time, newest first, entries included."""
+
+    def filesets_by_client_paths(self, client_paths: Sequence[str], owner_id: int) -> Mapping[str, tuple]:
+        """For each clientPath (stored form, no leading '/'), the ids of the owner's filesets using it."""
+
+    def activity(self, fileset_ids: Iterable[int]) -> Mapping[int, FilesetActivity]:
+        """Jobs, image counts, import log and last event for many filesets at once."""
+
+    def running_imports(self) -> Sequence[RunningImport]:
+        """Import processes the managed repository reports as live."""
+
+    def containers_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
+        """Per fileset, the container names above its images: ("Project","P","Dataset","D") or
+        ("Screen","S","Plate","P"); empty tuple for orphans."""
+
+    # --- files ---
+    def open_original_file(self, original_file_id: int) -> RawFileReader:
+        """A reader on the file's bytes (RawFileStore); raises PermissionDenied if BINARYACCESS is restricted."""
+
+    # --- changes (admins) ---
+    def update_original_files(self, changes: Sequence[tuple]) -> int:
+        """Set (id, path, name) on OriginalFile rows; returns the number changed."""
+
+    def update_template_prefixes(self, changes: Sequence[tuple]) -> int:
+        """Set (fileset_id, templatePrefix); returns the number changed."""
+
+    def delete_filesets(self, ids: Sequence[int]) -> None:
+        """Delete filesets with their images and files (a Delete2 request)."""
+
+    def close(self) -> None:
+        """Close the session if this port opened it."""
+
+
+# The function that turns CLI login arguments into a port. The real one (omero_adapter.connect)
+# logs in through the CLI's session store; tests/sim/launcher.py swaps it for the simulated server.
+Connect = Callable[..., ServerPort]
+
+
+def _default_connect(ctx, args) -> ServerPort:
+    from omero_cli_ext.omero_adapter import connect
+    return connect(ctx, args)
+
+
+connect: Connect = _default_connect
+
+
+def open_port(ctx, args) -> ServerPort:
+    """Open the port for a CLI invocation (resolved at call time so that launchers can swap it)."""
+    return connect(ctx, args)
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Split `items` into lists of at most `size` (the page size of `in (:ids)` queries)."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
