@@ -32,7 +32,10 @@ def venv_python(venv):
 def create_venv(python, venv):
     if os.path.exists(venv_python(venv)):
         return
-    version = build_ice.target_version(python)
+    try:
+        version = build_ice.target_version(python)
+    except build_ice.BuildError as err:
+        fail(err.code, str(err))
     if version not in build_ice.SUPPORTED:
         fail(3, f"{python} is Python {version[0]}.{version[1]}; use 3.10, 3.11 or 3.12 "
                 "(e.g. --python python3.11)")
