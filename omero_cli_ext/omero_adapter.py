@@ -1,0 +1,643 @@
+"""The ServerPort on omero-py: the only module that speaks HQL or Ice.
+
+Every query works on pages of `PAGE_SIZE` ids (`in (:ids)`), and reads run with the all-groups
+context `{"omero.group": "-1"}` so that the answer is exactly what the session's user may read.
+Each HQL string is a module-level constant named `HQL_*`; docs/server-contract.md lists them with
+the ome/omero-model mapping files that back every class and field, and tests/test_hql_model.py
+resolves each one against ../shared/omero-model.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+from typing import Iterable, Mapping, Sequence
+
+import Ice
+import omero
+import omero.callbacks  # noqa: F401  (client.submit needs it loaded)
+import omero.clients  # noqa: F401  (registers the omero.model object factories)
+import omero.cmd
+import omero.grid
+import omero.sys
+from omero.constants.permissions import BINARYACCESS
+from omero.fs import TRANSFERS
+from omero.rtypes import rlist, rstring, rtime, unwrap
+from omero_sys_ParametersI import ParametersI
+
+from omero_cli_ext import server
+from omero_cli_ext.server import (
+    MIMETYPE_IMPORT_LOG, NS_FILE_TRANSFER, Fileset, FilesetActivity, FilesetEntry, FilesetQuery,
+    ImportLog, Job, NotFound, OriginalFile, PermissionDenied, Repository, RunningImport, ServerError,
+    User, batched,
+)
+
+PAGE_SIZE = 500
+ALL_GROUPS = {"omero.group": "-1"}
+SUDO_SESSION_TTL_MS = 10 * 60 * 1000
+DELETE_POLL_MS = 500
+DELETE_POLL_LOOPS = 2400          # 20 minutes before a delete counts as "still running"
+UNKNOWN_FILESET = 0               # RunningImport.fileset_id of a process that is still uploading
+
+# EventLog.entityType holds the server's Java class names (as `omero fs importtime` queries them)
+EVENT_TYPE_ORIGINAL_FILE = "ome.model.core.OriginalFile"
+EVENT_TYPE_IMAGE = "ome.model.core.Image"
+EVENT_TYPES_JOBS = tuple("ome.model.jobs." + kind for kind in server.IMPORT_JOB_CLASSES)
+
+# --- HQL (docs/server-contract.md) -------------------------------------------------------------
+
+HQL_FILESETS = (
+    "select distinct fs from Fileset fs"
+    " join fetch fs.details.owner o"
+    " join fetch fs.details.group g"
+    " join fetch fs.details.creationEvent ce"
+    " left outer join fetch fs.usedFiles fe"
+    " left outer join fetch fe.originalFile f"
+    " left outer join fetch f.hasher h"
+    " where fs.id in (:ids)")
+
+HQL_IMAGE_COUNTS = (
+    "select i.fileset.id, count(i.id) from Image i"
+    " where i.fileset.id in (:ids) group by i.fileset.id")
+
+HQL_TRANSFERS = (
+    "select l.parent.id, a.textValue from FilesetAnnotationLink l, CommentAnnotation a"
+    " where a.id = l.child.id and a.ns = :ns and l.parent.id in (:ids)")
+
+_FIND_FILESETS = (
+    "select fs.id from Fileset fs"
+    " where (:owner < 0 or fs.details.owner.id = :owner)"
+    " and (:grp < 0 or fs.details.group.id = :grp)"
+    " and fs.details.creationEvent.time >= :since")
+HQL_FIND_FILESET_IDS = _FIND_FILESETS + " order by fs.id desc"
+HQL_FIND_FILESET_IDS_AMONG = _FIND_FILESETS + " and fs.id in (:ids) order by fs.id desc"
+
+HQL_FILESETS_BY_CLIENT_PATH = (
+    "select fe.clientPath, fs.id from FilesetEntry fe join fe.fileset fs"
+    " where fe.clientPath in (:paths) and fs.details.owner.id = :owner")
+
+# (container type) -> rows (container id, fileset id or null)
+HQL_FILESETS_OF = {
+    "Fileset": "select fs.id, fs.id from Fileset fs where fs.id in (:ids)",
+    "Image": (
+        "select i.id, fs.id from Image i left outer join i.fileset fs"
+        " where i.id in (:ids)"),
+    "Dataset": (
+        "select distinct d.id, fs.id from Dataset d"
+        " left outer join d.imageLinks dil left outer join dil.child i"
+        " left outer join i.fileset fs where d.id in (:ids)"),
+    "Project": (
+        "select distinct p.id, fs.id from Project p"
+        " left outer join p.datasetLinks pdl left outer join pdl.child d"
+        " left outer join d.imageLinks dil left outer join dil.child i"
+        " left outer join i.fileset fs where p.id in (:ids)"),
+    "Plate": (
+        "select distinct p.id, fs.id from Plate p"
+        " left outer join p.wells w left outer join w.wellSamples ws"
+        " left outer join ws.image i left outer join i.fileset fs where p.id in (:ids)"),
+    "Screen": (
+        "select distinct s.id, fs.id from Screen s"
+        " left outer join s.plateLinks spl left outer join spl.child p"
+        " left outer join p.wells w left outer join w.wellSamples ws"
+        " left outer join ws.image i left outer join i.fileset fs where s.id in (:ids)"),
+}
+
+HQL_FILESET_CREATED = (
+    "select fs.id, fs.details.creationEvent.time from Fileset fs where fs.id in (:ids)")
+
+HQL_FILESET_JOBS = (
+    "select l from FilesetJobLink l join fetch l.child j join fetch j.status s"
+    " where l.parent.id in (:ids)")
+
+HQL_IMPORT_LOGS = (
+    "select l.parent.id, f.id, f.size from FilesetJobLink l join l.child j"
+    " join j.originalFileLinks jl join jl.child f"
+    " where l.parent.id in (:ids) and f.mimetype = :mimetype")
+
+HQL_LAST_UPDATES = (
+    "select el.entityId, max(el.event.time), count(el.id) from EventLog el"
+    " where el.entityType = :type and el.action = :action and el.entityId in (:ids)"
+    " group by el.entityId")
+
+HQL_LAST_JOB_EVENTS = (
+    "select l.parent.id, max(el.event.time) from FilesetJobLink l, EventLog el"
+    " where el.entityType in (:types) and el.entityId = l.child.id and l.parent.id in (:ids)"
+    " group by l.parent.id")
+
+HQL_LAST_IMAGE_EVENTS = (
+    "select i.fileset.id, max(el.event.time) from Image i, EventLog el"
+    " where el.entityType = :type and el.entityId = i.id and i.fileset.id in (:ids)"
+    " group by i.fileset.id")
+
+HQL_DATASET_CONTAINERS = (
+    "select distinct i.fileset.id, p.name, d.name from DatasetImageLink dil"
+    " join dil.child i join dil.parent d"
+    " left outer join d.projectLinks pdl left outer join pdl.parent p"
+    " where i.fileset.id in (:ids)")
+
+HQL_PLATE_CONTAINERS = (
+    "select distinct i.fileset.id, s.name, p.name from WellSample ws"
+    " join ws.image i join ws.well w join w.plate p"
+    " left outer join p.screenLinks spl left outer join spl.parent s"
+    " where i.fileset.id in (:ids)")
+
+HQL_USERS = (
+    "select distinct e from Experimenter e"
+    " left outer join fetch e.groupExperimenterMap m left outer join fetch m.parent g"
+    " where e.omeName in (:names)")
+
+HQL_LOAD_ORIGINAL_FILES = "select f from OriginalFile f where f.id in (:ids)"
+
+HQL_LOAD_FILESETS = "select fs from Fileset fs where fs.id in (:ids)"
+
+# (container type) -> the containers, whose details.permissions answer canLink() for the session
+HQL_LINK_TARGETS = {
+    kind: f"select x from {kind} x where x.id in (:ids)"
+    for kind in ("Project", "Dataset", "Screen", "Plate")}
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+def _message(err) -> str:
+    text = getattr(err, "message", None) or str(err) or type(err).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+@contextlib.contextmanager
+def _server_call(what: str):
+    """Turn omero/Ice exceptions into the port's exceptions, naming what was being done."""
+    try:
+        yield
+    except server.ServerError:
+        raise
+    except omero.SecurityViolation as err:
+        raise PermissionDenied(f"{what}: {_message(err)}") from err
+    except (omero.ApiUsageException, omero.ValidationException) as err:
+        raise ServerError(f"{what}: {_message(err)}") from err
+    except omero.SessionException as err:
+        raise ServerError(f"{what}: session expired or invalid ({_message(err)}); log in again") from err
+    except omero.ServerError as err:
+        raise ServerError(f"{what}: {_message(err)}") from err
+    except Ice.ConnectionRefusedException as err:
+        raise ServerError(f"{what}: the server refused the connection (is OMERO running?)") from err
+    except (Ice.ConnectionLostException, Ice.TimeoutException, Ice.ConnectTimeoutException) as err:
+        raise ServerError(f"{what}: connection to the server lost or timed out") from err
+    except Ice.LocalException as err:
+        raise ServerError(f"{what}: Ice error {type(err).__name__}") from err
+    except omero.ClientError as err:
+        raise ServerError(f"{what}: {_message(err)}") from err
+
+
+# --- unwrapping --------------------------------------------------------------------------------
+
+def _val(rtype):
+    return None if rtype is None else rtype.val
+
+
+def _time(millis) -> _dt.datetime | None:
+    """OMERO timestamps are milliseconds since the epoch (UTC)."""
+    if millis is None:
+        return None
+    return _dt.datetime.fromtimestamp(millis / 1000.0, tz=_dt.timezone.utc)
+
+
+def _millis(when: _dt.datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+def _later(*times):
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def _original_file(obj) -> OriginalFile:
+    hasher = obj.hasher
+    perms = obj.details.permissions
+    return OriginalFile(
+        id=obj.id.val, path=_val(obj.path), name=_val(obj.name), size=_val(obj.size),
+        hash=_val(obj.hash), hasher=_val(hasher.value) if hasher is not None and hasher.isLoaded() else None,
+        mimetype=_val(obj.mimetype), repo=_val(obj.repo),
+        binary_restricted=bool(perms is not None and perms.isRestricted(BINARYACCESS)))
+
+
+def _transfer_name(text: str | None) -> str | None:
+    """The CLI symbol of the importer's transfer class (omero.fs.TRANSFERS); None = upload."""
+    if not text:
+        return None
+    return TRANSFERS.get(text, text) or None
+
+
+def _job_kind(job) -> str:
+    name = type(job).__name__
+    return name[:-1] if name.endswith("I") else name
+
+
+def _ids_params(ids: Sequence[int]) -> ParametersI:
+    return ParametersI().addIds([int(i) for i in ids])
+
+
+def _pages(ids: Iterable[int]) -> Iterable[list]:
+    return batched(sorted({int(i) for i in ids}), PAGE_SIZE)
+
+
+# --- connection --------------------------------------------------------------------------------
+
+def connect(ctx, args) -> "OmeroPort":
+    """Log in as every omero CLI plugin does (`ctx.conn(args)`: session store, -s/-u/-k, prompts)."""
+    with _server_call("login"):
+        client = ctx.conn(args)
+    if client is None:
+        raise ServerError("login failed: no session (run `omero login` or pass -s/-u/-k)")
+    return OmeroPort(client)
+
+
+def _join_session(client, session_uuid: str):
+    """A new client on the same server, joined to an existing session (for sudo)."""
+    new_client = omero.client(client.getPropertyMap())
+    new_client.joinSession(session_uuid)
+    return new_client
+
+
+class _RawFile:
+    """RawFileStore opened on one OriginalFile (server.RawFileReader)."""
+
+    def __init__(self, store, size: int):
+        self._store = store
+        self.size = size
+
+    def read(self, offset: int, length: int) -> bytes:
+        with _server_call("reading original file"):
+            return self._store.read(offset, length)
+
+    def close(self) -> None:
+        with _server_call("closing original file"):
+            self._store.close()
+
+
+class OmeroPort:
+    """server.ServerPort on an omero-py client (`client.sf` is the ServiceFactory)."""
+
+    def __init__(self, client, *, owns_client: bool = False):
+        self._client = client
+        self._owns_client = owns_client
+        self._repository = None
+        self._repository_prx = None
+
+    @property
+    def _sf(self):
+        return self._client.sf
+
+    def _projection(self, hql: str, params, what: str) -> list:
+        with _server_call(what):
+            return self._sf.getQueryService().projection(hql, params, ALL_GROUPS)
+
+    def _find_all(self, hql: str, params, what: str) -> list:
+        with _server_call(what):
+            return self._sf.getQueryService().findAllByQuery(hql, params, ALL_GROUPS)
+
+    # --- who and where ---
+
+    def _managed_repository(self):
+        if self._repository is None:
+            with _server_call("listing repositories"):
+                repos = self._sf.sharedResources().repositories()
+                for desc, prx in zip(repos.descriptions, repos.proxies):
+                    managed = prx and omero.grid.ManagedRepositoryPrx.checkedCast(prx)
+                    if managed:
+                        self._repository = Repository(
+                            uuid=desc.hash.val, root=desc.path.val + desc.name.val)
+                        self._repository_prx = managed
+                        break
+            if self._repository is None:
+                raise ServerError("the server offers no managed repository")
+        return self._repository, self._repository_prx
+
+    def repository(self) -> Repository:
+        return self._managed_repository()[0]
+
+    def current_user(self) -> User:
+        with _server_call("reading the session's user"):
+            admin = self._sf.getAdminService()
+            ec = admin.getEventContext()
+            privileges = admin.getCurrentAdminPrivileges()
+        return User(id=ec.userId, name=ec.userName, group_id=ec.groupId, group_name=ec.groupName,
+                    is_admin=bool(ec.isAdmin),
+                    privileges=frozenset(p.getValue().val for p in privileges))
+
+    def lookup_users(self, names: Sequence[str]) -> Mapping[str, User]:
+        found = {}
+        for page in batched(sorted(set(names)), PAGE_SIZE):
+            params = ParametersI().add("names", rlist([rstring(n) for n in page]))
+            for exp in self._find_all(HQL_USERS, params, "looking up users"):
+                groups = [m.parent for m in exp.copyGroupExperimenterMap() if m.parent is not None]
+                default = groups[0] if groups else None
+                found[exp.omeName.val] = User(
+                    id=exp.id.val, name=exp.omeName.val,
+                    group_id=default.id.val if default is not None else -1,
+                    group_name=_val(default.name) if default is not None else "",
+                    is_admin=any(_val(g.name) == "system" for g in groups))
+        return found
+
+    def server_time(self) -> _dt.datetime:
+        with _server_call("reading the server clock"):
+            return _time(self._sf.getConfigService().getServerTime().val)
+
+    def sudo(self, user_name: str) -> "OmeroPort":
+        user = self.lookup_users([user_name]).get(user_name)
+        if user is None:
+            raise NotFound(f"no user named {user_name!r}", missing=(user_name,))
+        principal = omero.sys.Principal(user_name, user.group_name, "User")
+        with _server_call(f"creating a session for {user_name} (needs the Sudo privilege)"):
+            session = self._sf.getSessionService().createSessionWithTimeout(
+                principal, SUDO_SESSION_TTL_MS)
+            new_client = _join_session(self._client, session.getUuid().val)
+        return OmeroPort(new_client, owns_client=True)
+
+    # --- filesets ---
+
+    def filesets(self, ids: Iterable[int]) -> Mapping[int, Fileset]:
+        found: dict[int, Fileset] = {}
+        for page in _pages(ids):
+            params = _ids_params(page)
+            loaded = self._find_all(HQL_FILESETS, params, "loading filesets")
+            counts = dict(unwrap(self._projection(HQL_IMAGE_COUNTS, params, "counting images")))
+            transfers = {fs_id: _transfer_name(text) for fs_id, text in unwrap(
+                self._projection(HQL_TRANSFERS, _ids_params(page).addString("ns", NS_FILE_TRANSFER),
+                                 "reading transfer annotations"))}
+            for fs in loaded:
+                fs_id = fs.id.val
+                owner, group = fs.details.owner, fs.details.group
+                found[fs_id] = Fileset(
+                    id=fs_id, template_prefix=fs.templatePrefix.val,
+                    owner_id=owner.id.val, owner_name=_val(owner.omeName),
+                    group_id=group.id.val, group_name=_val(group.name),
+                    group_perms=str(group.details.permissions),
+                    entries=tuple(FilesetEntry(client_path=e.clientPath.val,
+                                               original_file=_original_file(e.originalFile))
+                                  for e in fs.copyUsedFiles()),
+                    image_count=int(counts.get(fs_id, 0)),
+                    transfer=transfers.get(fs_id),
+                    created=_time(_val(fs.details.creationEvent.time)))
+        return found
+
+    def filesets_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
+        by_type: dict[str, set] = {}
+        for kind, obj_id in refs:
+            if kind not in HQL_FILESETS_OF:
+                raise ServerError(f"cannot reach filesets from {kind} (use one of "
+                                  f"{', '.join(server.CONTAINER_TYPES)})")
+            by_type.setdefault(kind, set()).add(int(obj_id))
+        reached: dict[tuple, set] = {}
+        for kind, ids in by_type.items():
+            for page in _pages(ids):
+                rows = unwrap(self._projection(HQL_FILESETS_OF[kind], _ids_params(page),
+                                               f"resolving {kind} to filesets"))
+                for obj_id, fs_id in rows:
+                    found = reached.setdefault((kind, obj_id), set())
+                    if fs_id is not None:
+                        found.add(fs_id)
+        return {ref: tuple(sorted(ids)) for ref, ids in reached.items()}
+
+    def find_filesets(self, query: FilesetQuery) -> Sequence[Fileset]:
+        def params():
+            return (ParametersI()
+                    .addLong("owner", -1 if query.owner_id is None else query.owner_id)
+                    .addLong("grp", -1 if query.group_id is None else query.group_id)
+                    .add("since", rtime(0 if query.since is None else _millis(query.since))))
+        if query.ids is None:
+            ids = unwrap(self._projection(HQL_FIND_FILESET_IDS, params(), "finding filesets"))
+        else:
+            ids = []
+            for page in _pages(query.ids):
+                ids += unwrap(self._projection(HQL_FIND_FILESET_IDS_AMONG, params().addIds(page),
+                                               "finding filesets"))
+        ordered = sorted((row[0] for row in ids), reverse=True)
+        loaded = self.filesets(ordered)
+        return [loaded[i] for i in ordered if i in loaded]
+
+    def filesets_by_client_paths(self, client_paths: Sequence[str], owner_id: int) -> Mapping[str, tuple]:
+        found: dict[str, set] = {}
+        for page in batched(sorted(set(client_paths)), PAGE_SIZE):
+            params = (ParametersI().add("paths", rlist([rstring(p) for p in page]))
+                      .addLong("owner", owner_id))
+            for path, fs_id in unwrap(self._projection(
+                    HQL_FILESETS_BY_CLIENT_PATH, params, "finding filesets by client path")):
+                found.setdefault(path, set()).add(fs_id)
+        return {path: tuple(sorted(ids)) for path, ids in found.items()}
+
+    def activity(self, fileset_ids: Iterable[int]) -> Mapping[int, FilesetActivity]:
+        result: dict[int, FilesetActivity] = {}
+        for page in _pages(fileset_ids):
+            params = _ids_params(page)
+            created = dict(unwrap(self._projection(HQL_FILESET_CREATED, params, "reading filesets")))
+            jobs: dict[int, list] = {}
+            for link in self._find_all(HQL_FILESET_JOBS, params, "reading import jobs"):
+                job = link.child
+                fs_id = link.parent.id.val
+                jobs.setdefault(fs_id, []).append(Job(
+                    id=job.id.val, fileset_id=fs_id, kind=_job_kind(job), status=job.status.value.val,
+                    submitted=_time(_val(job.submitted)), started=_time(_val(job.started)),
+                    finished=_time(_val(job.finished)), message=_val(job.message) or ""))
+            counts = dict(unwrap(self._projection(HQL_IMAGE_COUNTS, params, "counting images")))
+            logs = {fs_id: (log_id, size) for fs_id, log_id, size in unwrap(self._projection(
+                HQL_IMPORT_LOGS, _ids_params(page).addString("mimetype", MIMETYPE_IMPORT_LOG),
+                "finding import logs"))}
+            log_updates = {}
+            if logs:
+                log_updates = {log_id: (last, count) for log_id, last, count in unwrap(self._projection(
+                    HQL_LAST_UPDATES,
+                    _ids_params([log_id for log_id, _ in logs.values()])
+                    .addString("type", EVENT_TYPE_ORIGINAL_FILE).addString("action", "UPDATE"),
+                    "reading import log updates"))}
+            job_events = dict(unwrap(self._projection(
+                HQL_LAST_JOB_EVENTS,
+                _ids_params(page).add("types", rlist([rstring(t) for t in EVENT_TYPES_JOBS])),
+                "reading job events")))
+            image_events = dict(unwrap(self._projection(
+                HQL_LAST_IMAGE_EVENTS, _ids_params(page).addString("type", EVENT_TYPE_IMAGE),
+                "reading image events")))
+            for fs_id, created_ms in created.items():
+                log = None
+                if fs_id in logs:
+                    log_id, size = logs[fs_id]
+                    last_update, update_count = log_updates.get(log_id, (None, 0))
+                    log = ImportLog(fileset_id=fs_id, original_file_id=log_id, size=size or 0,
+                                    updated=_time(last_update), updates=int(update_count))
+                fs_jobs = sorted(jobs.get(fs_id, ()), key=lambda j: j.id)
+                result[fs_id] = FilesetActivity(
+                    fileset_id=fs_id, jobs=tuple(fs_jobs), image_count=int(counts.get(fs_id, 0)),
+                    log=log,
+                    last_event=_later(_time(created_ms), _time(job_events.get(fs_id)),
+                                      _time(image_events.get(fs_id)),
+                                      log.updated if log is not None else None))
+        return result
+
+    def running_imports(self) -> Sequence[RunningImport]:
+        """Live ImportProcesses; the fileset is known once verifyUpload created the handle.
+
+        ImportProcess (Repositories.ice) offers getUploadOffset(i), getHandle() and
+        getImportSettings(), none of which names the fileset while it is uploading: such a
+        process is reported with `fileset_id=UNKNOWN_FILESET`. After verifyUpload the handle's
+        ImportRequest.activity (a FilesetJobLink) names it; uploads are then complete, so no
+        offsets are read. The processes are never closed here (closing one ends its import).
+        """
+        _, mrepo = self._managed_repository()
+        with _server_call("listing running imports"):
+            processes = mrepo.listImports()
+        running = []
+        for process in processes:
+            try:
+                handle = process.getHandle()
+                fileset_id = UNKNOWN_FILESET
+                if handle:
+                    fileset_id = handle.getRequest().activity.parent.id.val
+            except Ice.ObjectNotExistException:
+                continue   # finished between listImports and this call
+            except (omero.ServerError, Ice.LocalException) as err:
+                with _server_call("reading an import process"):
+                    raise err
+            running.append(RunningImport(fileset_id=fileset_id))
+        return running
+
+    def containers_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
+        """Readable filesets only; of several containers, the first by name is reported."""
+        names: dict[int, list] = {}
+        visible: set = set()
+        for page in _pages(fileset_ids):
+            params = _ids_params(page)
+            visible.update(fs_id for fs_id, _ in unwrap(self._projection(
+                HQL_FILESETS_OF["Fileset"], params, "reading filesets")))
+            for fs_id, project, dataset in unwrap(self._projection(
+                    HQL_DATASET_CONTAINERS, params, "reading datasets")):
+                names.setdefault(fs_id, []).append(
+                    ("Project", project, "Dataset", dataset) if project is not None
+                    else ("Dataset", dataset))
+            for fs_id, screen, plate in unwrap(self._projection(
+                    HQL_PLATE_CONTAINERS, params, "reading plates")):
+                names.setdefault(fs_id, []).append(
+                    ("Screen", screen, "Plate", plate) if screen is not None else ("Plate", plate))
+        return {fs_id: min(names[fs_id]) if fs_id in names else () for fs_id in sorted(visible)}
+
+    # --- importing ---
+
+    def session_login(self) -> tuple:
+        client = self._client
+        return (client.getProperty("omero.host"), client.getProperty("omero.port"),
+                client.getSessionId())
+
+    def can_link(self, refs: Sequence[tuple]) -> Mapping[tuple, bool]:
+        by_type: dict[str, set] = {}
+        for kind, obj_id in refs:
+            if kind not in HQL_LINK_TARGETS:
+                raise ServerError(f"cannot link into a {kind} (use one of "
+                                  f"{', '.join(HQL_LINK_TARGETS)})")
+            by_type.setdefault(kind, set()).add(int(obj_id))
+        found = {}
+        for kind, ids in by_type.items():
+            for page in _pages(ids):
+                for obj in self._find_all(HQL_LINK_TARGETS[kind], _ids_params(page),
+                                          f"reading {kind} permissions"):
+                    found[(kind, obj.id.val)] = bool(obj.details.permissions.canLink())
+        return found
+
+    # --- files ---
+
+    def open_original_file(self, original_file_id: int) -> _RawFile:
+        what = f"opening OriginalFile:{original_file_id}"
+        with _server_call(what):
+            store = self._sf.createRawFileStore()
+        try:
+            store.setFileId(original_file_id, ALL_GROUPS)
+            size = store.size()
+        except omero.SecurityViolation as err:
+            store.close()
+            raise PermissionDenied(f"{what}: download not allowed ({_message(err)})") from err
+        except (omero.ValidationException, omero.ApiUsageException) as err:
+            store.close()
+            raise NotFound(f"{what}: no such file or not readable", missing=(original_file_id,)) from err
+        except Exception as err:
+            store.close()
+            with _server_call(what):
+                raise err
+        return _RawFile(store, size)
+
+    # --- changes (admins) ---
+
+    def _load_all(self, hql: str, ids: Sequence[int], what: str, kind: str) -> dict:
+        loaded = {}
+        for page in _pages(ids):
+            for obj in self._find_all(hql, _ids_params(page), what):
+                loaded[obj.id.val] = obj
+        missing = sorted({int(i) for i in ids} - set(loaded))
+        if missing:
+            shown = ", ".join(f"{kind}:{i}" for i in missing[:10])
+            raise NotFound(f"{len(missing)} {kind} not found or not readable: {shown}",
+                           missing=missing)
+        return loaded
+
+    def _save_by_group(self, objects: list, what: str) -> None:
+        """IUpdate.saveArray per group: a save needs the objects' own group as context."""
+        by_group: dict[int, list] = {}
+        for obj in objects:
+            by_group.setdefault(obj.details.group.id.val, []).append(obj)
+        with _server_call(what):
+            update = self._sf.getUpdateService()
+            for group_id, objs in sorted(by_group.items()):
+                for page in batched(objs, PAGE_SIZE):
+                    update.saveArray(page, {"omero.group": str(group_id)})
+
+    def update_original_files(self, changes: Sequence[tuple]) -> int:
+        wanted = {int(i): (path, name) for i, path, name in changes}
+        loaded = self._load_all(HQL_LOAD_ORIGINAL_FILES, wanted, "loading original files",
+                                "OriginalFile")
+        changed = []
+        for file_id, (path, name) in sorted(wanted.items()):
+            obj = loaded[file_id]
+            if (_val(obj.path), _val(obj.name)) != (path, name):
+                obj.setPath(rstring(path))
+                obj.setName(rstring(name))
+                changed.append(obj)
+        self._save_by_group(changed, "updating original files (needs WriteManagedRepo)")
+        return len(changed)
+
+    def update_template_prefixes(self, changes: Sequence[tuple]) -> int:
+        wanted = {int(i): prefix for i, prefix in changes}
+        loaded = self._load_all(HQL_LOAD_FILESETS, wanted, "loading filesets", "Fileset")
+        changed = []
+        for fs_id, prefix in sorted(wanted.items()):
+            obj = loaded[fs_id]
+            if _val(obj.templatePrefix) != prefix:
+                obj.setTemplatePrefix(rstring(prefix))
+                changed.append(obj)
+        self._save_by_group(changed, "updating template prefixes (needs WriteManagedRepo)")
+        return len(changed)
+
+    def delete_filesets(self, ids: Sequence[int]) -> None:
+        targets = sorted({int(i) for i in ids})
+        if not targets:
+            return
+        request = omero.cmd.Delete2(targetObjects={"Fileset": targets})
+        what = f"deleting {len(targets)} fileset(s)"
+        try:
+            callback = self._client.submit(request, loops=DELETE_POLL_LOOPS, ms=DELETE_POLL_MS,
+                                           failonerror=True, ctx=ALL_GROUPS)
+        except omero.CmdError as err:
+            rsp = err.err
+            detail = f"{getattr(rsp, 'category', '')}/{getattr(rsp, 'name', '')}"
+            params = getattr(rsp, "parameters", None) or {}
+            message = params.get("message") or detail
+            raise ServerError(f"{what}: the server refused ({message})") from err
+        except omero.LockTimeout as err:
+            raise ServerError(f"{what}: still running on the server after "
+                              f"{DELETE_POLL_LOOPS * DELETE_POLL_MS // 1000} s") from err
+        except Exception as err:
+            with _server_call(what):
+                raise err
+        callback.close(True)
+
+    def close(self) -> None:
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self._client.closeSession()
+            self._owns_client = False

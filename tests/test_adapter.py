@@ -1,0 +1,547 @@
+"""OmeroPort against autospec'd Ice proxies and real omero.model objects.
+
+`create_autospec` of the generated proxy classes makes a wrong method name or argument count fail
+here; the fakes answer each HQL constant like the server would, so the tests check the HQL sent,
+its parameters (ids paged at 500, the all-groups context) and the unwrapping into the port's
+dataclasses.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+from unittest import mock
+
+import pytest
+
+import Ice
+import omero
+import omero.api
+import omero.clients  # noqa: F401
+import omero.cmd
+import omero.grid
+import omero.model
+import omero.sys
+from omero.rtypes import rlong, rstring, rtime
+
+from omero_cli_ext import omero_adapter as adapter
+from omero_cli_ext import server
+from omero_cli_ext.server import FilesetQuery, NotFound, PermissionDenied, ServerError
+
+T0 = 1_700_000_000_000          # ms since the epoch
+ALL = {"omero.group": "-1"}
+
+
+def when(ms):
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
+
+
+def ids_of(params) -> list:
+    return [x.val for x in params.map["ids"].val]
+
+
+class Server:
+    """Autospec'd services behind one client; `answers[hql]` = function(params) -> result."""
+
+    def __init__(self):
+        self.client = mock.create_autospec(omero.clients.BaseClient, instance=True)
+        self.sf = mock.create_autospec(omero.api.ServiceFactoryPrx, instance=True)
+        self.query = mock.create_autospec(omero.api.IQueryPrx, instance=True)
+        self.update = mock.create_autospec(omero.api.IUpdatePrx, instance=True)
+        self.admin = mock.create_autospec(omero.api.IAdminPrx, instance=True)
+        self.sessions = mock.create_autospec(omero.api.ISessionPrx, instance=True)
+        self.store = mock.create_autospec(omero.api.RawFileStorePrx, instance=True)
+        self.shared = mock.create_autospec(omero.grid.SharedResourcesPrx, instance=True)
+        self.client.sf = self.sf
+        self.sf.getQueryService.return_value = self.query
+        self.sf.getUpdateService.return_value = self.update
+        self.sf.getAdminService.return_value = self.admin
+        self.sf.getSessionService.return_value = self.sessions
+        self.sf.createRawFileStore.return_value = self.store
+        self.sf.sharedResources.return_value = self.shared
+        self.answers = {}
+        self.query.projection.side_effect = self._answer
+        self.query.findAllByQuery.side_effect = self._answer
+        self.port = adapter.OmeroPort(self.client)
+
+    def _answer(self, hql, params, ctx):
+        assert ctx == ALL, f"query without the all-groups context: {hql}"
+        assert hql in self.answers, f"unexpected HQL: {hql}"
+        return self.answers[hql](params)
+
+    def calls(self, hql):
+        return [c for c in self.query.projection.call_args_list + self.query.findAllByQuery.call_args_list
+                if c.args[0] == hql]
+
+
+@pytest.fixture
+def srv():
+    return Server()
+
+
+def group(gid=3, name="lab", perms="rwr---"):
+    g = omero.model.ExperimenterGroupI(gid, True)
+    g.name = rstring(name)
+    g.details.setPermissions(omero.model.PermissionsI(perms))
+    return g
+
+
+def experimenter(uid=7, name="alice"):
+    e = omero.model.ExperimenterI(uid, True)
+    e.omeName = rstring(name)
+    return e
+
+
+def original_file(fid, name="a.fake", restricted=False, hasher="SHA1-160"):
+    f = omero.model.OriginalFileI(fid, True)
+    f.path = rstring("alice_7/2024-01/02/03-04-05.678/data/")
+    f.name = rstring(name)
+    f.size = rlong(100 + fid)
+    f.hash = rstring("ab" * 20)
+    f.mimetype = rstring("application/octet-stream")
+    f.repo = rstring("repo-uuid")
+    if hasher:
+        algo = omero.model.ChecksumAlgorithmI(1, True)
+        algo.value = rstring(hasher)
+        f.hasher = algo
+    perms = omero.model.PermissionsI("rwr---")
+    perms._extendedRestrictions = [adapter.BINARYACCESS] if restricted else []
+    f.details.setPermissions(perms)
+    return f
+
+
+def fileset(fs_id, files=(), owner=None, grp=None):
+    fs = omero.model.FilesetI(fs_id, True)
+    fs.templatePrefix = rstring("alice_7/2024-01/02/03-04-05.678/")
+    fs.details.setOwner(owner or experimenter())
+    fs.details.setGroup(grp or group())
+    event = omero.model.EventI(1, True)
+    event.time = rtime(T0 + fs_id)
+    fs.details.setCreationEvent(event)
+    for client_path, ofile in files:
+        entry = omero.model.FilesetEntryI()
+        entry.clientPath = rstring(client_path)
+        entry.originalFile = ofile
+        fs.addFilesetEntry(entry)
+    return fs
+
+
+# --- protocol ----------------------------------------------------------------------------------
+
+def test_omero_port_implements_every_port_method_with_its_signature(srv):
+    assert isinstance(srv.port, server.ServerPort)
+    for name, member in vars(server.ServerPort).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        ours = inspect.signature(getattr(adapter.OmeroPort, name))
+        theirs = inspect.signature(member)
+        assert list(ours.parameters) == list(theirs.parameters), name
+
+
+def test_connect_logs_in_through_the_cli_context():
+    ctx = mock.Mock()
+    client = mock.create_autospec(omero.clients.BaseClient, instance=True)
+    ctx.conn.return_value = client
+    args = object()
+    port = adapter.connect(ctx, args)
+    ctx.conn.assert_called_once_with(args)
+    assert isinstance(port, adapter.OmeroPort)
+
+
+def test_connect_without_a_session_is_a_server_error():
+    ctx = mock.Mock()
+    ctx.conn.return_value = None
+    with pytest.raises(ServerError, match="login failed"):
+        adapter.connect(ctx, object())
+
+
+# --- who and where -----------------------------------------------------------------------------
+
+def test_repository_is_the_managed_one_and_is_cached(srv, monkeypatch):
+    script_desc, managed_desc = omero.model.OriginalFileI(1, True), omero.model.OriginalFileI(2, True)
+    for desc, path, name, uuid in ((script_desc, "/opt/omero/", "lib/scripts", "ScriptRepo"),
+                                   (managed_desc, "/OMERO/", "ManagedRepository", "5f3c-uuid")):
+        desc.path, desc.name, desc.hash = rstring(path), rstring(name), rstring(uuid)
+        desc.mimetype = rstring("Repository")
+    script_prx = mock.create_autospec(omero.grid.RepositoryPrx, instance=True)
+    managed_prx = mock.create_autospec(omero.grid.RepositoryPrx, instance=True)
+    managed = mock.create_autospec(omero.grid.ManagedRepositoryPrx, instance=True)
+    srv.shared.repositories.return_value = omero.grid.RepositoryMap(
+        [script_desc, managed_desc], [script_prx, managed_prx])
+    monkeypatch.setattr(omero.grid.ManagedRepositoryPrx, "checkedCast",
+                        staticmethod(lambda prx: managed if prx is managed_prx else None))
+    repo = srv.port.repository()
+    assert repo == server.Repository(uuid="5f3c-uuid", root="/OMERO/ManagedRepository")
+    assert srv.port.repository() is repo
+    srv.shared.repositories.assert_called_once_with()
+
+
+def test_no_managed_repository_is_a_server_error(srv, monkeypatch):
+    srv.shared.repositories.return_value = omero.grid.RepositoryMap([], [])
+    with pytest.raises(ServerError, match="no managed repository"):
+        srv.port.repository()
+
+
+def test_current_user_reads_event_context_and_privileges(srv):
+    srv.admin.getEventContext.return_value = omero.sys.EventContext(
+        userId=5, userName="ops", groupId=0, groupName="system", isAdmin=True)
+    privileges = []
+    for value in ("Sudo", "WriteManagedRepo"):
+        p = omero.model.AdminPrivilegeI()
+        p.value = rstring(value)
+        privileges.append(p)
+    srv.admin.getCurrentAdminPrivileges.return_value = privileges
+    user = srv.port.current_user()
+    assert user == server.User(id=5, name="ops", group_id=0, group_name="system", is_admin=True,
+                               privileges=frozenset({"Sudo", "WriteManagedRepo"}))
+    assert not user.is_full_admin
+
+
+def _with_groups(exp, *groups):
+    for g in groups:
+        m = omero.model.GroupExperimenterMapI()
+        m.parent, m.child = g, exp
+        exp.addGroupExperimenterMap(m)
+    return exp
+
+
+def test_lookup_users_takes_the_first_group_as_default(srv):
+    alice = _with_groups(experimenter(7, "alice"), group(3, "lab"), group(1, "user"))
+    root = _with_groups(experimenter(0, "root"), group(0, "system"), group(1, "user"))
+    srv.answers[adapter.HQL_USERS] = lambda params: [alice, root]
+    found = srv.port.lookup_users(["root", "alice", "nobody"])
+    assert found == {
+        "alice": server.User(id=7, name="alice", group_id=3, group_name="lab", is_admin=False),
+        "root": server.User(id=0, name="root", group_id=0, group_name="system", is_admin=True)}
+    (call,) = srv.calls(adapter.HQL_USERS)
+    assert sorted(x.val for x in call.args[1].map["names"].val) == ["alice", "nobody", "root"]
+
+
+def test_sudo_creates_a_session_for_the_user_in_their_default_group(srv, monkeypatch):
+    alice = _with_groups(experimenter(7, "alice"), group(3, "lab"))
+    srv.answers[adapter.HQL_USERS] = lambda params: [alice]
+    session = omero.model.SessionI(1, True)
+    session.uuid = rstring("sess-uuid")
+    srv.sessions.createSessionWithTimeout.return_value = session
+    joined = {}
+    new_client = mock.create_autospec(omero.clients.BaseClient, instance=True)
+
+    def join(client, uuid):
+        joined.update(client=client, uuid=uuid)
+        return new_client
+    monkeypatch.setattr(adapter, "_join_session", join)
+    port = srv.port.sudo("alice")
+    (principal, ttl), _ = srv.sessions.createSessionWithTimeout.call_args
+    assert (principal.name, principal.group, principal.eventType) == ("alice", "lab", "User")
+    assert ttl == adapter.SUDO_SESSION_TTL_MS
+    assert joined == {"client": srv.client, "uuid": "sess-uuid"}
+    port.close()
+    new_client.closeSession.assert_called_once_with()
+    srv.port.close()
+    srv.client.closeSession.assert_not_called()
+
+
+def test_sudo_without_the_privilege_is_permission_denied(srv):
+    srv.answers[adapter.HQL_USERS] = lambda params: [
+        _with_groups(experimenter(7, "alice"), group(3, "lab"))]
+    srv.sessions.createSessionWithTimeout.side_effect = omero.SecurityViolation(message="Admin restrictions")
+    with pytest.raises(PermissionDenied, match="Sudo privilege"):
+        srv.port.sudo("alice")
+
+
+def test_sudo_to_an_unknown_user_is_not_found(srv):
+    srv.answers[adapter.HQL_USERS] = lambda params: []
+    with pytest.raises(NotFound) as err:
+        srv.port.sudo("ghost")
+    assert err.value.missing == ("ghost",)
+    srv.sessions.createSessionWithTimeout.assert_not_called()
+
+
+# --- filesets ----------------------------------------------------------------------------------
+
+def _fileset_answers(srv, loaded: dict, counts=None, transfers=None):
+    counts, transfers = counts or {}, transfers or {}
+    srv.answers[adapter.HQL_FILESETS] = lambda p: [loaded[i] for i in ids_of(p) if i in loaded]
+    srv.answers[adapter.HQL_IMAGE_COUNTS] = lambda p: [
+        [rlong(i), rlong(counts[i])] for i in ids_of(p) if i in counts]
+    srv.answers[adapter.HQL_TRANSFERS] = lambda p: [
+        [rlong(i), rstring(transfers[i])] for i in ids_of(p) if i in transfers]
+
+
+def test_filesets_unwraps_entries_owner_group_counts_and_transfer(srv):
+    restricted = original_file(12, "b.fake", restricted=True, hasher=None)
+    fs = fileset(1, [("data/a.fake", original_file(11)), ("data/b.fake", restricted)],
+                 grp=group(3, "lab", "rwra--"))
+    _fileset_answers(srv, {1: fs}, counts={1: 2},
+                     transfers={1: "ome.formats.importer.transfers.SymlinkFileTransfer"})
+    result = srv.port.filesets([1, 2])
+    assert list(result) == [1]
+    got = result[1]
+    assert (got.template_prefix, got.owner_id, got.owner_name, got.group_id, got.group_name,
+            got.group_perms, got.image_count, got.transfer, got.created) == (
+        "alice_7/2024-01/02/03-04-05.678/", 7, "alice", 3, "lab", "rwra--", 2, "ln_s", when(T0 + 1))
+    first, second = got.entries
+    assert first == server.FilesetEntry("data/a.fake", server.OriginalFile(
+        id=11, path="alice_7/2024-01/02/03-04-05.678/data/", name="a.fake", size=111,
+        hash="ab" * 20, hasher="SHA1-160", mimetype="application/octet-stream", repo="repo-uuid",
+        binary_restricted=False))
+    assert second.original_file.binary_restricted and second.original_file.hasher is None
+    assert got.size == 111 + 112
+    (params,) = [c.args[1] for c in srv.calls(adapter.HQL_TRANSFERS)]
+    assert params.map["ns"].val == server.NS_FILE_TRANSFER
+
+
+def test_upload_transfer_annotation_means_upload(srv):
+    _fileset_answers(srv, {1: fileset(1)},
+                     transfers={1: "ome.formats.importer.transfers.UploadFileTransfer"})
+    assert srv.port.filesets([1])[1].transfer is None
+
+
+def test_filesets_pages_ids_by_500(srv):
+    _fileset_answers(srv, {i: fileset(i) for i in (1, 700, 1201)})
+    result = srv.port.filesets(range(1, 1202))
+    assert sorted(result) == [1, 700, 1201]
+    pages = [ids_of(c.args[1]) for c in srv.calls(adapter.HQL_FILESETS)]
+    assert [len(p) for p in pages] == [500, 500, 201]
+    assert pages[0][0] == 1 and pages[2][-1] == 1201
+
+
+def test_filesets_of_resolves_each_container_type(srv):
+    answers = {"Project": {4: [10, 11]}, "Image": {8: [None]}, "Plate": {2: [12]}}
+    for kind, rows in answers.items():
+        srv.answers[adapter.HQL_FILESETS_OF[kind]] = lambda p, rows=rows: [
+            [rlong(i), None if fs is None else rlong(fs)] for i in ids_of(p) for fs in rows.get(i, [])]
+    result = srv.port.filesets_of([("Project", 4), ("Image", 8), ("Image", 9), ("Plate", 2)])
+    assert result == {("Project", 4): (10, 11), ("Image", 8): (), ("Plate", 2): (12,)}
+
+
+def test_filesets_of_rejects_unknown_types_before_any_query(srv):
+    with pytest.raises(ServerError, match="cannot reach filesets from Roi"):
+        srv.port.filesets_of([("Project", 1), ("Roi", 3)])
+    srv.query.projection.assert_not_called()
+
+
+def test_find_filesets_filters_and_orders_newest_first(srv):
+    _fileset_answers(srv, {i: fileset(i) for i in (3, 5, 9)})
+    seen = {}
+
+    def find(params):
+        seen.update({k: v.val for k, v in params.map.items() if k != "ids"})
+        return [[rlong(3)], [rlong(9)], [rlong(5)]]
+    srv.answers[adapter.HQL_FIND_FILESET_IDS] = find
+    since = dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc)
+    found = srv.port.find_filesets(FilesetQuery(owner_id=7, since=since))
+    assert [f.id for f in found] == [9, 5, 3]
+    assert seen == {"owner": 7, "grp": -1, "since": int(since.timestamp() * 1000)}
+
+
+def test_find_filesets_among_ids_pages_them(srv):
+    _fileset_answers(srv, {600: fileset(600)})
+    srv.answers[adapter.HQL_FIND_FILESET_IDS_AMONG] = lambda p: [
+        [rlong(i)] for i in ids_of(p) if i == 600]
+    found = srv.port.find_filesets(FilesetQuery(ids=tuple(range(1, 601))))
+    assert [f.id for f in found] == [600]
+    assert [len(ids_of(c.args[1])) for c in srv.calls(adapter.HQL_FIND_FILESET_IDS_AMONG)] == [500, 100]
+
+
+def test_filesets_by_client_paths(srv):
+    def answer(params):
+        assert params.map["owner"].val == 7
+        paths = [x.val for x in params.map["paths"].val]
+        return [[rstring(p), rlong(fs)] for p, fs in (("d/a.fake", 1), ("d/a.fake", 4)) if p in paths]
+    srv.answers[adapter.HQL_FILESETS_BY_CLIENT_PATH] = answer
+    assert srv.port.filesets_by_client_paths(["d/a.fake", "d/b.fake"], 7) == {"d/a.fake": (1, 4)}
+
+
+def _job(cls, job_id, status, fs_id, submitted=None, finished=None):
+    job = cls(job_id, True)
+    s = omero.model.JobStatusI(1, True)
+    s.value = rstring(status)
+    job.status = s
+    job.message = rstring("")
+    job.submitted = rtime(submitted) if submitted else None
+    job.finished = rtime(finished) if finished else None
+    link = omero.model.FilesetJobLinkI(100 + job_id, True)
+    link.parent = omero.model.FilesetI(fs_id, False)
+    link.child = job
+    return link
+
+
+def test_activity_combines_jobs_images_log_and_events(srv):
+    links = [_job(omero.model.UploadJobI, 1, "Finished", 5, submitted=T0, finished=T0 + 10),
+             _job(omero.model.MetadataImportJobI, 2, "Submitted", 5, submitted=T0)]
+    srv.answers[adapter.HQL_FILESET_CREATED] = lambda p: [[rlong(5), rtime(T0)]]
+    srv.answers[adapter.HQL_FILESET_JOBS] = lambda p: links
+    srv.answers[adapter.HQL_IMAGE_COUNTS] = lambda p: [[rlong(5), rlong(3)]]
+    srv.answers[adapter.HQL_IMPORT_LOGS] = lambda p: (
+        [[rlong(5), rlong(77), rlong(4096)]]
+        if p.map["mimetype"].val == server.MIMETYPE_IMPORT_LOG else [])
+
+    def log_updates(params):
+        assert ids_of(params) == [77]
+        assert (params.map["type"].val, params.map["action"].val) == (
+            "ome.model.core.OriginalFile", "UPDATE")
+        return [[rlong(77), rtime(T0 + 500), rlong(2)]]
+    srv.answers[adapter.HQL_LAST_UPDATES] = log_updates
+    srv.answers[adapter.HQL_LAST_JOB_EVENTS] = lambda p: [[rlong(5), rtime(T0 + 10)]]
+    srv.answers[adapter.HQL_LAST_IMAGE_EVENTS] = lambda p: [[rlong(5), rtime(T0 + 900)]]
+    act = srv.port.activity([5, 6])
+    assert list(act) == [5]
+    a = act[5]
+    assert [(j.kind, j.status, j.fileset_id) for j in a.jobs] == [
+        ("UploadJob", "Finished", 5), ("MetadataImportJob", "Submitted", 5)]
+    assert a.jobs[0].finished == when(T0 + 10) and a.jobs[1].finished is None
+    assert a.image_count == 3
+    assert a.log == server.ImportLog(fileset_id=5, original_file_id=77, size=4096, updated=when(T0 + 500),
+                                     updates=2)
+    assert a.last_event == when(T0 + 900)
+    (types,) = [c.args[1].map["types"].val for c in srv.calls(adapter.HQL_LAST_JOB_EVENTS)]
+    assert [t.val for t in types] == [f"ome.model.jobs.{k}" for k in server.IMPORT_JOB_CLASSES]
+
+
+def test_activity_without_log_skips_the_eventlog_query_for_it(srv):
+    srv.answers[adapter.HQL_FILESET_CREATED] = lambda p: [[rlong(5), rtime(T0)]]
+    for hql in (adapter.HQL_FILESET_JOBS, adapter.HQL_IMAGE_COUNTS, adapter.HQL_IMPORT_LOGS,
+                adapter.HQL_LAST_JOB_EVENTS, adapter.HQL_LAST_IMAGE_EVENTS):
+        srv.answers[hql] = lambda p: []
+    a = srv.port.activity([5])[5]
+    assert (a.jobs, a.image_count, a.log, a.last_event) == ((), 0, None, when(T0))
+    assert srv.calls(adapter.HQL_LAST_UPDATES) == []
+
+
+def test_server_time_is_the_config_service_clock(srv):
+    config = mock.create_autospec(omero.api.IConfigPrx, instance=True)
+    config.getServerTime.return_value = rtime(T0)
+    srv.sf.getConfigService.return_value = config
+    assert srv.port.server_time() == when(T0)
+
+
+def test_running_imports_reads_fileset_from_the_handle(srv, monkeypatch):
+    managed = mock.create_autospec(omero.grid.ManagedRepositoryPrx, instance=True)
+    srv.port._repository, srv.port._repository_prx = server.Repository("u", "/r"), managed
+    verified = mock.create_autospec(omero.grid.ImportProcessPrx, instance=True)
+    handle = mock.create_autospec(omero.cmd.HandlePrx, instance=True)
+    link = omero.model.FilesetJobLinkI(1, True)
+    link.parent = omero.model.FilesetI(42, False)
+    handle.getRequest.return_value = omero.grid.ImportRequest(activity=link)
+    verified.getHandle.return_value = handle
+    uploading = mock.create_autospec(omero.grid.ImportProcessPrx, instance=True)
+    uploading.getHandle.return_value = None
+    gone = mock.create_autospec(omero.grid.ImportProcessPrx, instance=True)
+    gone.getHandle.side_effect = Ice.ObjectNotExistException()
+    managed.listImports.return_value = [verified, uploading, gone]
+    assert srv.port.running_imports() == [
+        server.RunningImport(fileset_id=42), server.RunningImport(fileset_id=adapter.UNKNOWN_FILESET)]
+    for process in (verified, uploading):
+        process.close.assert_not_called()
+
+
+def test_containers_of_names_project_dataset_and_screen_plate(srv):
+    srv.answers[adapter.HQL_DATASET_CONTAINERS] = lambda p: [
+        [rlong(1), rstring("P"), rstring("D")], [rlong(2), None, rstring("Lone")]]
+    srv.answers[adapter.HQL_PLATE_CONTAINERS] = lambda p: [[rlong(3), rstring("S"), rstring("Pl")]]
+    srv.answers[adapter.HQL_FILESETS_OF["Fileset"]] = lambda p: [
+        [rlong(i), rlong(i)] for i in ids_of(p) if i != 5]
+    assert srv.port.containers_of([1, 2, 3, 4, 5]) == {
+        1: ("Project", "P", "Dataset", "D"), 2: ("Dataset", "Lone"),
+        3: ("Screen", "S", "Plate", "Pl"), 4: ()}
+
+
+# --- files -------------------------------------------------------------------------------------
+
+def test_open_original_file_reads_through_the_raw_file_store(srv):
+    srv.store.size.return_value = 10
+    srv.store.read.return_value = b"abc"
+    reader = srv.port.open_original_file(11)
+    srv.store.setFileId.assert_called_once_with(11, ALL)
+    assert isinstance(reader, server.RawFileReader)
+    assert reader.size == 10 and reader.read(3, 3) == b"abc"
+    srv.store.read.assert_called_once_with(3, 3)
+    reader.close()
+    srv.store.close.assert_called_once_with()
+
+
+def test_binary_restriction_is_permission_denied_and_closes_the_store(srv):
+    srv.store.setFileId.side_effect = omero.SecurityViolation(message="RESTRICT-BINARY-ACCESS")
+    with pytest.raises(PermissionDenied, match="download not allowed"):
+        srv.port.open_original_file(11)
+    srv.store.close.assert_called_once_with()
+
+
+def test_unknown_original_file_is_not_found(srv):
+    srv.store.setFileId.side_effect = omero.ValidationException(message="no row")
+    with pytest.raises(NotFound) as err:
+        srv.port.open_original_file(99)
+    assert err.value.missing == (99,)
+
+
+# --- changes -----------------------------------------------------------------------------------
+
+def test_update_original_files_saves_only_changed_rows_per_group(srv):
+    files = {11: original_file(11), 12: original_file(12), 13: original_file(13)}
+    files[13].details.setGroup(group(4, "other"))
+    files[11].details.setGroup(group(3))
+    files[12].details.setGroup(group(3))
+    srv.answers[adapter.HQL_LOAD_ORIGINAL_FILES] = lambda p: [files[i] for i in ids_of(p) if i in files]
+    same = (12, "alice_7/2024-01/02/03-04-05.678/data/", "a.fake")
+    changed = srv.port.update_original_files([(11, "new/", "x.fake"), same, (13, "new/", "y.fake")])
+    assert changed == 2
+    saves = [(c.args[1], [o.id.val for o in c.args[0]]) for c in srv.update.saveArray.call_args_list]
+    assert saves == [({"omero.group": "3"}, [11]), ({"omero.group": "4"}, [13])]
+    assert (files[11].path.val, files[11].name.val) == ("new/", "x.fake")
+
+
+def test_update_with_a_missing_id_changes_nothing(srv):
+    srv.answers[adapter.HQL_LOAD_ORIGINAL_FILES] = lambda p: [original_file(11)]
+    with pytest.raises(NotFound, match="OriginalFile:12") as err:
+        srv.port.update_original_files([(11, "new/", "x"), (12, "new/", "y")])
+    assert err.value.missing == (12,)
+    srv.update.saveArray.assert_not_called()
+
+
+def test_update_without_write_managed_repo_is_permission_denied(srv):
+    srv.answers[adapter.HQL_LOAD_FILESETS] = lambda p: [fileset(1)]
+    srv.update.saveArray.side_effect = omero.SecurityViolation(message="WriteManagedRepo")
+    with pytest.raises(PermissionDenied, match="WriteManagedRepo"):
+        srv.port.update_template_prefixes([(1, "moved/")])
+
+
+def test_update_template_prefixes(srv):
+    loaded = fileset(1)
+    srv.answers[adapter.HQL_LOAD_FILESETS] = lambda p: [loaded]
+    assert srv.port.update_template_prefixes([(1, "moved/")]) == 1
+    assert loaded.templatePrefix.val == "moved/"
+    (call,) = srv.update.saveArray.call_args_list
+    assert call.args == ([loaded], {"omero.group": "3"})
+
+
+def test_delete_filesets_submits_one_delete2(srv):
+    srv.port.delete_filesets([3, 1, 3])
+    (call,) = srv.client.submit.call_args_list
+    request = call.args[0]
+    assert isinstance(request, omero.cmd.Delete2)
+    assert request.targetObjects == {"Fileset": [1, 3]}
+    assert call.kwargs["ctx"] == ALL
+    srv.client.submit.return_value.close.assert_called_once_with(True)
+
+
+def test_delete_refused_by_the_server_is_a_server_error(srv):
+    err = omero.cmd.GraphException(category="graph", name="denied",
+                                   parameters={"message": "not permitted to delete"})
+    srv.client.submit.side_effect = omero.CmdError(err)
+    with pytest.raises(ServerError, match="not permitted to delete"):
+        srv.port.delete_filesets([1])
+
+
+# --- error mapping -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raised, expected, text", [
+    (Ice.ConnectionRefusedException(), ServerError, "refused the connection"),
+    (Ice.ConnectionLostException(), ServerError, "lost or timed out"),
+    (omero.SessionTimeoutException(message="expired"), ServerError, "log in again"),
+    (omero.ApiUsageException(message="bad HQL"), ServerError, "bad HQL"),
+    (omero.SecurityViolation(message="nope"), PermissionDenied, "nope"),
+])
+def test_ice_and_omero_errors_become_port_errors(srv, raised, expected, text):
+    srv.query.projection.side_effect = raised
+    with pytest.raises(expected, match=text):
+        srv.port.containers_of([1])
