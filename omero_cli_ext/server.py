@@ -134,6 +134,9 @@ class ImportLog:
     original_file_id: int
     size: int
     updated: Optional[_dt.datetime] = None   # time of the last UPDATE EventLog on that file
+    # UPDATE EventLogs on that file: the server sets the log's size after each import step, so the
+    # 1st, 2nd and 3rd mark the end of metadata, pixel data and thumbnails (`omero fs importtime`)
+    updates: int = 0
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,10 @@ class FilesetActivity:
 
 @dataclass(frozen=True)
 class RunningImport:
-    """An ImportProcess the managed repository lists as live (ManagedRepository.listImports)."""
+    """An ImportProcess the managed repository lists as live (ManagedRepository.listImports).
+
+    On a real server the fileset is only known after verifyUpload (ImportProcess.getHandle);
+    a process still uploading has fileset_id 0 (docs/server-contract.md)."""
     fileset_id: int
     upload_offsets: tuple = ()   # bytes received per used file, when the process answers
 
@@ -190,6 +196,10 @@ class ServerPort(Protocol):
     def sudo(self, user_name: str) -> "ServerPort":
         """A port on a session created for `user_name` (needs the Sudo privilege)."""
 
+    def server_time(self) -> _dt.datetime:
+        """The server's clock (IConfig.getServerTime), UTC: ages of server events must not depend
+        on the client's clock."""
+
     # --- filesets ---
     def filesets(self, ids: Iterable[int]) -> Mapping[int, Fileset]:
         """Filesets with entries, as visible to the current user in all groups; unreadable ids are left out."""
@@ -216,6 +226,16 @@ class ServerPort(Protocol):
     # --- files ---
     def open_original_file(self, original_file_id: int) -> RawFileReader:
         """A reader on the file's bytes (RawFileStore); raises PermissionDenied if BINARYACCESS is restricted."""
+
+    # --- importing ---
+    def session_login(self) -> tuple:
+        """(host, port, session key) with which a child process (the Java importer) joins this
+        session: the `-s/-p/-k` arguments `omero import` passes to it."""
+
+    def can_link(self, refs: Sequence[tuple]) -> Mapping[tuple, bool]:
+        """For each readable container ("Project"/"Dataset"/"Screen"/"Plate", id): whether the
+        current user may link objects into it (details.permissions.canLink()); unknown or
+        unreadable refs are left out."""
 
     # --- changes (admins) ---
     def update_original_files(self, changes: Sequence[tuple]) -> int:

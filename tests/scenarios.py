@@ -1,0 +1,144 @@
+"""Scenarios that run unchanged on the simulated server and on a real OMERO server.
+
+Each `scenario_<name>(world)` builds what it needs through a `World` and checks the ServerPort's
+answers. tests/test_scenarios_sim.py runs them on tests/sim's SimServer; tests/integration/
+test_scenarios_real.py runs them on a real server (omero-test-infra), so the simulation and the
+adapter cannot drift apart. Names given to a World are hints: a real server is shared between runs,
+so a World may make them unique and returns the names it used.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional, Protocol
+
+from omero_cli_ext.server import GROUP_LEVELS, IMPORT_JOB_CLASSES, FilesetQuery, ServerPort
+
+
+class World(Protocol):
+    """What a scenario may ask of a server it sets up."""
+
+    def add_group(self, name: str, perms: str) -> str: ...
+
+    def add_user(self, name: str, groups: list, *, admin: bool = False) -> str: ...
+
+    def add_dataset(self, name: str, owner: str, group: str, *, project: Optional[str] = None) -> int: ...
+
+    def import_fake(self, owner: str, group: str, name: str, *, dataset: Optional[int] = None) -> tuple:
+        """Write a small `<name>.fake` file and import it (upload); returns (fileset id, local path)."""
+
+    def port(self, user: str) -> ServerPort: ...
+
+    def admin_port(self) -> ServerPort: ...
+
+
+def _sha1(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha1(fh.read()).hexdigest()
+
+
+def scenario_fileset_visibility_by_permission_level(world: World) -> None:
+    """Owner and admin always see a fileset; other members only outside private groups;
+    non-members never (DESIGN.md §3 Permissions)."""
+    admin = world.admin_port()
+    for level, perms in GROUP_LEVELS.items():
+        group = world.add_group(f"vis-{level}", perms)
+        elsewhere = world.add_group(f"vis-{level}-other", perms)
+        owner = world.add_user(f"vis-{level}-owner", [group])
+        member = world.add_user(f"vis-{level}-member", [group])
+        outsider = world.add_user(f"vis-{level}-outsider", [elsewhere])
+        fs_id, _ = world.import_fake(owner, group, f"vis-{level}")
+        expected = {owner: True, member: perms != "rw----", outsider: False}
+        for user, sees in expected.items():
+            port = world.port(user)
+            try:
+                assert (fs_id in port.filesets([fs_id])) == sees, (level, user)
+                assert (fs_id in port.activity([fs_id])) == sees, (level, user)
+                assert (("Fileset", fs_id) in port.filesets_of([("Fileset", fs_id)])) == sees
+            finally:
+                port.close()
+        assert fs_id in admin.filesets([fs_id]), level
+        assert admin.filesets([fs_id])[fs_id].group_perms == perms
+
+
+def scenario_fileset_listing_with_entries(world: World) -> None:
+    """One uploaded file: entry, OriginalFile under the template prefix, checksum, containers."""
+    group = world.add_group("listing", "rwr---")
+    owner = world.add_user("listing-owner", [group])
+    dataset = world.add_dataset("listing-ds", owner, group, project="listing-pr")
+    fs_id, local = world.import_fake(owner, group, "listing", dataset=dataset)
+    port = world.port(owner)
+    try:
+        me = port.current_user()
+        assert me.name == owner and not me.is_admin
+        repo = port.repository()
+        fileset = port.filesets([fs_id])[fs_id]
+        assert (fileset.owner_name, fileset.group_name, fileset.group_perms) == (owner, group, "rwr---")
+        assert fileset.template_prefix.endswith("/") and not fileset.template_prefix.startswith("/")
+        assert fileset.image_count >= 1 and fileset.transfer is None
+        (entry,) = fileset.entries
+        assert entry.client_path == local.lstrip("/")
+        ofile = entry.original_file
+        assert ofile.path.startswith(fileset.template_prefix) and ofile.path.endswith("/")
+        assert ofile.repo_path.endswith(local.rsplit("/", 1)[1])
+        assert ofile.repo == repo.uuid
+        assert (ofile.size, ofile.hasher, ofile.hash) == (
+            len(open(local, "rb").read()), "SHA1-160", _sha1(local))
+        assert not ofile.binary_restricted
+        assert [f.id for f in port.find_filesets(FilesetQuery(owner_id=me.id, ids=(fs_id,)))] == [fs_id]
+        assert port.filesets_by_client_paths([entry.client_path], me.id) == {entry.client_path: (fs_id,)}
+        assert port.filesets_of([("Dataset", dataset)]) == {("Dataset", dataset): (fs_id,)}
+        (container,) = port.containers_of([fs_id]).values()
+        assert container[0::2] == ("Project", "Dataset")
+        reader = port.open_original_file(ofile.id)
+        try:
+            assert reader.size == ofile.size
+            assert reader.read(0, reader.size) == open(local, "rb").read()
+        finally:
+            reader.close()
+    finally:
+        port.close()
+
+
+def scenario_activity_of_a_finished_import(world: World) -> None:
+    """After a successful import only the UploadJob is Finished; the others stay as created
+    (DESIGN.md §3: completion shows in images, log size and EventLog, not in job statuses)."""
+    group = world.add_group("activity", "rw----")
+    owner = world.add_user("activity-owner", [group])
+    fs_id, _ = world.import_fake(owner, group, "activity")
+    port = world.port(owner)
+    try:
+        act = port.activity([fs_id])[fs_id]
+        statuses = {job.kind: job.status for job in act.jobs}
+        assert statuses["UploadJob"] == "Finished"
+        assert set(statuses) <= set(IMPORT_JOB_CLASSES)
+        assert all(status == "Submitted" for kind, status in statuses.items() if kind != "UploadJob")
+        assert act.image_count >= 1
+        assert act.log is not None and act.log.size > 0 and act.log.updated is not None
+        created = port.filesets([fs_id])[fs_id].created
+        assert act.last_event is not None and act.last_event >= created
+        assert all(r.fileset_id != fs_id for r in port.running_imports())
+    finally:
+        port.close()
+
+
+def scenario_admin_acts_for_a_user_with_sudo(world: World) -> None:
+    """A session created for a user sees exactly what that user sees, not what the admin sees."""
+    group = world.add_group("sudo", "rw----")
+    owner = world.add_user("sudo-owner", [group])
+    member = world.add_user("sudo-member", [group])
+    fs_id, _ = world.import_fake(owner, group, "sudo")
+    admin = world.admin_port()
+    assert "Sudo" in admin.current_user().privileges
+    assert fs_id in admin.filesets([fs_id])
+    as_member = admin.sudo(member)
+    try:
+        assert as_member.current_user().name == member
+        assert as_member.filesets([fs_id]) == {}
+    finally:
+        as_member.close()
+    users = admin.lookup_users([owner, member, "no-such-user-anywhere"])
+    assert set(users) == {owner, member} and users[owner].group_name == group
+
+
+SCENARIOS = {name[len("scenario_"):]: fn for name, fn in sorted(globals().items())
+             if name.startswith("scenario_") and callable(fn)}

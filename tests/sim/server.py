@@ -1,0 +1,1243 @@
+"""A simulated OMERO server: the OMERO model rows that omero-cli-ext reads, in SQLite, plus a real
+ManagedRepository directory on disk.
+
+State lives in `<root>/sim.sqlite` (WAL mode) so that several processes see one server: the CLI under
+test, the fake importer it starts and the test's assertions. Tables and columns carry the OMERO model
+names (ome/omero-model `src/main/resources/mappings/*.ome.xml`); `details` members are the real
+database columns `owner_id`, `group_id`, `creation_id`. docs/development.md lists, for each behaviour,
+the OMERO source it reproduces.
+
+All datetimes are timezone-aware UTC and come from a clock stored in the state: tests move it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import math
+import os
+import shutil
+import sqlite3
+import uuid as _uuid
+from contextlib import contextmanager
+from typing import Iterable, Mapping, Optional, Sequence
+
+from omero_cli_ext import server as port_api
+from omero_cli_ext.server import (
+    FilesetActivity, FilesetQuery, ImportLog, Job, NotFound, PermissionDenied, Repository,
+    RunningImport, User,
+)
+
+# AdminPrivilege values (ome/omero-model mappings/meta.ome.xml, enum AdminPrivilege)
+ADMIN_PRIVILEGES = frozenset((
+    "Chgrp", "Chown", "DeleteFile", "DeleteManagedRepo", "DeleteOwned", "DeleteScriptRepo",
+    "ModifyGroup", "ModifyGroupMembership", "ModifyUser", "ReadSession", "Sudo", "WriteFile",
+    "WriteManagedRepo", "WriteOwned", "WriteScriptRepo"))
+# omero-blitz ManagedRepositoryI: the repository template default (omero.fs.repo.path)
+TEMPLATE = "%user%_%userId%//%year%-%month%/%day%/%time%"
+# Transfer names -> the class named by the fileTransfer CommentAnnotation (omero-py omero/fs/__init__.py)
+TRANSFER_CLASSES = {
+    "cp": "ome.formats.importer.transfers.CopyFileTransfer",
+    "cp_rm": "ome.formats.importer.transfers.CopyMoveFileTransfer",
+    "ln": "ome.formats.importer.transfers.HardlinkFileTransfer",
+    "ln_rm": "ome.formats.importer.transfers.MoveFileTransfer",
+    "ln_s": "ome.formats.importer.transfers.SymlinkFileTransfer",
+    "upload_rm": "ome.formats.importer.transfers.UploadRmFileTransfer",
+}
+TRANSFERS = ("upload",) + tuple(TRANSFER_CLASSES)
+# The five server-side steps an ImportCallback reports (omero-blitz ImportLibrary.ImportCallback.step)
+IMPORT_STEPS = ("METADATA_IMPORTED", "PIXELDATA_PROCESSED", "THUMBNAILS_GENERATED",
+                "METADATA_PROCESSED", "OBJECTS_RETURNED")
+OUTCOMES = ("ok", "server-failure", "client-death")
+# EventLog.entityType is the server-side Java class name (as queried by omero-py plugins/fs.py importtime)
+ENTITY_TYPES = {
+    "Fileset": "ome.model.fs.Fileset", "FilesetEntry": "ome.model.fs.FilesetEntry",
+    "OriginalFile": "ome.model.core.OriginalFile", "Image": "ome.model.core.Image",
+    "Plate": "ome.model.screen.Plate", "Well": "ome.model.screen.Well",
+    "WellSample": "ome.model.screen.WellSample", "FilesetJobLink": "ome.model.fs.FilesetJobLink",
+    "DatasetImageLink": "ome.model.containers.DatasetImageLink",
+    "ScreenPlateLink": "ome.model.screen.ScreenPlateLink",
+    "CommentAnnotation": "ome.model.annotations.CommentAnnotation",
+    "FilesetAnnotationLink": "ome.model.annotations.FilesetAnnotationLink",
+    "JobOriginalFileLink": "ome.model.jobs.JobOriginalFileLink",
+    "Project": "ome.model.containers.Project", "Dataset": "ome.model.containers.Dataset",
+    "ProjectDatasetLink": "ome.model.containers.ProjectDatasetLink",
+    "Screen": "ome.model.screen.Screen",
+}
+for _kind in port_api.IMPORT_JOB_CLASSES:
+    ENTITY_TYPES[_kind] = "ome.model.jobs." + _kind
+DATA_MIMETYPE = "application/octet-stream"   # the database default for OriginalFile.mimetype
+PAGE = 500                                   # ids per `in (:ids)` page of the real adapter
+START_TIME = _dt.datetime(2026, 11, 27, 15, 58, 1, 123000, tzinfo=_dt.timezone.utc)
+_TIME_FMT = "%Y-%m-%dT%H:%M:%S.%f"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sim_meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS ExperimenterGroup (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL, permissions TEXT NOT NULL,
+    binary_access TEXT);                                 -- config omero.policy.binary_access
+CREATE TABLE IF NOT EXISTS Experimenter (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, omeName TEXT UNIQUE NOT NULL, admin INTEGER NOT NULL,
+    privileges TEXT NOT NULL, binary_restricted INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS GroupExperimenterMap (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, parent INTEGER NOT NULL, child INTEGER NOT NULL,
+    owner INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS Event (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, experimenter INTEGER,
+    experimenterGroup INTEGER, type TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS EventLog (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, entityType TEXT NOT NULL, entityId INTEGER NOT NULL,
+    action TEXT NOT NULL, event INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS EventLog_entity ON EventLog (entityType, entityId);
+CREATE TABLE IF NOT EXISTS Project (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT,
+    owner_id INTEGER, group_id INTEGER, creation_id INTEGER);
+CREATE TABLE IF NOT EXISTS Dataset (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT,
+    owner_id INTEGER, group_id INTEGER, creation_id INTEGER);
+CREATE TABLE IF NOT EXISTS ProjectDatasetLink (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    parent INTEGER, child INTEGER);
+CREATE TABLE IF NOT EXISTS Screen (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT,
+    owner_id INTEGER, group_id INTEGER, creation_id INTEGER);
+CREATE TABLE IF NOT EXISTS Plate (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT,
+    owner_id INTEGER, group_id INTEGER, creation_id INTEGER);
+CREATE TABLE IF NOT EXISTS ScreenPlateLink (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    parent INTEGER, child INTEGER);
+CREATE TABLE IF NOT EXISTS Well (id INTEGER PRIMARY KEY AUTOINCREMENT, plate INTEGER,
+    "row" INTEGER, "column" INTEGER, owner_id INTEGER, group_id INTEGER);
+CREATE TABLE IF NOT EXISTS WellSample (id INTEGER PRIMARY KEY AUTOINCREMENT, well INTEGER,
+    image INTEGER, owner_id INTEGER, group_id INTEGER);
+CREATE TABLE IF NOT EXISTS Image (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT,
+    series INTEGER, fileset INTEGER, owner_id INTEGER, group_id INTEGER, creation_id INTEGER);
+CREATE INDEX IF NOT EXISTS Image_fileset ON Image (fileset);
+CREATE TABLE IF NOT EXISTS DatasetImageLink (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    parent INTEGER, child INTEGER);
+CREATE TABLE IF NOT EXISTS Fileset (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    templatePrefix TEXT NOT NULL, owner_id INTEGER, group_id INTEGER, creation_id INTEGER);
+CREATE TABLE IF NOT EXISTS FilesetEntry (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fileset INTEGER NOT NULL, originalFile INTEGER NOT NULL, clientPath TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS FilesetEntry_fileset ON FilesetEntry (fileset);
+CREATE INDEX IF NOT EXISTS FilesetEntry_clientPath ON FilesetEntry (clientPath);
+CREATE TABLE IF NOT EXISTS OriginalFile (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL, name TEXT NOT NULL, size INTEGER, hash TEXT, hasher TEXT,
+    mimetype TEXT, repo TEXT, owner_id INTEGER, group_id INTEGER, creation_id INTEGER);
+CREATE INDEX IF NOT EXISTS OriginalFile_path ON OriginalFile (path, name);
+CREATE TABLE IF NOT EXISTS Job (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
+    username TEXT, groupname TEXT, type TEXT, message TEXT NOT NULL, status TEXT NOT NULL,
+    submitted TEXT, scheduledFor TEXT, started TEXT, finished TEXT,
+    owner_id INTEGER, group_id INTEGER);
+CREATE TABLE IF NOT EXISTS FilesetJobLink (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    parent INTEGER NOT NULL, child INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS FilesetJobLink_parent ON FilesetJobLink (parent);
+CREATE TABLE IF NOT EXISTS JobOriginalFileLink (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    parent INTEGER NOT NULL, child INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS JobOriginalFileLink_parent ON JobOriginalFileLink (parent);
+CREATE INDEX IF NOT EXISTS Fileset_templatePrefix ON Fileset (templatePrefix);
+CREATE INDEX IF NOT EXISTS WellSample_image ON WellSample (image);
+CREATE INDEX IF NOT EXISTS DatasetImageLink_child ON DatasetImageLink (child);
+CREATE INDEX IF NOT EXISTS FilesetEntry_originalFile ON FilesetEntry (originalFile);
+CREATE TABLE IF NOT EXISTS Annotation (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    discriminator TEXT NOT NULL, ns TEXT, textValue TEXT, owner_id INTEGER, group_id INTEGER);
+CREATE TABLE IF NOT EXISTS FilesetAnnotationLink (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    parent INTEGER NOT NULL, child INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS FilesetAnnotationLink_parent ON FilesetAnnotationLink (parent);
+-- simulation bookkeeping (no OMERO counterpart): where each import stands, live ImportProcesses
+CREATE TABLE IF NOT EXISTS sim_import (fileset INTEGER PRIMARY KEY, transfer TEXT NOT NULL,
+    outcome TEXT NOT NULL, steps_done INTEGER NOT NULL, planned_images INTEGER NOT NULL,
+    spw INTEGER NOT NULL, target_type TEXT, target_id INTEGER, process_live INTEGER NOT NULL,
+    uploaded INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sim_source (originalFile INTEGER PRIMARY KEY, source BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sim_prefix_counter (base TEXT PRIMARY KEY, next_index INTEGER NOT NULL);
+"""
+
+
+def _fmt(when: _dt.datetime) -> str:
+    return when.astimezone(_dt.timezone.utc).strftime(_TIME_FMT)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: Optional[str]) -> Optional[_dt.datetime]:
+    if text is None:
+        return None
+    return _dt.datetime.strptime(text, _TIME_FMT).replace(tzinfo=_dt.timezone.utc)
+
+
+def _pages(n: int) -> int:
+    """Round trips of one paged query over n ids (at least one call is made)."""
+    return max(1, math.ceil(n / PAGE))
+
+
+def file_hash(path: str, hasher: str = "SHA1-160") -> str:
+    """The hash OMERO would store for the bytes at `path`, streamed (omero-common ome.util.checksum)."""
+    if hasher == "File-Size-64":
+        return os.path.getsize(path).to_bytes(8, "little").hex()
+    algorithms = {"SHA1-160": hashlib.sha1, "MD5-128": hashlib.md5}
+    if hasher not in algorithms:
+        raise ValueError("the simulated server hashes with SHA1-160, MD5-128 or File-Size-64, not %r"
+                         % hasher)
+    digest = algorithms[hasher]()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def client_path_of(path: str) -> str:
+    """FilesetEntry.clientPath: the client's absolute (not canonical) path without the leading '/'."""
+    return os.path.abspath(path).lstrip("/")
+
+
+class SimServer:
+    """A simulated OMERO server: state in <root>/sim.sqlite (so several processes share it:
+    the CLI under test, the fake importer, the test), ManagedRepository at <root>/ManagedRepository."""
+
+    def __init__(self, root: str, repo_uuid: Optional[str] = None):
+        self.root = os.path.abspath(root)
+        self.repo_dir = os.path.join(self.root, "ManagedRepository")
+        os.makedirs(self.repo_dir, exist_ok=True)
+        self._db = sqlite3.connect(os.path.join(self.root, "sim.sqlite"), timeout=60,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout = 60000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._depth = 0
+        self._dir_cache: set = set()
+        self._db.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+        with self.transaction():
+            if self._meta("uuid") is None:
+                self._init_state(repo_uuid or str(_uuid.uuid4()))
+        self.uuid = self._meta("uuid")
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _init_state(self, repo_uuid: str) -> None:
+        self._set_meta("uuid", repo_uuid)
+        self._set_meta("now", _fmt(START_TIME))
+        self._set_meta("round_trips", "0")
+        self._set_meta("binary_access", "")
+        # the repository root OriginalFile: mimetype Repository, hash = repo UUID (ManagedRepositoryI)
+        self._db.execute("INSERT INTO OriginalFile (path, name, hash, mimetype, repo) "
+                         "VALUES ('/', 'ManagedRepository', ?, ?, NULL)",
+                         (repo_uuid, port_api.MIMETYPE_REPOSITORY))
+        system = self._db.execute("INSERT INTO ExperimenterGroup (name, permissions) "
+                                  "VALUES ('system', 'rw----')").lastrowid
+        root = self._db.execute("INSERT INTO Experimenter (omeName, admin, privileges, "
+                                "binary_restricted) VALUES ('root', 1, ?, 0)",
+                                (",".join(sorted(ADMIN_PRIVILEGES)),)).lastrowid
+        self._db.execute("INSERT INTO GroupExperimenterMap (parent, child, owner) VALUES (?, ?, 1)",
+                         (system, root))
+
+    def _meta(self, key: str) -> Optional[str]:
+        row = self._db.execute("SELECT value FROM sim_meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO sim_meta (key, value) VALUES (?, ?)", (key, value))
+
+    @contextmanager
+    def transaction(self):
+        """One SQLite write transaction; nested uses join the outer one (bulk building)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self._db
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
+            self._dir_cache.clear()
+
+    def query(self, sql: str, params: Sequence = ()) -> list:
+        """Read rows directly (tests assert on the model tables)."""
+        return self._db.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- clock ---------------------------------------------------------------------------------
+    def now(self) -> _dt.datetime:
+        return _parse(self._meta("now"))
+
+    def advance(self, seconds: float) -> None:
+        with self.transaction():
+            self._set_meta("now", _fmt(self.now() + _dt.timedelta(seconds=seconds)))
+
+    def set_time(self, when: _dt.datetime) -> None:
+        if when.tzinfo is None:
+            raise ValueError("set_time needs an aware datetime (the simulated clock is UTC)")
+        with self.transaction():
+            self._set_meta("now", _fmt(when))
+
+    # --- round trips ---------------------------------------------------------------------------
+    @property
+    def round_trips(self) -> int:
+        return int(self._meta("round_trips"))
+
+    def reset_round_trips(self) -> None:
+        with self.transaction():
+            self._set_meta("round_trips", "0")
+
+    def _count(self, n: int) -> None:
+        with self.transaction():
+            self._db.execute("UPDATE sim_meta SET value = CAST(value AS INTEGER) + ? "
+                             "WHERE key = 'round_trips'", (n,))
+
+    # --- events --------------------------------------------------------------------------------
+    def _event(self, user_id: Optional[int], group_id: Optional[int], type_: str = "User") -> int:
+        return self._db.execute(
+            "INSERT INTO Event (time, experimenter, experimenterGroup, type) VALUES (?, ?, ?, ?)",
+            (_fmt(self.now()), user_id, group_id, type_)).lastrowid
+
+    def _log(self, event: int, kind: str, ids: Iterable[int], action: str) -> None:
+        self._db.executemany(
+            "INSERT INTO EventLog (entityType, entityId, action, event) VALUES (?, ?, ?, ?)",
+            [(ENTITY_TYPES[kind], i, action, event) for i in ids])
+
+    # --- users and groups ----------------------------------------------------------------------
+    def add_group(self, name: str, perms: str = "rw----") -> int:
+        if perms not in port_api.GROUP_LEVELS.values():
+            raise ValueError("group permissions must be one of %s" % sorted(port_api.GROUP_LEVELS.values()))
+        with self.transaction():
+            return self._db.execute("INSERT INTO ExperimenterGroup (name, permissions) VALUES (?, ?)",
+                                    (name, perms)).lastrowid
+
+    def add_user(self, name: str, groups: list, *, admin: bool = False,
+                 privileges: Optional[set] = None, binary_restricted: bool = False) -> int:
+        """admin=True with privileges None is a full admin; with a subset, a restricted admin.
+        The first group is the default group."""
+        if privileges is not None and not admin:
+            raise ValueError("privileges are only for admins")
+        unknown = set(privileges or ()) - ADMIN_PRIVILEGES
+        if unknown:
+            raise ValueError("unknown AdminPrivilege values: %s" % sorted(unknown))
+        privs = (ADMIN_PRIVILEGES if privileges is None else frozenset(privileges)) if admin else ()
+        with self.transaction():
+            uid = self._db.execute(
+                "INSERT INTO Experimenter (omeName, admin, privileges, binary_restricted) "
+                "VALUES (?, ?, ?, ?)",
+                (name, int(admin), ",".join(sorted(privs)), int(binary_restricted))).lastrowid
+            for group in groups:
+                self._db.execute("INSERT INTO GroupExperimenterMap (parent, child) VALUES (?, ?)",
+                                 (self._group_id(group), uid))
+            return uid
+
+    def _group_id(self, name: str) -> int:
+        row = self._db.execute("SELECT id FROM ExperimenterGroup WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise KeyError("no group %r" % name)
+        return row[0]
+
+    def _user_row(self, name: str) -> tuple:
+        row = self._db.execute("SELECT id, omeName, admin, privileges, binary_restricted "
+                               "FROM Experimenter WHERE omeName = ?", (name,)).fetchone()
+        if row is None:
+            raise KeyError("no user %r" % name)
+        return row
+
+    def _member_groups(self, user_id: int) -> list:
+        return [r[0] for r in self._db.execute(
+            "SELECT parent FROM GroupExperimenterMap WHERE child = ? ORDER BY id", (user_id,))]
+
+    def _owner_and_group(self, owner: str, group: Optional[str]) -> tuple:
+        uid = self._user_row(owner)[0]
+        groups = self._member_groups(uid)
+        gid = self._group_id(group) if group else groups[0]
+        if gid not in groups:
+            raise ValueError("%s is not a member of group %s" % (owner, group))
+        return uid, gid
+
+    def set_binary_access(self, restricted: bool, *, group: Optional[str] = None) -> None:
+        """omero.policy.binary_access: restrict downloads server-wide or per group (for non-owners)."""
+        value = "-read" if restricted else ""
+        with self.transaction():
+            if group is None:
+                self._set_meta("binary_access", value)
+            else:
+                self._db.execute("UPDATE ExperimenterGroup SET binary_access = ? WHERE id = ?",
+                                 (value or None, self._group_id(group)))
+
+    # --- containers ----------------------------------------------------------------------------
+    def _add_container(self, table: str, name: str, owner: str, group: Optional[str]) -> int:
+        with self.transaction():
+            uid, gid = self._owner_and_group(owner, group)
+            ev = self._event(uid, gid)
+            oid = self._db.execute("INSERT INTO %s (name, owner_id, group_id, creation_id) "
+                                   "VALUES (?, ?, ?, ?)" % table, (name, uid, gid, ev)).lastrowid
+            self._log(ev, table, [oid], "INSERT")
+            return oid
+
+    def add_project(self, name, owner, group=None) -> int:
+        return self._add_container("Project", name, owner, group)
+
+    def add_dataset(self, name, owner, group=None, project: Optional[int] = None) -> int:
+        with self.transaction():
+            did = self._add_container("Dataset", name, owner, group)
+            if project is not None:
+                self._db.execute("INSERT INTO ProjectDatasetLink (parent, child) VALUES (?, ?)",
+                                 (project, did))
+            return did
+
+    def add_screen(self, name, owner, group=None) -> int:
+        return self._add_container("Screen", name, owner, group)
+
+    # --- imports -------------------------------------------------------------------------------
+    def import_fileset(self, owner: str, files: list, *, transfer: str = "upload",
+                       group: Optional[str] = None, target: Optional[tuple] = None,
+                       spw: bool = False, images: int = 1, outcome: str = "ok",
+                       steps: Optional[int] = None, hasher: str = "SHA1-160") -> int:
+        """Import `files` (client paths that exist) the way an importer and the server would, up to
+        `outcome`: "ok" (after `steps` of the 5 server steps, all by default), "server-failure"
+        (ghost: uploaded, UploadJob Finished, no images, error in the log) or "client-death"
+        (UploadJob not Finished, the first half of the files stored, the next one partially)."""
+        if outcome not in OUTCOMES:
+            raise ValueError("outcome must be one of %s" % (OUTCOMES,))
+        with self.transaction():
+            fid = self.create_import(owner, files, transfer=transfer, group=group, target=target,
+                                     spw=spw, images=images, hasher=hasher)
+            if outcome == "client-death":
+                half = len(files) // 2
+                for index in range(half):
+                    self.store_file(fid, index)
+                self.store_file(fid, half, partial=True)
+                self._db.execute("UPDATE sim_import SET outcome = 'client-death' WHERE fileset = ?",
+                                 (fid,))
+                return fid
+            for index in range(len(files)):
+                self.store_file(fid, index)
+            self.verify_upload(fid)
+            if outcome == "server-failure":
+                self.fail_import(fid, "Failure response on import! (simulated server-side failure)")
+            else:
+                self.advance_import(fid, len(IMPORT_STEPS) if steps is None else steps)
+            if outcome == "server-failure" or steps in (None, len(IMPORT_STEPS)):
+                self.end_import_process(fid)   # an import still in its steps keeps its process
+            return fid
+
+    def create_import(self, owner: str, files: Sequence[str], *, transfer: str = "upload",
+                      group: Optional[str] = None, target: Optional[tuple] = None,
+                      spw: bool = False, images: int = 1, hasher: str = "SHA1-160",
+                      thumbnails: bool = True) -> int:
+        """ManagedRepository.importFileset: every row exists before any byte is sent; the
+        ImportProcess is live. Returns the fileset id."""
+        if transfer not in TRANSFERS:
+            raise ValueError("transfer must be one of %s" % (TRANSFERS,))
+        if not files:
+            raise ValueError("a fileset needs at least one file")
+        if target is not None and target[0] not in ("Dataset", "Screen"):
+            raise ValueError("target must be ('Dataset', id) or ('Screen', id)")
+        with self.transaction():
+            uid, gid = self._owner_and_group(owner, group)
+            sources = [os.path.abspath(f) for f in files]
+            client_paths = [_db_text(client_path_of(f)) for f in files]
+            prefix = self._template_prefix(owner, uid)
+            rel_paths = [sanitize_repo_path(r) for r in _paths_below_common_root(client_paths)]
+            ev = self._event(uid, gid, "Import")
+            fid = self._db.execute(
+                "INSERT INTO Fileset (templatePrefix, owner_id, group_id, creation_id) "
+                "VALUES (?, ?, ?, ?)", (prefix, uid, gid, ev)).lastrowid
+            self._log(ev, "Fileset", [fid], "INSERT")
+            self._make_dirs([prefix + os.path.dirname(r) for r in rel_paths], uid, gid, ev)
+            of_ids, fe_ids = [], []
+            for source, client_path, rel in zip(sources, client_paths, rel_paths):
+                path, name = prefix + os.path.dirname(rel), os.path.basename(rel)
+                of_ids.append(self._db.execute(
+                    "INSERT INTO OriginalFile (path, name, hasher, mimetype, repo, owner_id, "
+                    "group_id, creation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (path.rstrip("/") + "/", name, hasher, DATA_MIMETYPE, self.uuid, uid, gid, ev)
+                ).lastrowid)
+                self._db.execute("INSERT INTO sim_source (originalFile, source) VALUES (?, ?)",
+                                 (of_ids[-1], os.fsencode(source)))
+                fe_ids.append(self._db.execute(
+                    "INSERT INTO FilesetEntry (fileset, originalFile, clientPath) VALUES (?, ?, ?)",
+                    (fid, of_ids[-1], client_path)).lastrowid)
+            self._log(ev, "OriginalFile", of_ids, "INSERT")
+            self._log(ev, "FilesetEntry", fe_ids, "INSERT")
+            # the import log beside the prefix, created empty (ManagedRepositoryI.suggestImportPaths)
+            log_path, log_name = os.path.split(prefix.rstrip("/") + ".log")
+            log_id = self._db.execute(
+                "INSERT INTO OriginalFile (path, name, size, mimetype, repo, owner_id, group_id, "
+                "creation_id) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+                (log_path + "/", log_name, port_api.MIMETYPE_IMPORT_LOG, self.uuid, uid, gid, ev)
+            ).lastrowid
+            open(os.path.join(self.repo_dir, log_path, log_name), "wb").close()
+            self._log(ev, "OriginalFile", [log_id], "INSERT")
+            self._create_jobs(fid, log_id, uid, gid, ev, thumbnails)
+            if transfer != "upload":
+                ann = self._db.execute(
+                    "INSERT INTO Annotation (discriminator, ns, textValue, owner_id, group_id) "
+                    "VALUES ('CommentAnnotation', ?, ?, ?, ?)",
+                    (port_api.NS_FILE_TRANSFER, TRANSFER_CLASSES[transfer], uid, gid)).lastrowid
+                link = self._db.execute("INSERT INTO FilesetAnnotationLink (parent, child) "
+                                        "VALUES (?, ?)", (fid, ann)).lastrowid
+                self._log(ev, "CommentAnnotation", [ann], "INSERT")
+                self._log(ev, "FilesetAnnotationLink", [link], "INSERT")
+            self._db.execute(
+                "INSERT INTO sim_import (fileset, transfer, outcome, steps_done, planned_images, "
+                "spw, target_type, target_id, process_live, uploaded) "
+                "VALUES (?, ?, 'ok', 0, ?, ?, ?, ?, 1, 0)",
+                (fid, transfer, images, int(spw), target[0] if target else None,
+                 target[1] if target else None))
+            return fid
+
+    def _create_jobs(self, fid, log_id, uid, gid, ev, thumbnails: bool) -> None:
+        """UploadJob from the client, then the server's MetadataImportJob, PixelDataJob,
+        ThumbnailGenerationJob (unless --no-thumbnails) and IndexingJob (ManagedRepositoryI.importFileset)."""
+        user, group = self._names(uid, gid)
+        now = _fmt(self.now())
+        kinds = [k for k in port_api.IMPORT_JOB_CLASSES
+                 if thumbnails or k != "ThumbnailGenerationJob"]
+        for kind in kinds:
+            jid = self._db.execute(
+                "INSERT INTO Job (kind, username, groupname, type, message, status, submitted, "
+                "scheduledFor, owner_id, group_id) VALUES (?, ?, ?, ?, '', 'Submitted', ?, ?, ?, ?)",
+                (kind, user, group, kind, now, now, uid, gid)).lastrowid
+            link = self._db.execute("INSERT INTO FilesetJobLink (parent, child) VALUES (?, ?)",
+                                    (fid, jid)).lastrowid
+            self._log(ev, kind, [jid], "INSERT")
+            self._log(ev, "FilesetJobLink", [link], "INSERT")
+            if kind == "UploadJob":
+                jl = self._db.execute("INSERT INTO JobOriginalFileLink (parent, child) VALUES (?, ?)",
+                                      (jid, log_id)).lastrowid
+                self._log(ev, "JobOriginalFileLink", [jl], "INSERT")
+
+    def _names(self, uid: int, gid: int) -> tuple:
+        user = self._db.execute("SELECT omeName FROM Experimenter WHERE id = ?", (uid,)).fetchone()[0]
+        group = self._db.execute("SELECT name FROM ExperimenterGroup WHERE id = ?", (gid,)).fetchone()[0]
+        return user, group
+
+    def _template_prefix(self, user: str, uid: int) -> str:
+        """Expand `%user%_%userId%//%year%-%month%/%day%/%time%`; %time% is HH-mm-ss.SSS with the
+        milliseconds counted up until the directory is new (ManagedRepositoryI.expandAndCreateTime)."""
+        now = self.now()
+        base = "%s_%d/%04d-%02d/%02d/%02d-%02d-%02d" % (user, uid, now.year, now.month, now.day,
+                                                       now.hour, now.minute, now.second)
+        row = self._db.execute("SELECT next_index FROM sim_prefix_counter WHERE base = ?",
+                               (base,)).fetchone()
+        index = row[0] if row else 0
+        millis = now.microsecond // 1000
+        while True:
+            prefix = "%s.%03d/" % (base, millis + index)
+            index += 1
+            taken = os.path.lexists(os.path.join(self.repo_dir, prefix)) or self._db.execute(
+                "SELECT 1 FROM Fileset WHERE templatePrefix = ?", (prefix,)).fetchone()
+            if not taken:
+                break
+        self._db.execute("INSERT OR REPLACE INTO sim_prefix_counter (base, next_index) VALUES (?, ?)",
+                         (base, index))
+        return prefix
+
+    def _make_dirs(self, dirs: Iterable[str], uid: int, gid: int, ev: int) -> None:
+        """Create directories on disk and their `Directory` OriginalFile rows, one per level
+        (RepositoryDaoImpl.makeDirs; a top-level directory has path "/", CheckedPath.getRelativePath)."""
+        new_ids = []
+        for d in dirs:
+            parts = [p for p in d.split("/") if p]
+            for depth in range(1, len(parts) + 1):
+                rel = "/".join(parts[:depth])
+                if rel in self._dir_cache:
+                    continue
+                self._dir_cache.add(rel)
+                parent, name = "/".join(parts[:depth - 1]), parts[depth - 1]
+                path = parent + "/" if parent else "/"
+                exists = self._db.execute(
+                    "SELECT 1 FROM OriginalFile WHERE path = ? AND name = ? AND mimetype = ?",
+                    (path, name, port_api.MIMETYPE_DIRECTORY)).fetchone()
+                if not exists:
+                    new_ids.append(self._db.execute(
+                        "INSERT INTO OriginalFile (path, name, mimetype, repo, owner_id, group_id, "
+                        "creation_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (path, name, port_api.MIMETYPE_DIRECTORY, self.uuid, uid, gid, ev)).lastrowid)
+                os.makedirs(os.path.join(self.repo_dir, rel), exist_ok=True)
+        self._log(ev, "OriginalFile", new_ids, "INSERT")
+
+    def _entries(self, fid: int) -> list:
+        """(OriginalFile id, path, name, hasher, the client's real path as bytes) per used file."""
+        return self._db.execute(
+            "SELECT o.id, o.path, o.name, o.hasher, s.source FROM FilesetEntry fe "
+            "JOIN OriginalFile o ON o.id = fe.originalFile "
+            "JOIN sim_source s ON s.originalFile = o.id WHERE fe.fileset = ? ORDER BY fe.id",
+            (fid,)).fetchall()
+
+    def _import_row(self, fid: int) -> tuple:
+        row = self._db.execute("SELECT transfer, outcome, steps_done, planned_images, spw, "
+                               "target_type, target_id, uploaded FROM sim_import WHERE fileset = ?",
+                               (fid,)).fetchone()
+        if row is None:
+            raise KeyError("no import of fileset %d" % fid)
+        return row
+
+    def store_file(self, fid: int, index: int, *, partial: bool = False) -> None:
+        """Transfer used file `index` into the repository (RawFileStore writes, or the in-place
+        transfer's link/copy). `partial` stops halfway, as a client that dies mid-upload: the bytes
+        so far are on disk, OriginalFile.size/hash stay unset."""
+        with self.transaction():
+            transfer = self._import_row(fid)[0]
+            of_id, path, name, hasher, source = self._entries(fid)[index]
+            source = os.fsdecode(source)
+            dest = os.path.join(self.repo_dir, path, name)
+            if partial:
+                if transfer in ("ln", "ln_rm", "ln_s"):
+                    return   # a link is made whole or not at all
+                with open(source, "rb") as src, open(dest, "wb") as out:
+                    out.write(src.read(max(1, os.path.getsize(source) // 2)))
+                return
+            if transfer == "ln_s":
+                os.symlink(source, dest)
+            elif transfer in ("ln", "ln_rm"):
+                os.link(source, dest)
+            else:
+                shutil.copyfile(source, dest)
+            size, digest = os.path.getsize(dest), file_hash(dest, hasher)
+            if transfer in ("ln_rm", "cp_rm", "upload_rm"):
+                os.unlink(source)
+            uid, gid = self._db.execute("SELECT owner_id, group_id FROM Fileset WHERE id = ?",
+                                        (fid,)).fetchone()
+            self._db.execute("UPDATE OriginalFile SET size = ?, hash = ? WHERE id = ?",
+                             (size, digest, of_id))
+            self._log(self._event(uid, gid, "Import"), "OriginalFile", [of_id], "UPDATE")
+
+    def verify_upload(self, fid: int) -> None:
+        """ImportProcess.verifyUpload: the UploadJob (and only it) becomes Finished
+        (ManagedImportProcessI.verifyUpload -> RepositoryDao.updateJob)."""
+        with self.transaction():
+            uid, gid, job = self._db.execute(
+                "SELECT f.owner_id, f.group_id, j.id FROM Fileset f JOIN FilesetJobLink l "
+                "ON l.parent = f.id JOIN Job j ON j.id = l.child "
+                "WHERE f.id = ? AND j.kind = 'UploadJob'", (fid,)).fetchone()
+            now = _fmt(self.now())
+            self._db.execute("UPDATE Job SET status = 'Finished', message = 'Finished', "
+                             "finished = ? WHERE id = ?", (now, job))
+            self._log(self._event(uid, gid, "Import"), "UploadJob", [job], "UPDATE")
+            self._db.execute("UPDATE sim_import SET uploaded = 1 WHERE fileset = ?", (fid,))
+
+    def advance_import(self, fileset_id: int, steps: int = 1) -> None:
+        """Run the next `steps` of the five server steps: each appends a line to the import log
+        (one size UPDATE per step, as `omero fs importtime` reads them); step 1 creates the images."""
+        with self.transaction():
+            _, outcome, done, planned, spw, ttype, tid, uploaded = self._import_row(fileset_id)
+            if outcome != "ok" or not uploaded:
+                raise ValueError("fileset %d cannot advance (outcome %s, uploaded %s)"
+                                 % (fileset_id, outcome, bool(uploaded)))
+            if done + steps > len(IMPORT_STEPS):
+                raise ValueError("fileset %d has done %d of %d steps" % (fileset_id, done,
+                                                                         len(IMPORT_STEPS)))
+            if done == 0 and steps:
+                self._create_images(fileset_id, planned, spw, ttype, tid)
+            self._append_log(fileset_id, "INFO ", ["Step %d of %d: %s" % (
+                step, len(IMPORT_STEPS), IMPORT_STEPS[step - 1])
+                for step in range(done + 1, done + steps + 1)])
+            self._db.execute("UPDATE sim_import SET steps_done = ? WHERE fileset = ?",
+                             (done + steps, fileset_id))
+
+    def fail_import(self, fid: int, message: str) -> None:
+        """A server-side failure: the log gets the error, no images are made (a ghost fileset)."""
+        with self.transaction():
+            self._append_log(fid, "ERROR", [message])
+            self._db.execute("UPDATE sim_import SET outcome = 'server-failure' WHERE fileset = ?",
+                             (fid,))
+
+    def _append_log(self, fid: int, level: str, lines: Sequence[str]) -> None:
+        """Append lines to the import log; each line is one size UPDATE of its OriginalFile."""
+        log_id, path, name, uid, gid = self._db.execute(
+            "SELECT o.id, o.path, o.name, f.owner_id, f.group_id FROM Fileset f "
+            "JOIN FilesetJobLink l ON l.parent = f.id JOIN Job j ON j.id = l.child "
+            "AND j.kind = 'UploadJob' JOIN JobOriginalFileLink jl ON jl.parent = j.id "
+            "JOIN OriginalFile o ON o.id = jl.child WHERE f.id = ?", (fid,)).fetchone()
+        on_disk = os.path.join(self.repo_dir, path, name)
+        stamp = self.now().strftime("%Y-%m-%d %H:%M:%S,") + "%03d" % (self.now().microsecond // 1000)
+        with open(on_disk, "a", encoding="utf-8") as log:
+            for text in lines:
+                log.write("%s %s [ome.services.blitz.repo.ManagedImportRequestI] %s\n"
+                          % (stamp, level, text))
+                log.flush()
+                self._db.execute("UPDATE OriginalFile SET size = ? WHERE id = ?",
+                                 (log.tell(), log_id))
+                self._log(self._event(uid, gid, "Import"), "OriginalFile", [log_id], "UPDATE")
+
+    def _create_images(self, fid, planned: int, spw: bool, ttype, tid) -> None:
+        uid, gid = self._db.execute("SELECT owner_id, group_id FROM Fileset WHERE id = ?",
+                                    (fid,)).fetchone()
+        main = self._entries(fid)[0][2]
+        ev = self._event(uid, gid, "Import")
+        image_ids = [self._db.execute(
+            "INSERT INTO Image (name, series, fileset, owner_id, group_id, creation_id) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (main if planned == 1 else "%s [%d]" % (main, s), s, fid, uid, gid, ev)).lastrowid
+            for s in range(planned)]
+        self._log(ev, "Image", image_ids, "INSERT")
+        if spw:
+            plate = self._db.execute("INSERT INTO Plate (name, owner_id, group_id, creation_id) "
+                                     "VALUES (?, ?, ?, ?)", (main, uid, gid, ev)).lastrowid
+            self._log(ev, "Plate", [plate], "INSERT")
+            cols = max(1, math.ceil(math.sqrt(planned)))
+            for n, image in enumerate(image_ids):
+                well = self._db.execute('INSERT INTO Well (plate, "row", "column", owner_id, '
+                                        'group_id) VALUES (?, ?, ?, ?, ?)',
+                                        (plate, n // cols, n % cols, uid, gid)).lastrowid
+                sample = self._db.execute("INSERT INTO WellSample (well, image, owner_id, group_id) "
+                                          "VALUES (?, ?, ?, ?)", (well, image, uid, gid)).lastrowid
+                self._log(ev, "Well", [well], "INSERT")
+                self._log(ev, "WellSample", [sample], "INSERT")
+            if ttype == "Screen":
+                link = self._db.execute("INSERT INTO ScreenPlateLink (parent, child) VALUES (?, ?)",
+                                        (tid, plate)).lastrowid
+                self._log(ev, "ScreenPlateLink", [link], "INSERT")
+        elif ttype == "Dataset":
+            links = [self._db.execute("INSERT INTO DatasetImageLink (parent, child) VALUES (?, ?)",
+                                      (tid, image)).lastrowid for image in image_ids]
+            self._log(ev, "DatasetImageLink", links, "INSERT")
+
+    def import_log_id(self, fileset_id: int) -> int:
+        """The import log's OriginalFile id (what IMPORT_STARTED prints as Logfile)."""
+        return self._db.execute(
+            "SELECT jl.child FROM FilesetJobLink l JOIN Job j ON j.id = l.child "
+            "AND j.kind = 'UploadJob' JOIN JobOriginalFileLink jl ON jl.parent = j.id "
+            "WHERE l.parent = ?", (fileset_id,)).fetchone()[0]
+
+    def import_result(self, fileset_id: int) -> dict:
+        """The ImportResponse objects by class: {"Plate": [...], "Image": [...]} (Plate only for SPW)."""
+        images = [r[0] for r in self._db.execute(
+            "SELECT id FROM Image WHERE fileset = ? ORDER BY id", (fileset_id,))]
+        plates = [r[0] for r in self._db.execute(
+            "SELECT DISTINCT w.plate FROM Image i JOIN WellSample ws ON ws.image = i.id "
+            "JOIN Well w ON w.id = ws.well WHERE i.fileset = ? ORDER BY w.plate", (fileset_id,))]
+        return {"Plate": plates, "Image": images} if plates else {"Image": images}
+
+    def start_import_process(self, fileset_id: int) -> None:
+        """Make the fileset's ImportProcess live again (ManagedRepository.listImports shows it)."""
+        with self.transaction():
+            self._db.execute("UPDATE sim_import SET process_live = 1 WHERE fileset = ?", (fileset_id,))
+
+    def end_import_process(self, fileset_id: int) -> None:
+        """Close the ImportProcess (client closed it, or its session ended)."""
+        with self.transaction():
+            self._db.execute("UPDATE sim_import SET process_live = 0 WHERE fileset = ?", (fileset_id,))
+
+    # --- deletion ------------------------------------------------------------------------------
+    def delete_fileset(self, fileset_id: int) -> None:
+        """Delete2 on a Fileset: its images (and plates/wells), entries, files, log, jobs and
+        annotations, and the files on disk (links are removed, never their targets)."""
+        with self.transaction():
+            uid, gid = self._db.execute("SELECT owner_id, group_id FROM Fileset WHERE id = ?",
+                                        (fileset_id,)).fetchone()
+            ev = self._event(uid, gid)
+            q = self._db.execute
+            images = [r[0] for r in q("SELECT id FROM Image WHERE fileset = ?", (fileset_id,))]
+            marks = ",".join("?" * len(images))
+            if images:
+                wells = [r[0] for r in q("SELECT DISTINCT well FROM WellSample WHERE image IN (%s)"
+                                         % marks, images)]
+                plates = [r[0] for r in q("SELECT DISTINCT plate FROM Well WHERE id IN (%s)"
+                                          % ",".join("?" * len(wells)), wells)] if wells else []
+                q("DELETE FROM WellSample WHERE image IN (%s)" % marks, images)
+                q("DELETE FROM DatasetImageLink WHERE child IN (%s)" % marks, images)
+                if wells:
+                    q("DELETE FROM Well WHERE id IN (%s)" % ",".join("?" * len(wells)), wells)
+                for plate in plates:
+                    q("DELETE FROM ScreenPlateLink WHERE child = ?", (plate,))
+                    q("DELETE FROM Plate WHERE id = ?", (plate,))
+                q("DELETE FROM Image WHERE id IN (%s)" % marks, images)
+                self._log(ev, "Image", images, "DELETE")
+            files = q("SELECT o.id, o.path, o.name FROM FilesetEntry fe JOIN OriginalFile o "
+                      "ON o.id = fe.originalFile WHERE fe.fileset = ?", (fileset_id,)).fetchall()
+            jobs = [r[0] for r in q("SELECT child FROM FilesetJobLink WHERE parent = ?",
+                                    (fileset_id,))]
+            logs = q("SELECT o.id, o.path, o.name FROM JobOriginalFileLink jl JOIN OriginalFile o "
+                     "ON o.id = jl.child WHERE jl.parent IN (%s)" % ",".join("?" * len(jobs)),
+                     jobs).fetchall()
+            anns = [r[0] for r in q("SELECT child FROM FilesetAnnotationLink WHERE parent = ?",
+                                    (fileset_id,))]
+            q("DELETE FROM FilesetAnnotationLink WHERE parent = ?", (fileset_id,))
+            q("DELETE FROM Annotation WHERE id IN (%s)" % ",".join("?" * len(anns)), anns)
+            q("DELETE FROM JobOriginalFileLink WHERE parent IN (%s)" % ",".join("?" * len(jobs)),
+              jobs)
+            q("DELETE FROM FilesetJobLink WHERE parent = ?", (fileset_id,))
+            q("DELETE FROM Job WHERE id IN (%s)" % ",".join("?" * len(jobs)), jobs)
+            q("DELETE FROM FilesetEntry WHERE fileset = ?", (fileset_id,))
+            for of_id, path, name in files + logs:
+                q("DELETE FROM OriginalFile WHERE id = ?", (of_id,))
+                q("DELETE FROM sim_source WHERE originalFile = ?", (of_id,))
+                on_disk = os.path.join(self.repo_dir, path, name)
+                if os.path.lexists(on_disk):
+                    os.unlink(on_disk)
+            self._log(ev, "OriginalFile", [f[0] for f in files + logs], "DELETE")
+            q("DELETE FROM Fileset WHERE id = ?", (fileset_id,))
+            q("DELETE FROM sim_import WHERE fileset = ?", (fileset_id,))
+            self._log(ev, "Fileset", [fileset_id], "DELETE")
+
+    # --- ports ---------------------------------------------------------------------------------
+    def port(self, user: str, group: Optional[str] = None) -> "SimPort":
+        """A ServerPort on a session of `user` (in `group`, else the default group)."""
+        uid, gid = self._owner_and_group(user, group)
+        return SimPort(self, uid, gid)
+
+
+# FilePathRestrictionInstance "Windows required" (part of the default omero.fs.repo.path_rules):
+# characters the repository replaces in the names it creates (the clientPath keeps the originals)
+_UNSAFE = {c: "_" for c in range(0x20)}
+_UNSAFE.update({ord('"'): "'", ord("*"): "x", ord(":"): ";", ord("<"): "[", ord(">"): "]",
+                ord("?"): "%", ord("\\"): "!", ord("|"): "!"})
+
+
+def sanitize_repo_path(rel: str) -> str:
+    """Apply the character transformations of the default path rules to each component."""
+    return "/".join(part.translate(_UNSAFE) for part in rel.split("/"))
+
+
+def _db_text(path: str) -> str:
+    """Text as the server stores it: bytes that are not UTF-8 (surrogate escapes of a Python path)
+    arrive as U+FFFD, as a JVM decoding the name would deliver them."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _paths_below_common_root(client_paths: Sequence[str]) -> list:
+    """Each path relative to the client paths' common directory; the directory itself is not kept
+    (ManagedRepositoryI.commonRoot + trimPaths with readers that need no parent directories)."""
+    split = [p.split("/") for p in client_paths]
+    common = 0
+    while all(len(s) > common + 1 for s in split) and len({s[common] for s in split}) == 1:
+        common += 1
+    return ["/".join(s[common:]) for s in split]
+
+
+class _Reader:
+    """A RawFileStore on one repository file (follows the ln_s link, as the server's open does)."""
+
+    def __init__(self, server: SimServer, path: str):
+        self._server = server
+        self._file = open(path, "rb")
+        self.size = os.fstat(self._file.fileno()).st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._server._count(1)
+        return os.pread(self._file.fileno(), length, offset)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class SimPort:
+    """`omero_cli_ext.server.ServerPort` over a SimServer, as one user's session, with OMERO's read
+    rules. Each call adds its round trips to the server's count (see docs/development.md)."""
+
+    def __init__(self, server: SimServer, user_id: int, group_id: int):
+        self._server = server
+        self._db = server._db
+        self._uid = user_id
+        self._gid = group_id
+        row = self._db.execute("SELECT omeName, admin, privileges, binary_restricted FROM "
+                               "Experimenter WHERE id = ?", (user_id,)).fetchone()
+        self._name, self._admin = row[0], bool(row[1])
+        self._privileges = frozenset(p for p in row[2].split(",") if p)
+        self._binary_restricted = bool(row[3])
+        self._groups = set(server._member_groups(user_id))
+        self._closed = False
+
+    # --- rules ---------------------------------------------------------------------------------
+    def _readable_sql(self, alias: str) -> tuple:
+        """SQL condition for rows `alias` the user reads with omero.group=-1: admins read all;
+        members read all of non-private groups and their own in private ones."""
+        if self._admin:
+            return "1", ()
+        groups = sorted(self._groups)
+        marks = ",".join("?" * len(groups))
+        return ("({a}.group_id IN ({m}) AND ({a}.owner_id = ? OR {a}.group_id IN "
+                "(SELECT id FROM ExperimenterGroup WHERE permissions != 'rw----')))"
+                .format(a=alias, m=marks), tuple(groups) + (self._uid,))
+
+    def _can_edit(self, owner_id: int, group_id: int) -> bool:
+        if self._admin or owner_id == self._uid:
+            return True
+        perms = self._db.execute("SELECT permissions FROM ExperimenterGroup WHERE id = ?",
+                                 (group_id,)).fetchone()[0]
+        return group_id in self._groups and perms == "rwrw--"
+
+    def _binary_restricted_for(self, owner_id: int, group_id: int, name: str) -> bool:
+        """BinaryAccessPolicy: never for owners/admins (they can edit), never for *.txt files."""
+        if self._admin or owner_id == self._uid or name.endswith(".txt"):
+            return False
+        group_policy = self._db.execute("SELECT binary_access FROM ExperimenterGroup WHERE id = ?",
+                                        (group_id,)).fetchone()[0]
+        return bool(self._binary_restricted or self._server._meta("binary_access") or group_policy)
+
+    def _need(self, privilege: str) -> None:
+        if not (self._admin and privilege in self._privileges):
+            raise PermissionDenied("%s lacks the %s privilege" % (self._name, privilege))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise port_api.ServerError("the session of %s is closed" % self._name)
+
+    # --- who and where -------------------------------------------------------------------------
+    def repository(self) -> Repository:
+        self._check_open()
+        self._server._count(1)
+        return Repository(uuid=self._server.uuid, root=self._server.repo_dir)
+
+    def current_user(self) -> User:
+        self._check_open()
+        self._server._count(1)
+        return self._user(self._uid, self._gid)
+
+    def _user(self, uid: int, gid: Optional[int] = None) -> User:
+        name, admin, privs = self._db.execute(
+            "SELECT omeName, admin, privileges FROM Experimenter WHERE id = ?", (uid,)).fetchone()
+        if gid is None:
+            gid = self._server._member_groups(uid)[0]
+        gname = self._db.execute("SELECT name FROM ExperimenterGroup WHERE id = ?", (gid,)).fetchone()[0]
+        return User(id=uid, name=name, group_id=gid, group_name=gname, is_admin=bool(admin),
+                    privileges=frozenset(p for p in privs.split(",") if p))
+
+    def lookup_users(self, names: Sequence[str]) -> Mapping[str, User]:
+        self._check_open()
+        names = list(names)
+        self._server._count(_pages(len(names)))
+        found = {}
+        for name in names:
+            row = self._db.execute("SELECT id FROM Experimenter WHERE omeName = ?", (name,)).fetchone()
+            if row:
+                found[name] = self._user(row[0])
+        return found
+
+    def server_time(self) -> _dt.datetime:
+        """IConfig.getServerTime: the simulated clock."""
+        self._check_open()
+        self._server._count(1)
+        return self._server.now()
+
+    def sudo(self, user_name: str) -> "SimPort":
+        self._check_open()
+        self._server._count(1)
+        self._need("Sudo")
+        try:
+            return self._server.port(user_name)
+        except KeyError:
+            raise NotFound("no user %s" % user_name, [user_name]) from None
+
+    # --- filesets ------------------------------------------------------------------------------
+    def _load_filesets(self, ids: Sequence[int]) -> dict:
+        """Readable filesets by id, with entries, image counts and transfer (no round-trip count)."""
+        cond, params = self._readable_sql("f")
+        result = {}
+        for page in port_api.batched(sorted(set(ids)), PAGE):
+            marks = ",".join("?" * len(page))
+            rows = self._db.execute(
+                "SELECT f.id, f.templatePrefix, f.owner_id, u.omeName, f.group_id, g.name, "
+                "g.permissions, e.time, "
+                "(SELECT count(*) FROM Image i WHERE i.fileset = f.id), "
+                "(SELECT a.textValue FROM FilesetAnnotationLink l JOIN Annotation a ON a.id = l.child "
+                " WHERE l.parent = f.id AND a.ns = ? ORDER BY a.id LIMIT 1) "
+                "FROM Fileset f JOIN Experimenter u ON u.id = f.owner_id "
+                "JOIN ExperimenterGroup g ON g.id = f.group_id JOIN Event e ON e.id = f.creation_id "
+                "WHERE f.id IN (%s) AND %s" % (marks, cond),
+                (port_api.NS_FILE_TRANSFER,) + tuple(page) + params).fetchall()
+            entries: dict = {}
+            for row in self._db.execute(
+                    "SELECT fe.fileset, fe.clientPath, o.id, o.path, o.name, o.size, o.hash, "
+                    "o.hasher, o.mimetype, o.repo, o.owner_id, o.group_id FROM FilesetEntry fe "
+                    "JOIN OriginalFile o ON o.id = fe.originalFile WHERE fe.fileset IN (%s) "
+                    "ORDER BY fe.id" % marks, tuple(page)):
+                of = port_api.OriginalFile(
+                    id=row[2], path=row[3], name=row[4], size=row[5], hash=row[6], hasher=row[7],
+                    mimetype=row[8], repo=row[9],
+                    binary_restricted=self._binary_restricted_for(row[10], row[11], row[4]))
+                entries.setdefault(row[0], []).append(port_api.FilesetEntry(row[1], of))
+            short_names = {v: k for k, v in TRANSFER_CLASSES.items()}
+            for (fid, prefix, oid, oname, gid, gname, perms, created, nimg, transfer) in rows:
+                result[fid] = port_api.Fileset(
+                    id=fid, template_prefix=prefix, owner_id=oid, owner_name=oname, group_id=gid,
+                    group_name=gname, group_perms=perms, entries=tuple(entries.get(fid, ())),
+                    image_count=nimg, transfer=short_names.get(transfer, transfer),
+                    created=_parse(created))
+        return result
+
+    def filesets(self, ids: Iterable[int]) -> Mapping[int, port_api.Fileset]:
+        self._check_open()
+        ids = list(ids)
+        self._server._count(_pages(len(ids)))
+        return self._load_filesets(ids)
+
+    def filesets_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
+        """Project->Dataset->Image->Fileset, Dataset->Image->Fileset, Image->Fileset,
+        Screen->Plate->Well->WellSample->Image->Fileset, Plate->..., Fileset."""
+        self._check_open()
+        refs = list(refs)
+        by_type: dict = {}
+        for kind, oid in refs:
+            if kind not in port_api.CONTAINER_TYPES:
+                raise ValueError("cannot resolve filesets of %s" % kind)
+            by_type.setdefault(kind, []).append(oid)
+        self._server._count(sum(_pages(len(v)) for v in by_type.values()) or 1)
+        paths = {
+            "Fileset": "SELECT f.id, f.id FROM Fileset f WHERE f.id = ?",
+            "Image": "SELECT i.id, i.fileset FROM Image i WHERE i.id = ?",
+            "Dataset": "SELECT d.id, i.fileset FROM Dataset d LEFT JOIN DatasetImageLink dil "
+                       "ON dil.parent = d.id LEFT JOIN Image i ON i.id = dil.child WHERE d.id = ?",
+            "Project": "SELECT p.id, i.fileset FROM Project p LEFT JOIN ProjectDatasetLink pdl "
+                       "ON pdl.parent = p.id LEFT JOIN DatasetImageLink dil ON dil.parent = pdl.child "
+                       "LEFT JOIN Image i ON i.id = dil.child WHERE p.id = ?",
+            "Plate": "SELECT p.id, i.fileset FROM Plate p LEFT JOIN Well w ON w.plate = p.id "
+                     "LEFT JOIN WellSample ws ON ws.well = w.id LEFT JOIN Image i ON i.id = ws.image "
+                     "WHERE p.id = ?",
+            "Screen": "SELECT s.id, i.fileset FROM Screen s LEFT JOIN ScreenPlateLink spl "
+                      "ON spl.parent = s.id LEFT JOIN Well w ON w.plate = spl.child "
+                      "LEFT JOIN WellSample ws ON ws.well = w.id "
+                      "LEFT JOIN Image i ON i.id = ws.image WHERE s.id = ?",
+        }
+        alias = {"Fileset": "f", "Image": "i", "Dataset": "d", "Project": "p", "Plate": "p",
+                 "Screen": "s"}
+        result = {}
+        for kind, oid in refs:
+            cond, params = self._readable_sql(alias[kind])
+            rows = self._db.execute(paths[kind] + " AND " + cond, (oid,) + params).fetchall()
+            if not rows:
+                continue
+            fileset_ids = sorted({r[1] for r in rows if r[1] is not None})
+            readable = self._load_filesets(fileset_ids)
+            result[(kind, oid)] = tuple(f for f in fileset_ids if f in readable)
+        return result
+
+    def find_filesets(self, query: FilesetQuery) -> Sequence[port_api.Fileset]:
+        self._check_open()
+        sql = "SELECT f.id FROM Fileset f JOIN Event e ON e.id = f.creation_id WHERE 1"
+        params: list = []
+        if query.owner_id is not None:
+            sql += " AND f.owner_id = ?"
+            params.append(query.owner_id)
+        if query.group_id is not None:
+            sql += " AND f.group_id = ?"
+            params.append(query.group_id)
+        if query.since is not None:
+            sql += " AND e.time >= ?"
+            params.append(_fmt(query.since))
+        if query.ids is not None:
+            sql += " AND f.id IN (%s)" % ",".join("?" * len(query.ids))
+            params.extend(query.ids)
+        cond, cparams = self._readable_sql("f")
+        sql += " AND " + cond + " ORDER BY e.time DESC, f.id DESC"
+        ids = [r[0] for r in self._db.execute(sql, params + list(cparams))]
+        self._server._count(_pages(len(ids)))
+        loaded = self._load_filesets(ids)
+        return [loaded[i] for i in ids]
+
+    def filesets_by_client_paths(self, client_paths: Sequence[str], owner_id: int) -> Mapping[str, tuple]:
+        """Only paths used by at least one of the owner's readable filesets appear."""
+        self._check_open()
+        paths = list(client_paths)
+        self._server._count(_pages(len(paths)))
+        cond, params = self._readable_sql("f")
+        found: dict = {}
+        for page in port_api.batched(paths, PAGE):
+            for path, fid in self._db.execute(
+                    "SELECT fe.clientPath, f.id FROM FilesetEntry fe JOIN Fileset f "
+                    "ON f.id = fe.fileset WHERE fe.clientPath IN (%s) AND f.owner_id = ? AND %s "
+                    "ORDER BY f.id" % (",".join("?" * len(page)), cond),
+                    tuple(page) + (owner_id,) + params):
+                if fid not in found.setdefault(path, ()):
+                    found[path] = found[path] + (fid,)
+        return found
+
+    def activity(self, fileset_ids: Iterable[int]) -> Mapping[int, FilesetActivity]:
+        self._check_open()
+        ids = list(fileset_ids)
+        self._server._count(_pages(len(ids)))
+        readable = self._load_filesets(ids)
+        result = {}
+        for fid, fileset in readable.items():
+            jobs = tuple(Job(id=r[0], fileset_id=fid, kind=r[1], status=r[2],
+                             submitted=_parse(r[3]), started=_parse(r[4]), finished=_parse(r[5]),
+                             message=r[6])
+                         for r in self._db.execute(
+                             "SELECT j.id, j.kind, j.status, j.submitted, j.started, j.finished, "
+                             "j.message FROM FilesetJobLink l JOIN Job j ON j.id = l.child "
+                             "WHERE l.parent = ? ORDER BY l.id", (fid,)))
+            log_row = self._db.execute(
+                "SELECT o.id, o.size FROM FilesetJobLink l JOIN JobOriginalFileLink jl "
+                "ON jl.parent = l.child JOIN OriginalFile o ON o.id = jl.child "
+                "WHERE l.parent = ? AND o.mimetype = ?", (fid, port_api.MIMETYPE_IMPORT_LOG)).fetchone()
+            log = None
+            if log_row:
+                updated, updates = self._db.execute(
+                    "SELECT max(e.time), count(el.id) FROM EventLog el JOIN Event e ON e.id = el.event "
+                    "WHERE el.entityType = ? AND el.entityId = ? AND el.action = 'UPDATE'",
+                    (ENTITY_TYPES["OriginalFile"], log_row[0])).fetchone()
+                log = ImportLog(fileset_id=fid, original_file_id=log_row[0], size=log_row[1] or 0,
+                                updated=_parse(updated), updates=updates)
+            result[fid] = FilesetActivity(fileset_id=fid, jobs=jobs, image_count=fileset.image_count,
+                                          log=log, last_event=self._last_event(fid))
+        return result
+
+    def _last_event(self, fid: int) -> Optional[_dt.datetime]:
+        objects = [("Fileset", fid)]
+        objects += [("OriginalFile", r[0]) for r in self._db.execute(
+            "SELECT originalFile FROM FilesetEntry WHERE fileset = ?", (fid,))]
+        objects += [("OriginalFile", r[0]) for r in self._db.execute(
+            "SELECT jl.child FROM FilesetJobLink l JOIN JobOriginalFileLink jl ON jl.parent = l.child "
+            "WHERE l.parent = ?", (fid,))]
+        objects += [(r[1], r[0]) for r in self._db.execute(
+            "SELECT j.id, j.kind FROM FilesetJobLink l JOIN Job j ON j.id = l.child "
+            "WHERE l.parent = ?", (fid,))]
+        objects += [("Image", r[0]) for r in self._db.execute(
+            "SELECT id FROM Image WHERE fileset = ?", (fid,))]
+        newest = None
+        for kind, oid in objects:
+            t = self._db.execute(
+                "SELECT max(e.time) FROM EventLog el JOIN Event e ON e.id = el.event "
+                "WHERE el.entityType = ? AND el.entityId = ?", (ENTITY_TYPES[kind], oid)).fetchone()[0]
+            if t is not None and (newest is None or t > newest):
+                newest = t
+        return _parse(newest)
+
+    def running_imports(self) -> Sequence[RunningImport]:
+        """ManagedRepositoryI.listImports: live processes in the user's groups (admins included:
+        it filters by memberOfGroups) whose fileset the user can edit. The fileset id is known only
+        after verifyUpload (ImportProcess.getHandle); before that it is 0."""
+        self._check_open()
+        self._server._count(1)
+        result = []
+        for fid, owner_id, group_id, uploaded in self._db.execute(
+                "SELECT f.id, f.owner_id, f.group_id, s.uploaded FROM sim_import s JOIN Fileset f "
+                "ON f.id = s.fileset WHERE s.process_live = 1 ORDER BY f.id").fetchall():
+            if group_id not in self._groups or not self._can_edit(owner_id, group_id):
+                continue
+            offsets = []
+            for _, path, name, _, _ in self._server._entries(fid):
+                on_disk = os.path.join(self._server.repo_dir, path, name)
+                offsets.append(os.path.getsize(on_disk) if os.path.exists(on_disk) else 0)
+            result.append(RunningImport(fileset_id=fid if uploaded else 0,
+                                        upload_offsets=tuple(offsets)))
+        return result
+
+    def containers_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
+        self._check_open()
+        ids = list(fileset_ids)
+        self._server._count(_pages(len(ids)))
+        readable = self._load_filesets(ids)
+        result = {}
+        for fid in readable:
+            row = self._db.execute(
+                "SELECT s.name, p.name FROM Image i JOIN WellSample ws ON ws.image = i.id "
+                "JOIN Well w ON w.id = ws.well JOIN Plate p ON p.id = w.plate "
+                "LEFT JOIN ScreenPlateLink spl ON spl.child = p.id "
+                "LEFT JOIN Screen s ON s.id = spl.parent WHERE i.fileset = ? "
+                "ORDER BY i.id, spl.id LIMIT 1", (fid,)).fetchone()
+            if row:
+                result[fid] = (("Screen", row[0]) if row[0] is not None else ()) + ("Plate", row[1])
+                continue
+            row = self._db.execute(
+                "SELECT pr.name, d.name FROM Image i JOIN DatasetImageLink dil ON dil.child = i.id "
+                "JOIN Dataset d ON d.id = dil.parent "
+                "LEFT JOIN ProjectDatasetLink pdl ON pdl.child = d.id "
+                "LEFT JOIN Project pr ON pr.id = pdl.parent WHERE i.fileset = ? "
+                "ORDER BY i.id, dil.id, pdl.id LIMIT 1", (fid,)).fetchone()
+            if row:
+                result[fid] = (("Project", row[0]) if row[0] is not None else ()) + ("Dataset", row[1])
+            else:
+                result[fid] = ()
+        return result
+
+    # --- files ---------------------------------------------------------------------------------
+    def open_original_file(self, original_file_id: int):
+        self._check_open()
+        self._server._count(1)
+        cond, params = self._readable_sql("o")
+        row = self._db.execute("SELECT o.path, o.name, o.owner_id, o.group_id FROM OriginalFile o "
+                               "WHERE o.id = ? AND o.mimetype != ? AND " + cond,
+                               (original_file_id, port_api.MIMETYPE_DIRECTORY) + params).fetchone()
+        if row is None:
+            raise NotFound("OriginalFile:%d not found" % original_file_id, [original_file_id])
+        path, name, owner_id, group_id = row
+        if self._binary_restricted_for(owner_id, group_id, name):
+            raise PermissionDenied("Download is restricted for OriginalFile:%d" % original_file_id)
+        on_disk = os.path.join(self._server.repo_dir, path, name)
+        try:
+            return _Reader(self._server, on_disk)
+        except OSError as e:
+            raise port_api.ServerError("cannot read OriginalFile:%d: %s" % (original_file_id, e)) from e
+
+    # --- changes -------------------------------------------------------------------------------
+    def update_original_files(self, changes: Sequence[tuple]) -> int:
+        self._check_open()
+        changes = list(changes)
+        self._server._count(_pages(len(changes)))
+        self._need("WriteManagedRepo")
+        changed = 0
+        with self._server.transaction():
+            ev = self._server._event(self._uid, self._gid)
+            for of_id, path, name in changes:
+                if not path.endswith("/"):
+                    raise ValueError("OriginalFile.path must end with '/': %r" % path)
+                n = self._db.execute("UPDATE OriginalFile SET path = ?, name = ? WHERE id = ?",
+                                     (path, name, of_id)).rowcount
+                if n:
+                    self._server._log(ev, "OriginalFile", [of_id], "UPDATE")
+                changed += n
+        return changed
+
+    def update_template_prefixes(self, changes: Sequence[tuple]) -> int:
+        self._check_open()
+        changes = list(changes)
+        self._server._count(_pages(len(changes)))
+        self._need("WriteManagedRepo")
+        changed = 0
+        with self._server.transaction():
+            ev = self._server._event(self._uid, self._gid)
+            for fid, prefix in changes:
+                if not prefix.endswith("/"):
+                    raise ValueError("Fileset.templatePrefix must end with '/': %r" % prefix)
+                n = self._db.execute("UPDATE Fileset SET templatePrefix = ? WHERE id = ?",
+                                     (prefix, fid)).rowcount
+                if n:
+                    self._server._log(ev, "Fileset", [fid], "UPDATE")
+                changed += n
+        return changed
+
+    def session_login(self) -> tuple:
+        """The simulated session: the fake importer ignores -s/-p/-k (it reads the env)."""
+        self._check_open()
+        return ("sim", "4064", "sim-session-%s" % self._name)
+
+    def can_link(self, refs: Sequence[tuple]) -> Mapping[tuple, bool]:
+        """Readable containers; linkable by admins, owners and read-write group members."""
+        self._check_open()
+        refs = list(refs)
+        self._server._count(_pages(len(refs)) or 1)
+        found = {}
+        for kind, oid in refs:
+            if kind not in ("Project", "Dataset", "Screen", "Plate"):
+                raise port_api.ServerError("cannot link into a %s" % kind)
+            cond, params = self._readable_sql("c")
+            row = self._db.execute("SELECT c.owner_id, c.group_id FROM %s c WHERE c.id = ? AND %s"
+                                   % (kind, cond), (oid,) + params).fetchone()
+            if row is not None:
+                found[(kind, oid)] = self._can_edit(row[0], row[1])
+        return found
+
+    def delete_filesets(self, ids: Sequence[int]) -> None:
+        """One Delete2 request: all or nothing. Owners delete their own; others need DeleteOwned."""
+        self._check_open()
+        ids = list(ids)
+        self._server._count(1)
+        readable = self._load_filesets(ids)
+        missing = [i for i in ids if i not in readable]
+        if missing:
+            raise NotFound("Fileset not found: %s" % ", ".join(map(str, missing)), missing)
+        for fileset in readable.values():
+            if fileset.owner_id != self._uid:
+                self._need("DeleteOwned")
+        with self._server.transaction():
+            for fid in ids:
+                self._server.delete_fileset(fid)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._server._count(1)
+            self._closed = True

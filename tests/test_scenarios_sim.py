@@ -1,0 +1,62 @@
+"""The shared scenarios (tests/scenarios.py) on the simulated server.
+
+The same functions run on a real server in tests/integration/test_scenarios_real.py.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import scenarios
+from sim.server import SimServer
+
+ADMIN = "root"   # SimServer creates root in group system, as a fresh OMERO server has it
+
+
+class SimWorld:
+    """scenarios.World over a SimServer: names are used as given (each test has its own server)."""
+
+    def __init__(self, root: str, data_dir: str):
+        self.sim = SimServer(root)
+        self.data_dir = data_dir
+        self._projects = {}
+
+    def add_group(self, name, perms):
+        self.sim.add_group(name, perms)
+        return name
+
+    def add_user(self, name, groups, *, admin=False):
+        self.sim.add_user(name, list(groups), admin=admin)
+        return name
+
+    def add_dataset(self, name, owner, group, *, project=None):
+        project_id = None
+        if project is not None:
+            project_id = self._projects.get(project) or self.sim.add_project(project, owner, group)
+            self._projects[project] = project_id
+        return self.sim.add_dataset(name, owner, group, project=project_id)
+
+    def import_fake(self, owner, group, name, *, dataset=None):
+        path = os.path.join(self.data_dir, owner, f"{name}.fake")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(f"fake image {name}\n".encode())
+        target = ("Dataset", dataset) if dataset is not None else None
+        return self.sim.import_fileset(owner, [path], group=group, target=target), path
+
+    def port(self, user):
+        return self.sim.port(user)
+
+    def admin_port(self):
+        return self.sim.port(ADMIN)
+
+
+@pytest.fixture
+def world(tmp_path):
+    return SimWorld(str(tmp_path / "server"), str(tmp_path / "data"))
+
+
+@pytest.mark.parametrize("name", sorted(scenarios.SCENARIOS))
+def test_scenario_on_the_simulated_server(name, world):
+    scenarios.SCENARIOS[name](world)
