@@ -128,6 +128,14 @@ HQL_LAST_IMAGE_EVENTS = (
     " where el.entityType = :type and el.entityId = i.id and i.fileset.id in (:ids)"
     " group by i.fileset.id")
 
+HQL_IMAGES_OF = (
+    "select i.fileset.id, i.id from Image i where i.fileset.id in (:ids) order by i.id")
+
+HQL_FILES_BY_PATH = (
+    "select o.id, o.path, o.name, o.size, o.hash, h.value, o.mimetype, o.repo, fe.fileset.id"
+    " from OriginalFile o left outer join o.hasher h left outer join o.filesetEntries fe"
+    " where o.path in (:paths)")
+
 HQL_DATASET_CONTAINERS = (
     "select distinct i.fileset.id, p.name, d.name from DatasetImageLink dil"
     " join dil.child i join dil.parent d"
@@ -518,6 +526,30 @@ class OmeroPort:
                 names.setdefault(fs_id, []).append(
                     ("Screen", screen, "Plate", plate) if screen is not None else ("Plate", plate))
         return {fs_id: min(names[fs_id]) if fs_id in names else () for fs_id in sorted(visible)}
+
+    def images_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
+        found: dict[int, list] = {}
+        for page in _pages(fileset_ids):
+            for fs_id, image_id in unwrap(self._projection(HQL_IMAGES_OF, _ids_params(page),
+                                                           "reading images of filesets")):
+                found.setdefault(fs_id, []).append(image_id)
+        return {fs_id: tuple(ids) for fs_id, ids in found.items()}
+
+    def files_by_repo_paths(self, repo_paths: Sequence[str]) -> Mapping[str, tuple]:
+        wanted = {p.lstrip("/") for p in repo_paths}
+        dirs = sorted({p.rsplit("/", 1)[0] + "/" if "/" in p else "/" for p in wanted})
+        found = {}
+        for page in batched(dirs, PAGE_SIZE):
+            params = ParametersI().add("paths", rlist([rstring(d) for d in page]))
+            for (of_id, path, name, size, digest, hasher, mimetype, repo,
+                 fs_id) in unwrap(self._projection(HQL_FILES_BY_PATH, params,
+                                                   "finding files by repository path")):
+                key = (path + name).lstrip("/")
+                if key in wanted:
+                    found[key] = (fs_id, OriginalFile(id=of_id, path=path, name=name, size=size,
+                                                      hash=digest, hasher=hasher,
+                                                      mimetype=mimetype, repo=repo))
+        return found
 
     # --- importing ---
 

@@ -223,7 +223,14 @@ class ServerPort(Protocol):
         """Per fileset, the container names above its images: ("Project","P","Dataset","D") or
         ("Screen","S","Plate","P"); empty tuple for orphans."""
 
+    def images_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
+        """Per readable fileset, the ids of its images in ascending order (for render checks)."""
+
     # --- files ---
+    def files_by_repo_paths(self, repo_paths: Sequence[str]) -> Mapping[str, tuple]:
+        """For repository-relative paths ("path" + "name" of an OriginalFile, no leading '/'),
+        `(fileset id or None, OriginalFile)` of the readable file stored there; others left out."""
+
     def open_original_file(self, original_file_id: int) -> RawFileReader:
         """A reader on the file's bytes (RawFileStore); raises PermissionDenied if BINARYACCESS is restricted."""
 

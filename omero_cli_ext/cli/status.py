@@ -17,14 +17,16 @@ See docs/status.md for the states, the JSON keys and the exit codes."""
 
 def duration(text):
     """'90s', '15m', '24h', '7d' or plain seconds → seconds."""
-    import argparse
+    # the omero CLI parses with its own copy of argparse: only its ArgumentTypeError keeps this
+    # message (the standard library's would escape as a traceback)
+    from omero_ext.argparse import ArgumentTypeError
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         if text and text[-1] in units:
             return float(text[:-1]) * units[text[-1]]
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration (e.g. 90s, 15m, 24h, 7d): {text!r}")
+        raise ArgumentTypeError(f"not a duration (e.g. 90s, 15m, 24h, 7d): {text!r}") from None
 
 
 class StatusControl(BaseControl):

@@ -1144,7 +1144,36 @@ class SimPort:
                 result[fid] = ()
         return result
 
+    def images_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
+        self._check_open()
+        ids = list(fileset_ids)
+        self._server._count(_pages(len(ids)))
+        result: dict = {}
+        for fid in self._load_filesets(ids):
+            result[fid] = tuple(r[0] for r in self._db.execute(
+                "SELECT id FROM Image WHERE fileset = ? ORDER BY id", (fid,)))
+        return result
+
     # --- files ---------------------------------------------------------------------------------
+    def files_by_repo_paths(self, repo_paths: Sequence[str]) -> Mapping[str, tuple]:
+        self._check_open()
+        wanted = [p.lstrip("/") for p in repo_paths]
+        self._server._count(_pages(len(wanted)))
+        cond, params = self._readable_sql("o")
+        found = {}
+        for key in wanted:
+            path, name = (key.rsplit("/", 1) if "/" in key else ("", key))
+            row = self._db.execute(
+                "SELECT o.id, o.path, o.name, o.size, o.hash, o.hasher, o.mimetype, o.repo, "
+                "(SELECT fe.fileset FROM FilesetEntry fe WHERE fe.originalFile = o.id LIMIT 1) "
+                "FROM OriginalFile o WHERE o.path = ? AND o.name = ? AND " + cond,
+                (path + "/" if path else "/", name) + params).fetchone()
+            if row:
+                found[key] = (row[8], port_api.OriginalFile(
+                    id=row[0], path=row[1], name=row[2], size=row[3], hash=row[4], hasher=row[5],
+                    mimetype=row[6], repo=row[7]))
+        return found
+
     def open_original_file(self, original_file_id: int):
         self._check_open()
         self._server._count(1)
