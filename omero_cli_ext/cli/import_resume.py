@@ -1,17 +1,36 @@
 """The --resume option group of `omero import` and the control glue of the resumable driver."""
 from __future__ import annotations
 
-from omero_cli_ext.cli.base import add_dry_run_argument, add_json_argument
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+
+from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_PERMISSION, add_dry_run_argument,
+                                    add_json_argument, open_port, output_for, server_errors)
+from omero_cli_ext.importing import progress, store
+from omero_cli_ext.importing.driver import Driver, Settings
+from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, chunk_filesets,
+                                          client_path, file_sizes, parse_groups, parse_size)
+from omero_cli_ext.journal import (JournalCorrupt, JournalError, JournalIntegrityError,
+                                   JournalLocked, open_journal)
+from omero_cli_ext.output import printable
 
 
 def positive_int(text):
-    import argparse
+    # the omero CLI parses with its own argparse copy (omero_ext.argparse): raise its error type
+    from omero_ext.argparse import ArgumentTypeError
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+        raise ArgumentTypeError(f"not a whole number: {text!r}")
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+        raise ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
 
 
@@ -38,3 +57,557 @@ def add_resume_arguments(group) -> None:
                        help="shared journals: a chunk claim expires after this long without a heartbeat (default 600)")
     add_dry_run_argument(group)
     add_json_argument(group)
+
+
+# --- exit codes (docs/import.md) ---------------------------------------------------------------
+EXIT_FAILED_FILESETS = 3    # the job finished; some filesets failed on their own merits
+EXIT_INTERRUPTED = 4        # interrupted or transient failures outlasted --retries: rerun to resume
+EXIT_GHOSTS = 5             # this job's ghost filesets are on the server: rerun with --clean-ghosts
+EXIT_BAD_INPUT = 10         # missing/unreadable paths, bad sizes, options that do not combine
+EXIT_NOTHING_TO_IMPORT = 11  # the importer found no importable file (-f exits 125)
+EXIT_PLAN_MISMATCH = 12     # paths or target differ from the job's plan
+EXIT_UNKNOWN_JOB = 13       # --job names no job in the journal
+EXIT_JOURNAL_LOCKED = 14    # another live process runs this job (SQLite journal)
+EXIT_JOURNAL_CORRUPT = 15   # the journal file is not a journal
+EXIT_JOURNAL = 16           # the journal cannot be opened (PostgreSQL unreachable, no access, ...)
+EXIT_NO_IMPORTER = 17       # no Java or no importer jars
+EXIT_IMPORTER_FAILED = 18   # the importer could not list the files (-f failed otherwise)
+
+DEFAULT_CHUNK_SIZE = 50
+DEFAULT_RETRIES = 3
+DEFAULT_LEASE = 600
+# argparse dests that belong to the resumable driver, never to the Java importer
+OWN_OPTIONS = ("resume", "job", "journal", "chunk_size", "chunk_bytes", "workers", "retries",
+               "clean_ghosts", "lease", "dry_run", "json")
+
+
+class _Session:
+    """The client-like object CommandArguments reads -s/-p/-k from."""
+
+    def __init__(self, host, port, key):
+        self._props = {"omero.host": host, "omero.port": port}
+        self._key = key
+
+    def getProperty(self, name):
+        return self._props.get(name, "")
+
+    def getSessionId(self):
+        return self._key
+
+
+class _SessionContext:
+    """The CLI context as CommandArguments sees it, logged in through our port's session."""
+
+    def __init__(self, ctx, login):
+        self._ctx = ctx
+        self._login = login
+
+    def conn(self, args):
+        return _Session(*self._login)
+
+    def die(self, rc, text):
+        self._ctx.die(rc, text)
+
+
+def _importer_options(control, args, login) -> list:
+    """The CommandLineImporter options the built-in `omero import` would pass for `args`
+    (CommandArguments), without our own options, the login (-s/-p/-k), --output and the paths."""
+    _builtin = _import_plugin()
+    stripped = argparse_copy(args, {name: None for name in OWN_OPTIONS},
+                             path=[], output=None, f=False, c=False, bulk=None)
+    command = _builtin.CommandArguments(_SessionContext(control.ctx, login), stripped)
+    command.set_path([])
+    options, skip = [], False
+    for item in command.java_args():
+        if skip:
+            skip = False
+        elif item in ("-s", "-p", "-k"):
+            skip = True
+        else:
+            options.append(item)
+    return options
+
+
+def argparse_copy(args, cleared: dict, **values):
+    import argparse
+    copy = argparse.Namespace(**vars(args))
+    for name, value in {**cleared, **values}.items():
+        setattr(copy, name, value)
+    return copy
+
+
+def _import_plugin():
+    import importlib
+    return importlib.import_module("omero.plugins.import")
+
+
+def java_launch(control, args):
+    """The `java ...` prefix the built-in would run (its classpath, logback, JVM options), or
+    why there is none. Never downloads jars."""
+    import shutil
+
+    import omero.java
+    from omero.cli import NonZeroReturnCode
+    from omero.util.temp_files import gettempdir
+
+    from omero_cli_ext.importing.importer import JavaLaunch
+
+    fetch = "run `omero import --fetch-jars latest` (or pass --clientdir DIR)"
+    try:
+        classpath, logback = control._get_classpath_logback(args)
+    except NonZeroReturnCode as err:
+        return JavaLaunch(problem=f"no importer jars ({err.rv}): {fetch}")
+    if not classpath:
+        return JavaLaunch(problem=f"no OMERO.java importer jars found: {fetch}")
+    if shutil.which("java") is None:
+        return JavaLaunch(problem="no `java` on PATH: install a Java runtime (11 or later)")
+    xargs = [logback, "-Djava.io.tmpdir=%s" % gettempdir(), "-Xmx1024M",
+             "-cp", os.pathsep.join(str(p) for p in classpath),
+             "-Domero.import.depth=%s" % args.depth]
+    return JavaLaunch(prefix=tuple(omero.java.cmd(list(control.COMMAND), xargs=xargs)))
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def run_resume(control, args) -> None:
+    """`omero import --resume`: plan (or load) the job, run its chunks, report, set the exit code.
+    A new job is checked and planned before its journal is created: bad input leaves no trace."""
+    ctx = control.ctx
+    out = output_for(args)
+    paths, target, chunk_bytes = _check_arguments(ctx, args)
+    job = args.job or (_derived_job_name(paths, target) if paths else None)
+    if job is None:
+        ctx.die(EXIT_BAD_INPUT, "give the paths to import, or --job NAME to resume a job")
+    location = args.journal or progress.default_journal_path(job)
+    exists = _journal_exists(location)
+    if not paths and not exists:
+        ctx.die(EXIT_UNKNOWN_JOB, _unknown_job(job, location))
+    java = java_launch(control, args)
+    if args.dry_run:
+        if exists:
+            with _journal_errors(ctx):
+                journal = _open(ctx, location)
+                try:
+                    record = _existing_job(journal, job)
+                    if record is not None:
+                        _show_plan(out, job, _remaining_plan(journal, job))
+                        return
+                finally:
+                    journal.close()
+        if not paths:
+            ctx.die(EXIT_UNKNOWN_JOB, _unknown_job(job, location))
+        _show_plan(out, job, _plan(ctx, paths, java, args.chunk_size or DEFAULT_CHUNK_SIZE,
+                                   chunk_bytes, None))
+        return
+    port = open_port(ctx, args)
+    try:
+        with server_errors(ctx):
+            job_run = _JobRun(control, args, out, port, job, paths, target, chunk_bytes, java)
+            if not exists:
+                job_run.prepare()
+            with _journal_errors(ctx):
+                journal = _open(ctx, location)
+                try:
+                    lock = journal.writer_lock(f"omero import --resume job {job}") \
+                        if journal.backend == "sqlite" else contextlib.nullcontext()
+                    with lock:
+                        ctx.rv = job_run.run(journal)
+                finally:
+                    journal.close()
+    finally:
+        port.close()
+
+
+@contextlib.contextmanager
+def _journal_errors(ctx):
+    try:
+        yield
+    except JournalLocked as err:
+        ctx.die(EXIT_JOURNAL_LOCKED, str(err))
+    except JournalCorrupt as err:
+        ctx.die(EXIT_JOURNAL_CORRUPT, str(err))
+    except JournalError as err:
+        ctx.die(EXIT_JOURNAL, str(err))
+
+
+class _JobRun:
+    """One invocation on one job: checks and plan (before any journal write), then the driver."""
+
+    def __init__(self, control, args, out, port, job, paths, target, chunk_bytes, java):
+        self.control, self.args, self.out, self.port = control, args, out, port
+        self.ctx = control.ctx
+        self.job, self.paths, self.target, self.chunk_bytes, self.java = \
+            job, paths, target, chunk_bytes, java
+        self.user = port.current_user()
+        self.login = port.session_login()
+        self.options = _importer_options(control, args, self.login) if paths else None
+        self.plan = None
+
+    def prepare(self) -> None:
+        """Target check and plan of a new job (no journal write yet)."""
+        _check_target(self.ctx, self.port, self.target)
+        self.plan = _plan(self.ctx, self.paths, self.java,
+                          self.args.chunk_size or DEFAULT_CHUNK_SIZE, self.chunk_bytes,
+                          self.options)
+
+    def run(self, journal) -> int:
+        ctx, job, paths, target = self.ctx, self.job, self.paths, self.target
+        record = _existing_job(journal, job)
+        if record is None and not paths:
+            ctx.die(EXIT_UNKNOWN_JOB, _unknown_job(job, journal.location, store.job_names(journal)
+                                                   if _has_import_schema(journal) else []))
+        if record is not None and paths and (sorted(record.paths) != sorted(paths)
+                                             or record.target != (target or "")):
+            ctx.die(EXIT_PLAN_MISMATCH,
+                    f"job {job} was planned for {' '.join(map(printable, record.paths))}"
+                    f"{' into ' + record.target if record.target else ''}; this command names "
+                    f"{' '.join(map(printable, paths))}"
+                    f"{' into ' + target if target else ''}. Rerun with the job's paths and "
+                    f"target, resume it with --job {job} alone, or start another job with "
+                    "--job NEW_NAME")
+        if record is None:
+            if self.plan is None:
+                self.prepare()
+            try:
+                record = _create_job(journal, job, self.user, paths, target, self.options,
+                                     self.plan, self.args, self.port)
+            except JournalIntegrityError:     # another host planned the shared job first
+                return self.run(journal)
+            self.out.info(f"job {job}: {record.filesets} filesets, {_human(record.bytes)} in "
+                          f"{record.chunks} chunks (journal {journal.location})")
+        self.out.emit("job", job=job, journal=journal.location, filesets=record.filesets,
+                      bytes=record.bytes, chunks=record.chunks)
+        options = self.options if self.options is not None else list(record.options)
+        login = ["-s", str(self.login[0]), "-p", str(self.login[1]), "-k", str(self.login[2])]
+        return _drive(self.ctx, self.args, self.out, store.JobStore(journal, job), self.port,
+                      self.user, self.java, login + options, record)
+
+
+def _drive(ctx, args, out, jobs, port, user, java, options, record) -> int:
+    from omero_cli_ext.importing import importer
+
+    settings = Settings(workers=args.workers or 1,
+                        retries=DEFAULT_RETRIES if args.retries is None else max(0, args.retries),
+                        lease_seconds=float(args.lease or DEFAULT_LEASE),
+                        clean_ghosts=bool(args.clean_ghosts))
+    run_options = [o for o in options if not o.startswith("--output")]
+    if "-c" not in run_options:
+        run_options.append("-c")
+    run_options.append("--output=yaml")
+
+    def launch(filesets):
+        return importer.spawn([*run_options, *(fs.main for fs in filesets)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, java=java,
+                              preexec_fn=importer.die_with_parent())
+
+    counts = jobs.counts()
+    done_before = counts.get("done", (0, 0))
+    view = _View(out, jobs.job, record, done_before)
+    driver = Driver(jobs, port, user.id, launch, settings, view.report)
+    previous = signal.signal(signal.SIGTERM, lambda *_: driver.stop()) \
+        if threading.current_thread() is threading.main_thread() else None
+    try:
+        with view.progress():
+            summary = driver.run(exclusive=jobs.journal.backend == "sqlite")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return _conclude(out, jobs, summary, args, record)
+
+
+def _conclude(out, jobs, summary, args, record) -> int:
+    counts = jobs.counts()
+
+    def n(*states):
+        return sum(counts.get(s, (0, 0))[0] for s in states)
+
+    remaining, failed, ghosts = n("planned", "running"), n("failed"), n("ghost")
+    ghosts_left = len(jobs.ghosts("left")) if not args.clean_ghosts else 0
+    rerun = _rerun_command(args, jobs)
+    if summary.interrupted or remaining:
+        rc = EXIT_INTERRUPTED
+    elif ghosts or ghosts_left:
+        rc = EXIT_GHOSTS
+    elif failed:
+        rc = EXIT_FAILED_FILESETS
+    else:
+        rc = 0
+    out.emit("summary", job=jobs.job, journal=jobs.journal.location,
+             filesets_total=record.filesets, done=n("done"), failed=failed, ghosts=ghosts,
+             remaining=remaining, bytes_total=record.bytes,
+             bytes_done=counts.get("done", (0, 0))[1],
+             imported_this_run=summary.imported, retried=summary.retried,
+             deleted_ghosts=summary.deleted_ghosts, ghosts_left=summary.ghosts_left,
+             duplicates=[{"path_index": i, "filesets": list(ids)} for i, ids in summary.duplicates],
+             exit_code=rc, rerun=rerun if rc in (EXIT_INTERRUPTED, EXIT_GHOSTS) else None)
+    out.info(f"job {jobs.job}: {n('done')}/{record.filesets} filesets done, {failed} failed, "
+             f"{ghosts} waiting for --clean-ghosts, {remaining} remaining")
+    for idx, ids in summary.duplicates:
+        out.warn(f"fileset #{idx} is on the server more than once (extra Fileset "
+                 f"{', '.join(map(str, ids))}): check and delete by hand")
+    if summary.deleted_ghosts:
+        out.info("deleted ghost filesets of this job: "
+                 + ", ".join(map(str, summary.deleted_ghosts)))
+    if rc == EXIT_INTERRUPTED:
+        out.warn(f"job {jobs.job} is not finished; rerun to resume:\n  {rerun}")
+    elif rc == EXIT_GHOSTS:
+        out.warn(f"job {jobs.job} left ghost filesets on the server; delete them and re-import "
+                 f"with:\n  {rerun if args.clean_ghosts else rerun + ' --clean-ghosts'}")
+    elif rc == EXIT_FAILED_FILESETS:
+        out.warn(f"job {jobs.job}: {failed} filesets failed (the importer's messages are in the "
+                 "journal; --json lists them)")
+    return rc
+
+
+def _rerun_command(args, jobs) -> str:
+    parts = ["omero", "import", "--resume", "--job", jobs.job]
+    if args.journal:
+        parts += ["--journal", args.journal]
+    for flag, value in (("--workers", args.workers), ("--retries", args.retries),
+                        ("--lease", args.lease)):
+        if value is not None:
+            parts += [flag, str(value)]
+    if args.clean_ghosts:
+        parts.append("--clean-ghosts")
+    return shlex.join(parts)
+
+
+class _View:
+    """Driver reports rendered: a rich bar (filesets, bytes, rate, ETA) on a TTY, plain lines
+    otherwise, one JSON object per fileset with --json."""
+
+    def __init__(self, out, job, record, done_before):
+        self.out = out
+        self.job = job
+        self.record = record
+        self.done = done_before[0]
+        self.failed = 0
+        self._bar = None
+        self._done_bytes = done_before[1]
+
+    @contextlib.contextmanager
+    def progress(self):
+        with self.out.progress(self._describe(), total=self.record.bytes, bytes_unit=True) as bar:
+            bar.advance(self._done_bytes)
+            self._bar = bar
+            yield
+
+    def _describe(self) -> str:
+        return (f"{self.job}: {self.done}/{self.record.filesets} filesets"
+                + (f", {self.failed} failed" if self.failed else ""))
+
+    def report(self, kind, **fields) -> None:
+        out = self.out
+        if kind == "fileset":
+            state = fields["state"]
+            if state == "done":
+                self.done += 1
+            else:
+                self.failed += 1
+            out.emit("fileset", job=self.job, index=fields["idx"], path=fields["main"],
+                     state=state, fileset=fields["fileset_id"], images=fields["images"],
+                     plates=fields["plates"], message=fields["message"], bytes=fields["size"])
+            if out.mode == "plain":
+                ids = "".join(f" {k}:{','.join(map(str, v))}" for k, v in
+                              (("Image", fields["images"]), ("Plate", fields["plates"])) if v)
+                fileset = f" Fileset:{fields['fileset_id']}" if fields["fileset_id"] else ""
+                note = f" ({fields['message']})" if fields["message"] else ""
+                out.info(f"{state}{fileset}{ids} {printable(fields['main'])}{note}")
+            elif state != "done":
+                out.warn(f"{state}: {printable(fields['main'])}: {fields['message']}")
+            if self._bar is not None:
+                self._bar.advance(fields["size"])
+                self._bar.update(description=self._describe())
+        elif kind == "retry":
+            out.warn(f"chunk {fields['chunk']}: {fields['reason']}; retry {fields['attempt']} in "
+                     f"{fields['delay']:.0f} s")
+        elif kind == "gave_up":
+            out.warn(f"chunk {fields['chunk']}: {fields['reason']}; giving up for this run")
+        elif kind == "chunk" and out.mode == "plain":
+            out.info(f"chunk {fields['chunk']}: importing {fields['filesets']} filesets "
+                     f"(attempt {fields['attempt']})")
+
+
+# --- checks and planning -----------------------------------------------------------------------
+
+def _check_arguments(ctx, args):
+    """Paths, target and --chunk-bytes, refusing what cannot work (nothing touched yet)."""
+    if getattr(args, "bulk", None):
+        ctx.die(EXIT_BAD_INPUT, "--resume does not drive --bulk files (each bulk line is its own "
+                                "import); pass the paths instead, or run --bulk without --resume")
+    for flag in ("file", "errs"):
+        if getattr(args, flag, None):
+            ctx.die(EXIT_BAD_INPUT, f"--{flag} does not combine with --resume: the driver reads "
+                                    "the importer's output itself (see the journal and --json)")
+    if getattr(args, "f", False):
+        ctx.die(EXIT_BAD_INPUT, "-f only lists files: use --resume --dry-run to see the plan")
+    chunk_bytes = None
+    if args.chunk_bytes:
+        try:
+            chunk_bytes = parse_size(args.chunk_bytes)
+        except ValueError as err:
+            ctx.die(EXIT_BAD_INPUT, f"--chunk-bytes: {err}")
+    if args.retries is not None and args.retries < 0:
+        ctx.die(EXIT_BAD_INPUT, f"--retries must be 0 or more, got {args.retries}")
+    paths = []
+    for given in args.path or []:
+        path = os.path.abspath(given)
+        if not os.path.lexists(path):
+            ctx.die(EXIT_BAD_INPUT, f"no such file or directory: {printable(given)}")
+        if not os.access(path, os.R_OK) or (os.path.isdir(path) and not os.access(path, os.X_OK)):
+            ctx.die(EXIT_BAD_INPUT, f"cannot read {printable(given)} (permission denied)")
+        paths.append(path)
+    return paths, _target(ctx, args), chunk_bytes
+
+
+def _target(ctx, args) -> str:
+    """The import target as text: "Dataset:5", "Screen:7", "Dataset:name:X", or ""."""
+    if args.target:
+        return args.target
+    if args.d:
+        return args.d if str(args.d).startswith("Dataset:") else f"Dataset:{args.d}"
+    if args.r:
+        return args.r if str(args.r).startswith("Screen:") else f"Screen:{args.r}"
+    return ""
+
+
+def _check_target(ctx, port, target: str) -> None:
+    """An id target must exist and be linkable by the user (a name target is created on demand)."""
+    if not target:
+        return
+    parts = target.split(":")
+    if len(parts) == 2 or (len(parts) == 3 and parts[1] == "id"):
+        kind, ident = parts[0], parts[-1]
+        if kind not in ("Dataset", "Screen", "Project", "Plate") or not ident.isdigit():
+            ctx.die(EXIT_BAD_INPUT, f"not an import target: {target} (use Dataset:ID, "
+                                    "Screen:ID or Dataset:name:NAME)")
+        ref = (kind, int(ident))
+        linkable = port.can_link([ref])
+        if ref not in linkable:
+            ctx.die(EXIT_NOT_FOUND, f"target {kind}:{ident} not found (or not readable by you)")
+        if not linkable[ref]:
+            ctx.die(EXIT_PERMISSION, f"you cannot import into {kind}:{ident} (not yours, and its "
+                                     "group is not read-write)")
+
+
+def _plan(ctx, paths, java, chunk_size, chunk_bytes, options):
+    """Ask the importer for the fileset grouping (-f --output=yaml, no login) and chunk it."""
+    from omero_cli_ext.importing import importer
+
+    listing = [o for o in (options or []) if not o.startswith("--output") and o != "-c"]
+    try:
+        process = importer.spawn(["-f", "--output=yaml", *listing, *paths],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, java=java)
+    except importer.ImporterUnavailable as err:
+        ctx.die(EXIT_NO_IMPORTER, f"cannot run the importer: {err}")
+    stdout, stderr = process.communicate()
+    if process.returncode == NOTHING_IMPORTABLE_RC:
+        ctx.die(EXIT_NOTHING_TO_IMPORT,
+                f"no importable files in {' '.join(map(printable, paths))}")
+    if process.returncode != 0:
+        tail = stderr.decode("utf-8", "replace").strip().splitlines()[-5:]
+        ctx.die(EXIT_IMPORTER_FAILED, f"the importer could not list the files (exit "
+                                      f"{process.returncode}): {' / '.join(tail)}")
+    groups = parse_groups(stdout.decode("utf-8", "surrogateescape").splitlines())
+    if not groups:
+        ctx.die(EXIT_NOTHING_TO_IMPORT, f"no importable files in {' '.join(map(printable, paths))}")
+    try:
+        sizes = file_sizes(groups)
+    except PlanError as err:
+        ctx.die(EXIT_BAD_INPUT, str(err))
+    return chunk_filesets(groups, sizes, chunk_size, chunk_bytes)
+
+
+def _create_job(journal, job, user, paths, target, options, plan, args, port):
+    """Record the plan, with the filesets that already use these paths (never this job's)."""
+    mains = sorted({client_path(fs.main) for fs in plan})
+    existing = port.filesets_by_client_paths(mains, user.id)
+    foreign = {fid for ids in existing.values() for fid in ids}
+    record = store.JobRecord(
+        job=job, created=store.iso(store.utc_now()), user_name=user.name, owner_id=user.id,
+        paths=tuple(paths), target=target or "", options=tuple(options),
+        command=shlex.join(["omero", "import", "--resume", "--job", job, *paths]),
+        chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE,
+        chunk_bytes=parse_size(args.chunk_bytes) if args.chunk_bytes else None,
+        filesets=len(plan), bytes=sum(fs.size for fs in plan),
+        chunks=len({fs.chunk for fs in plan}))
+    store.ensure_schema(journal)
+    store.JobStore(journal, job).create(record, plan, foreign)
+    return record
+
+
+def _existing_job(journal, job):
+    if not _has_import_schema(journal):
+        return None
+    store.ensure_schema(journal)
+    return store.JobStore(journal, job).load()
+
+
+def _has_import_schema(journal) -> bool:
+    from omero_cli_ext.importing.progress import _has_schema_table
+    return _has_schema_table(journal) and bool(journal.query_one(
+        "SELECT version FROM journal_schema WHERE component = ?", (store.COMPONENT,)))
+
+
+def _remaining_plan(journal, job) -> list:
+    jobs = store.JobStore(journal, job)
+    idxs = [row[0] for row in journal.query(
+        "SELECT idx FROM import_fileset WHERE job = ? AND state IN ('planned', 'running')",
+        (job,))]
+    return jobs.filesets(idxs)
+
+
+def _show_plan(out, job, plan) -> None:
+    chunks: dict = {}
+    for fs in plan:
+        chunks.setdefault(fs.chunk, []).append(fs)
+        out.emit("plan", job=job, index=fs.idx, chunk=fs.chunk, path=fs.main,
+                 files=list(fs.files), bytes=fs.size, reader=fs.reader, spw=fs.spw)
+    title = f"job {job}: {len(plan)} filesets in {len(chunks)} chunks (dry run)"
+    if out.mode == "plain":
+        out.info(title)
+    out.table(title, ["chunk", "filesets", "bytes", "first fileset"],
+              [(c, len(f), _human(sum(x.size for x in f)), printable(f[0].main))
+               for c, f in sorted(chunks.items())])
+    out.emit("summary", job=job, filesets_total=len(plan), chunks=len(chunks),
+             bytes_total=sum(fs.size for fs in plan), dry_run=True)
+
+
+def _derived_job_name(paths, target) -> str:
+    """Stable across reruns of the same command: the first path's name plus a digest of all
+    paths and the target."""
+    digest = hashlib.sha1(json.dumps([sorted(paths), target or ""]).encode(
+        "utf-8", "surrogateescape")).hexdigest()[:10]
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(paths[0].rstrip("/")) or "root")
+    return f"{base[:40]}-{digest}"
+
+
+def _journal_exists(location: str) -> bool:
+    return location.startswith(("postgresql://", "postgres://")) or os.path.exists(location)
+
+
+def _unknown_job(job, location, known=None) -> str:
+    if known is None:
+        known = [os.path.basename(p)[:-len(progress.JOURNAL_SUFFIX)]
+                 for p in progress.find_journals(os.path.dirname(location))]
+    listing = f" (known jobs: {', '.join(known)})" if known else " (no jobs there)"
+    return f"unknown job {job!r} in {location}{listing}: give the paths to start it"
+
+
+def _open(ctx, location):
+    try:
+        journal = open_journal(location)
+    except JournalCorrupt as err:
+        ctx.die(EXIT_JOURNAL_CORRUPT, str(err))
+    except JournalError as err:
+        ctx.die(EXIT_JOURNAL, str(err))
+    return journal
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

@@ -1,0 +1,7 @@
+"""`omero import --resume`: plan filesets, import them in journaled chunks, finish after any failure.
+
+Pure core (no omero-py, no rich): `plan` (importer `-f` listings, chunking), `results` (importer
+output), `store` (the job journal's tables), `reconcile` (the server decides filesets in doubt),
+`driver` (workers, retries, leases), `progress` (what `omero status imports` reads). `importer`
+starts the real Java importer; the CLI glue lives in `omero_cli_ext/cli/import_resume.py`.
+"""

@@ -1,0 +1,59 @@
+"""Starting the importer: the real Java `CommandLineImporter`, exactly as `omero import` runs it.
+
+`spawn` is the one place a process is started; tests/sim/launcher.py replaces it with one that
+starts the simulated server's fake importer with the same CommandLineImporter arguments.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+START_CLASS = "ome.formats.importer.cli.CommandLineImporter"
+_PR_SET_PDEATHSIG = 1
+
+
+class ImporterUnavailable(Exception):
+    """No Java or no importer jars: the message says how to get them."""
+
+
+@dataclass(frozen=True)
+class JavaLaunch:
+    """The `java ...` prefix the built-in `omero import` runs before its own arguments
+    (omero.java.cmd with its JVM options and START_CLASS), or the `problem` that prevents it."""
+    prefix: tuple = ()
+    problem: str = ""
+
+
+def spawn(argv: Sequence[str], stdout, stderr, env=None, java: Optional[JavaLaunch] = None,
+          preexec_fn: Optional[Callable] = None) -> subprocess.Popen:
+    """Start the importer with the CommandLineImporter arguments `argv`."""
+    if java is None or java.problem or not java.prefix:
+        raise ImporterUnavailable(java.problem if java and java.problem
+                                  else "the Java importer command is unknown")
+    try:
+        return subprocess.Popen([*java.prefix, *argv], stdout=stdout, stderr=stderr, env=env,
+                                preexec_fn=preexec_fn)
+    except FileNotFoundError:
+        raise ImporterUnavailable(f"cannot run {java.prefix[0]}: install Java (11 or later) "
+                                  "and put `java` on PATH") from None
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn that has the kernel SIGKILL the importer when the thread that started it dies
+    (Linux PR_SET_PDEATHSIG): a killed driver leaves no orphan importing behind its back.
+    Elsewhere it does nothing."""
+    parent = os.getpid()
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return lambda: None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:      # the parent died before prctl took effect
+            os._exit(1)
+    return preexec
