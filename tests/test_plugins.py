@@ -57,9 +57,10 @@ def test_import_help_keeps_every_builtin_option(omero_cli, capsys):
 
 def test_export_help_keeps_builtin_options_and_adds_originals(omero_cli, capsys):
     text = help_text(omero_cli, capsys, "export")
-    for flag in ("--file", "--type", "--iterate", "--originals", "--zarr", "--link", "--layout",
+    for flag in ("--file", "--type", "--iterate", "--originals", "--link", "--layout",
                  "--as-user", "--sync", "--verify"):
         assert flag in text
+    assert "--zarr" not in text
 
 
 @pytest.mark.parametrize("argv, expected", [

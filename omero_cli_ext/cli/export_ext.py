@@ -1,8 +1,7 @@
-"""`omero export`, extended: the built-in OME-TIFF/XML export plus --originals and --zarr.
+"""`omero export`, extended: the built-in OME-TIFF/XML export plus --originals.
 
-Without the new options the built-in `ExportControl.export` runs exactly as before (same
-arguments, same checks); the new options hand over to `omero_cli_ext.cli.export_originals`
-and `omero_cli_ext.cli.export_zarr`.
+Without --originals the built-in `ExportControl.export` runs exactly as before (same
+arguments, same checks); --originals hands over to `omero_cli_ext.cli.export_originals`.
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ BuiltinExportControl = _builtin.ExportControl
 
 EXTRA_HELP = """
 omero-cli-ext adds --originals DEST (original files by hard link, reflink, symlink, copy or
-download, under OMERO permissions) and --zarr DEST (OME-Zarr pixels). See docs/export.md.
+download, under OMERO permissions). See docs/export.md.
 """
 
 
@@ -22,7 +21,7 @@ def _action(parser, dest):
 
 
 class ExportControl(BuiltinExportControl):
-    """The built-in export control with original-file and OME-Zarr options."""
+    """The built-in export control with the original-files options."""
 
     def _configure(self, parser):
         super()._configure(parser)
@@ -30,16 +29,16 @@ class ExportControl(BuiltinExportControl):
         _action(parser, "file").required = False
         obj = _action(parser, "obj")
         obj.nargs = "+"
-        obj.help = "Format: Image:<id> (built-in); with --originals/--zarr any of Project, Dataset, " \
+        obj.help = "Format: Image:<id> (built-in); with --originals any of Project, Dataset, " \
                    "Image, Screen, Plate, Fileset as Type:id[,id...], several allowed"
         from omero_cli_ext.cli.export_originals import add_originals_arguments
         group = parser.add_argument_group(
-            "Original files and OME-Zarr (omero-cli-ext)", "See docs/export.md.")
+            "Original files (omero-cli-ext)", "See docs/export.md.")
         add_originals_arguments(group)
         parser.set_defaults(func=self.dispatch)
 
     def dispatch(self, args):
-        if getattr(args, "originals", None) or getattr(args, "zarr", None):
+        if getattr(args, "originals", None):
             from omero_cli_ext.cli.export_originals import run_export
             return run_export(self, args)
         if args.file is None:

@@ -21,8 +21,10 @@ import sys
 from typing import Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.dirname(HERE) not in sys.path:       # `import sim` when run as a script
-    sys.path.insert(0, os.path.dirname(HERE))
+# As a script: `import sim` from tests/, and omero_cli_ext from this work tree, not an older installed copy.
+for _path in (os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from sim.server import SimServer  # noqa: E402
 

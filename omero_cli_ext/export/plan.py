@@ -1,0 +1,260 @@
+"""Which files go where: objects -> readable filesets -> DEST-relative entries.
+
+Resolution asks the port as the acting user (all groups), so the set of filesets is exactly what
+OMERO lets that user read. The layout is pure: the same filesets (and the same manifest) always
+give the same paths, and every clash is settled by a rule a user can predict and is reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional, Sequence
+
+from omero_cli_ext.export.paths import (client_path_components, is_safe_relpath, safe_component,
+                                        split_common_root)
+from omero_cli_ext.server import CONTAINER_TYPES
+
+LAYOUTS = ("clientpath", "tree", "fileset")
+ORPHANED = "orphaned"   # tree layout: filesets whose images are in no Dataset or Plate
+
+
+class BadObject(ValueError):
+    """An OBJ argument that is not `Type:id[,id...]` with a known type."""
+
+
+def parse_objects(texts: Iterable[str]) -> list:
+    """`["Project:1,2", "Image:5"]` -> `[("Project", 1), ("Project", 2), ("Image", 5)]`,
+    duplicates dropped, order kept. Types are matched case-insensitively."""
+    canonical = {t.lower(): t for t in CONTAINER_TYPES}
+    refs: list = []
+    for text in texts:
+        kind, sep, ids = text.partition(":")
+        if not sep or kind.lower() not in canonical:
+            raise BadObject(f"{text!r}: expected Type:id with Type one of {', '.join(CONTAINER_TYPES)}")
+        for part in ids.split(","):
+            try:
+                oid = int(part)
+            except ValueError:
+                raise BadObject(f"{text!r}: {part!r} is not an object id") from None
+            if oid < 0:
+                raise BadObject(f"{text!r}: {part!r} is not an object id")
+            ref = (canonical[kind.lower()], oid)
+            if ref not in refs:
+                refs.append(ref)
+    return refs
+
+
+def format_ref(ref: tuple) -> str:
+    return f"{ref[0]}:{ref[1]}"
+
+
+@dataclass
+class Resolution:
+    filesets: dict          # fileset id -> server.Fileset, readable by the acting user
+    missing: list           # refs that are unknown or unreadable (OMERO does not tell apart)
+
+
+def resolve(port, refs: Sequence[tuple]) -> Resolution:
+    """Filesets reached from `refs`, as the port's user reads them. One `filesets_of` call for
+    the containers (Fileset refs need none) and one paged `filesets` call for all of them."""
+    containers = [r for r in refs if r[0] != "Fileset"]
+    reached = dict(port.filesets_of(containers)) if containers else {}
+    wanted: set = {r[1] for r in refs if r[0] == "Fileset"}
+    for ids in reached.values():
+        wanted.update(ids)
+    filesets = dict(port.filesets(sorted(wanted))) if wanted else {}
+    missing = [r for r in containers if r not in reached]
+    missing += [r for r in refs if r[0] == "Fileset" and r[1] not in filesets]
+    return Resolution(filesets=filesets, missing=[r for r in refs if r in missing])
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file DEST should hold: where, and which OriginalFile it shows."""
+    path: str                 # DEST-relative, "/"-joined safe components
+    fileset_id: int
+    original_file_id: int
+    repo_path: str            # OriginalFile.path + name, relative to the repository root
+    size: Optional[int]
+    hash: Optional[str]
+    hasher: Optional[str]
+    in_place: bool = False    # an ln_s import: the repository entry is a symlink to the real file
+
+
+@dataclass(frozen=True)
+class Skipped:
+    fileset_id: int
+    original_file_id: int
+    client_path: str
+    reason: str               # "restricted" (BINARYACCESS) | "incomplete" (upload never verified)
+
+
+@dataclass(frozen=True)
+class Renamed:
+    fileset_id: int
+    original_file_id: int
+    wanted: str               # the path the layout asked for, before sanitising and clashes
+    path: str                 # where the entry went
+    reasons: tuple            # "unsafe name" and/or "clash"
+
+
+@dataclass
+class Plan:
+    entries: list = field(default_factory=list)     # Entry, sorted by path
+    skipped: list = field(default_factory=list)     # Skipped
+    renamed: list = field(default_factory=list)     # Renamed
+
+    @property
+    def directories(self) -> list:
+        """Every directory the entries need, parents before children."""
+        dirs = set()
+        for entry in self.entries:
+            parts = entry.path.split("/")
+            for depth in range(1, len(parts)):
+                dirs.add(tuple(parts[:depth]))
+        return ["/".join(d) for d in sorted(dirs, key=lambda d: (len(d), d))]
+
+
+class _Taken:
+    """Paths already given out: a file path blocks itself and everything below it; a directory
+    path blocks a file of the same name."""
+
+    def __init__(self):
+        self.files: set = set()
+        self.dirs: set = set()
+
+    def fits(self, parts: tuple) -> bool:
+        if parts in self.files or parts in self.dirs:
+            return False
+        return not any(parts[:depth] in self.files for depth in range(1, len(parts)))
+
+    def add(self, parts: tuple) -> None:
+        self.files.add(parts)
+        for depth in range(1, len(parts)):
+            self.dirs.add(parts[:depth])
+
+
+def _layout_root(fileset, layout: str, containers: Mapping[int, tuple]) -> tuple:
+    if layout == "clientpath":
+        return ()
+    if layout == "fileset":
+        return (f"Fileset_{fileset.id}",)
+    names = containers.get(fileset.id, ())
+    if not names:
+        return (ORPHANED,)
+    return tuple(safe_component(name) for name in names[1::2])
+
+
+def _fileset_items(fileset) -> tuple:
+    """(the client directories above the fileset's common root, [(entry, raw relative
+    components), ...]) for its used files."""
+    common, rels = split_common_root([client_path_components(e.client_path)
+                                      for e in fileset.entries])
+    items = []
+    for entry, rel in zip(fileset.entries, rels):
+        items.append((entry, rel or [f"OriginalFile_{entry.original_file.id}"]))
+    return common, items
+
+
+def _prefix_candidates(layout: str, common: Sequence[str], fileset_id: int):
+    """Where a fileset may go below its layout directory, in order of preference: below its
+    common root's own name (clientpath, tree), then below as many more of the client's own
+    directories as it takes to be unique, then `Fileset_<id>/`, `Fileset_<id>~2/`, ..."""
+    first = 0 if layout == "fileset" or not common else 1
+    for depth in range(first, len(common) + 1):
+        yield tuple(common[len(common) - depth:])
+    yield (f"Fileset_{fileset_id}",)
+    k = 2
+    while True:
+        yield (f"Fileset_{fileset_id}~{k}",)
+        k += 1
+
+
+def _entry_candidates(rel: tuple, of_id: int):
+    """Inside one fileset, two files may sanitise to the same path: the later one gets its
+    OriginalFile id appended, then a directory of its own."""
+    yield rel
+    yield rel[:-1] + (safe_component(f"{rel[-1]}~{of_id}"),)
+    k = 1
+    while True:
+        yield (f"OriginalFile_{of_id}~{k}", rel[-1])
+        k += 1
+
+
+def plan_layout(filesets: Mapping[int, object], layout: str = "clientpath",
+                containers: Optional[Mapping[int, tuple]] = None,
+                keep: Optional[Mapping[int, str]] = None) -> Plan:
+    """Place every readable, complete file of `filesets` under a DEST-relative path.
+
+    Below its layout directory (clientpath: DEST itself; tree: the Project and Dataset, or Screen
+    and Plate, names, `orphaned` for neither; fileset: `Fileset_<id>`) a fileset keeps the
+    client's own structure from its common root down, under that root's name (clientpath, tree).
+    Clashes: filesets are placed in id order and keep their files together (multi-file formats
+    reference each other by relative path); a fileset whose paths are taken goes whole below
+    more of the client's own directories, then below `Fileset_<id>/`. `keep` (original file id ->
+    path, from the manifest of an earlier run) is honoured first, so that --sync never moves an
+    entry it already made.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}")
+    containers = containers or {}
+    keep = {k: v for k, v in (keep or {}).items() if is_safe_relpath(v)}
+    plan = Plan()
+    taken = _Taken()
+    pending = []
+    for fid in sorted(filesets):
+        fileset = filesets[fid]
+        common, all_items = _fileset_items(fileset)
+        items = []
+        for entry, raw in all_items:
+            of = entry.original_file
+            if of.binary_restricted:
+                plan.skipped.append(Skipped(fid, of.id, entry.client_path, "restricted"))
+            elif of.size is None:
+                plan.skipped.append(Skipped(fid, of.id, entry.client_path, "incomplete"))
+            else:
+                items.append((entry, raw))
+        if not items:
+            continue
+        root = _layout_root(fileset, layout, containers)
+        preferred = next(_prefix_candidates(layout, common, fid))
+        wanted = [root + tuple(common[len(common) - len(preferred):]) + tuple(raw)
+                  for _, raw in items]
+        kept = [tuple(keep[e.original_file.id].split("/")) for e, _ in items
+                if e.original_file.id in keep]
+        if len(kept) == len(items) and len(set(kept)) == len(kept) and all(map(taken.fits, kept)):
+            for (entry, _), want, parts in zip(items, wanted, kept):
+                taken.add(parts)
+                _add(plan, fileset, entry, want, parts)
+            continue
+        pending.append((fileset, items, root, common, wanted))
+    for fileset, items, root, common, wanted in pending:
+        rels = [tuple(safe_component(c) for c in raw) for _, raw in items]
+        for prefix in _prefix_candidates(layout, [safe_component(c) for c in common], fileset.id):
+            base = root + prefix
+            if all(taken.fits(base + rel) for rel in rels):
+                break
+        for (entry, _), rel, want in zip(items, rels, wanted):
+            parts = next(base + r for r in _entry_candidates(rel, entry.original_file.id)
+                         if taken.fits(base + r))
+            taken.add(parts)
+            _add(plan, fileset, entry, want, parts)
+    plan.entries.sort(key=path_order)
+    return plan
+
+
+def path_order(entry) -> str:
+    """Sort key walking DEST depth-first (NUL sorts before any character a safe name holds)."""
+    return entry.path.replace("/", "\x00")
+
+
+def _add(plan: Plan, fileset, entry, wanted: tuple, parts: tuple) -> None:
+    """Record the entry; `wanted` is the unsanitised path the layout preferred."""
+    of = entry.original_file
+    path = "/".join(parts)
+    plan.entries.append(Entry(path=path, fileset_id=fileset.id, original_file_id=of.id,
+                              repo_path=of.repo_path, size=of.size, hash=of.hash,
+                              hasher=of.hasher, in_place=fileset.transfer == "ln_s"))
+    safe = tuple(safe_component(c) for c in wanted)
+    reasons = (("unsafe name",) if safe != wanted else ()) + (("clash",) if parts != safe else ())
+    if reasons:
+        plan.renamed.append(Renamed(fileset.id, of.id, "/".join(wanted), path, reasons))

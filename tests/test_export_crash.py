@@ -1,0 +1,114 @@
+"""kill -9 at seeded random moments, then `--sync`: complete, no partial file ever visible under
+its final name, the manifest consistent after every kill."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from omero_cli_ext.export.manifest import MANIFEST_NAME
+from sim.builder import build_uploaded
+from sim.server import SimServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tests/sim/launcher.py with 10 ms of latency per RawFileStore read, as over a network, so that
+# kills land inside downloads too
+SLOW_LAUNCHER = """
+import sys, time
+sys.path[:0] = [{root!r}, {tests!r}]
+import sim.server
+read = sim.server._Reader.read
+sim.server._Reader.read = lambda self, offset, length: (time.sleep(0.01), read(self, offset, length))[1]
+from sim.launcher import main
+sys.exit(main(sys.argv[1:]))
+""".format(root=ROOT, tests=os.path.join(ROOT, "tests"))
+
+
+def start(sim_root, dest, dataset, link):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_LAUNCHER, "--sim-root", sim_root, "--sim-user", "alice", "export",
+         "--originals", dest, f"Dataset:{dataset}", "--owner", "root", "--link", link, "--sync"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def final_files(dest) -> int:
+    return sum(1 for _, _, names in os.walk(dest) for n in names
+               if not n.startswith(".omero-cli-ext"))
+
+
+def kill_at(proc, dest, target: int, extra: float) -> None:
+    """SIGKILL once `target` files are in place (then `extra` seconds later): a seeded random
+    moment inside the export, not in the interpreter's start-up."""
+    while final_files(dest) < target and proc.poll() is None:
+        time.sleep(0.001)
+    time.sleep(extra)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def check_consistent(dest, originals: dict) -> int:
+    """Every file under a final name is complete; every done manifest entry is on disk and is
+    the file it records. Returns the number of exported files."""
+    finals = {}
+    for dirpath, _, names in os.walk(dest):
+        for name in names:
+            if name.startswith(".omero-cli-ext"):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, name), dest)
+            with open(os.path.join(dirpath, name), "rb") as stream:
+                finals[rel] = stream.read()
+    for rel, data in finals.items():
+        assert data == originals[rel], f"partial or wrong file under its final name: {rel}"
+    path = os.path.join(dest, MANIFEST_NAME)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as stream:
+            doc = json.load(stream)
+        for entry in doc["entries"]:
+            if entry["state"] == "done":
+                st = os.lstat(os.path.join(dest, entry["path"]))
+                assert (st.st_dev, st.st_ino) == (entry["dev"], entry["ino"])
+    return len(finals)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("link", ["copy", "download"])
+def test_kill_9_then_sync_completes(tmp_path, link):
+    sim = SimServer(str(tmp_path / "sim"))
+    sim.add_group("lab", "rwr---")
+    sim.add_user("alice", ["lab"])
+    dataset = sim.add_dataset("D", "alice")
+    built = build_uploaded(sim, "alice", str(tmp_path / "up"), 20, 2, file_size=3_000_000,
+                           target=("Dataset", dataset))
+    originals = {}
+    for path in built.all_files:
+        with open(path, "rb") as stream:
+            originals[os.path.relpath(path, tmp_path / "up" / "batch_0")] = stream.read()
+    dest = str(tmp_path / "dest")
+    rng = random.Random(6)
+    counts = []
+    for _ in range(6):
+        done = final_files(dest) if os.path.isdir(dest) else 0
+        if done >= len(originals) - 1:
+            break
+        proc = start(sim.root, dest, dataset, link)
+        step = rng.randint(1, max(1, (len(originals) - done) // 4))
+        kill_at(proc, dest, done + step, rng.uniform(0, 0.02))
+        counts.append(check_consistent(dest, originals))
+    assert min(counts) < len(originals), "every kill came too late to test anything"
+    proc = start(sim.root, dest, dataset, link)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert check_consistent(dest, originals) == len(originals)
+    leftovers = [n for _, _, names in os.walk(dest) for n in names
+                 if n.startswith(".omero-cli-ext") and n != MANIFEST_NAME]
+    assert leftovers == []
+    with open(os.path.join(dest, MANIFEST_NAME), encoding="utf-8") as stream:
+        doc = json.load(stream)
+    assert sorted(e["path"] for e in doc["entries"]) == sorted(originals)
+    assert {e["state"] for e in doc["entries"]} == {"done"}

@@ -1,0 +1,89 @@
+"""Shared set-up for the export tests (no tests here): a simulated server with a small world and
+helpers to run `omero export --originals` on it and to snapshot directories."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from sim.builder import build_inplace_tree, build_uploaded
+from sim.launcher import run_cli
+from sim.server import SimServer
+
+from omero_cli_ext.export.manifest import MANIFEST_NAME
+
+
+@dataclass
+class World:
+    root: str
+    sim: SimServer
+    project: int
+    dataset: int
+    inplace: object      # BuiltTree of ln_s filesets in the dataset
+    uploaded: object     # BuiltTree of uploaded filesets in the dataset
+
+
+def make_world(tmp_path, n_inplace: int = 3, n_uploaded: int = 2, files: int = 2) -> World:
+    root = str(tmp_path / "sim")
+    sim = SimServer(root)
+    sim.add_group("lab", "rwr---")
+    sim.add_user("alice", ["lab"])
+    sim.add_user("bob", ["lab"])
+    sim.add_group("other", "rw----")
+    sim.add_user("carol", ["other"])
+    project = sim.add_project("Proj", "alice")
+    dataset = sim.add_dataset("Data", "alice", project=project)
+    inplace = build_inplace_tree(sim, "alice", str(tmp_path / "src"), n_inplace, files,
+                                 target=("Dataset", dataset))
+    uploaded = build_uploaded(sim, "alice", str(tmp_path / "up"), n_uploaded, files,
+                              target=("Dataset", dataset))
+    return World(root, sim, project, dataset, inplace, uploaded)
+
+
+def export(world_or_root, dest, *objects, user="alice", extra=(), owner="root"):
+    """Run `omero export --originals DEST OBJ...` in-process; returns (rc, stdout, stderr)."""
+    root = world_or_root.root if isinstance(world_or_root, World) else world_or_root
+    argv = ["export", "--originals", str(dest), *objects]
+    if owner:
+        argv += ["--owner", owner]
+    return run_cli(root, argv + list(extra), user=user)
+
+
+def records(stdout: str, kind: str = None) -> list:
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return [r for r in lines if kind is None or r["type"] == kind]
+
+
+def snapshot(path) -> dict:
+    """Every name below `path` (not following symlinks) with its kind, inode and content digest."""
+    result = {}
+    path = str(path)
+    if not os.path.lexists(path):
+        return result
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            rel = os.path.relpath(full, path)
+            if os.path.islink(full):
+                result[rel] = ("link", os.readlink(full))
+            elif os.path.isdir(full):
+                result[rel] = ("dir", st.st_mode & 0o7777)
+            else:
+                with open(full, "rb") as stream:
+                    result[rel] = ("file", st.st_ino, stream.read())
+    return result
+
+
+def exported_files(dest) -> dict:
+    """DEST-relative path -> bytes of every exported file (manifest and temporaries excluded)."""
+    found = {}
+    for rel, info in snapshot(dest).items():
+        if info[0] == "file" and not os.path.basename(rel).startswith(".omero-cli-ext"):
+            found[rel] = info[2]
+    return found
+
+
+def manifest(dest) -> dict:
+    with open(os.path.join(str(dest), MANIFEST_NAME), encoding="utf-8") as stream:
+        return json.load(stream)
