@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -853,20 +854,30 @@ class SimPort:
                 "(SELECT id FROM ExperimenterGroup WHERE permissions != 'rw----')))"
                 .format(a=alias, m=marks), tuple(groups) + (self._uid,))
 
-    def _can_edit(self, owner_id: int, group_id: int) -> bool:
+    def _can_edit(self, owner_id: int, group_id: int, perms: Optional[str] = None) -> bool:
+        """`perms`: the group's permissions, when the caller has read them already."""
         if self._admin or owner_id == self._uid:
             return True
-        perms = self._db.execute("SELECT permissions FROM ExperimenterGroup WHERE id = ?",
-                                 (group_id,)).fetchone()[0]
+        if perms is None:
+            perms = self._db.execute("SELECT permissions FROM ExperimenterGroup WHERE id = ?",
+                                     (group_id,)).fetchone()[0]
         return group_id in self._groups and perms == "rwrw--"
 
-    def _binary_restricted_for(self, owner_id: int, group_id: int, name: str) -> bool:
-        """BinaryAccessPolicy: never for owners/admins (they can edit), never for *.txt files."""
+    def _binary_restricted_for(self, owner_id: int, group_id: int, name: str,
+                               policies: Optional[Mapping] = None) -> bool:
+        """BinaryAccessPolicy: never for owners/admins (they can edit), never for *.txt files.
+        `policies` (from `_binary_policies`) spares the look-ups when a call checks many files."""
         if self._admin or owner_id == self._uid or name.endswith(".txt"):
             return False
-        group_policy = self._db.execute("SELECT binary_access FROM ExperimenterGroup WHERE id = ?",
-                                        (group_id,)).fetchone()[0]
-        return bool(self._binary_restricted or self._server._meta("binary_access") or group_policy)
+        if policies is None:
+            policies = self._binary_policies()
+        return bool(self._binary_restricted or policies[None] or policies.get(group_id))
+
+    def _binary_policies(self) -> dict:
+        """omero.policy.binary_access per group id, and server-wide under the key None."""
+        policies = dict(self._db.execute("SELECT id, binary_access FROM ExperimenterGroup"))
+        policies[None] = self._server._meta("binary_access")
+        return policies
 
     def _need(self, privilege: str) -> None:
         if not (self._admin and privilege in self._privileges):
@@ -923,12 +934,30 @@ class SimPort:
             raise NotFound("no user %s" % user_name, [user_name]) from None
 
     # --- filesets ------------------------------------------------------------------------------
+    # The reads below run a few set-based queries per page of PAGE ids (a page travels as one JSON
+    # array parameter, expanded by json_each), as the real adapter does per `in (:ids)` page.
+    _PAGE_IDS = "SELECT value FROM json_each(?)"
+
+    def _readable_pages(self, ids: Iterable[int]) -> Iterable[list]:
+        """The readable ones of `ids`, sorted, a page at a time (one query per page); the joins
+        are those of `_load_filesets`, so that both agree on which filesets exist."""
+        cond, params = self._readable_sql("f")
+        for page in port_api.batched(sorted(set(ids)), PAGE):
+            readable = [r[0] for r in self._db.execute(
+                "SELECT f.id FROM Fileset f JOIN Experimenter u ON u.id = f.owner_id "
+                "JOIN ExperimenterGroup g ON g.id = f.group_id JOIN Event e ON e.id = f.creation_id "
+                "WHERE f.id IN (%s) AND %s ORDER BY f.id" % (self._PAGE_IDS, cond),
+                (json.dumps(page),) + params)]
+            if readable:
+                yield readable
+
     def _load_filesets(self, ids: Sequence[int]) -> dict:
         """Readable filesets by id, with entries, image counts and transfer (no round-trip count)."""
         cond, params = self._readable_sql("f")
+        policies = None if self._admin else self._binary_policies()
+        short_names = {v: k for k, v in TRANSFER_CLASSES.items()}
         result = {}
         for page in port_api.batched(sorted(set(ids)), PAGE):
-            marks = ",".join("?" * len(page))
             rows = self._db.execute(
                 "SELECT f.id, f.templatePrefix, f.owner_id, u.omeName, f.group_id, g.name, "
                 "g.permissions, e.time, "
@@ -937,20 +966,21 @@ class SimPort:
                 " WHERE l.parent = f.id AND a.ns = ? ORDER BY a.id LIMIT 1) "
                 "FROM Fileset f JOIN Experimenter u ON u.id = f.owner_id "
                 "JOIN ExperimenterGroup g ON g.id = f.group_id JOIN Event e ON e.id = f.creation_id "
-                "WHERE f.id IN (%s) AND %s" % (marks, cond),
-                (port_api.NS_FILE_TRANSFER,) + tuple(page) + params).fetchall()
+                "WHERE f.id IN (%s) AND %s ORDER BY f.id" % (self._PAGE_IDS, cond),
+                (port_api.NS_FILE_TRANSFER, json.dumps(page)) + params).fetchall()
+            if not rows:
+                continue
             entries: dict = {}
             for row in self._db.execute(
                     "SELECT fe.fileset, fe.clientPath, o.id, o.path, o.name, o.size, o.hash, "
                     "o.hasher, o.mimetype, o.repo, o.owner_id, o.group_id FROM FilesetEntry fe "
                     "JOIN OriginalFile o ON o.id = fe.originalFile WHERE fe.fileset IN (%s) "
-                    "ORDER BY fe.id" % marks, tuple(page)):
+                    "ORDER BY fe.id" % self._PAGE_IDS, (json.dumps([r[0] for r in rows]),)):
                 of = port_api.OriginalFile(
                     id=row[2], path=row[3], name=row[4], size=row[5], hash=row[6], hasher=row[7],
                     mimetype=row[8], repo=row[9],
-                    binary_restricted=self._binary_restricted_for(row[10], row[11], row[4]))
+                    binary_restricted=self._binary_restricted_for(row[10], row[11], row[4], policies))
                 entries.setdefault(row[0], []).append(port_api.FilesetEntry(row[1], of))
-            short_names = {v: k for k, v in TRANSFER_CLASSES.items()}
             for (fid, prefix, oid, oname, gid, gname, perms, created, nimg, transfer) in rows:
                 result[fid] = port_api.Fileset(
                     id=fid, template_prefix=prefix, owner_id=oid, owner_name=oname, group_id=gid,
@@ -977,33 +1007,35 @@ class SimPort:
             by_type.setdefault(kind, []).append(oid)
         self._server._count(sum(_pages(len(v)) for v in by_type.values()) or 1)
         paths = {
-            "Fileset": "SELECT f.id, f.id FROM Fileset f WHERE f.id = ?",
-            "Image": "SELECT i.id, i.fileset FROM Image i WHERE i.id = ?",
+            "Fileset": "SELECT f.id, f.id FROM Fileset f WHERE f.id IN (%s)",
+            "Image": "SELECT i.id, i.fileset FROM Image i WHERE i.id IN (%s)",
             "Dataset": "SELECT d.id, i.fileset FROM Dataset d LEFT JOIN DatasetImageLink dil "
-                       "ON dil.parent = d.id LEFT JOIN Image i ON i.id = dil.child WHERE d.id = ?",
+                       "ON dil.parent = d.id LEFT JOIN Image i ON i.id = dil.child WHERE d.id IN (%s)",
             "Project": "SELECT p.id, i.fileset FROM Project p LEFT JOIN ProjectDatasetLink pdl "
                        "ON pdl.parent = p.id LEFT JOIN DatasetImageLink dil ON dil.parent = pdl.child "
-                       "LEFT JOIN Image i ON i.id = dil.child WHERE p.id = ?",
+                       "LEFT JOIN Image i ON i.id = dil.child WHERE p.id IN (%s)",
             "Plate": "SELECT p.id, i.fileset FROM Plate p LEFT JOIN Well w ON w.plate = p.id "
                      "LEFT JOIN WellSample ws ON ws.well = w.id LEFT JOIN Image i ON i.id = ws.image "
-                     "WHERE p.id = ?",
+                     "WHERE p.id IN (%s)",
             "Screen": "SELECT s.id, i.fileset FROM Screen s LEFT JOIN ScreenPlateLink spl "
                       "ON spl.parent = s.id LEFT JOIN Well w ON w.plate = spl.child "
                       "LEFT JOIN WellSample ws ON ws.well = w.id "
-                      "LEFT JOIN Image i ON i.id = ws.image WHERE s.id = ?",
+                      "LEFT JOIN Image i ON i.id = ws.image WHERE s.id IN (%s)",
         }
         alias = {"Fileset": "f", "Image": "i", "Dataset": "d", "Project": "p", "Plate": "p",
                  "Screen": "s"}
-        result = {}
-        for kind, oid in refs:
+        found: dict = {}   # readable container -> its fileset ids (readable or not)
+        for kind, oids in by_type.items():
             cond, params = self._readable_sql(alias[kind])
-            rows = self._db.execute(paths[kind] + " AND " + cond, (oid,) + params).fetchall()
-            if not rows:
-                continue
-            fileset_ids = sorted({r[1] for r in rows if r[1] is not None})
-            readable = self._load_filesets(fileset_ids)
-            result[(kind, oid)] = tuple(f for f in fileset_ids if f in readable)
-        return result
+            for page in port_api.batched(sorted(set(oids)), PAGE):
+                for oid, fid in self._db.execute((paths[kind] % self._PAGE_IDS) + " AND " + cond,
+                                                 (json.dumps(page),) + params):
+                    fileset_ids = found.setdefault((kind, oid), set())
+                    if fid is not None:
+                        fileset_ids.add(fid)
+        readable = {f for page in self._readable_pages(set().union(*found.values()))
+                    for f in page}
+        return {ref: tuple(sorted(found[ref] & readable)) for ref in refs if ref in found}
 
     def find_filesets(self, query: FilesetQuery) -> Sequence[port_api.Fileset]:
         self._check_open()
@@ -1019,8 +1051,8 @@ class SimPort:
             sql += " AND e.time >= ?"
             params.append(_fmt(query.since))
         if query.ids is not None:
-            sql += " AND f.id IN (%s)" % ",".join("?" * len(query.ids))
-            params.extend(query.ids)
+            sql += " AND f.id IN (%s)" % self._PAGE_IDS
+            params.append(json.dumps(list(query.ids)))
         cond, cparams = self._readable_sql("f")
         sql += " AND " + cond + " ORDER BY e.time DESC, f.id DESC"
         ids = [r[0] for r in self._db.execute(sql, params + list(cparams))]
@@ -1049,52 +1081,62 @@ class SimPort:
         self._check_open()
         ids = list(fileset_ids)
         self._server._count(_pages(len(ids)))
-        readable = self._load_filesets(ids)
         result = {}
-        for fid, fileset in readable.items():
-            jobs = tuple(Job(id=r[0], fileset_id=fid, kind=r[1], status=r[2],
-                             submitted=_parse(r[3]), started=_parse(r[4]), finished=_parse(r[5]),
-                             message=r[6])
-                         for r in self._db.execute(
-                             "SELECT j.id, j.kind, j.status, j.submitted, j.started, j.finished, "
-                             "j.message FROM FilesetJobLink l JOIN Job j ON j.id = l.child "
-                             "WHERE l.parent = ? ORDER BY l.id", (fid,)))
-            log_row = self._db.execute(
-                "SELECT o.id, o.size FROM FilesetJobLink l JOIN JobOriginalFileLink jl "
-                "ON jl.parent = l.child JOIN OriginalFile o ON o.id = jl.child "
-                "WHERE l.parent = ? AND o.mimetype = ?", (fid, port_api.MIMETYPE_IMPORT_LOG)).fetchone()
-            log = None
-            if log_row:
-                updated, updates = self._db.execute(
-                    "SELECT max(e.time), count(el.id) FROM EventLog el JOIN Event e ON e.id = el.event "
-                    "WHERE el.entityType = ? AND el.entityId = ? AND el.action = 'UPDATE'",
-                    (ENTITY_TYPES["OriginalFile"], log_row[0])).fetchone()
-                log = ImportLog(fileset_id=fid, original_file_id=log_row[0], size=log_row[1] or 0,
-                                updated=_parse(updated), updates=updates)
-            result[fid] = FilesetActivity(fileset_id=fid, jobs=jobs, image_count=fileset.image_count,
-                                          log=log, last_event=self._last_event(fid))
+        for page in self._readable_pages(ids):
+            page_json = json.dumps(page)
+            images = dict(self._db.execute(
+                "SELECT fileset, count(*) FROM Image WHERE fileset IN (%s) GROUP BY fileset"
+                % self._PAGE_IDS, (page_json,)))
+            jobs: dict = {}
+            for r in self._db.execute(
+                    "SELECT l.parent, j.id, j.kind, j.status, j.submitted, j.started, j.finished, "
+                    "j.message FROM FilesetJobLink l JOIN Job j ON j.id = l.child "
+                    "WHERE l.parent IN (%s) ORDER BY l.parent, l.id" % self._PAGE_IDS, (page_json,)):
+                jobs.setdefault(r[0], []).append(Job(
+                    id=r[1], fileset_id=r[0], kind=r[2], status=r[3], submitted=_parse(r[4]),
+                    started=_parse(r[5]), finished=_parse(r[6]), message=r[7]))
+            logs: dict = {}
+            for fid, of_id, size, updated, updates in self._db.execute(
+                    "SELECT l.parent, o.id, o.size, max(e.time), count(e.id) FROM FilesetJobLink l "
+                    "JOIN JobOriginalFileLink jl ON jl.parent = l.child "
+                    "JOIN OriginalFile o ON o.id = jl.child "
+                    "LEFT JOIN EventLog el ON el.entityType = ? AND el.entityId = o.id "
+                    "AND el.action = 'UPDATE' LEFT JOIN Event e ON e.id = el.event "
+                    "WHERE l.parent IN (%s) AND o.mimetype = ? "
+                    "GROUP BY l.parent, o.id ORDER BY l.parent, min(l.id), min(jl.id)"
+                    % self._PAGE_IDS,
+                    (ENTITY_TYPES["OriginalFile"], page_json, port_api.MIMETYPE_IMPORT_LOG)):
+                logs.setdefault(fid, ImportLog(fileset_id=fid, original_file_id=of_id,
+                                               size=size or 0, updated=_parse(updated),
+                                               updates=updates))
+            last_events = self._last_events(page_json)
+            for fid in page:
+                result[fid] = FilesetActivity(
+                    fileset_id=fid, jobs=tuple(jobs.get(fid, ())), image_count=images.get(fid, 0),
+                    log=logs.get(fid), last_event=_parse(last_events.get(fid)))
         return result
 
-    def _last_event(self, fid: int) -> Optional[_dt.datetime]:
-        objects = [("Fileset", fid)]
-        objects += [("OriginalFile", r[0]) for r in self._db.execute(
-            "SELECT originalFile FROM FilesetEntry WHERE fileset = ?", (fid,))]
-        objects += [("OriginalFile", r[0]) for r in self._db.execute(
-            "SELECT jl.child FROM FilesetJobLink l JOIN JobOriginalFileLink jl ON jl.parent = l.child "
-            "WHERE l.parent = ?", (fid,))]
-        objects += [(r[1], r[0]) for r in self._db.execute(
-            "SELECT j.id, j.kind FROM FilesetJobLink l JOIN Job j ON j.id = l.child "
-            "WHERE l.parent = ?", (fid,))]
-        objects += [("Image", r[0]) for r in self._db.execute(
-            "SELECT id FROM Image WHERE fileset = ?", (fid,))]
-        newest = None
-        for kind, oid in objects:
-            t = self._db.execute(
-                "SELECT max(e.time) FROM EventLog el JOIN Event e ON e.id = el.event "
-                "WHERE el.entityType = ? AND el.entityId = ?", (ENTITY_TYPES[kind], oid)).fetchone()[0]
-            if t is not None and (newest is None or t > newest):
-                newest = t
-        return _parse(newest)
+    def _last_events(self, page_json: str) -> dict:
+        """Fileset id -> time of the newest EventLog on the fileset, its used files, its jobs, their
+        files (the import log) and its images, for the filesets of one page."""
+        return dict(self._db.execute(
+            "WITH page(id) AS (%s), "
+            "kinds(kind, type) AS MATERIALIZED (SELECT key, value FROM json_each(?)), "
+            "objects(fileset, type, id) AS ("
+            " SELECT id, ?, id FROM page"
+            " UNION ALL SELECT fe.fileset, ?, fe.originalFile FROM FilesetEntry fe"
+            "  WHERE fe.fileset IN page"
+            " UNION ALL SELECT l.parent, ?, jl.child FROM FilesetJobLink l"
+            "  JOIN JobOriginalFileLink jl ON jl.parent = l.child WHERE l.parent IN page"
+            " UNION ALL SELECT l.parent, k.type, j.id FROM FilesetJobLink l"
+            "  JOIN Job j ON j.id = l.child JOIN kinds k ON k.kind = j.kind"
+            "  WHERE l.parent IN page"
+            " UNION ALL SELECT i.fileset, ?, i.id FROM Image i WHERE i.fileset IN page) "
+            "SELECT o.fileset, max(e.time) FROM objects o "
+            "JOIN EventLog el ON el.entityType = o.type AND el.entityId = o.id "
+            "JOIN Event e ON e.id = el.event GROUP BY o.fileset" % self._PAGE_IDS,
+            (page_json, json.dumps(ENTITY_TYPES), ENTITY_TYPES["Fileset"],
+             ENTITY_TYPES["OriginalFile"], ENTITY_TYPES["OriginalFile"], ENTITY_TYPES["Image"])))
 
     def running_imports(self) -> Sequence[RunningImport]:
         """ManagedRepositoryI.listImports: live processes in the user's groups (admins included:
@@ -1102,46 +1144,52 @@ class SimPort:
         after verifyUpload (ImportProcess.getHandle); before that it is 0."""
         self._check_open()
         self._server._count(1)
-        result = []
-        for fid, owner_id, group_id, uploaded in self._db.execute(
-                "SELECT f.id, f.owner_id, f.group_id, s.uploaded FROM sim_import s JOIN Fileset f "
-                "ON f.id = s.fileset WHERE s.process_live = 1 ORDER BY f.id").fetchall():
-            if group_id not in self._groups or not self._can_edit(owner_id, group_id):
-                continue
-            offsets = []
-            for _, path, name, _, _ in self._server._entries(fid):
+        live = [(fid, uploaded) for fid, owner_id, group_id, perms, uploaded in self._db.execute(
+                "SELECT f.id, f.owner_id, f.group_id, g.permissions, s.uploaded FROM sim_import s "
+                "JOIN Fileset f ON f.id = s.fileset JOIN ExperimenterGroup g ON g.id = f.group_id "
+                "WHERE s.process_live = 1 ORDER BY f.id").fetchall()
+                if group_id in self._groups and self._can_edit(owner_id, group_id, perms)]
+        offsets: dict = {}   # fileset -> bytes on disk per used file (as _entries lists them)
+        for page in port_api.batched([fid for fid, _ in live], PAGE):
+            for fid, path, name in self._db.execute(
+                    "SELECT fe.fileset, o.path, o.name FROM FilesetEntry fe "
+                    "JOIN OriginalFile o ON o.id = fe.originalFile "
+                    "JOIN sim_source s ON s.originalFile = o.id WHERE fe.fileset IN (%s) "
+                    "ORDER BY fe.fileset, fe.id" % self._PAGE_IDS, (json.dumps(page),)):
                 on_disk = os.path.join(self._server.repo_dir, path, name)
-                offsets.append(os.path.getsize(on_disk) if os.path.exists(on_disk) else 0)
-            result.append(RunningImport(fileset_id=fid if uploaded else 0,
-                                        upload_offsets=tuple(offsets)))
-        return result
+                offsets.setdefault(fid, []).append(
+                    os.path.getsize(on_disk) if os.path.exists(on_disk) else 0)
+        return [RunningImport(fileset_id=fid if uploaded else 0,
+                              upload_offsets=tuple(offsets.get(fid, ())))
+                for fid, uploaded in live]
 
     def containers_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
         self._check_open()
         ids = list(fileset_ids)
         self._server._count(_pages(len(ids)))
-        readable = self._load_filesets(ids)
         result = {}
-        for fid in readable:
-            row = self._db.execute(
-                "SELECT s.name, p.name FROM Image i JOIN WellSample ws ON ws.image = i.id "
+        for page in self._readable_pages(ids):
+            # per fileset, the containers of its first image (plate first, then dataset)
+            plates = {fid: (("Screen", screen) if screen is not None else ()) + ("Plate", plate)
+                      for fid, screen, plate in self._db.execute(
+                "SELECT fileset, sname, pname FROM (SELECT i.fileset AS fileset, s.name AS sname, "
+                "p.name AS pname, row_number() OVER (PARTITION BY i.fileset ORDER BY i.id, spl.id) "
+                "AS n FROM Image i JOIN WellSample ws ON ws.image = i.id "
                 "JOIN Well w ON w.id = ws.well JOIN Plate p ON p.id = w.plate "
                 "LEFT JOIN ScreenPlateLink spl ON spl.child = p.id "
-                "LEFT JOIN Screen s ON s.id = spl.parent WHERE i.fileset = ? "
-                "ORDER BY i.id, spl.id LIMIT 1", (fid,)).fetchone()
-            if row:
-                result[fid] = (("Screen", row[0]) if row[0] is not None else ()) + ("Plate", row[1])
-                continue
-            row = self._db.execute(
-                "SELECT pr.name, d.name FROM Image i JOIN DatasetImageLink dil ON dil.child = i.id "
-                "JOIN Dataset d ON d.id = dil.parent "
+                "LEFT JOIN Screen s ON s.id = spl.parent WHERE i.fileset IN (%s)) WHERE n = 1"
+                % self._PAGE_IDS, (json.dumps(page),))}
+            datasets = {fid: (("Project", project) if project is not None else ()) + ("Dataset", ds)
+                        for fid, project, ds in self._db.execute(
+                "SELECT fileset, prname, dname FROM (SELECT i.fileset AS fileset, pr.name AS prname, "
+                "d.name AS dname, row_number() OVER (PARTITION BY i.fileset "
+                "ORDER BY i.id, dil.id, pdl.id) AS n FROM Image i "
+                "JOIN DatasetImageLink dil ON dil.child = i.id JOIN Dataset d ON d.id = dil.parent "
                 "LEFT JOIN ProjectDatasetLink pdl ON pdl.child = d.id "
-                "LEFT JOIN Project pr ON pr.id = pdl.parent WHERE i.fileset = ? "
-                "ORDER BY i.id, dil.id, pdl.id LIMIT 1", (fid,)).fetchone()
-            if row:
-                result[fid] = (("Project", row[0]) if row[0] is not None else ()) + ("Dataset", row[1])
-            else:
-                result[fid] = ()
+                "LEFT JOIN Project pr ON pr.id = pdl.parent WHERE i.fileset IN (%s)) WHERE n = 1"
+                % self._PAGE_IDS, (json.dumps(page),))}
+            for fid in page:
+                result[fid] = plates.get(fid) or datasets.get(fid, ())
         return result
 
     def images_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
@@ -1149,9 +1197,14 @@ class SimPort:
         ids = list(fileset_ids)
         self._server._count(_pages(len(ids)))
         result: dict = {}
-        for fid in self._load_filesets(ids):
-            result[fid] = tuple(r[0] for r in self._db.execute(
-                "SELECT id FROM Image WHERE fileset = ? ORDER BY id", (fid,)))
+        for page in self._readable_pages(ids):
+            images: dict = {}
+            for fid, image in self._db.execute(
+                    "SELECT fileset, id FROM Image WHERE fileset IN (%s) ORDER BY fileset, id"
+                    % self._PAGE_IDS, (json.dumps(page),)):
+                images.setdefault(fid, []).append(image)
+            for fid in page:
+                result[fid] = tuple(images.get(fid, ()))
         return result
 
     # --- files ---------------------------------------------------------------------------------
@@ -1160,14 +1213,24 @@ class SimPort:
         wanted = [p.lstrip("/") for p in repo_paths]
         self._server._count(_pages(len(wanted)))
         cond, params = self._readable_sql("o")
+
+        def path_and_name(key: str) -> tuple:
+            path, name = key.rsplit("/", 1) if "/" in key else ("", key)
+            return (path + "/" if path else "/", name)
+        rows: dict = {}   # (path, name) -> the first readable OriginalFile there
+        for page in port_api.batched(sorted(set(wanted)), PAGE):
+            pairs = [path_and_name(key) for key in page]
+            for row in self._db.execute(
+                    "WITH wanted(path, name) AS (VALUES %s) "
+                    "SELECT o.id, o.path, o.name, o.size, o.hash, o.hasher, o.mimetype, o.repo, "
+                    "(SELECT fe.fileset FROM FilesetEntry fe WHERE fe.originalFile = o.id LIMIT 1) "
+                    "FROM wanted w JOIN OriginalFile o ON o.path = w.path AND o.name = w.name "
+                    "WHERE %s ORDER BY o.id" % (",".join(["(?, ?)"] * len(pairs)), cond),
+                    tuple(v for pair in pairs for v in pair) + params):
+                rows.setdefault((row[1], row[2]), row)
         found = {}
         for key in wanted:
-            path, name = (key.rsplit("/", 1) if "/" in key else ("", key))
-            row = self._db.execute(
-                "SELECT o.id, o.path, o.name, o.size, o.hash, o.hasher, o.mimetype, o.repo, "
-                "(SELECT fe.fileset FROM FilesetEntry fe WHERE fe.originalFile = o.id LIMIT 1) "
-                "FROM OriginalFile o WHERE o.path = ? AND o.name = ? AND " + cond,
-                (path + "/" if path else "/", name) + params).fetchone()
+            row = rows.get(path_and_name(key))
             if row:
                 found[key] = (row[8], port_api.OriginalFile(
                     id=row[0], path=row[1], name=row[2], size=row[3], hash=row[4], hasher=row[5],
