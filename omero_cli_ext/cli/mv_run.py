@@ -1,0 +1,463 @@
+"""`omero mv` control glue: arguments to a Request, the server (when there is one) to facts,
+the journal and its lock, the engine, and the results to rich / plain / JSON output."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shlex
+import time
+
+from omero_cli_ext import server
+from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER, output_for
+from omero_cli_ext.journal import JournalError, JournalLocked, open_journal
+from omero_cli_ext.mv import engine
+from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL, EXIT_NO_SPACE,
+                                     EXIT_RENDER_FAILED, EXIT_SRC_MISSING, EXIT_UNRESOLVED,
+                                     EXIT_USAGE, EXIT_VERIFY_FAILED, MvError)
+from omero_cli_ext.mv.plan import FileFacts, Request, plan_for
+from omero_cli_ext.mv.store import JobStore
+from omero_cli_ext.mv.tree import canonical, fs_path, is_under, show
+
+FILESET_REF = re.compile(r"^Fileset:(\d+)$")
+JOURNAL_DIR = ".omero-cli-ext"
+JOURNAL_NAME = "mv.sqlite"
+PREVIEW_ROWS = 10
+
+
+def default_journal(repo: bytes) -> str:
+    """`<repository's parent>/.omero-cli-ext/mv.sqlite` (beside the repository, outside it), or
+    `~/omero/cli-ext/mv-<repository name>.sqlite` when that parent is not writable."""
+    parent = os.path.dirname(repo.rstrip(b"/")) or b"/"
+    if os.access(parent, os.W_OK | os.X_OK):
+        return os.fsdecode(os.path.join(parent, os.fsencode(JOURNAL_DIR), os.fsencode(JOURNAL_NAME)))
+    name = os.fsdecode(os.path.basename(repo.rstrip(b"/"))) or "root"
+    return os.path.join(os.path.expanduser("~"), "omero", "cli-ext", f"mv-{name}.sqlite")
+
+
+def lock_directory(repo: bytes, journal_location: str) -> str:
+    """One lock per repository whatever --journal says: beside the default journal."""
+    candidate = os.path.dirname(default_journal(repo))
+    try:
+        os.makedirs(candidate, mode=0o700, exist_ok=True)
+        return candidate
+    except OSError:
+        return os.path.dirname(os.path.abspath(journal_location))
+
+
+def _json_path(path):
+    if path is None:
+        return None
+    return path.decode("utf-8", "backslashreplace") if isinstance(path, bytes) else path
+
+
+class _Run:
+    def __init__(self, control, args):
+        self.ctx = control.ctx
+        self.args = args
+        self.out = output_for(args)
+        self.port = None
+
+    def die(self, code: int, message: str):
+        self.ctx.die(code, message)
+
+    # --- arguments
+    def mode(self) -> str:
+        a = self.args
+        chosen = [flag for flag, on in (("--links-only", a.links_only), ("--inline", a.inline),
+                                        ("--repair", a.repair), ("--abandon", a.abandon)) if on]
+        if len(chosen) > 1:
+            self.die(EXIT_USAGE, f"choose one of {', '.join(chosen)}")
+        if a.abandon:
+            return "abandon"
+        if a.repair:
+            if a.source or a.destination:
+                self.die(EXIT_USAGE, "--repair takes no SRC/DST; name where to look with --search")
+            if not a.search:
+                self.die(EXIT_USAGE, "--repair needs at least one --search DIR")
+            return "repair"
+        if a.search:
+            self.die(EXIT_USAGE, "--search goes with --repair")
+        if a.inline:
+            if not a.source or a.destination:
+                self.die(EXIT_USAGE, "--inline takes one repository path: omero mv --inline PATH")
+            return "inline"
+        if not a.source or not a.destination:
+            self.die(EXIT_USAGE, "usage: omero mv SRC DST (see omero mv -h)")
+        if a.links_only:
+            return "links-only"
+        if FILESET_REF.match(a.source):
+            return "offload"
+        return "path"
+
+    def connect(self, needs_server: bool):
+        a = self.args
+        if a.no_server:
+            if needs_server:
+                self.die(EXIT_USAGE, "this needs the server; drop --no-server")
+            if not a.repo:
+                self.die(EXIT_USAGE, "--no-server needs --repo DIR (the ManagedRepository root)")
+            return
+        try:
+            self.port = server.open_port(self.ctx, a)
+        except server.ServerError as err:
+            if needs_server or not a.repo:
+                self.die(EXIT_SERVER, f"cannot reach the server: {err}")
+            self.out.warn(f"note: the server is unreachable ({err}); continuing without server "
+                          "information (no fileset/owner details, checksums taken locally)")
+
+    def repository(self) -> bytes:
+        if self.args.repo:
+            repo = fs_path(self.args.repo)
+        else:
+            try:
+                repo = fs_path(self.port.repository().root)
+            except server.ServerError as err:
+                self.die(EXIT_SERVER, f"cannot ask the server for its repository: {err}")
+        if not os.path.isdir(repo):
+            self.die(EXIT_SRC_MISSING, f"the repository root {show(repo)} is not a directory")
+        return repo
+
+    def request(self, mode: str, repo: bytes) -> Request:
+        a = self.args
+        checksums = a.verify == "checksum"
+        if mode == "repair":
+            return Request("repair", repo, search=tuple(fs_path(s) for s in a.search),
+                           checksums=checksums)
+        if mode == "offload":
+            return self.fileset_request(int(FILESET_REF.match(a.source).group(1)), repo,
+                                        fs_path(a.destination), checksums)
+        src = self.repo_path(a.source, repo)
+        if mode == "inline":
+            return Request("inline", repo, src=src, checksums=checksums)
+        dst = fs_path(a.destination)
+        if mode == "links-only":
+            return Request("links-only", repo, src=src, dst=dst, checksums=checksums)
+        inside = (is_under(src, repo) or is_under(canonical(src), canonical(repo))) \
+            and src != repo and canonical(src) != canonical(repo)
+        if inside:
+            self.need_offload_rights()
+            return Request("offload", repo, src=src, dst=dst, checksums=checksums)
+        return Request("move", repo, src=src, dst=dst, force=a.force, checksums=checksums)
+
+    def repo_path(self, given: str, repo: bytes) -> bytes:
+        """A path as given; a relative one that exists only below the repository means that."""
+        path = fs_path(given)
+        raw = os.fsencode(given)
+        if not os.path.isabs(raw) and not os.path.lexists(path) \
+                and os.path.lexists(os.path.join(repo, raw)):
+            return os.path.normpath(os.path.join(repo, raw))
+        return path
+
+    def need_offload_rights(self) -> None:
+        if self.port is None:
+            return
+        user = self.port.current_user()
+        if not (user.is_admin and "WriteManagedRepo" in user.privileges):
+            self.die(EXIT_PERMISSION, f"offloading managed files needs an administrator with the "
+                     f"WriteManagedRepo privilege; {user.name} is not one. Nothing was changed")
+
+    def fileset_request(self, fileset_id: int, repo: bytes, dst: bytes, checksums: bool) -> Request:
+        self.need_offload_rights()
+        try:
+            found = self.port.filesets([fileset_id])
+        except server.ServerError as err:
+            self.die(EXIT_SERVER, f"cannot read Fileset:{fileset_id}: {err}")
+        fileset = found.get(fileset_id)
+        if fileset is None:
+            self.die(EXIT_NOT_FOUND, f"Fileset:{fileset_id} not found or not readable by you; "
+                     "nothing was changed")
+        prefix = fileset.template_prefix
+        files = []
+        for entry in fileset.entries:
+            repo_path = entry.original_file.repo_path
+            rel = repo_path[len(prefix):] if repo_path.startswith(prefix) else repo_path
+            files.append((os.path.join(repo, os.fsencode(repo_path.lstrip("/"))),
+                          os.fsencode(rel.lstrip("/"))))
+        return Request("offload", repo, src=os.path.join(repo, os.fsencode(prefix.rstrip("/"))),
+                       dst=dst, fileset=fileset_id, fileset_files=tuple(files),
+                       checksums=checksums)
+
+    def facts_for(self, repo: bytes):
+        """Server facts (fileset, owner, size, hash) for repository paths, when there is a server."""
+        port = self.port
+        if port is None:
+            return lambda paths: {}
+
+        def lookup(paths):
+            wanted = {}
+            for path in paths:
+                if is_under(path, repo):
+                    wanted[os.fsdecode(path[len(repo.rstrip(b"/")) + 1:])] = path
+            if not wanted:
+                return {}
+            try:
+                found = port.files_by_repo_paths(list(wanted))
+                owners = {f.id: f.owner_name for f in port.filesets(
+                    {fid for fid, _ in found.values() if fid is not None}).values()}
+            except server.ServerError as err:
+                self.out.warn(f"note: the server did not answer ({err}); continuing without "
+                              "server information")
+                return {}
+            return {wanted[p]: FileFacts(fid, owners.get(fid), f.size, f.hasher, f.hash)
+                    for p, (fid, f) in found.items() if p in wanted}
+        return lookup
+
+    def command_line(self) -> str:
+        a = self.args
+        words = ["omero", "mv"]
+        for flag, on in (("--links-only", a.links_only), ("--inline", a.inline),
+                         ("--repair", a.repair), ("--force", a.force), ("--no-server", a.no_server)):
+            if on:
+                words.append(flag)
+        for root in a.search:
+            words += ["--search", root]
+        if a.repo:
+            words += ["--repo", a.repo]
+        if a.journal:
+            words += ["--journal", a.journal]
+        words += [w for w in (a.source, a.destination) if w]
+        return " ".join(shlex.quote(w) for w in words)
+
+    # --- output
+    def show_plan(self, plan) -> None:
+        summary = plan.summary()
+        if self.out.mode == "json":
+            for step in plan.steps:
+                self.emit_step(step, planned=True)
+            self.out.emit("plan", **summary, notes=plan.notes,
+                          unresolved_links=[self.unresolved_json(u) for u in plan.unresolved])
+            return
+        kinds = ", ".join(f"{n} {k}" for k, n in summary["by_kind"].items()) or "nothing to do"
+        self.out.info(f"plan ({summary['mode']}): {kinds}; "
+                      f"{'same filesystem' if plan.same_fs else 'across filesystems'}; "
+                      f"{summary['bytes_to_copy']} bytes to copy")
+        rows = [(s.kind, show(s.path), show(s.new if s.new is not None else s.other or b""))
+                for s in plan.steps if s.kind in ("retarget", "swap", "materialize", "place")]
+        if rows:
+            self.out.table(f"first {min(PREVIEW_ROWS, len(rows))} of {len(rows)}",
+                           ("action", "path", "to"), rows[:PREVIEW_ROWS])
+        for note in plan.notes:
+            self.out.info("note: " + note)
+        self.show_unresolved(plan.unresolved)
+
+    def unresolved_json(self, entry: dict) -> dict:
+        return {k: ([_json_path(c) for c in v] if k == "candidates" else _json_path(v))
+                for k, v in entry.items()}
+
+    def show_unresolved(self, unresolved) -> None:
+        if not unresolved:
+            return
+        if self.out.mode == "json":
+            for entry in unresolved:
+                self.out.emit("unresolved", **self.unresolved_json(entry))
+            return
+        self.out.table(f"{len(unresolved)} link(s) left as they are", ("link", "target", "why"),
+                       [(show(u["link"]), show(u.get("target") or b""), u["reason"])
+                        for u in unresolved])
+
+    def emit_step(self, step, planned: bool = False) -> None:
+        if self.out.mode != "json":
+            return
+        fields = {"action": step.kind, "seq": step.seq, "path": _json_path(step.path),
+                  "state": "planned" if planned else step.state}
+        for name in ("other", "old", "new"):
+            value = getattr(step, name)
+            if value is not None:
+                fields[name] = _json_path(value)
+        if step.size is not None:
+            fields["size"] = step.size
+        if step.fileset is not None:
+            fields["fileset"] = step.fileset
+        if step.note:
+            fields["note"] = step.note
+        self.out.emit("action", **fields)
+
+    # --- the run
+    def run(self) -> None:
+        mode = self.mode()
+        needs_server = mode == "offload" or self.args.render_check
+        self.connect(needs_server)
+        try:
+            repo = self.repository()
+            if self.args.render_check and "render" not in self.ctx.controls:
+                self.die(EXIT_USAGE, "--render-check needs omero-cli-render "
+                         "(pip install omero-cli-render); nothing was changed")
+            try:
+                self.run_in_repo(mode, repo)
+            except MvError as err:
+                self.die(err.code, str(err))
+            except JournalLocked as err:
+                self.die(EXIT_BUSY, f"another omero mv is running on {show(repo)}: {err}")
+            except JournalError as err:
+                self.die(EXIT_JOURNAL, str(err))
+            except server.PermissionDenied as err:
+                self.die(EXIT_PERMISSION, f"permission denied: {err}")
+            except server.NotFound as err:
+                self.die(EXIT_NOT_FOUND, f"not found: {err}")
+            except server.ServerError as err:
+                self.die(EXIT_SERVER, f"server error: {err}")
+        finally:
+            if self.port is not None:
+                self.port.close()
+
+    def run_in_repo(self, mode: str, repo: bytes) -> None:
+        location = self.args.journal or default_journal(repo)
+        if mode == "abandon":
+            return self.abandon(repo, location)
+        if self.args.dry_run:
+            return self.dry_run(mode, repo, location)
+        journal = open_journal(location)
+        try:
+            with journal.writer_lock(f"omero mv {os.fsdecode(repo)}",
+                                     directory=lock_directory(repo, location)
+                                     if journal.backend == "sqlite" else None):
+                store = JobStore(journal)
+                request = self.request(mode, repo)
+                prepared = engine.prepare(store, request, self.command_line(),
+                                          self.facts_for(repo))
+                self.execute(store, prepared, request)
+        finally:
+            journal.close()
+
+    def dry_run(self, mode: str, repo: bytes, location: str) -> None:
+        request = self.request(mode, repo)
+        if "://" in location or os.path.exists(location):
+            journal = open_journal(location)
+            try:
+                job = JobStore(journal).unfinished(os.fsdecode(repo))
+            finally:
+                journal.close()
+            if job is not None:
+                engine.refuse_other_job(job, request)
+                self.out.info(f"job {job.id} is unfinished; rerun without --dry-run to finish it")
+                return
+        self.show_plan(plan_for(request, self.facts_for(repo)))
+
+    def abandon(self, repo: bytes, location: str) -> None:
+        if not ("://" in location or os.path.exists(location)):
+            self.out.info("no journal, so no unfinished job")
+            self.out.emit("abandoned", job=None)
+            return
+        journal = open_journal(location)
+        try:
+            with journal.writer_lock(f"omero mv {os.fsdecode(repo)}",
+                                     directory=lock_directory(repo, location)
+                                     if journal.backend == "sqlite" else None):
+                job = JobStore(journal).abandon(os.fsdecode(repo))
+        finally:
+            journal.close()
+        self.out.emit("abandoned", job=job.id if job else None,
+                      command=job.command if job else None)
+        self.out.info(f"abandoned job {job.id}: {job.command} (files stay as they are)"
+                      if job else "no unfinished job for this repository")
+
+    def execute(self, store, prepared, request) -> None:
+        started = time.monotonic()
+        if prepared.resumed:
+            self.out.info(f"resuming job {prepared.job.id}: {prepared.job.command}")
+        elif prepared.plan is not None and self.out.mode != "json":
+            summary = prepared.plan.summary()
+            self.out.info(f"job {prepared.job.id if prepared.job else '-'}: "
+                          f"{summary['mode']}, {summary['steps']} steps, "
+                          f"{summary['bytes_to_copy']} bytes to copy")
+        for note in prepared.notes:
+            self.out.warn("note: " + note)
+        pending = sum(1 for s in prepared.steps if s.state == "pending")
+        failures = []
+        with self.out.progress("omero mv", total=pending) as bar:
+            def on_step(step):
+                bar.advance(1)
+                self.emit_step(step)
+            try:
+                failures = engine.execute(store, prepared, checksums=request.checksums,
+                                          on_step=on_step)
+            except KeyboardInterrupt:
+                self.die(EXIT_INTERRUPTED, "interrupted; to continue, rerun: "
+                         + self.command_line())
+            except MvError as err:
+                if err.code != EXIT_NO_SPACE:
+                    raise MvError(err.code, f"{err}\njob {prepared.job.id} is unfinished; "
+                                  f"after fixing the cause, rerun: {self.command_line()}") from err
+                raise
+        steps = prepared.steps
+        summary = {"job": prepared.job.id if prepared.job else None, "mode": request.mode,
+                   "resumed": prepared.resumed,
+                   "links_changed": sum(1 for s in steps if s.state == "done"
+                                        and s.kind in ("retarget", "swap", "materialize")),
+                   "files_placed": sum(1 for s in steps if s.state == "done" and s.kind == "place"),
+                   "sources_removed": sum(1 for s in steps if s.state == "done"
+                                          and s.kind == "unlink"),
+                   "skipped": sum(1 for s in steps if s.state == "skipped"),
+                   "verified": sum(1 for s in steps if s.state == "done"
+                                   and s.kind in ("retarget", "swap", "materialize"))
+                   - len(failures),
+                   "verify_failures": len(failures), "unresolved": len(prepared.unresolved),
+                   "seconds": round(time.monotonic() - started, 3)}
+        for step in steps:
+            if step.state == "skipped":
+                self.out.warn(f"skipped {step.kind} {show(step.path)}: {step.note}")
+        self.show_unresolved(prepared.unresolved)
+        for failure in failures:
+            self.out.emit("verify_failure", link=_json_path(failure["link"]),
+                          problem=failure["problem"])
+            self.out.warn(f"verification failed: {show(failure['link'])}: {failure['problem']}")
+        render = self.render_check(steps) if self.args.render_check else None
+        if render is not None:
+            summary["render_check"] = render
+        self.out.emit("summary", **summary)
+        if self.out.mode != "json":
+            self.out.info(f"done: {summary['links_changed']} link(s) changed, "
+                          f"{summary['files_placed']} file(s) placed, "
+                          f"{summary['sources_removed']} source(s) removed, "
+                          f"{summary['verified']} verified"
+                          + (f", {summary['unresolved']} unresolved" if prepared.unresolved
+                             else ""))
+        if failures:
+            self.die(EXIT_VERIFY_FAILED, f"{len(failures)} link(s) failed verification (listed "
+                     "above); the journal keeps the job's record")
+        if render and render["failed"]:
+            self.die(EXIT_RENDER_FAILED, f"the server could not read {len(render['failed'])} "
+                     f"image(s): {', '.join('Image:%d' % i for i in render['failed'])}")
+        if prepared.unresolved:
+            self.die(EXIT_UNRESOLVED, f"{len(prepared.unresolved)} link(s) were left as they "
+                     "are (listed above)")
+
+    def render_check(self, steps) -> dict:
+        """`omero render test Image:ID` for one image of each affected fileset."""
+        filesets = sorted({s.fileset for s in steps if s.fileset is not None})
+        images = self.port.images_of(filesets) if filesets else {}
+        checked, failed = [], []
+        for fileset_id in filesets:
+            ids = images.get(fileset_id) or ()
+            if not ids:
+                continue
+            image_id = ids[0]
+            captured = io.StringIO()
+            rc = 0
+            with contextlib.redirect_stdout(captured):
+                try:
+                    self.ctx.invoke(["render", *self.login_words(), "test", f"Image:{image_id}"],
+                                    strict=True)
+                except Exception:   # NonZeroReturnCode or a plugin error: the test failed
+                    rc = 1
+            ok = rc == 0 and captured.getvalue().lstrip().startswith("ok:")
+            (checked if ok else failed).append(image_id)
+            self.out.emit("render_check", fileset=fileset_id, image=image_id, ok=ok,
+                          output=captured.getvalue().strip())
+        return {"checked": checked, "failed": failed}
+
+    def login_words(self) -> list:
+        a = self.args
+        words = []
+        for flag, name in (("-s", "server"), ("-p", "port"), ("-u", "user"), ("-g", "group"),
+                           ("-k", "key")):
+            value = getattr(a, name, None)
+            if value:
+                words += [flag, str(value)]
+        return words
+
+
+def run_mv(control, args) -> None:
+    _Run(control, args).run()

@@ -1,0 +1,111 @@
+"""One `omero mv` job from request to verified result: refuse or resume an unfinished job,
+plan and journal a new one, execute, verify, close it. Output is left to the caller through
+callbacks, so this module knows nothing of the CLI."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+from omero_cli_ext.fsops import remove_stale_temps
+from omero_cli_ext.mv.errors import EXIT_NO_SPACE, EXIT_OTHER_JOB, EXIT_SRC_MISSING, MvError
+from omero_cli_ext.mv.execute import Executor, roll_back_copies, verify
+from omero_cli_ext.mv.plan import FactsLookup, Plan, Request, Step, no_facts, plan_for
+from omero_cli_ext.mv.store import Job, JobStore
+
+
+@dataclass
+class Prepared:
+    """A job ready to run: new (with its plan) or resumed from the journal."""
+    job: Optional[Job]
+    steps: List[Step]
+    resumed: bool
+    notes: List[str] = field(default_factory=list)
+    unresolved: List[dict] = field(default_factory=list)
+    plan: Optional[Plan] = None
+
+
+def refuse_other_job(job: Job, request: Request) -> None:
+    if job.key != request.key():
+        raise MvError(EXIT_OTHER_JOB,
+                      f"job {job.id} on this repository is unfinished (started {job.created}): "
+                      f"{job.command}\n  to finish it, rerun exactly that command;\n"
+                      f"  to forget it (files stay as they are now, every link resolves), run: "
+                      f"omero mv --abandon --repo {os.fsdecode(request.repo)}\n"
+                      "Nothing was changed.")
+
+
+def prepare(store: JobStore, request: Request, command: str,
+            facts_for: FactsLookup = no_facts) -> Prepared:
+    """Resume the repository's unfinished job when it is this request's, refuse when it is
+    another's, else plan and journal a new job (plan written before any change)."""
+    repo = os.fsdecode(request.repo)
+    job = store.unfinished(repo)
+    if job is not None:
+        refuse_other_job(job, request)
+        info = store.plan_info(job.id)
+        return Prepared(job, store.steps(job.id), True, info.get("notes", []),
+                        _bytes_paths(info.get("unresolved", [])))
+    try:
+        plan = plan_for(request, facts_for)
+    except MvError as err:
+        done = store.finished_same(repo, request.key()) if err.code == EXIT_SRC_MISSING else None
+        if done is None:
+            raise
+        return Prepared(None, [], False, [f"job {done.id} finished this already ({done.created}); "
+                                          "nothing left to do"])
+    prepared = Prepared(None, plan.steps, False, plan.notes, plan.unresolved, plan)
+    if plan.steps:
+        prepared.job = store.create(repo, command, plan)
+        store.set_plan_info(prepared.job.id, {"notes": plan.notes, "unresolved": plan.unresolved,
+                                              "plan": plan.summary()})
+    return prepared
+
+
+def _bytes_paths(entries: List[dict]) -> List[dict]:
+    return [{k: (os.fsencode(v) if k in ("link", "target") and isinstance(v, str) else v)
+             for k, v in entry.items()} for entry in entries]
+
+
+def remove_debris(steps: List[Step]) -> None:
+    """Temporaries a killed run left beside the files and links it was writing."""
+    directories = {os.path.dirname(s.path) for s in steps
+                   if s.kind in ("place", "place_link", "retarget", "swap", "materialize")}
+    for directory in directories:
+        if os.path.isdir(directory):
+            remove_stale_temps(directory)
+
+
+def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
+            on_step: Optional[Callable[[Step], None]] = None,
+            copied: Optional[Callable[[int], None]] = None,
+            verified: Optional[Callable[[int], None]] = None) -> List[dict]:
+    """Run the pending steps, verify, and close the job; returns the verification failures.
+
+    When the destination fills up before any link changed, the copies made so far are removed
+    and the job closed as failed, so the disk is as before (MvError EXIT_NO_SPACE)."""
+    job = prepared.job
+    if job is None:
+        return []
+    if prepared.resumed:
+        remove_debris(prepared.steps)
+    executor = Executor(prepared.steps, same_fs=job.same_fs,
+                        record=lambda batch: store.record(job.id, batch),
+                        on_step=on_step, copied=copied)
+    try:
+        executor.run()
+    except MvError as err:
+        if err.code == EXIT_NO_SPACE and not any(s.phase >= 3 and s.state == "done"
+                                                 for s in prepared.steps):
+            roll_back_copies(prepared.steps)
+            store.finish(job.id, "failed", {"error": str(err), "rolled_back": True})
+            raise MvError(EXIT_NO_SPACE, f"{err}. The copies made so far were removed; the "
+                          "sources and links are as they were") from err
+        raise
+    failures = verify(prepared.steps, checksums, verified)
+    summary = {"steps": len(prepared.steps),
+               "done": sum(1 for s in prepared.steps if s.state == "done"),
+               "skipped": sum(1 for s in prepared.steps if s.state == "skipped"),
+               "verify_failures": len(failures)}
+    store.finish(job.id, "verify-failed" if failures else "done", summary)
+    return failures

@@ -1,0 +1,654 @@
+"""Turning an `omero mv` request into a plan: the ordered, journaled list of steps that relocate
+files and retarget repository symlinks.
+
+Every mode yields the same step kinds, executed phase by phase (`PHASES`): directories and file
+copies first, then link changes, then removal of the sources. No link is changed before the file
+it will point at exists, and no source is removed before every link has left it, so at every
+instant each repository link resolves (to the old or to the new copy).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from omero_cli_ext.fsops import checksum
+from omero_cli_ext.mv.errors import (EXIT_BAD_RELATION, EXIT_DST_EXISTS, EXIT_DST_UNWRITABLE,
+                                     EXIT_NO_LINKS, EXIT_NO_SPACE, EXIT_REPO_OVERLAP,
+                                     EXIT_SRC_MISSING, EXIT_SYMLINK_LOOP, MvError)
+from omero_cli_ext.mv.tree import (Node, below, canonical, is_under, show, walk_links,
+                                   walk_tree)
+
+# step kind -> phase; steps run in phase order, each phase finished and journaled before the next
+PHASES = {"mkdir": 0, "place": 1, "place_link": 1, "dirmeta": 2, "retarget": 3, "swap": 3,
+          "materialize": 3, "unlink": 4, "rmdir": 5}
+MODES = ("move", "links-only", "offload", "inline", "repair")
+DEFAULT_HASHER = "SHA1-160"
+# room left free on the destination beyond the bytes to copy (directories, metadata)
+SPACE_MARGIN = 1 << 20
+
+
+@dataclass
+class Step:
+    """One idempotent change. `path` is what it changes; `other` the file it depends on (the
+    source of a copy, the copy a source may be removed after, the file a link resolved to)."""
+    kind: str
+    path: bytes
+    other: Optional[bytes] = None
+    old: Optional[bytes] = None      # link target before (retarget)
+    new: Optional[bytes] = None      # link target after (retarget, swap, place_link)
+    size: Optional[int] = None
+    mode: Optional[int] = None
+    uid: Optional[int] = None
+    gid: Optional[int] = None
+    mtime_ns: Optional[int] = None
+    hasher: Optional[str] = None
+    hash: Optional[str] = None
+    fileset: Optional[int] = None
+    state: str = "pending"           # pending, done, skipped
+    note: Optional[str] = None
+    seq: int = 0
+
+    @property
+    def phase(self) -> int:
+        return PHASES[self.kind]
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What the server knows about the file behind a repository path."""
+    fileset: Optional[int] = None
+    owner: Optional[str] = None
+    size: Optional[int] = None
+    hasher: Optional[str] = None
+    hash: Optional[str] = None
+
+
+FactsLookup = Callable[[Sequence[bytes]], Mapping[bytes, FileFacts]]
+
+
+def no_facts(paths: Sequence[bytes]) -> Mapping[bytes, FileFacts]:
+    return {}
+
+
+@dataclass
+class Request:
+    """What the user asked for, with paths as absolute bytes in the user's spelling."""
+    mode: str
+    repo: bytes
+    src: Optional[bytes] = None
+    dst: Optional[bytes] = None
+    search: Tuple[bytes, ...] = ()
+    force: bool = False
+    checksums: bool = False          # --verify checksum
+    fileset: Optional[int] = None    # offload of Fileset:ID
+    fileset_files: Tuple[Tuple[bytes, bytes], ...] = ()   # (repository file, path below DST)
+
+    def key(self) -> str:
+        """The job's identity: a rerun with the same key resumes it."""
+        return json.dumps({"mode": self.mode, "repo": _text(self.repo), "src": _text(self.src),
+                           "dst": _text(self.dst), "search": [_text(s) for s in self.search],
+                           "fileset": self.fileset, "force": self.force}, sort_keys=True)
+
+
+def _text(path: Optional[bytes]) -> Optional[str]:
+    return None if path is None else os.fsdecode(path)
+
+
+@dataclass
+class Plan:
+    request: Request
+    steps: List[Step]
+    same_fs: bool = True
+    notes: List[str] = field(default_factory=list)
+    unresolved: List[dict] = field(default_factory=list)   # repair: links left dangling, why
+
+    def count(self, kind: str) -> int:
+        return sum(1 for s in self.steps if s.kind == kind)
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum(s.size or 0 for s in self.steps
+                   if s.kind in ("place", "materialize") and not self.same_fs)
+
+    def summary(self) -> dict:
+        kinds: Dict[str, int] = {}
+        for step in self.steps:
+            kinds[step.kind] = kinds.get(step.kind, 0) + 1
+        return {"mode": self.request.mode, "steps": len(self.steps), "by_kind": kinds,
+                "links": kinds.get("retarget", 0) + kinds.get("swap", 0)
+                + kinds.get("materialize", 0),
+                "files": kinds.get("place", 0), "same_filesystem": self.same_fs,
+                "bytes_to_copy": self.bytes_to_copy, "unresolved": len(self.unresolved)}
+
+
+# --------------------------------------------------------------------------- validation
+
+def _exists(path: bytes) -> bool:
+    return os.path.lexists(path)
+
+
+def check_source(request: Request) -> None:
+    """SRC exists and does not hold the repository."""
+    src, repo = request.src, request.repo
+    if not _exists(src):
+        raise MvError(EXIT_SRC_MISSING, f"SRC {show(src)} does not exist; nothing was changed")
+    if is_under(canonical(repo), canonical(src)) or is_under(repo, src):
+        raise MvError(EXIT_REPO_OVERLAP, f"SRC {show(src)} is or contains the repository root "
+                      f"{show(repo)}; omero mv never moves the repository itself")
+
+
+def check_destination(request: Request, *, must_not_exist: bool = True) -> None:
+    """DST differs from SRC, is not inside SRC or the repository, does not exist, and its parent
+    directory exists and is writable."""
+    src, dst, repo = request.src, request.dst, request.repo
+    dst_c = canonical(dst)
+    if src is not None:
+        src_c = canonical(src)
+        if dst == src or dst_c == src_c:
+            raise MvError(EXIT_BAD_RELATION, f"SRC and DST are the same place ({show(src)})")
+        if request.mode != "links-only" and (is_under(dst, src) or is_under(dst_c, src_c)):
+            raise MvError(EXIT_BAD_RELATION,
+                          f"DST {show(dst)} is inside SRC {show(src)}; choose a DST outside it")
+    if is_under(dst, repo) or is_under(dst_c, canonical(repo)):
+        raise MvError(EXIT_REPO_OVERLAP, f"DST {show(dst)} is inside the repository "
+                      f"{show(repo)}; the destination must be outside it")
+    if not must_not_exist:
+        return
+    if _exists(dst):
+        raise MvError(EXIT_DST_EXISTS, f"DST {show(dst)} exists; omero mv creates DST itself "
+                      "(choose a new name, or remove it)")
+    parent = os.path.dirname(dst)
+    if not os.path.isdir(parent):
+        raise MvError(EXIT_SRC_MISSING, f"the directory {show(parent)} that would hold DST does "
+                      "not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        why = "is on a read-only filesystem" if _read_only(parent) else "is not writable by you"
+        raise MvError(EXIT_DST_UNWRITABLE, f"the destination directory {show(parent)} {why}; "
+                      "nothing was changed")
+
+
+def _read_only(path: bytes) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def check_space(plan: Plan) -> None:
+    """Refuse a copy the destination filesystem cannot hold (before anything is written)."""
+    need = plan.bytes_to_copy
+    if not need:
+        return
+    where = plan.request.dst if plan.request.mode != "inline" else plan.request.src
+    parent = where if os.path.isdir(where) else os.path.dirname(where)
+    free = free_bytes(parent)
+    if need + SPACE_MARGIN > free:
+        raise MvError(EXIT_NO_SPACE, f"not enough space on the filesystem of {show(parent)}: "
+                      f"{need} bytes to copy, {free} free; nothing was changed")
+
+
+def free_bytes(path: bytes) -> int:
+    return shutil.disk_usage(path).free
+
+
+def same_filesystem(a: bytes, b: bytes) -> bool:
+    """Whether `b` (or its nearest existing parent) is on the device of `a`."""
+    dev = os.lstat(a).st_dev
+    probe = b
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return os.stat(probe).st_dev == dev
+
+
+# --------------------------------------------------------------------------- link matching
+
+class Scope:
+    """Decides which repository links point at or under SRC: textually (the stored target,
+    made absolute, under SRC as the user spelt it) or by location (the target's directory is a
+    directory of the SRC tree by device and inode, which sees through symlinked paths and bind
+    mounts; when SRC is gone, by resolved path instead)."""
+
+    def __init__(self, src: bytes, nodes: Optional[Sequence[Node]] = None):
+        self.src = src
+        self._dir_rel: Dict[Tuple[int, int], bytes] = {}
+        self._src_spot: Optional[Tuple[int, int, bytes]] = None
+        self._src_canon = canonical(src)
+        self._dir_ids: Dict[bytes, Optional[Tuple[int, int]]] = {}
+        self._dir_canon: Dict[bytes, bytes] = {}
+        self.loops: List[bytes] = []
+        if nodes:
+            for node in nodes:
+                if node.kind == "dir":
+                    self._dir_rel[(node.dev, node.ino)] = node.rel
+            parent = self._dir_id(os.path.dirname(src))
+            if parent is not None:
+                self._src_spot = (parent[0], parent[1], os.path.basename(src))
+
+    def match(self, link: bytes, target: bytes) -> Optional[bytes]:
+        """The path below SRC that `link` (storing `target`) points at, or None."""
+        absolute = os.path.normpath(os.path.join(os.path.dirname(link), target))
+        if is_under(absolute, self.src):
+            return below(absolute, self.src)
+        head, name = os.path.split(absolute)
+        if self._dir_rel or self._src_spot:
+            ident = self._dir_id(head)
+            if ident is None:
+                return None
+            rel = self._dir_rel.get(ident)
+            if rel is not None:
+                return os.path.join(rel, name) if rel else name
+            if self._src_spot == (ident[0], ident[1], name):
+                return b""
+            return None
+        resolved = os.path.join(self._canon(head), name)
+        return below(resolved, self._src_canon) if is_under(resolved, self._src_canon) else None
+
+    def _dir_id(self, directory: bytes) -> Optional[Tuple[int, int]]:
+        if directory not in self._dir_ids:
+            try:
+                st = os.stat(directory)
+                self._dir_ids[directory] = (st.st_dev, st.st_ino)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    self.loops.append(directory)
+                self._dir_ids[directory] = None
+        return self._dir_ids[directory]
+
+    def _canon(self, directory: bytes) -> bytes:
+        found = self._dir_canon.get(directory)
+        if found is None:
+            found = self._dir_canon[directory] = os.path.realpath(directory)
+        return found
+
+
+def new_target(old_target: bytes, link: bytes, new_absolute: bytes) -> bytes:
+    """What `link` should store to reach `new_absolute`: absolute stays absolute (in the user's
+    spelling of DST), relative stays relative (computed between resolved directories, as the
+    kernel resolves `..`)."""
+    if os.path.isabs(old_target):
+        return new_absolute
+    return os.path.relpath(canonical(new_absolute), os.path.realpath(os.path.dirname(link)))
+
+
+def _stat_target(link: bytes) -> Tuple[Optional[os.stat_result], Optional[int]]:
+    try:
+        return os.stat(link), None
+    except OSError as exc:
+        return None, exc.errno
+
+
+def _loop_error(link: bytes, target: bytes) -> MvError:
+    return MvError(EXIT_SYMLINK_LOOP, f"the repository link {show(link)} -> {show(target)} "
+                   "ends in a symlink loop; fix or remove that link first (nothing was changed)")
+
+
+# --------------------------------------------------------------------------- planners
+
+def plan_for(request: Request, facts_for: FactsLookup = no_facts) -> Plan:
+    planner = {"move": plan_move, "links-only": plan_links_only, "offload": plan_offload,
+               "inline": plan_inline, "repair": plan_repair}[request.mode]
+    plan = planner(request, facts_for)
+    for seq, step in enumerate(sorted(plan.steps, key=lambda s: s.phase)):
+        step.seq = seq
+    plan.steps.sort(key=lambda s: s.seq)
+    return plan
+
+
+def _hash_before(step: Step, path: bytes, request: Request) -> None:
+    """With --verify checksum and no server hash: a checksum taken now, before anything moves."""
+    if request.checksums and step.hash is None:
+        step.hasher = step.hasher or DEFAULT_HASHER
+        step.hash = checksum(path, step.hasher)
+
+
+def _tree_steps(nodes: Sequence[Node], src: bytes, dst: bytes, same_fs: bool,
+                facts_by_rel: Mapping[bytes, FileFacts], scope_src: bytes) -> List[Step]:
+    """mkdir / place / place_link / dirmeta steps that rebuild the tree `nodes` (below `src`)
+    at `dst`."""
+    steps = []
+    for node in nodes:
+        target = os.path.join(dst, node.rel) if node.rel else dst
+        source = os.path.join(src, node.rel) if node.rel else src
+        if node.kind == "dir":
+            steps.append(Step("mkdir", target, mode=node.mode))
+        elif node.kind == "file":
+            facts = facts_by_rel.get(node.rel, FileFacts())
+            steps.append(Step("place", target, other=source, size=node.size, mode=node.mode,
+                              uid=node.uid, gid=node.gid, mtime_ns=node.mtime_ns,
+                              hasher=facts.hasher if facts.hash else None, hash=facts.hash,
+                              fileset=facts.fileset))
+        else:
+            stored = node.target
+            absolute = os.path.normpath(os.path.join(os.path.dirname(source), stored))
+            if os.path.isabs(stored) and is_under(absolute, scope_src):
+                stored = os.path.join(dst, below(absolute, scope_src)).rstrip(b"/")
+            steps.append(Step("place_link", target, other=source, new=stored))
+    for node in reversed(nodes):
+        if node.kind == "dir":
+            target = os.path.join(dst, node.rel) if node.rel else dst
+            steps.append(Step("dirmeta", target, mode=node.mode, uid=node.uid, gid=node.gid,
+                              mtime_ns=node.mtime_ns))
+    return steps
+
+
+def _removal_steps(nodes: Sequence[Node], src: bytes, dst: bytes) -> List[Step]:
+    steps = []
+    for node in nodes:
+        if node.kind != "dir":
+            steps.append(Step("unlink", os.path.join(src, node.rel) if node.rel else src,
+                              other=os.path.join(dst, node.rel) if node.rel else dst,
+                              size=node.size if node.kind == "file" else None))
+    for node in reversed(nodes):
+        if node.kind == "dir":
+            steps.append(Step("rmdir", os.path.join(src, node.rel) if node.rel else src))
+    return steps
+
+
+def plan_move(request: Request, facts_for: FactsLookup) -> Plan:
+    """Mode 1: SRC (outside the repository) to DST, retargeting the links into SRC."""
+    check_source(request)
+    check_destination(request)
+    src, dst, repo = request.src, request.dst, request.repo
+    nodes = walk_tree(src)
+    same_fs = same_filesystem(src, dst)
+    scope = Scope(src, nodes)
+    by_rel = {node.rel: node for node in nodes}
+    matched = []
+    for link, target in walk_links(repo):
+        rel = scope.match(link, target)
+        if rel is not None:
+            matched.append((link, target, rel))
+    facts = facts_for([link for link, _, _ in matched])
+    retargets, dangling = [], []
+    for link, target, rel in matched:
+        node = by_rel.get(rel)
+        st, err = _stat_target(link)
+        if err == errno.ELOOP:
+            raise _loop_error(link, target)
+        if node is None or st is None:
+            dangling.append(link)
+            continue
+        new_abs = os.path.join(dst, rel) if rel else dst
+        fact = facts.get(link, FileFacts())
+        step = Step("retarget", link, other=os.path.join(src, rel) if rel else src,
+                    old=target, new=new_target(target, link, new_abs),
+                    size=st.st_size if node.kind == "file" else None,
+                    hasher=fact.hasher if fact.hash else None, hash=fact.hash,
+                    fileset=fact.fileset)
+        if node.kind == "file":
+            _hash_before(step, link, request)
+        retargets.append(step)
+    if not retargets and not request.force:
+        raise MvError(EXIT_NO_LINKS, f"no repository link points into {show(src)}: it holds no "
+                      "in-place imported file of this repository. Nothing was moved; pass "
+                      "--force to move it anyway")
+    facts_by_rel = {}
+    for step in retargets:
+        if step.hash:
+            facts_by_rel[below(step.other, src)] = FileFacts(step.fileset, None, step.size,
+                                                             step.hasher, step.hash)
+    plan = Plan(request, _tree_steps(nodes, src, dst, same_fs, facts_by_rel, src) + retargets
+                + _removal_steps(nodes, src, dst), same_fs=same_fs)
+    if dangling:
+        plan.notes.append(f"{len(dangling)} repository link(s) into SRC were already dangling "
+                          "and are left as they are (see omero mv --repair)")
+    _note_loops(plan, scope)
+    check_space(plan)
+    return plan
+
+
+def _note_loops(plan: Plan, scope: Scope) -> None:
+    if scope.loops:
+        plan.notes.append(f"{len(scope.loops)} link target(s) in the repository loop "
+                          f"(e.g. {show(scope.loops[0])}); they are not part of this move and "
+                          "were left alone")
+
+
+def plan_links_only(request: Request, facts_for: FactsLookup) -> Plan:
+    """`--links-only OLD NEW`: the files are at NEW already; retarget the links only."""
+    old, new, repo = request.src, request.dst, request.repo
+    if not _exists(new):
+        raise MvError(EXIT_SRC_MISSING, f"NEW {show(new)} does not exist: --links-only expects "
+                      "the files to be there already; nothing was changed")
+    check_destination(request, must_not_exist=False)
+    if is_under(canonical(repo), canonical(old)) or is_under(repo, old):
+        raise MvError(EXIT_REPO_OVERLAP, f"OLD {show(old)} is or contains the repository root")
+    scope = Scope(old)
+    matched = []
+    for link, target in walk_links(repo):
+        rel = scope.match(link, target)
+        if rel is not None:
+            matched.append((link, target, rel))
+    facts = facts_for([link for link, _, _ in matched])
+    steps, missing = [], []
+    for link, target, rel in matched:
+        new_abs = os.path.join(new, rel) if rel else new
+        try:
+            st = os.stat(new_abs)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _loop_error(link, target) from None
+            missing.append(link)
+            continue
+        fact = facts.get(link, FileFacts())
+        step = Step("retarget", link, other=None, old=target,
+                    new=new_target(target, link, new_abs), size=st.st_size,
+                    hasher=fact.hasher if fact.hash else None, hash=fact.hash,
+                    fileset=fact.fileset)
+        _hash_before(step, new_abs, request)
+        steps.append(step)
+    if not steps and not missing:
+        raise MvError(EXIT_NO_LINKS, f"no repository link points into {show(old)}; nothing "
+                      "was changed")
+    plan = Plan(request, steps)
+    if missing:
+        plan.notes.append(f"{len(missing)} link(s) into OLD have no file at NEW and were left "
+                          f"alone (e.g. {show(missing[0])})")
+        plan.unresolved.extend({"link": link, "reason": "no file at NEW"} for link in missing)
+    _note_loops(plan, scope)
+    return plan
+
+
+def plan_offload(request: Request, facts_for: FactsLookup) -> Plan:
+    """Mode 2: real files under a repository path (or of one fileset) go to DST; absolute links
+    to them take their place in the repository."""
+    src, dst, repo = request.src, request.dst, request.repo
+    check_destination(request)
+    if request.fileset is None:
+        if not _exists(src):
+            raise MvError(EXIT_SRC_MISSING, f"{show(src)} does not exist; nothing was changed")
+        if src == repo or canonical(src) == canonical(repo):
+            raise MvError(EXIT_REPO_OVERLAP, "the repository root itself cannot be offloaded; "
+                          "name a directory inside it")
+        nodes = walk_tree(src)
+        pairs = [(os.path.join(src, n.rel) if n.rel else src, n) for n in nodes]
+    else:
+        pairs = []
+        dirs = set()
+        for repo_file, rel in request.fileset_files:
+            try:
+                node = walk_tree(repo_file)[0]
+            except MvError:
+                continue
+            parts = rel.split(b"/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                dirs.add(b"/".join(parts[:depth]))
+            pairs.append((repo_file, replace(node, rel=rel)))
+        root_st = os.stat(os.path.dirname(dst))
+        dir_nodes = [Node(b"", "dir", 0, 0o755, root_st.st_uid, root_st.st_gid, 0, 0, 0)]
+        for rel in sorted(dirs, key=lambda r: (r.count(b"/"), r)):
+            dir_nodes.append(Node(rel, "dir", 0, 0o755, root_st.st_uid, root_st.st_gid, 0, 0, 0))
+        pairs = [(None, n) for n in dir_nodes] + pairs
+    same_fs = same_filesystem(repo, dst)
+    files = [(path, node) for path, node in pairs if node.kind == "file"]
+    facts = facts_for([path for path, _ in files])
+    steps, swaps, skipped = [], [], 0
+    for path, node in pairs:
+        target = os.path.join(dst, node.rel) if node.rel else dst
+        if node.kind == "dir":
+            steps.append(Step("mkdir", target, mode=node.mode))
+        elif node.kind == "link":
+            skipped += 1
+        else:
+            fact = facts.get(path, FileFacts())
+            place = Step("place", target, other=path, size=node.size, mode=node.mode,
+                         uid=node.uid, gid=node.gid, mtime_ns=node.mtime_ns,
+                         hasher=fact.hasher if fact.hash else None, hash=fact.hash,
+                         fileset=fact.fileset or request.fileset)
+            _hash_before(place, path, request)
+            steps.append(place)
+            swaps.append(Step("swap", path, other=target, new=target, size=node.size,
+                              hasher=place.hasher, hash=place.hash, fileset=place.fileset))
+    if request.fileset is None:
+        for node in reversed(walk_tree(src)):
+            if node.kind == "dir":
+                steps.append(Step("dirmeta", os.path.join(dst, node.rel) if node.rel else dst,
+                                  mode=node.mode, uid=node.uid, gid=node.gid,
+                                  mtime_ns=node.mtime_ns))
+    if not swaps:
+        raise MvError(EXIT_NO_LINKS, f"{show(src)} holds no real file to offload (only links or "
+                      "nothing); nothing was changed")
+    plan = Plan(request, steps + swaps, same_fs=same_fs)
+    if skipped:
+        plan.notes.append(f"{skipped} symlink(s) under the path are links already (in-place "
+                          "imports or offloaded files) and were left alone")
+    check_space(plan)
+    return plan
+
+
+def plan_inline(request: Request, facts_for: FactsLookup) -> Plan:
+    """`--inline`: the links under a repository path become real files again (copies of, or hard
+    links to, what they point at). The link targets are never removed: they may be a user's
+    originals of an in-place import."""
+    src, repo = request.src, request.repo
+    if not _exists(src):
+        raise MvError(EXIT_SRC_MISSING, f"{show(src)} does not exist; nothing was changed")
+    if not (is_under(src, repo) or is_under(canonical(src), canonical(repo))):
+        raise MvError(EXIT_REPO_OVERLAP, f"--inline works on paths inside the repository "
+                      f"{show(repo)}, not {show(src)}")
+    links = list(walk_links(src)) if os.path.isdir(src) and not os.path.islink(src) \
+        else [(src, os.readlink(src))] if os.path.islink(src) else []
+    facts = facts_for([link for link, _ in links])
+    steps, dangling = [], []
+    same_fs = True
+    for link, target in links:
+        st, err = _stat_target(link)
+        if err == errno.ELOOP:
+            raise _loop_error(link, target)
+        if st is None or not os.path.isfile(link):
+            dangling.append(link)
+            continue
+        resolved = os.path.realpath(link)
+        if st.st_dev != os.lstat(os.path.dirname(link)).st_dev:
+            same_fs = False
+        fact = facts.get(link, FileFacts())
+        step = Step("materialize", link, other=resolved, old=target, size=st.st_size,
+                    hasher=fact.hasher if fact.hash else None, hash=fact.hash,
+                    fileset=fact.fileset)
+        _hash_before(step, link, request)
+        steps.append(step)
+    if not steps:
+        raise MvError(EXIT_NO_LINKS, f"no link to a file under {show(src)}; nothing was changed")
+    plan = Plan(request, steps, same_fs=same_fs)
+    if dangling:
+        plan.notes.append(f"{len(dangling)} dangling link(s) were left alone "
+                          "(see omero mv --repair)")
+    check_space(plan)
+    return plan
+
+
+def plan_repair(request: Request, facts_for: FactsLookup) -> Plan:
+    """Mode 3: dangling repository links, matched to files under the search roots by name (and
+    size and hash when the server knows them); unambiguous ones are retargeted."""
+    for root in request.search:
+        if not os.path.isdir(root):
+            raise MvError(EXIT_SRC_MISSING, f"search root {show(root)} is not a directory")
+    dangling, loops = [], []
+    for link, target in walk_links(request.repo):
+        st, err = _stat_target(link)
+        if err == errno.ELOOP:
+            loops.append((link, target))
+        elif st is None:
+            dangling.append((link, target))
+    plan = Plan(request, [])
+    for link, target in loops:
+        plan.unresolved.append({"link": link, "target": target, "reason": "symlink loop"})
+    if not dangling:
+        return plan
+    index = _name_index(request.search, {os.path.basename(t) for _, t in dangling})
+    facts = facts_for([link for link, _ in dangling])
+    for link, target in dangling:
+        fact = facts.get(link, FileFacts())
+        candidates = index.get(os.path.basename(target), [])
+        if fact.size is not None:
+            candidates = [c for c in candidates if c[1] == fact.size]
+        if fact.hash and fact.hasher:
+            candidates = [c for c in candidates if checksum(c[0], fact.hasher) == fact.hash]
+        chosen = _closest(os.path.normpath(os.path.join(os.path.dirname(link), target)),
+                          [c[0] for c in candidates])
+        if chosen is None:
+            plan.unresolved.append({
+                "link": link, "target": target,
+                "reason": "no candidate" if not candidates
+                else f"ambiguous: {len(candidates)} candidates",
+                "candidates": [c[0] for c in candidates][:10]})
+            continue
+        size = os.stat(chosen).st_size
+        step = Step("retarget", link, other=chosen, old=target,
+                    new=new_target(target, link, chosen), size=size,
+                    hasher=fact.hasher if fact.hash else None, hash=fact.hash,
+                    fileset=fact.fileset)
+        _hash_before(step, chosen, request)
+        plan.steps.append(step)
+    return plan
+
+
+def _name_index(roots: Iterable[bytes], names: set) -> Dict[bytes, List[Tuple[bytes, int]]]:
+    """(path, size) of the regular files under `roots` whose name is one of `names`."""
+    index: Dict[bytes, List[Tuple[bytes, int]]] = {}
+    stack = list(roots)
+    seen = set()
+    while stack:
+        directory = stack.pop()
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.name in names and entry.is_file(follow_symlinks=False):
+                    index.setdefault(entry.name, []).append(
+                        (os.path.normpath(entry.path), entry.stat().st_size))
+            except OSError:
+                continue
+    return index
+
+
+def _closest(old: bytes, candidates: List[bytes]) -> Optional[bytes]:
+    """The one candidate sharing the most trailing path parts with the old target; None when
+    there is no candidate or a tie (the user must choose)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        return None
+    old_parts = old.split(b"/")[::-1]
+
+    def shared(path: bytes) -> int:
+        count = 0
+        for a, b in zip(old_parts, path.split(b"/")[::-1]):
+            if a != b:
+                break
+            count += 1
+        return count
+
+    scored = sorted(((shared(c), c) for c in candidates), reverse=True)
+    if scored[0][0] > scored[1][0]:
+        return scored[0][1]
+    return None

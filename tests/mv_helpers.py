@@ -1,0 +1,106 @@
+"""Shared fixtures for the `omero mv` tests: a simulated server with in-place imports, disk
+snapshots (to prove nothing changed), content manifests, and tmpfs mounts for cross-FS cases."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+from sim.builder import build_inplace_tree, build_uploaded
+from sim.launcher import run_cli
+from sim.server import SimServer
+
+
+def snapshot(*roots) -> dict:
+    """Every entry under `roots`: kind, link target or content digest, mode (bytes paths)."""
+    found = {}
+    for root in roots:
+        root = os.fsencode(root)
+        if not os.path.lexists(root):
+            continue
+        for directory, dirs, files in os.walk(root):
+            found[directory] = ("dir", os.stat(directory).st_mode)
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+                path = os.path.join(directory, name)
+                if os.path.islink(path):
+                    found[path] = ("link", os.readlink(path))
+                else:
+                    with open(path, "rb") as f:
+                        found[path] = ("file", hashlib.sha1(f.read()).hexdigest(),
+                                       os.stat(path).st_mode)
+    return found
+
+
+def repo_links(repo) -> dict:
+    """link path -> stored target for every symlink in the repository."""
+    links = {}
+    for directory, dirs, files in os.walk(os.fsencode(repo)):
+        for name in files + dirs:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                links[path] = os.readlink(path)
+    return links
+
+
+def manifest(repo) -> dict:
+    """link path -> sha1 of the content it resolves to (None when dangling)."""
+    result = {}
+    for link in repo_links(repo):
+        try:
+            with open(link, "rb") as f:
+                result[link] = hashlib.sha1(f.read()).hexdigest()
+        except OSError:
+            result[link] = None
+    return result
+
+
+class World:
+    """A simulated server (admin `root`, user `alice`), originals under `data/old` imported in
+    place, a second user `bob` with an uploaded fileset."""
+
+    def __init__(self, base: str, n_filesets: int = 30, files_per_fileset: int = 3,
+                 odd_names: bool = True, file_size: int = 64):
+        self.base = base
+        self.sim_root = os.path.join(base, "sim")
+        self.sim = SimServer(self.sim_root)
+        self.sim.add_group("lab", "rwr---")
+        self.sim.add_user("alice", ["lab"])
+        self.sim.add_user("bob", ["lab"])
+        self.data = os.path.join(base, "data")
+        self.old = os.path.join(self.data, "old")
+        self.built = build_inplace_tree(self.sim, "alice", self.old, n_filesets,
+                                        files_per_fileset, odd_names=odd_names,
+                                        file_size=file_size)
+        self.repo = self.sim.repo_dir
+
+    def uploaded(self, n: int = 2, files: int = 2):
+        return build_uploaded(self.sim, "alice", os.path.join(self.base, "up-src"), n, files)
+
+    def mv(self, *argv, user: str = "root", server: bool = True):
+        args = ["mv", *argv]
+        if not server:
+            args += ["--no-server", "--repo", self.repo]
+        return run_cli(self.sim_root, args, user=user)
+
+
+@pytest.fixture
+def world(tmp_path):
+    return World(str(tmp_path))
+
+
+@contextlib.contextmanager
+def tmpfs(path: str, size: str = "64m", options: str = ""):
+    """A tmpfs at `path` (another filesystem); skips the test visibly when mount is refused."""
+    os.makedirs(path, exist_ok=True)
+    opts = f"size={size}" + (f",{options}" if options else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", path],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], check=False)

@@ -1,0 +1,133 @@
+"""The pure parts of the `omero mv` core: link matching, target rewriting, candidate choice,
+plan order, idempotent steps."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from omero_cli_ext.journal import open_journal
+from omero_cli_ext.mv import engine
+from omero_cli_ext.mv.execute import Executor, roll_back_copies
+from omero_cli_ext.mv.plan import PHASES, Request, Scope, _closest, new_target, plan_for
+from omero_cli_ext.mv.store import JobStore
+from omero_cli_ext.mv.tree import below, fs_path, is_under, walk_links, walk_tree
+
+
+def b(path) -> bytes:
+    return os.fsencode(str(path))
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """repo/ with links into src/ (absolute, relative, through an alias) and one elsewhere."""
+    src, repo, other = tmp_path / "src", tmp_path / "repo", tmp_path / "other"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "f1").write_bytes(b"one")
+    (src / "f2").write_bytes(b"two")
+    other.mkdir()
+    (other / "g").write_bytes(b"g")
+    (repo / "x").mkdir(parents=True)
+    os.symlink(tmp_path, tmp_path / "alias")
+    os.symlink(src / "a" / "f1", repo / "x" / "abs")
+    os.symlink(os.path.relpath(src / "f2", repo / "x"), repo / "x" / "rel")
+    os.symlink(tmp_path / "alias" / "src" / "f2", repo / "x" / "via-alias")
+    os.symlink(other / "g", repo / "x" / "elsewhere")
+    return tmp_path
+
+
+def test_is_under_and_below():
+    assert is_under(b"/a/b", b"/a") and is_under(b"/a", b"/a") and not is_under(b"/ab", b"/a")
+    assert below(b"/a/b/c", b"/a") == b"b/c" and below(b"/a", b"/a") == b""
+
+
+def test_scope_matches_textually_and_by_location(tree):
+    src = b(tree / "src")
+    scope = Scope(src, walk_tree(src))
+    found = {os.path.basename(link): scope.match(link, target)
+             for link, target in walk_links(b(tree / "repo"))}
+    assert found == {b"abs": b"a/f1", b"rel": b"f2", b"via-alias": b"f2", b"elsewhere": None}
+
+
+def test_scope_without_src_matches_by_resolved_path(tree):
+    os.rename(tree / "src", tree / "moved")
+    scope = Scope(b(tree / "alias" / "src"))
+    found = {os.path.basename(link): scope.match(link, target)
+             for link, target in walk_links(b(tree / "repo"))}
+    assert found[b"abs"] == b"a/f1" and found[b"via-alias"] == b"f2"
+    assert found[b"elsewhere"] is None
+
+
+def test_new_target_keeps_relative_links_relative(tree):
+    link = b(tree / "repo" / "x" / "rel")
+    new = new_target(os.readlink(link), link, b(tree / "dst" / "f2"))
+    assert new == b"../../dst/f2"
+    assert new_target(b"/abs/old", link, b"/abs/new") == b"/abs/new"
+
+
+def test_closest_prefers_most_shared_trailing_parts_and_refuses_ties():
+    old = b"/old/run1/plate/f.tif"
+    assert _closest(old, [b"/n/run1/plate/f.tif", b"/n/run2/plate/f.tif"]) == \
+        b"/n/run1/plate/f.tif"
+    assert _closest(old, [b"/n/run1/plate/f.tif", b"/m/run1/plate/f.tif"]) is None
+    assert _closest(old, []) is None
+
+
+def test_request_key_ignores_nothing_that_changes_the_plan():
+    base = Request("move", b"/r", src=b"/s", dst=b"/d")
+    assert base.key() == Request("move", b"/r", src=b"/s", dst=b"/d").key()
+    assert base.key() != Request("move", b"/r", src=b"/s", dst=b"/e").key()
+    assert base.key() != Request("move", b"/r", src=b"/s\xff", dst=b"/d").key()
+
+
+def test_plan_orders_phases_so_links_change_before_sources_go(tree):
+    plan = plan_for(Request("move", b(tree / "repo"), src=b(tree / "src"),
+                            dst=b(tree / "dst")))
+    phases = [PHASES[s.kind] for s in plan.steps]
+    assert phases == sorted(phases)
+    assert [s.seq for s in plan.steps] == list(range(len(plan.steps)))
+    assert plan.count("retarget") == 3 and plan.count("unlink") == 2
+
+
+def test_every_step_can_run_twice(tree):
+    plan = plan_for(Request("move", b(tree / "repo"), src=b(tree / "src"),
+                            dst=b(tree / "dst")))
+    Executor(plan.steps, same_fs=True, record=lambda steps: None).run()
+    for step in plan.steps:
+        step.state = "pending"
+    Executor(plan.steps, same_fs=True, record=lambda steps: None).run()
+    assert {s.state for s in plan.steps} == {"done"}
+    assert open(tree / "repo" / "x" / "rel", "rb").read() == b"two"
+    assert not (tree / "src").exists()
+
+
+def test_roll_back_refuses_once_links_changed(tree):
+    plan = plan_for(Request("move", b(tree / "repo"), src=b(tree / "src"),
+                            dst=b(tree / "dst")))
+    Executor([s for s in plan.steps if PHASES[s.kind] < 3], same_fs=True,
+             record=lambda steps: None).run()
+    roll_back_copies(plan.steps)
+    assert not (tree / "dst").exists() and (tree / "src" / "f2").exists()
+    for step in plan.steps:
+        step.state = "pending"
+    Executor(plan.steps, same_fs=True, record=lambda steps: None).run()
+    with pytest.raises(ValueError):
+        roll_back_copies(plan.steps)
+
+
+def test_journal_round_trip_resumes_the_recorded_plan(tree):
+    journal = open_journal(str(tree / "j.sqlite"))
+    store = JobStore(journal)
+    request = Request("move", b(tree / "repo"), src=b(tree / "src"), dst=b(tree / "dst"))
+    first = engine.prepare(store, request, "omero mv src dst")
+    again = engine.prepare(store, request, "omero mv src dst")
+    assert again.resumed and again.job.id == first.job.id
+    assert [(s.kind, s.path, s.new) for s in again.steps] == \
+        [(s.kind, s.path, s.new) for s in first.steps]
+    assert engine.execute(store, again, checksums=True) == []
+    assert store.unfinished(os.fsdecode(request.repo)) is None
+    journal.close()
+
+
+def test_fs_path_keeps_non_utf8_bytes():
+    assert fs_path(os.fsdecode(b"/tmp/x\xe9")) == b"/tmp/x\xe9"

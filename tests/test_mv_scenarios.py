@@ -1,0 +1,225 @@
+"""`omero mv` end to end on simulated repositories: every mode, same and across filesystems,
+with and without the server."""
+from __future__ import annotations
+
+import json
+import os
+
+from mv_helpers import World, manifest, repo_links, snapshot, tmpfs, world  # noqa: F401
+
+
+def json_lines(text: str) -> list:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _all_point_under(links: dict, root: str) -> bool:
+    return all(os.path.realpath(link).startswith(os.fsencode(root) + b"/") for link in links)
+
+
+def test_move_same_fs_retargets_every_link_without_server(world):
+    before = manifest(world.repo)
+    new = os.path.join(world.data, "new")
+    rc, out, err = world.mv(world.old, new, server=False)
+    assert rc == 0, err
+    assert not os.path.exists(world.old)
+    after = manifest(world.repo)
+    assert after == before and None not in after.values()
+    links = repo_links(world.repo)
+    assert all(t.startswith(os.fsencode(new) + b"/") for t in links.values())
+    assert "90 link(s) changed" in out and "90 verified" in out
+
+
+def test_move_keeps_mode_and_mtime_and_relative_links(world):
+    some = world.built.all_files[5]
+    os.chmod(some, 0o640)
+    os.utime(some, ns=(1_000_000_000, 1_234_567_890_000))
+    # one relative link in the repository into SRC
+    rel_link = os.path.join(world.repo, "relative.fake")
+    os.symlink(os.path.relpath(world.built.all_files[0], world.repo), rel_link)
+    new = os.path.join(world.data, "new")
+    rc, out, err = world.mv(world.old, new, server=False)
+    assert rc == 0, err
+    moved = os.path.join(new, os.path.relpath(some, world.old))
+    st = os.stat(moved)
+    assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o640, 1_234_567_890_000)
+    target = os.readlink(rel_link)
+    assert not os.path.isabs(target)
+    assert os.path.realpath(rel_link) == os.path.realpath(
+        os.path.join(new, os.path.relpath(world.built.all_files[0], world.old)))
+
+
+def test_move_matches_links_through_another_path_to_src(world):
+    """SRC given through a symlinked parent: the links (stored with the real path) still match."""
+    alias = os.path.join(world.base, "alias")
+    os.symlink(world.data, alias)
+    rc, out, err = world.mv(os.path.join(alias, "old"), os.path.join(alias, "new"), server=False)
+    assert rc == 0, err
+    assert None not in manifest(world.repo).values()
+    assert _all_point_under(repo_links(world.repo), os.path.realpath(world.data) + "/new")
+
+
+def test_move_with_server_reports_filesets_and_checks_server_hash(world):
+    new = os.path.join(world.data, "new")
+    rc, out, err = world.mv(world.old, new, "--json", "--verify", "checksum")
+    assert rc == 0, err
+    records = json_lines(out)
+    retargets = [r for r in records if r["type"] == "action" and r["action"] == "retarget"]
+    assert len(retargets) == 90
+    assert {r["fileset"] for r in retargets} == set(world.built.fileset_ids)
+    summary = records[-1]
+    assert summary["type"] == "summary" and summary["verified"] == 90
+    assert summary["verify_failures"] == 0
+
+
+def test_move_across_filesystems(world, tmp_path):
+    with tmpfs(str(tmp_path / "other")) as other:
+        before = manifest(world.repo)
+        dst = os.path.join(other, "new")
+        rc, out, err = world.mv(world.old, dst, "--verify", "checksum", server=False)
+        assert rc == 0, err
+        assert manifest(world.repo) == before
+        assert not os.path.exists(world.old)
+        assert not [n for _, _, files in os.walk(dst) for n in files if n.startswith(".omero-cli")]
+
+
+def test_links_only_after_someone_else_moved_the_files(world):
+    new = os.path.join(world.data, "moved")
+    os.rename(world.old, new)
+    assert set(manifest(world.repo).values()) == {None}
+    rc, out, err = world.mv("--links-only", world.old, new, server=False)
+    assert rc == 0, err
+    assert None not in manifest(world.repo).values()
+
+
+def test_offload_repository_path_and_inline_back(world, tmp_path):
+    up = world.uploaded(3, 2)
+    fileset = world.sim.port("root").filesets([up.fileset_ids[0]])[up.fileset_ids[0]]
+    prefix = os.path.join(world.repo, fileset.template_prefix.rstrip("/"))
+    before = manifest(world.repo)
+    with tmpfs(str(tmp_path / "tier")) as tier:
+        dst = os.path.join(tier, "fs")
+        rc, out, err = world.mv(prefix, dst, server=False)
+        assert rc == 0, err
+        links = [p for p in repo_links(world.repo) if p.startswith(os.fsencode(prefix))]
+        assert len(links) == 2 and all(os.path.isabs(os.readlink(p)) for p in links)
+        rc, out, err = world.mv("--inline", prefix, server=False)
+        assert rc == 0, err
+        assert not [p for p in repo_links(world.repo) if p.startswith(os.fsencode(prefix))]
+    assert manifest(world.repo) == before
+
+
+def test_offload_fileset_by_id_as_admin(world, tmp_path):
+    up = world.uploaded(2, 3)
+    fid = up.fileset_ids[1]
+    dst = str(tmp_path / "tier-fs")
+    rc, out, err = world.mv(f"Fileset:{fid}", dst, "--json")
+    assert rc == 0, err
+    records = json_lines(out)
+    swaps = [r for r in records if r.get("action") == "swap"]
+    assert len(swaps) == 3 and all(r["fileset"] == fid for r in swaps)
+    fileset = world.sim.port("root").filesets([fid])[fid]
+    for entry in fileset.entries:
+        on_disk = os.path.join(world.repo, entry.original_file.repo_path)
+        assert os.path.islink(on_disk) and os.readlink(on_disk).startswith(dst)
+
+
+def test_repair_with_server_uses_size_and_hash(world, tmp_path):
+    moved = str(tmp_path / "elsewhere" / "deep")
+    os.makedirs(os.path.dirname(moved))
+    os.rename(world.old, moved)
+    # a decoy: same name, different content, in another search root
+    decoy_root = tmp_path / "decoys"
+    decoy_root.mkdir()
+    (decoy_root / "file_1.fake").write_bytes(b"not the original")
+    rc, out, err = world.mv("--repair", "--search", str(decoy_root),
+                            "--search", str(tmp_path / "elsewhere"))
+    assert rc == 0, err
+    assert None not in manifest(world.repo).values()
+
+
+def test_repair_without_server_lists_ambiguous_links(world, tmp_path):
+    os.rename(world.old, str(tmp_path / "moved"))
+    copy_root = tmp_path / "copy"
+    first = world.built.all_files[0]
+    twin = copy_root / os.path.relpath(first, world.old)   # same trailing parts: a true tie
+    twin.parent.mkdir(parents=True)
+    twin.write_bytes(b"x")
+    rc, out, err = world.mv("--repair", "--search", str(tmp_path / "moved"),
+                            "--search", str(copy_root), "--json", server=False)
+    assert rc == 16, err
+    records = json_lines(out)
+    unresolved = [r for r in records if r["type"] == "unresolved"]
+    assert [r["reason"] for r in unresolved] == ["ambiguous: 2 candidates"]
+    assert unresolved[0]["target"] == first
+    links = manifest(world.repo)
+    assert sum(v is None for v in links.values()) == 1
+
+
+def test_dry_run_changes_nothing_and_shows_the_plan(world):
+    before = snapshot(world.base)
+    rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), "--dry-run",
+                            server=False)
+    assert rc == 0, err
+    assert "90 retarget" in out and "bytes to copy" in out
+    assert snapshot(world.base) == before
+
+
+def test_names_with_space_newline_and_non_utf8_bytes(world):
+    odd = [p for p in repo_links(world.repo).values()
+           if b" " in p or b"\n" in p or b"\xe9" in p]
+    assert len(odd) == 3
+    new = os.path.join(world.data, "n\u00e9w dir")
+    rc, out, err = world.mv(world.old, new, "--json", server=False)
+    assert rc == 0, err
+    assert None not in manifest(world.repo).values()
+    assert any("\\xe9" in r.get("path", "") for r in json_lines(out))
+
+
+def test_many_links_nested(tmp_path):
+    big = World(str(tmp_path), n_filesets=700, files_per_fileset=3, odd_names=False,
+                file_size=16)
+    new = os.path.join(big.data, "new")
+    rc, out, err = big.mv(big.old, new, server=False)
+    assert rc == 0, err
+    assert "2100 link(s) changed" in out
+    assert None not in manifest(big.repo).values()
+
+
+def test_render_check_tests_one_image_per_affected_fileset(tmp_path):
+    """A stand-in `render` control (omero-cli-render talks to a real server) records the
+    `render test` calls; one image of each moved fileset is asked for."""
+    import io
+    import contextlib
+    from omero.cli import CLI, BaseControl, NonZeroReturnCode
+    from sim.launcher import sim_connect, swapped
+
+    world = World(str(tmp_path), n_filesets=4, files_per_fileset=2, odd_names=False)
+    tested = []
+
+    class FakeRender(BaseControl):
+        def _configure(self, parser):
+            sub = parser.sub()
+            test = parser.add(sub, self.test, "test")
+            test.add_argument("object")
+
+        def test(self, args):
+            tested.append(args.object)
+            self.ctx.out(f"ok: Pixels:1 {args.object} 0.01")
+
+    cli = CLI(prog="omero")
+    cli.loadplugins()
+    cli.register("render", FakeRender, "render stand-in")
+    out = io.StringIO()
+    with swapped("omero_cli_ext.server", "connect", sim_connect(world.sim_root, "root", {})), \
+            contextlib.redirect_stdout(out):
+        try:
+            cli.invoke(["mv", world.old, os.path.join(world.data, "new"), "--render-check",
+                        "--json"], strict=True)
+            rc = 0
+        except NonZeroReturnCode as nzrc:
+            rc = nzrc.rv
+    assert rc == 0
+    images = world.sim.port("root").images_of(world.built.fileset_ids)
+    assert sorted(tested) == sorted(f"Image:{ids[0]}" for ids in images.values())
+    summary = json_lines(out.getvalue())[-1]
+    assert summary["render_check"]["failed"] == [] and len(summary["render_check"]["checked"]) == 4
