@@ -94,6 +94,46 @@ def test_imports_every_fileset_once_in_chunks_with_json_results(world):
     assert len(fileset_paths(sim)) == 13
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_importers_running_at_once_never_exceed_workers(world, monkeypatch, workers):
+    """The next chunk's importer starts before the ended chunk's bookkeeping, never before the
+    ended importer has exited."""
+    import threading
+
+    from sim import launcher
+    sim, src, tmp_path = world
+    lock, running, peak = threading.Lock(), [0], [0]
+    real_fake_spawn = launcher.fake_spawn
+
+    def counting_fake_spawn(*args, **kwargs):
+        spawn = real_fake_spawn(*args, **kwargs)
+
+        def counted(argv, **popen_kwargs):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            process = spawn(argv, **popen_kwargs)
+            real_wait, waited = process.wait, []
+
+            def wait(timeout=None):
+                rc = real_wait(timeout)
+                with lock:
+                    if not waited:
+                        waited.append(rc)
+                        running[0] -= 1
+                return rc
+            process.wait = wait
+            return process
+        return counted
+
+    monkeypatch.setattr(launcher, "fake_spawn", counting_fake_spawn)
+    rc, _, err = imp(sim, "--chunk-size", "2", "--workers", str(workers), src)
+    assert rc == 0, err
+    assert peak[0] == workers and running[0] == 0
+    assert set(fileset_paths(sim).values()) == {1} and len(fileset_paths(sim)) == 13
+    assert_journal_matches_server(sim, tmp_path)
+
+
 def test_progress_reads_the_journal_of_a_finished_job(world):
     sim, src, tmp_path = world
     assert imp(sim, "--chunk-size", "4", src)[0] == 0

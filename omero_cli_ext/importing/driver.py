@@ -1,10 +1,13 @@
-"""The driver: claims chunks, runs one importer per chunk on up to `workers` threads, records every
+"""The driver: claims chunks, runs up to `workers` importers at once (one per chunk), records every
 result as it arrives, retries transient failures with exponential backoff, keeps its leases alive.
 
-Threads only run importers and parse their output; the journal and the server port are used from
-the driver's own thread (a port need not be thread-safe). A chunk whose attempt died, or whose
-importer gave no result for some filesets, is settled by `reconcile` (the server decides) before
-anything in it is imported again, so a fileset is never imported twice.
+The driver's thread starts the importers; one reader thread per importer reads its pipes until
+EOF and parses them (no polling). The journal and the server port are used from the driver's own
+thread only (a port need not be thread-safe). Results that arrived together are journaled in one
+commit. When an importer ends, the next chunk's importer is started before the ended chunk's
+bookkeeping (server query, journal), so that bookkeeping overlaps the next import. A chunk whose
+attempt died, or whose importer gave no result for some filesets, is settled by `reconcile` (the
+server decides) before anything in it is imported again, so a fileset is never imported twice.
 """
 from __future__ import annotations
 
@@ -55,6 +58,8 @@ def backoff(attempt: int, settings: Settings) -> float:
 
 @dataclass
 class _Attempt:
+    """One importer run. `failures` and `tail` are written by its reader thread and read by the
+    driver's thread only after the "exit" event (which the reader sends last)."""
     chunk: int
     filesets: tuple
     process: Optional[subprocess.Popen] = None
@@ -62,6 +67,7 @@ class _Attempt:
     failures: dict = field(default_factory=dict)    # main path -> message
     tail: list = field(default_factory=list)
     rc: Optional[int] = None
+    ended: bool = False
 
 
 class Driver:
@@ -87,7 +93,7 @@ class Driver:
         self.started = store.iso(store.utc_now())
         self.summary = RunSummary()
         self._events: queue.Queue = queue.Queue()
-        self._active: dict = {}          # chunk -> _Attempt
+        self._active: dict = {}          # chunk -> _Attempt, until its bookkeeping is done
         self._failures: dict = {}        # chunk -> transient failures in this run
         self._foreign = jobs.foreign_ids()
         self._stop = threading.Event()
@@ -134,21 +140,36 @@ class Driver:
                 self.jobs.heartbeat(self.host, self.pid, self.started, list(self._active),
                                     self.settings.lease_seconds)
                 next_beat = time.monotonic() + beat_every
-            while len(self._active) < self.settings.workers and self._start_next():
-                pass
+            self._fill()
             if not self._active:
                 wait = self._idle_wait()
                 if wait is None:
                     return
                 self._stop.wait(min(wait, beat_every))
                 continue
-            timeout = max(0.05, next_beat - time.monotonic())
+            ended = self._handle(self._next_events(max(0.05, next_beat - time.monotonic())))
+            if ended:
+                self._fill()
+                for attempt in ended:
+                    self._finish(attempt)
+
+    def _fill(self) -> None:
+        """Start chunks while fewer than `workers` importers run."""
+        while (sum(not a.ended for a in self._active.values()) < self.settings.workers
+               and self._start_next()):
+            pass
+
+    def _next_events(self, timeout: float) -> list:
+        """The next event (waiting up to `timeout`) and all that arrived with it."""
+        try:
+            events = [self._events.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
             try:
-                event = self._events.get(timeout=timeout)
+                events.append(self._events.get_nowait())
             except queue.Empty:
-                event = None
-            if event is not None:
-                self._handle(event)
+                return events
 
     def _idle_wait(self) -> Optional[float]:
         """Seconds until a chunk may become claimable (backoff, another host's lease), or None
@@ -182,30 +203,34 @@ class Driver:
         attempt = _Attempt(claim.chunk, tuple(to_import))
         self._active[claim.chunk] = attempt
         self.report("chunk", chunk=claim.chunk, filesets=len(to_import), attempt=claim.attempts)
-        threading.Thread(target=self._run_importer, args=(attempt,), daemon=True,
+        try:
+            attempt.process = self.launch(attempt.filesets)
+        except Exception as err:       # reported as a transient failure of the chunk
+            attempt.tail = [f"cannot start the importer: {err}"]
+            self._events.put(("exit", attempt.chunk, None))
+            return True
+        threading.Thread(target=self._read_importer, args=(attempt,), daemon=True,
                          name=f"import-chunk-{claim.chunk}").start()
         return True
 
-    def _run_importer(self, attempt: _Attempt) -> None:
-        """Worker thread: run the importer, forward its results and log events."""
-        try:
-            process = self.launch(attempt.filesets)
-        except Exception as err:       # reported as a transient failure of the chunk
-            self._events.put(("exit", attempt.chunk, None, [f"cannot start the importer: {err}"]))
-            return
-        attempt.process = process
-        tail: list = []
+    def _read_importer(self, attempt: _Attempt) -> None:
+        """Reader thread: read the importer's pipes until EOF, forward each result, collect the
+        failures it logs, then its exit code."""
+        process = attempt.process
+
+        def note_failures(events):
+            for event in events:
+                if event.kind == "failed":
+                    attempt.failures[event.path] = event.message
 
         def read_stderr():
             reader = LogReader()
             for raw in process.stderr:
                 line = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
-                tail.append(line.rstrip("\n"))
-                del tail[:-STDERR_TAIL]
-                for event in reader.feed(line):
-                    self._events.put(("log", attempt.chunk, event))
-            for event in reader.close():
-                self._events.put(("log", attempt.chunk, event))
+                attempt.tail.append(line.rstrip("\n"))
+                del attempt.tail[:-STDERR_TAIL]
+                note_failures(reader.feed(line))
+            note_failures(reader.close())
 
         err_thread = threading.Thread(target=read_stderr, daemon=True)
         err_thread.start()
@@ -214,30 +239,30 @@ class Driver:
         for result in parse_results(lines):
             self._events.put(("result", attempt.chunk, result))
         err_thread.join()
-        rc = process.wait()
-        self._events.put(("exit", attempt.chunk, rc, list(tail)))
+        self._events.put(("exit", attempt.chunk, process.wait()))
 
     # --- events ---
-    def _handle(self, event) -> None:
-        kind, chunk = event[0], event[1]
-        attempt = self._active.get(chunk)
-        if attempt is None:
-            return
-        if kind == "result":
-            attempt.results.append(event[2])
-            self.jobs.add_results(chunk, [event[2]])
-        elif kind == "log":
-            log = event[2]
-            if log.kind == "failed":
-                attempt.failures[log.path] = log.message
-        elif kind == "exit":
-            attempt.rc, attempt.tail = event[2], event[3]
-            del self._active[chunk]
-            self._finish(attempt)
+    def _handle(self, events: list) -> list:
+        """Journal the results among `events` in one commit; the attempts that ended."""
+        fresh, ended = [], []
+        for kind, chunk, value in events:
+            attempt = self._active.get(chunk)
+            if attempt is None or attempt.ended:
+                continue
+            if kind == "result":
+                attempt.results.append(value)
+                fresh.append((chunk, value))
+            elif kind == "exit":
+                attempt.rc, attempt.ended = value, True
+                ended.append(attempt)
+        if fresh:
+            self.jobs.add_results(fresh)
+        return ended
 
     def _finish(self, attempt: _Attempt) -> None:
         """Map results to planned filesets (the server names each Fileset's client paths), settle
-        the rest with the server, then release or retry the chunk."""
+        the rest with the server, then release or retry the chunk. Until then the chunk stays
+        active (its lease kept, given back by _abort)."""
         by_main = {client_path(fs.main): fs for fs in attempt.filesets}
         outcomes, mapped = [], set()
         if attempt.results:
@@ -260,7 +285,12 @@ class Driver:
         decision = self._settle(rest, final=clean_exit, reported=reported) if rest else Decision()
         if clean_exit or not (decision.replan or decision.waiting):
             self.jobs.release(attempt.chunk, self.host, self.pid)
-            return
+        else:
+            self._retry_later(attempt)
+        del self._active[attempt.chunk]
+
+    def _retry_later(self, attempt: _Attempt) -> None:
+        """A transient failure: give the chunk back with a backoff, or give up after --retries."""
         failures = self._count_failure(attempt.chunk)
         reason = (f"importer exited with {attempt.rc}" if attempt.rc is not None
                   else "importer did not start") + (": " + attempt.tail[-1] if attempt.tail else "")

@@ -306,14 +306,15 @@ class JobStore:
                     "message = ? WHERE job = ? AND chunk = ?", (iso(now), message, self.job, chunk))
 
     # --- results ---
-    def add_results(self, chunk: int, results: Sequence) -> None:
-        """Raw importer results (fileset id, image ids, plate ids) as they arrive."""
+    def add_results(self, results: Sequence) -> None:
+        """Raw importer results as they arrive: (chunk, result with fileset_id, images, plates)
+        pairs, all in one commit."""
         now = iso(utc_now())
         self.journal.executemany(
             "INSERT INTO import_result (job, fileset_id, chunk, images, plates, received) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job, fileset_id) DO NOTHING",
             [(self.job, r.fileset_id, chunk, json.dumps(list(r.images)),
-              json.dumps(list(r.plates)), now) for r in results])
+              json.dumps(list(r.plates)), now) for chunk, r in results])
 
     def raw_results(self, chunks: Iterable[int]) -> dict:
         """fileset id -> (image ids, plate ids) the importer reported for these chunks."""
