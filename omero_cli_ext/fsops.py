@@ -85,7 +85,8 @@ def _temp_owner(name) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -106,7 +107,7 @@ def remove_stale_temps(directory) -> list:
     with os.scandir(directory) as entries:
         for entry in entries:
             owner = _temp_owner(entry.name)
-            if owner is None or owner == os.getpid() or _process_alive(owner):
+            if owner is None or owner == os.getpid() or process_alive(owner):
                 continue
             if entry.is_dir(follow_symlinks=False):
                 continue

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from omero_cli_ext.fsops import process_alive
 from omero_cli_ext.importing import store
 from omero_cli_ext.importing.plan import client_path
 from omero_cli_ext.importing.reconcile import Decision, reconcile
@@ -108,7 +109,7 @@ class Driver:
             jobs.expire_leases()
         else:
             dead = [pid for host, pid in jobs.running_holders()
-                    if host == self.host and not _pid_alive(pid)]
+                    if host == self.host and not process_alive(pid)]
             jobs.expire_leases(self.host, dead)
         jobs.register_worker(self.host, self.pid, self.started, self.settings.workers)
         try:
@@ -365,12 +366,3 @@ class Driver:
             self.jobs.release(attempt.chunk, self.host, self.pid, message="interrupted")
         self._active.clear()
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

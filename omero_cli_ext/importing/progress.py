@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass
 from typing import Optional
 
+from omero_cli_ext.fsops import process_alive
 from omero_cli_ext.importing import store
 
 JOURNAL_SUBDIR = os.path.join("omero-cli-ext", "import-jobs")
@@ -57,15 +58,7 @@ class JobProgress:
 
 def _alive(host: str, pid: int) -> bool:
     """A process on another host counts as alive (its heartbeat decides)."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host != socket.gethostname() or process_alive(pid)
 
 
 def job_progress(journal, job: str, now: Optional[_dt.datetime] = None,

@@ -9,7 +9,6 @@ from typing import Optional
 from omero_cli_ext.server import FilesetQuery, ServerPort
 from omero_cli_ext.status.classify import (
     DONE, FAILED, IN_PROGRESS, LIVE, STALLED, STATES, UNATTRIBUTED, UPLOADING, classify,
-    duration_text,
 )
 from omero_cli_ext.status.jobs import INTERRUPTED, JOB_STATES
 
