@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from omero_cli_ext.export import manifest as manifest_io
 from omero_cli_ext.export.paths import (RESERVED_PREFIX, client_path_components, is_safe_relpath,
                                         safe_component, split_common_root)
-from omero_cli_ext.export.plan import BadObject, parse_objects, plan_layout
+from omero_cli_ext.export.plan import BadObject, Entry, parse_objects, plan_layout
 from omero_cli_ext.server import Fileset, FilesetEntry, OriginalFile
 
 _next_id = iter(range(1000, 10 ** 9))
@@ -196,6 +196,35 @@ def test_manifest_round_trip_and_refusals(tmp_path):
         os.unlink(tmp_path / manifest_io.MANIFEST_NAME)
         os.symlink("/etc/passwd", tmp_path / manifest_io.MANIFEST_NAME)
         with pytest.raises(manifest_io.ManifestError, match="symlink"):
+            manifest_io.load(fd)
+    finally:
+        os.close(fd)
+
+
+def test_journal_replays_over_its_manifest_and_a_stale_one_is_ignored(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        m = manifest_io.Manifest(repository="uuid", user="alice", layout="clientpath")
+        manifest_io.save(fd, m)
+        journal = manifest_io.Journal(fd, m.serial)
+        journal.pending([Entry("d/a", 1, 10, "x/a", 3, "h", "SHA1-160"),
+                         Entry("d/b", 1, 11, "x/b", 3, "h", "SHA1-160")])
+        made = manifest_io.ManifestEntry("d/a", 1, 10, 3, "h", "SHA1-160", "hard", "done", 7, 8)
+        journal.done([made], ["d"])
+        journal.close()
+        with open(tmp_path / manifest_io.JOURNAL_NAME, "ab") as stream:
+            stream.write(b'["D",[["d/b","hard",7,')          # torn by a crash: ignored
+        back = manifest_io.load(fd)
+        assert back.replayed and back.directories == {"d"}
+        assert back.entries["d/a"] == made
+        assert (back.entries["d/b"].state, back.entries["d/b"].repo_path) == ("pending", "x/b")
+        manifest_io.save(fd, back)                          # holds it all: the journal is stale
+        again = manifest_io.load(fd)
+        assert not again.replayed and again.entries == back.entries
+        hostile = manifest_io.Journal(fd, again.serial)
+        hostile.pending([Entry("../escape", 1, 12, "x/c", 3, "h", "SHA1-160")])
+        hostile.close()
+        with pytest.raises(manifest_io.ManifestError, match="not a safe DEST path"):
             manifest_io.load(fd)
     finally:
         os.close(fd)

@@ -2,7 +2,6 @@
 its final name, the manifest consistent after every kill."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -12,9 +11,11 @@ import time
 
 import pytest
 
+from omero_cli_ext.export import manifest as manifest_io
 from omero_cli_ext.export.manifest import MANIFEST_NAME
 from sim.builder import build_uploaded
 from sim.server import SimServer
+from test_export_world import manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tests/sim/launcher.py with 10 ms of latency per RawFileStore read, as over a network, so that
@@ -54,7 +55,8 @@ def kill_at(proc, dest, target: int, extra: float) -> None:
 
 
 def check_consistent(dest, originals: dict) -> int:
-    """Every file under a final name is complete; every done manifest entry is on disk and is
+    """Every file under a final name is complete and known to the manifest as replayed with its
+    journal (done, or pending: to be checked and adopted); every done entry is on disk and is
     the file it records. Returns the number of exported files."""
     finals = {}
     for dirpath, _, names in os.walk(dest):
@@ -66,14 +68,19 @@ def check_consistent(dest, originals: dict) -> int:
                 finals[rel] = stream.read()
     for rel, data in finals.items():
         assert data == originals[rel], f"partial or wrong file under its final name: {rel}"
-    path = os.path.join(dest, MANIFEST_NAME)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as stream:
-            doc = json.load(stream)
-        for entry in doc["entries"]:
-            if entry["state"] == "done":
-                st = os.lstat(os.path.join(dest, entry["path"]))
-                assert (st.st_dev, st.st_ino) == (entry["dev"], entry["ino"])
+    if not os.path.exists(os.path.join(dest, MANIFEST_NAME)):
+        assert finals == {}, "files made before the manifest existed"
+        return 0
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        known = manifest_io.load(fd).entries
+    finally:
+        os.close(fd)
+    assert set(finals) <= set(known), "files under a final name the manifest does not know"
+    for entry in known.values():
+        if entry.state == "done":
+            st = os.lstat(os.path.join(dest, entry.path))
+            assert (st.st_dev, st.st_ino) == (entry.dev, entry.ino)
     return len(finals)
 
 
@@ -108,7 +115,6 @@ def test_kill_9_then_sync_completes(tmp_path, link):
     leftovers = [n for _, _, names in os.walk(dest) for n in names
                  if n.startswith(".omero-cli-ext") and n != MANIFEST_NAME]
     assert leftovers == []
-    with open(os.path.join(dest, MANIFEST_NAME), encoding="utf-8") as stream:
-        doc = json.load(stream)
+    doc = manifest(dest)
     assert sorted(e["path"] for e in doc["entries"]) == sorted(originals)
     assert {e["state"] for e in doc["entries"]} == {"done"}

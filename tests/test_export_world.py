@@ -85,5 +85,8 @@ def exported_files(dest) -> dict:
 
 
 def manifest(dest) -> dict:
+    """DEST's manifest document, its entry rows as dicts by column name."""
     with open(os.path.join(str(dest), MANIFEST_NAME), encoding="utf-8") as stream:
-        return json.load(stream)
+        doc = json.load(stream)
+    doc["entries"] = [dict(zip(doc["columns"], row)) for row in doc["entries"]]
+    return doc

@@ -8,6 +8,8 @@ files not exported (failed or left alone); 8 --verify found a mismatch; 20/21/22
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import pwd
 
@@ -165,6 +167,20 @@ def load_manifest(ctx, fd, args, repository: str, user: str):
 
 # --------------------------------------------------------------------------- the command
 
+@contextlib.contextmanager
+def _without_cycle_collection():
+    """An export holds a few objects per file (server answer, plan, manifest), all long-lived and
+    free of reference cycles: the cyclic collector would only walk them again and again as they
+    accumulate (about a third of the run time at 100k files)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run_export(control, args):
     ctx = control.ctx
     out = output_for(args)
@@ -178,7 +194,7 @@ def run_export(control, args):
     acting = port
     dest_fd = None
     try:
-        with server_errors(ctx):
+        with server_errors(ctx), _without_cycle_collection():
             if args.as_user:
                 acting = port.sudo(args.as_user)
             user = acting.current_user()

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from omero_cli_ext import fsops
-from omero_cli_ext.export.manifest import DONE, PENDING, Manifest, ManifestEntry, fd_path, save
+from omero_cli_ext.export.manifest import (DONE, JOURNAL_NAME, PENDING, Journal, Manifest,
+                                           ManifestEntry, fd_path, save)
 from omero_cli_ext.export.paths import RESERVED_PREFIX
 from omero_cli_ext.export.plan import path_order
 from omero_cli_ext.server import NotFound, PermissionDenied, ServerError
@@ -29,7 +30,8 @@ CHAINS = {"auto": ("hard", "reflink", "copy", "download"), "hard": ("hard",),
           "reflink": ("reflink",), "sym": ("sym",), "copy": ("copy",), "download": ("download",)}
 PART_PREFIX = RESERVED_PREFIX + ".part."    # a download in progress: .omero-cli-ext.part.<id>
 CHUNK = 1 << 20
-CHECKPOINT_SECONDS = 10.0
+BATCH = 10_000               # entries journaled as pending at once (one fsync each)
+CHECKPOINT_SECONDS = 10.0    # longest time between two journal records of entries made
 _CLIMBS = re.compile(r"(^|/)\.\.(/|$)")
 _REFUSED = {errno.EXDEV: "source and DEST are on different filesystems",
             errno.EPERM: "the kernel refused (fs.protected_hardlinks or no hard links here)",
@@ -114,50 +116,73 @@ class DestDir:
         self._owner = owner
         self._on_mkdir = on_mkdir
         self._on_open = on_open
-        self._stack: list = []   # (name, fd)
+        self._stack: list = []   # (name, fd, made by us in this run)
+        self._current: Optional[str] = ""   # the stack as a "/"-joined path (None: unknown)
+
+    def at(self, dirpath: str, create: bool = False) -> int:
+        """`fd` of a "/"-joined DEST-relative directory ("" for DEST), the last one answered
+        without any work (entries come sorted, directory by directory)."""
+        if dirpath == self._current:
+            return self._stack[-1][1] if self._stack else self.root
+        return self.fd(dirpath.split("/") if dirpath else (), create)
 
     def fd(self, parts, create: bool = False) -> int:
         parts = tuple(parts)
+        self._current = None
         common = 0
         while (common < len(self._stack) and common < len(parts)
                and self._stack[common][0] == parts[common]):
             common += 1
         self._pop_to(common)
         for name in parts[common:]:
-            parent = self._stack[-1][1] if self._stack else self.root
+            parent, fresh = (self._stack[-1][1], self._stack[-1][2]) if self._stack \
+                else (self.root, False)
             rel = "/".join(parts[:len(self._stack) + 1])
-            self._stack.append((name, self._open_child(parent, name, rel, create)))
+            self._stack.append((name, *self._open_child(parent, fresh, name, rel, create)))
+        self._current = "/".join(parts)
         return self._stack[-1][1] if parts else self.root
 
-    def _open_child(self, parent: int, name: str, rel: str, create: bool) -> int:
+    def _open_child(self, parent: int, fresh: bool, name: str, rel: str, create: bool) -> tuple:
+        """(fd, made now). In a directory made by this run, mkdir first: nothing is expected
+        there (what is, whoever put it, is opened with O_NOFOLLOW like anywhere else)."""
+        if create and fresh:
+            made = self._mkdir(parent, name, rel)
+            if made is not None:
+                return made, True
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(name, flags, dir_fd=parent)
         except FileNotFoundError:
             if not create:
                 raise
-            try:
-                os.mkdir(name, 0o700, dir_fd=parent)
-            except FileExistsError:
-                pass
-            else:
-                fd = os.open(name, flags, dir_fd=parent)
-                try:
-                    if self._owner is not None:
-                        os.fchown(fd, *self._owner)
-                    os.fchmod(fd, self._mode)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                self._on_mkdir(rel)
-                return fd
-            return self._open_child(parent, name, rel, False)
+            made = self._mkdir(parent, name, rel)
+            if made is not None:
+                return made, True
+            return self._open_child(parent, False, name, rel, False)
         except OSError as err:
             if err.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise PlantedLink(err.errno, "not a directory (a symlink or a file stands "
                                   "there; not followed)", rel) from None
             raise
         self._on_open(fd, rel)
+        return fd, False
+
+    def _mkdir(self, parent: int, name: str, rel: str) -> Optional[int]:
+        """The new directory open, its owner and mode set; None if the name exists."""
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            return None
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=parent)
+        try:
+            if self._owner is not None:
+                os.fchown(fd, *self._owner)
+            os.fchmod(fd, self._mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._on_mkdir(rel)
         return fd
 
     def _pop_to(self, depth: int) -> None:
@@ -166,6 +191,7 @@ class DestDir:
 
     def close(self) -> None:
         self._pop_to(0)
+        self._current = ""
 
 
 def diff(plan, manifest: Manifest) -> tuple:
@@ -199,6 +225,7 @@ class Exporter:
         self.port = port
         self.dest_fd = dest_fd
         self.repo_root = os.path.abspath(repo_root)
+        self._repo_prefix = self.repo_root.rstrip("/") + "/"
         self.options = options
         self.emit = emit
         self.progress = progress
@@ -206,6 +233,7 @@ class Exporter:
         self.result = Result()
         self._noted: set = set()
         self._active_parts: set = set()
+        self._new_dirs: list = []    # directories made since the journal last recorded any
         self.manifest: Optional[Manifest] = None
         self.dest = DestDir(dest_fd, options.dir_mode, options.owner, self._made_dir,
                             self._clean_dir if options.sync and not options.dry_run else
@@ -346,60 +374,93 @@ class Exporter:
 
     # ----------------------------------------------------------------------------- additions
     def _add(self, to_add) -> None:
+        """Make the entries, a journaled batch at a time (manifest.py), then flush DEST once
+        (syncfs) and save the manifest once."""
         adoptable = {p for p, m in self.manifest.entries.items() if m.state == PENDING}
-        for entry in to_add:
-            self.manifest.entries[entry.path] = ManifestEntry(
-                path=entry.path, fileset=entry.fileset_id, original_file=entry.original_file_id,
-                size=entry.size, hash=entry.hash, hasher=entry.hasher, repo_path=entry.repo_path,
-                state=PENDING)
-        if to_add:
-            save(self.dest_fd, self.manifest)
-        last_save = self.clock()
+        if self.manifest.serial == 0 or self.manifest.replayed:
+            save(self.dest_fd, self.manifest)   # the journal extends a manifest on disk
+        journal = self._open_journal() if to_add else None
+        made: list = []
+        last_record = self.clock()
         try:
-            for entry in to_add:
+            for start in range(0, len(to_add), BATCH):
+                batch = to_add[start:start + BATCH]
                 try:
-                    self._add_one(entry, entry.path in adoptable)
-                except EntryFailed as err:
-                    self._failed(entry, str(err))
-                except PlantedLink as err:
-                    self._failed(entry, f"{err.filename}: {err.strerror}")
-                except fsops.NoSpace as err:
-                    self.result.full = str(err)
-                    self._failed(entry, "destination full")
+                    journal.pending(batch)
+                except OSError as err:
+                    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    self.result.full = "no space left in DEST for the manifest's journal"
                     break
-                self.progress(1)
-                if self.clock() - last_save >= CHECKPOINT_SECONDS:
-                    save(self.dest_fd, self.manifest)
-                    last_save = self.clock()
+                for entry in batch:
+                    try:
+                        made.append(self._add_one(entry, entry.path in adoptable))
+                    except EntryFailed as err:
+                        self._failed(entry, str(err))
+                    except PlantedLink as err:
+                        self._failed(entry, f"{err.filename}: {err.strerror}")
+                    except fsops.NoSpace as err:
+                        self.result.full = str(err)
+                        self._failed(entry, "destination full")
+                        break
+                    self.progress(1)
+                    if self.clock() - last_record >= CHECKPOINT_SECONDS:
+                        self._record(journal, made)
+                        last_record = self.clock()
+                self._record(journal, made)
+                if self.result.full is not None:
+                    break
         except BaseException:
-            self._save_quietly()    # pending entries stay pending: the next run adopts them
+            if journal is not None:    # pending entries stay pending: the next run adopts them
+                self._record(journal, made, quietly=True)
+                journal.close()
             raise
         self.dest.close()
         for path in [p for p, m in self.manifest.entries.items() if m.state == PENDING]:
             del self.manifest.entries[path]
         _syncfs(self.dest_fd)
-        if self.result.full is None:
-            save(self.dest_fd, self.manifest)
-        else:
-            self._save_quietly()
-
-    def _save_quietly(self) -> None:
-        """Save the manifest when DEST may be full: the previous one (pending entries included)
-        stays valid if this one cannot be written."""
         try:
             save(self.dest_fd, self.manifest)
         except OSError:
-            pass
+            if self.result.full is None:
+                raise
+            # DEST is full: the manifest on disk and the journal still say all there is
+            if journal is not None:
+                journal.close()
+            return
+        if journal is not None:
+            journal.remove()
+
+    def _open_journal(self) -> Journal:
+        try:
+            return Journal(self.dest_fd, self.manifest.serial)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise fsops.NoSpace(err.errno, "no space left in DEST for the manifest's journal",
+                                    JOURNAL_NAME) from None
+            raise
+
+    def _record(self, journal, made: list, quietly: bool = False) -> None:
+        """Journal the entries made and directories created since the last record."""
+        if not (made or self._new_dirs):
+            return
+        try:
+            journal.done(made, self._new_dirs)
+        except OSError:
+            if not quietly and self.result.full is None:
+                raise
+            return   # unrecorded entries stay pending; the next run adopts them
+        made.clear()
+        self._new_dirs.clear()
 
     def _failed(self, entry, reason: str) -> None:
         self.result.failed.append((entry.path, entry.fileset_id, entry.original_file_id, reason))
         self.emit("failed", path=entry.path, fileset=entry.fileset_id,
                   original_file=entry.original_file_id, reason=reason)
 
-    def _add_one(self, entry, adopt: bool) -> None:
-        parts = entry.path.split("/")
-        name = parts[-1]
-        fd = self.dest.fd(parts[:-1], create=True)
+    def _add_one(self, entry, adopt: bool) -> ManifestEntry:
+        directory, _, name = entry.path.rpartition("/")
+        fd = self.dest.at(directory, create=True)
         src = self._source(entry.repo_path)
         try:
             method, identity = self._make(entry, src, fd, name)
@@ -410,28 +471,28 @@ class Exporter:
                 raise EntryFailed("DEST already holds a file here that this export did not make; "
                                   "left alone") from None
             self._unlink_part(fd, entry.original_file_id)
-            self._done(entry, "sym" if stat.S_ISLNK(st.st_mode) else "adopted",
-                       (st.st_dev, st.st_ino))
             self.result.adopted += 1
-            return
-        self._done(entry, method, identity)
+            return self._done(entry, "sym" if stat.S_ISLNK(st.st_mode) else "adopted",
+                              (st.st_dev, st.st_ino))
         self.result.added += 1
         self.result.bytes_added += entry.size or 0
         self.result.methods[method] += 1
+        return self._done(entry, method, identity)
 
-    def _done(self, entry, method: str, identity: tuple) -> None:
-        record = self.manifest.entries[entry.path]
-        record.state, record.method = DONE, method
-        record.dev, record.ino = identity
+    def _done(self, entry, method: str, identity: tuple) -> ManifestEntry:
+        record = ManifestEntry(entry.path, entry.fileset_id, entry.original_file_id, entry.size,
+                               entry.hash, entry.hasher, method, DONE, *identity)
+        self.manifest.entries[entry.path] = record
         self.emit("entry", action="added", path=entry.path, fileset=entry.fileset_id,
                   original_file=entry.original_file_id, size=entry.size, method=method)
+        return record
 
     def _source(self, repo_path: str) -> str:
         """The repository file's absolute path on this host (never outside the repository root,
         whatever OriginalFile.path says)."""
-        if _CLIMBS.search(repo_path):
+        if ".." in repo_path and _CLIMBS.search(repo_path):
             raise EntryFailed(f"{repo_path!r} is outside the managed repository")
-        return self.repo_root.rstrip("/") + "/" + repo_path.lstrip("/")
+        return self._repo_prefix + repo_path.lstrip("/")
 
     def _note(self, key: tuple, text: str) -> None:
         if key not in self._noted:
@@ -624,6 +685,7 @@ class Exporter:
     # ----------------------------------------------------------------------------- housekeeping
     def _made_dir(self, rel: str) -> None:
         self.manifest.directories.add(rel)
+        self._new_dirs.append(rel)
 
     def _clean_dir(self, fd: int, rel: str) -> None:
         """On --sync, drop what a killed run left in a directory we pass: fsops temporaries of

@@ -1,9 +1,17 @@
 """The manifest in DEST: which entries (and directories) this export made, so that --sync adds,
 keeps and removes only its own, and a rerun after a crash can adopt what it half-did.
 
-It is one JSON document, replaced atomically (temporary, fsync, rename, fsync directory). Entries
-are written as "pending" before the export creates them and "done" after, so a crash leaves
-either no file or a pending entry whose file the next run checks and adopts.
+Two files in DEST, both named with the reserved prefix:
+
+- `.omero-cli-ext-export.json`, the state after the last completed run: one JSON document with
+  one row per entry (columns named once), replaced atomically (temporary, fsync, rename, fsync
+  directory) at the end of a run — once, whatever the number of entries.
+- `.omero-cli-ext-export.journal`, the progress of the run since: before a batch of entries is
+  made their rows are appended as "pending" and fsynced; after, their identities (done) and the
+  directories made. A crash leaves the journal behind and the next load replays it over the
+  manifest, so each entry is either absent or known (done, or pending: its file is checked and
+  adopted). The journal names the manifest serial it extends: one left over from a run that
+  crashed just after replacing the manifest is stale and ignored.
 """
 from __future__ import annotations
 
@@ -12,22 +20,28 @@ import errno
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
 from omero_cli_ext import fsops
 from omero_cli_ext.export.paths import RESERVED_PREFIX, is_safe_relpath
 
 MANIFEST_NAME = RESERVED_PREFIX + "-export.json"
+JOURNAL_NAME = RESERVED_PREFIX + "-export.journal"
 FORMAT = "omero-cli-ext originals export"
-VERSION = 1
+JOURNAL_FORMAT = "omero-cli-ext originals export journal"
+VERSION = 2
 DONE, PENDING = "done", "pending"
+# One row per entry, in this order (ManifestEntry's fields)
+COLUMNS = ("path", "fileset", "original_file", "size", "hash", "hasher", "method", "state",
+           "dev", "ino", "repo_path")
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
 class ManifestError(Exception):
     """The manifest cannot be read or belongs to another export (message says which)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class ManifestEntry:
     path: str
     fileset: int
@@ -35,11 +49,12 @@ class ManifestEntry:
     size: Optional[int]
     hash: Optional[str]
     hasher: Optional[str]
-    repo_path: str = ""          # OriginalFile.path + name, to recognise a pending entry's file
-    method: str = ""             # hard | reflink | sym | copy | download ("" while pending)
+    method: str = ""             # hard | reflink | sym | copy | download | adopted ("" while pending)
     state: str = PENDING
     dev: Optional[int] = None    # identity (st_dev, st_ino) of what we created, so that we never
     ino: Optional[int] = None    # remove or claim a file a user put there instead
+    repo_path: Optional[str] = None   # OriginalFile.path + name, to recognise a pending entry's
+    #                                   file (not kept once done: dev and ino say it)
 
 
 @dataclass
@@ -51,15 +66,19 @@ class Manifest:
     directories: set = field(default_factory=set)     # DEST-relative directories we created
     created: str = ""
     updated: str = ""
+    serial: int = 0              # bumped by every save; 0: never saved
+    replayed: bool = False       # a killed run's journal was replayed into it (not yet saved)
 
     def to_bytes(self) -> bytes:
+        rows = [[m.path, m.fileset, m.original_file, m.size, m.hash, m.hasher, m.method, m.state,
+                 m.dev, m.ino, m.repo_path] for _, m in sorted(self.entries.items())]
         doc = {
             "format": FORMAT, "version": VERSION, "repository": self.repository,
             "user": self.user, "layout": self.layout, "created": self.created,
-            "updated": self.updated, "directories": sorted(self.directories),
-            "entries": [vars(self.entries[p]) for p in sorted(self.entries)],
+            "updated": self.updated, "serial": self.serial,
+            "directories": sorted(self.directories), "columns": list(COLUMNS), "entries": rows,
         }
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        return _ENCODER.encode(doc).encode("utf-8") + b"\n"
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Manifest":
@@ -67,22 +86,67 @@ class Manifest:
             doc = json.loads(data.decode("utf-8"))
             if doc.get("format") != FORMAT or doc.get("version") != VERSION:
                 raise ManifestError(f"not an omero-cli-ext export manifest (version {VERSION})")
+            if tuple(doc["columns"]) != COLUMNS:
+                raise ManifestError(f"unexpected columns {doc['columns']}")
             manifest = cls(repository=doc["repository"], user=doc["user"], layout=doc["layout"],
-                           created=doc.get("created", ""), updated=doc.get("updated", ""))
-            for raw in doc["entries"]:
-                entry = ManifestEntry(**raw)
-                if not is_safe_relpath(entry.path):
-                    raise ManifestError(f"entry path {entry.path!r} is not a safe DEST path")
+                           created=doc.get("created", ""), updated=doc.get("updated", ""),
+                           serial=int(doc["serial"]))
+            for row in doc["entries"]:
+                entry = ManifestEntry(*row)
+                _check_path(entry.path, "entry path")
                 manifest.entries[entry.path] = entry
             for directory in doc["directories"]:
-                if not is_safe_relpath(directory):
-                    raise ManifestError(f"directory {directory!r} is not a safe DEST path")
+                _check_path(directory, "directory")
                 manifest.directories.add(directory)
         except ManifestError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ManifestError(f"unreadable manifest: {err}") from None
         return manifest
+
+    def replay(self, data: bytes) -> None:
+        """Apply a journal (its bytes) that extends this manifest's serial; a stale one is
+        ignored. Reading stops at the first line that does not parse: only a crash's torn
+        last line can be one, and nothing of it was made (pending rows are fsynced first)."""
+        lines = data.split(b"\n")
+        try:
+            header = json.loads(lines[0])
+        except ValueError:
+            return
+        if header != [JOURNAL_FORMAT, VERSION, self.serial]:
+            return
+        try:
+            for line in lines[1:]:
+                try:
+                    kind, rows, *rest = json.loads(line)
+                except ValueError:
+                    break
+                if kind == "P":
+                    for path, fileset, of_id, size, hash_, hasher, repo_path in rows:
+                        _check_path(path, "journal entry path")
+                        self.entries[path] = ManifestEntry(path, fileset, of_id, size, hash_,
+                                                           hasher, repo_path=repo_path)
+                elif kind == "D":
+                    for path, method, dev, ino in rows:
+                        entry = self.entries.get(path)
+                        if entry is not None and entry.state == PENDING:
+                            entry.method, entry.state, entry.dev, entry.ino = method, DONE, dev, ino
+                            entry.repo_path = None
+                    for directory in rest[0]:
+                        _check_path(directory, "journal directory")
+                        self.directories.add(directory)
+                else:
+                    raise ManifestError(f"unknown journal record {kind!r}")
+        except ManifestError:
+            raise
+        except (ValueError, TypeError, IndexError) as err:
+            raise ManifestError(f"unreadable journal {JOURNAL_NAME}: {err}") from None
+        self.replayed = True
+
+
+def _check_path(path, what: str) -> None:
+    if not is_safe_relpath(path):
+        raise ManifestError(f"{what} {path!r} is not a safe DEST path")
 
 
 def now_text() -> str:
@@ -97,23 +161,89 @@ def fd_path(dir_fd: int, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
-def load(dest_fd: int) -> Optional[Manifest]:
-    """The manifest in the DEST directory open as `dest_fd`, or None when there is none."""
+def _read(dest_fd: int, name: str) -> Optional[bytes]:
     try:
-        fd = os.open(MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dest_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dest_fd)
     except FileNotFoundError:
         return None
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise ManifestError(f"{MANIFEST_NAME} in DEST is a symlink; not following it") from None
+            raise ManifestError(f"{name} in DEST is a symlink; not following it") from None
         raise
     with os.fdopen(fd, "rb") as stream:
-        return Manifest.from_bytes(stream.read())
+        return stream.read()
+
+
+def load(dest_fd: int) -> Optional[Manifest]:
+    """The manifest in the DEST directory open as `dest_fd` with its journal replayed, or None
+    when there is none."""
+    data = _read(dest_fd, MANIFEST_NAME)
+    if data is None:
+        return None
+    manifest = Manifest.from_bytes(data)
+    journal = _read(dest_fd, JOURNAL_NAME)
+    if journal:
+        manifest.replay(journal)
+    return manifest
 
 
 def save(dest_fd: int, manifest: Manifest) -> None:
-    """Replace the manifest atomically (fsops.atomic_write: temporary, fsync, rename, fsync dir)."""
+    """Replace the manifest atomically (fsops.atomic_write: temporary, fsync, rename, fsync dir);
+    it then holds everything a journal of the previous serial said."""
     manifest.updated = now_text()
     if not manifest.created:
         manifest.created = manifest.updated
-    fsops.atomic_write(fd_path(dest_fd, MANIFEST_NAME), manifest.to_bytes(), mode=0o644)
+    manifest.serial += 1
+    try:
+        fsops.atomic_write(fd_path(dest_fd, MANIFEST_NAME), manifest.to_bytes(), mode=0o644)
+    except BaseException:
+        manifest.serial -= 1
+        raise
+    manifest.replayed = False
+
+
+class Journal:
+    """The run's progress, appended to DEST's journal (module docstring). Created empty for the
+    serial of the manifest on disk, which must exist (save it first)."""
+
+    def __init__(self, dest_fd: int, serial: int):
+        self._dest_fd = dest_fd
+        self._fd = os.open(JOURNAL_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o644, dir_fd=dest_fd)
+        try:
+            self._append([JOURNAL_FORMAT, VERSION, serial])
+            os.fsync(self._fd)
+            fsops.fsync_dir(fd_path(dest_fd))
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def pending(self, entries: Iterable) -> None:
+        """Entries (plan.Entry) about to be made; durable before the first of them is."""
+        self._append(["P", [[e.path, e.fileset_id, e.original_file_id, e.size, e.hash, e.hasher,
+                             e.repo_path] for e in entries]])
+        os.fsync(self._fd)
+
+    def done(self, records: Iterable[ManifestEntry], directories: Iterable[str]) -> None:
+        """Entries made (with their identity) and directories created since the last call; not
+        fsynced: if lost, the entries are still pending and adopted by the next run."""
+        self._append(["D", [[m.path, m.method, m.dev, m.ino] for m in records],
+                      sorted(directories)])
+
+    def remove(self) -> None:
+        """After the manifest that holds all of it was saved."""
+        self.close()
+        try:
+            os.unlink(JOURNAL_NAME, dir_fd=self._dest_fd)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _append(self, record: list) -> None:
+        view = memoryview(_ENCODER.encode(record).encode("utf-8") + b"\n")
+        while view:
+            view = view[os.write(self._fd, view):]

@@ -49,7 +49,10 @@ def client_path_components(client_path: str) -> list:
     """The components of a stored clientPath as the client's filesystem would walk them:
     empty and `.` components dropped (`a//./b` is `a/b`); `..` is kept, to be neutralised by
     `safe_component`, never interpreted."""
-    return [c for c in client_path.split("/") if c not in ("", ".")]
+    parts = client_path.split("/")
+    if "" in parts or "." in parts:
+        return [c for c in parts if c not in ("", ".")]
+    return parts
 
 
 def split_common_root(paths: Sequence[Sequence[str]]) -> tuple:
@@ -57,9 +60,11 @@ def split_common_root(paths: Sequence[Sequence[str]]) -> tuple:
     at least the last component (OMERO's ManagedRepositoryI.commonRoot/trimPaths does the same)."""
     if not paths:
         return [], []
+    # the lowest and highest paths share exactly the prefix that all paths share
+    first, last = min(paths), max(paths)
+    limit = min(len(p) for p in paths) - 1
     depth = 0
-    while (all(len(p) > depth + 1 for p in paths)
-           and len({p[depth] for p in paths}) == 1):
+    while depth < limit and first[depth] == last[depth]:
         depth += 1
     return list(paths[0][:depth]), [list(p[depth:]) for p in paths]
 

@@ -7,7 +7,7 @@ give the same paths, and every clash is settled by a rule a user can predict and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
 
 from omero_cli_ext.export.paths import (client_path_components, is_safe_relpath, safe_component,
                                         split_common_root)
@@ -67,9 +67,9 @@ def resolve(port, refs: Sequence[tuple]) -> Resolution:
     return Resolution(filesets=filesets, missing=[r for r in refs if r in missing])
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One file DEST should hold: where, and which OriginalFile it shows."""
+class Entry(NamedTuple):
+    """One file DEST should hold: where, and which OriginalFile it shows (a tuple: plans of a
+    million files are built and sorted quickly)."""
     path: str                 # DEST-relative, "/"-joined safe components
     fileset_id: int
     original_file_id: int
@@ -115,22 +115,46 @@ class Plan:
 
 
 class _Taken:
-    """Paths already given out: a file path blocks itself and everything below it; a directory
-    path blocks a file of the same name."""
+    """DEST paths already given out ("/"-joined): a file path blocks itself and everything below
+    it; a directory path blocks a file of the same name."""
 
     def __init__(self):
         self.files: set = set()
         self.dirs: set = set()
 
-    def fits(self, parts: tuple) -> bool:
-        if parts in self.files or parts in self.dirs:
-            return False
-        return not any(parts[:depth] in self.files for depth in range(1, len(parts)))
+    def _file_above(self, path: str) -> bool:
+        cut = path.find("/")
+        while cut >= 0:
+            if path[:cut] in self.files:
+                return True
+            cut = path.find("/", cut + 1)
+        return False
 
-    def add(self, parts: tuple) -> None:
-        self.files.add(parts)
-        for depth in range(1, len(parts)):
-            self.dirs.add(parts[:depth])
+    def fits(self, path: str) -> bool:
+        return not (path in self.files or path in self.dirs or self._file_above(path))
+
+    def fits_below(self, base: str, rels: Sequence[str]) -> bool:
+        """Would every `base/rel` fit? When nothing is taken below `base` (a fileset in a
+        directory of its own, the usual case) looking at `base` is enough."""
+        if not base:
+            return all(map(self.fits, rels))
+        if base in self.files or self._file_above(base):
+            return False
+        return base not in self.dirs or all(self.fits(base + "/" + rel) for rel in rels)
+
+    def add(self, path: str) -> None:
+        self.files.add(path)
+        cut = path.rfind("/")
+        while cut > 0:
+            parent = path[:cut]
+            if parent in self.dirs:     # and so are all its ancestors
+                return
+            self.dirs.add(parent)
+            cut = path.rfind("/", 0, cut)
+
+
+def _join(base: str, rel: str) -> str:
+    return f"{base}/{rel}" if base and rel else base or rel
 
 
 def _layout_root(fileset, layout: str, containers: Mapping[int, tuple]) -> tuple:
@@ -142,17 +166,6 @@ def _layout_root(fileset, layout: str, containers: Mapping[int, tuple]) -> tuple
     if not names:
         return (ORPHANED,)
     return tuple(safe_component(name) for name in names[1::2])
-
-
-def _fileset_items(fileset) -> tuple:
-    """(the client directories above the fileset's common root, [(entry, raw relative
-    components), ...]) for its used files."""
-    common, rels = split_common_root([client_path_components(e.client_path)
-                                      for e in fileset.entries])
-    items = []
-    for entry, rel in zip(fileset.entries, rels):
-        items.append((entry, rel or [f"OriginalFile_{entry.original_file.id}"]))
-    return common, items
 
 
 def _prefix_candidates(layout: str, common: Sequence[str], fileset_id: int):
@@ -180,6 +193,37 @@ def _entry_candidates(rel: tuple, of_id: int):
         k += 1
 
 
+class _Placing:
+    """One fileset on its way into the plan: its exportable files, their client paths below the
+    fileset's common root (raw and made safe), and the path the layout would like for each."""
+    __slots__ = ("fileset", "files", "root", "common", "rels", "wanted", "safe_wanted")
+
+    def __init__(self, fileset, layout: str, containers: Mapping[int, tuple], plan: "Plan"):
+        self.fileset = fileset
+        common, raws = split_common_root([client_path_components(e.client_path)
+                                          for e in fileset.entries])
+        self.root = "/".join(_layout_root(fileset, layout, containers))
+        self.common = common
+        preferred = next(_prefix_candidates(layout, common, fileset.id))
+        wanted_base = _join(self.root, "/".join(preferred))
+        safe_base = _join(self.root, "/".join(map(safe_component, preferred)))
+        self.files, self.rels, self.wanted, self.safe_wanted = [], [], [], []
+        for entry, raw in zip(fileset.entries, raws):
+            of = entry.original_file
+            if of.binary_restricted:
+                plan.skipped.append(Skipped(fileset.id, of.id, entry.client_path, "restricted"))
+                continue
+            if of.size is None:
+                plan.skipped.append(Skipped(fileset.id, of.id, entry.client_path, "incomplete"))
+                continue
+            raw = raw or [f"OriginalFile_{of.id}"]
+            rel = "/".join(map(safe_component, raw))
+            self.files.append(of)
+            self.rels.append(rel)
+            self.wanted.append(_join(wanted_base, "/".join(raw)))
+            self.safe_wanted.append(_join(safe_base, rel))
+
+
 def plan_layout(filesets: Mapping[int, object], layout: str = "clientpath",
                 containers: Optional[Mapping[int, tuple]] = None,
                 keep: Optional[Mapping[int, str]] = None) -> Plan:
@@ -202,42 +246,31 @@ def plan_layout(filesets: Mapping[int, object], layout: str = "clientpath",
     taken = _Taken()
     pending = []
     for fid in sorted(filesets):
-        fileset = filesets[fid]
-        common, all_items = _fileset_items(fileset)
-        items = []
-        for entry, raw in all_items:
-            of = entry.original_file
-            if of.binary_restricted:
-                plan.skipped.append(Skipped(fid, of.id, entry.client_path, "restricted"))
-            elif of.size is None:
-                plan.skipped.append(Skipped(fid, of.id, entry.client_path, "incomplete"))
-            else:
-                items.append((entry, raw))
-        if not items:
+        placing = _Placing(filesets[fid], layout, containers, plan)
+        if not placing.files:
             continue
-        root = _layout_root(fileset, layout, containers)
-        preferred = next(_prefix_candidates(layout, common, fid))
-        wanted = [root + tuple(common[len(common) - len(preferred):]) + tuple(raw)
-                  for _, raw in items]
-        kept = [tuple(keep[e.original_file.id].split("/")) for e, _ in items
-                if e.original_file.id in keep]
-        if len(kept) == len(items) and len(set(kept)) == len(kept) and all(map(taken.fits, kept)):
-            for (entry, _), want, parts in zip(items, wanted, kept):
-                taken.add(parts)
-                _add(plan, fileset, entry, want, parts)
-            continue
-        pending.append((fileset, items, root, common, wanted))
-    for fileset, items, root, common, wanted in pending:
-        rels = [tuple(safe_component(c) for c in raw) for _, raw in items]
-        for prefix in _prefix_candidates(layout, [safe_component(c) for c in common], fileset.id):
-            base = root + prefix
-            if all(taken.fits(base + rel) for rel in rels):
+        if keep:
+            kept = [keep[of.id] for of in placing.files if of.id in keep]
+            if (len(kept) == len(placing.files) and len(set(kept)) == len(kept)
+                    and all(map(taken.fits, kept))):
+                for index, path in enumerate(kept):
+                    taken.add(path)
+                    _add(plan, placing, index, path)
+                continue
+        pending.append(placing)
+    for placing in pending:
+        fid = placing.fileset.id
+        for prefix in _prefix_candidates(layout, [safe_component(c) for c in placing.common], fid):
+            base = _join(placing.root, "/".join(prefix))
+            if taken.fits_below(base, placing.rels):
                 break
-        for (entry, _), rel, want in zip(items, rels, wanted):
-            parts = next(base + r for r in _entry_candidates(rel, entry.original_file.id)
-                         if taken.fits(base + r))
-            taken.add(parts)
-            _add(plan, fileset, entry, want, parts)
+        for index, rel in enumerate(placing.rels):
+            path = _join(base, rel)
+            if not taken.fits(path):
+                path = next(p for p in (_join(base, "/".join(c)) for c in _entry_candidates(
+                    tuple(rel.split("/")), placing.files[index].id)) if taken.fits(p))
+            taken.add(path)
+            _add(plan, placing, index, path)
     plan.entries.sort(key=path_order)
     return plan
 
@@ -247,14 +280,13 @@ def path_order(entry) -> str:
     return entry.path.replace("/", "\x00")
 
 
-def _add(plan: Plan, fileset, entry, wanted: tuple, parts: tuple) -> None:
-    """Record the entry; `wanted` is the unsanitised path the layout preferred."""
-    of = entry.original_file
-    path = "/".join(parts)
-    plan.entries.append(Entry(path=path, fileset_id=fileset.id, original_file_id=of.id,
-                              repo_path=of.repo_path, size=of.size, hash=of.hash,
-                              hasher=of.hasher, in_place=fileset.transfer == "ln_s"))
-    safe = tuple(safe_component(c) for c in wanted)
-    reasons = (("unsafe name",) if safe != wanted else ()) + (("clash",) if parts != safe else ())
-    if reasons:
-        plan.renamed.append(Renamed(fileset.id, of.id, "/".join(wanted), path, reasons))
+def _add(plan: Plan, placing: _Placing, index: int, path: str) -> None:
+    """Record the entry; a sanitised name or a move away from the wanted path is reported."""
+    fileset = placing.fileset
+    of = placing.files[index]
+    plan.entries.append(Entry(path, fileset.id, of.id, of.path + of.name, of.size, of.hash,
+                              of.hasher, fileset.transfer == "ln_s"))
+    wanted, safe = placing.wanted[index], placing.safe_wanted[index]
+    if wanted != safe or path != safe:
+        reasons = (("unsafe name",) if wanted != safe else ()) + (("clash",) if path != safe else ())
+        plan.renamed.append(Renamed(fileset.id, of.id, wanted, path, reasons))
