@@ -128,8 +128,9 @@ HQL_LAST_IMAGE_EVENTS = (
     " where el.entityType = :type and el.entityId = i.id and i.fileset.id in (:ids)"
     " group by i.fileset.id")
 
+# a readable fileset without images gives one row with a null image id
 HQL_IMAGES_OF = (
-    "select i.fileset.id, i.id from Image i where i.fileset.id in (:ids) order by i.id")
+    "select fs.id, i.id from Fileset fs left outer join fs.images i where fs.id in (:ids)")
 
 HQL_FILES_BY_PATH = (
     "select o.id, o.path, o.name, o.size, o.hash, h.value, o.mimetype, o.repo, fe.fileset.id"
@@ -532,10 +533,14 @@ class OmeroPort:
         for page in _pages(fileset_ids):
             for fs_id, image_id in unwrap(self._projection(HQL_IMAGES_OF, _ids_params(page),
                                                            "reading images of filesets")):
-                found.setdefault(fs_id, []).append(image_id)
-        return {fs_id: tuple(ids) for fs_id, ids in found.items()}
+                images = found.setdefault(fs_id, [])
+                if image_id is not None:
+                    images.append(image_id)
+        return {fs_id: tuple(sorted(ids)) for fs_id, ids in found.items()}
 
     def files_by_repo_paths(self, repo_paths: Sequence[str]) -> Mapping[str, tuple]:
+        """Queries whole directories (`o.path in`), then keeps the exact path + name; of several
+        rows at one path the lowest OriginalFile id wins."""
         wanted = {p.lstrip("/") for p in repo_paths}
         dirs = sorted({p.rsplit("/", 1)[0] + "/" if "/" in p else "/" for p in wanted})
         found = {}
@@ -545,7 +550,7 @@ class OmeroPort:
                  fs_id) in unwrap(self._projection(HQL_FILES_BY_PATH, params,
                                                    "finding files by repository path")):
                 key = (path + name).lstrip("/")
-                if key in wanted:
+                if key in wanted and (key not in found or of_id < found[key][1].id):
                     found[key] = (fs_id, OriginalFile(id=of_id, path=path, name=name, size=size,
                                                       hash=digest, hasher=hasher,
                                                       mimetype=mimetype, repo=repo))
@@ -555,8 +560,9 @@ class OmeroPort:
 
     def session_login(self) -> tuple:
         client = self._client
-        return (client.getProperty("omero.host"), client.getProperty("omero.port"),
-                client.getSessionId())
+        with _server_call("reading the session's login"):
+            return (client.getProperty("omero.host"), client.getProperty("omero.port"),
+                    client.getSessionId())
 
     def can_link(self, refs: Sequence[tuple]) -> Mapping[tuple, bool]:
         by_type: dict[str, set] = {}

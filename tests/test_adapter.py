@@ -21,6 +21,7 @@ import omero.cmd
 import omero.grid
 import omero.model
 import omero.sys
+from omero.constants.permissions import LINKRESTRICTION
 from omero.rtypes import rlong, rstring, rtime
 
 from omero_cli_ext import omero_adapter as adapter
@@ -305,6 +306,24 @@ def test_filesets_pages_ids_by_500(srv):
     assert pages[0][0] == 1 and pages[2][-1] == 1201
 
 
+@pytest.mark.parametrize("method, item, extra, hql, param", [
+    ("images_of", lambda i: i, (), adapter.HQL_IMAGES_OF, "ids"),
+    ("can_link", lambda i: ("Plate", i), (), adapter.HQL_LINK_TARGETS["Plate"], "ids"),
+    ("files_by_repo_paths", lambda i: f"u_7/d{i:04}/f.fake", (), adapter.HQL_FILES_BY_PATH, "paths"),
+    ("filesets_by_client_paths", lambda i: f"data/{i}.fake", (7,), adapter.HQL_FILESETS_BY_CLIENT_PATH,
+     "paths"),
+    ("lookup_users", lambda i: f"user{i}", (), adapter.HQL_USERS, "names"),
+])
+def test_batch_methods_send_each_distinct_value_once_in_pages_of_500(srv, method, item, extra, hql,
+                                                                      param):
+    srv.answers[hql] = lambda p: []
+    values = [item(i) for i in range(1, 1002)]
+    getattr(srv.port, method)(values + values[:7], *extra)
+    sent = [[x.val for x in c.args[1].map[param].val] for c in srv.calls(hql)]
+    assert [len(page) for page in sent] == [500, 500, 1]
+    assert len({v for page in sent for v in page}) == 1001
+
+
 def test_filesets_of_resolves_each_container_type(srv):
     answers = {"Project": {4: [10, 11]}, "Image": {8: [None]}, "Plate": {2: [12]}}
     for kind, rows in answers.items():
@@ -435,6 +454,16 @@ def test_running_imports_reads_fileset_from_the_handle(srv, monkeypatch):
         process.close.assert_not_called()
 
 
+def test_running_imports_maps_a_refusing_process_to_a_port_error(srv):
+    managed = mock.create_autospec(omero.grid.ManagedRepositoryPrx, instance=True)
+    srv.port._repository, srv.port._repository_prx = server.Repository("u", "/r"), managed
+    refusing = mock.create_autospec(omero.grid.ImportProcessPrx, instance=True)
+    refusing.getHandle.side_effect = omero.SecurityViolation(message="not your import")
+    managed.listImports.return_value = [refusing]
+    with pytest.raises(PermissionDenied, match="reading an import process: not your import"):
+        srv.port.running_imports()
+
+
 def test_containers_of_names_project_dataset_and_screen_plate(srv):
     srv.answers[adapter.HQL_DATASET_CONTAINERS] = lambda p: [
         [rlong(1), rstring("P"), rstring("D")], [rlong(2), None, rstring("Lone")]]
@@ -444,6 +473,75 @@ def test_containers_of_names_project_dataset_and_screen_plate(srv):
     assert srv.port.containers_of([1, 2, 3, 4, 5]) == {
         1: ("Project", "P", "Dataset", "D"), 2: ("Dataset", "Lone"),
         3: ("Screen", "S", "Plate", "Pl"), 4: ()}
+
+
+def _image_rows(images: dict):
+    """Rows of HQL_IMAGES_OF: fileset left outer join images (null image for an empty fileset)."""
+    return lambda p: [[rlong(fs_id), None if image is None else rlong(image)]
+                      for fs_id in ids_of(p) if fs_id in images
+                      for image in (images[fs_id] or [None])]
+
+
+def test_images_of_gives_ascending_ids_and_an_empty_tuple_for_imageless_filesets(srv):
+    srv.answers[adapter.HQL_IMAGES_OF] = _image_rows({1: [12, 10, 11], 2: []})
+    assert srv.port.images_of([2, 1, 3, 1]) == {1: (10, 11, 12), 2: ()}
+    (call,) = srv.calls(adapter.HQL_IMAGES_OF)
+    assert ids_of(call.args[1]) == [1, 2, 3]
+
+
+def test_images_of_matches_the_simulated_server_on_unreadable_filesets(srv):
+    """Unreadable or unknown filesets are absent; readable ones appear even without images."""
+    srv.answers[adapter.HQL_IMAGES_OF] = _image_rows({4: []})
+    assert srv.port.images_of([4, 5]) == {4: ()}
+
+
+# --- importing ---------------------------------------------------------------------------------
+
+def test_session_login_is_what_omero_import_passes_to_the_importer_without_a_server_call(srv):
+    props = {"omero.host": "omero.example.org", "omero.port": "4064"}
+    srv.client.getProperty.side_effect = props.__getitem__
+    srv.client.getSessionId.return_value = "8c1b-session-uuid"
+    assert srv.port.session_login() == ("omero.example.org", "4064", "8c1b-session-uuid")
+    assert srv.sf.mock_calls == []
+
+
+def test_session_login_without_a_session_is_a_server_error(srv):
+    srv.client.getProperty.return_value = ""
+    srv.client.getSessionId.side_effect = omero.ClientError("No session available")
+    with pytest.raises(ServerError, match="No session available"):
+        srv.port.session_login()
+
+
+def container(cls, obj_id, linkable):
+    """A container as the server returns it: details.permissions carry the session's restrictions."""
+    obj = cls(obj_id, True)
+    perms = omero.model.PermissionsI("rwra--")
+    perms._restrictions = [False] * 6
+    perms._restrictions[LINKRESTRICTION] = not linkable
+    obj.details.setPermissions(perms)
+    return obj
+
+
+def test_can_link_reads_can_link_of_each_readable_container(srv):
+    loaded = {"Dataset": {5: container(omero.model.DatasetI, 5, True),
+                          6: container(omero.model.DatasetI, 6, False)},
+              "Screen": {9: container(omero.model.ScreenI, 9, True)},
+              "Project": {}}
+    for kind, objs in loaded.items():
+        srv.answers[adapter.HQL_LINK_TARGETS[kind]] = lambda p, objs=objs: [
+            objs[i] for i in ids_of(p) if i in objs]
+    found = srv.port.can_link([("Dataset", 6), ("Screen", 9), ("Project", 1), ("Dataset", 5),
+                               ("Dataset", 6)])
+    assert found == {("Dataset", 5): True, ("Dataset", 6): False, ("Screen", 9): True}
+    assert [ids_of(c.args[1]) for c in srv.calls(adapter.HQL_LINK_TARGETS["Dataset"])] == [[5, 6]]
+    assert srv.calls(adapter.HQL_LINK_TARGETS["Plate"]) == []
+    srv.query.projection.assert_not_called()
+
+
+def test_can_link_rejects_other_types_before_any_query(srv):
+    with pytest.raises(ServerError, match="cannot link into a Image"):
+        srv.port.can_link([("Dataset", 1), ("Image", 2)])
+    srv.query.findAllByQuery.assert_not_called()
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -472,6 +570,49 @@ def test_unknown_original_file_is_not_found(srv):
     with pytest.raises(NotFound) as err:
         srv.port.open_original_file(99)
     assert err.value.missing == (99,)
+
+
+DATA_DIR = "alice_7/2024-01/02/03-04-05.678/data/"
+
+
+def _file_row(of_id, path, name, fs_id=None, hasher="SHA1-160"):
+    """A row of HQL_FILES_BY_PATH: id, path, name, size, hash, hasher, mimetype, repo, fileset."""
+    return [rlong(of_id), rstring(path), rstring(name), rlong(100 + of_id), rstring("ab" * 20),
+            rstring(hasher) if hasher else None, rstring("application/octet-stream"),
+            rstring("repo-uuid"), None if fs_id is None else rlong(fs_id)]
+
+
+def _rows_in_dirs(rows):
+    return lambda p: [r for r in rows if r[1].val in {x.val for x in p.map["paths"].val}]
+
+
+def test_files_by_repo_paths_asks_for_directories_and_keeps_exact_matches(srv):
+    srv.answers[adapter.HQL_FILES_BY_PATH] = _rows_in_dirs([
+        _file_row(11, DATA_DIR, "a.fake", fs_id=5), _file_row(12, DATA_DIR, "b.fake", fs_id=5, hasher=None),
+        _file_row(13, DATA_DIR, "c.fake", fs_id=5), _file_row(20, "/", "top.txt")])
+    found = srv.port.files_by_repo_paths(
+        [DATA_DIR + "a.fake", "/" + DATA_DIR + "b.fake", DATA_DIR + "gone.fake", "top.txt"])
+    assert found == {
+        DATA_DIR + "a.fake": (5, server.OriginalFile(
+            id=11, path=DATA_DIR, name="a.fake", size=111, hash="ab" * 20, hasher="SHA1-160",
+            mimetype="application/octet-stream", repo="repo-uuid")),
+        DATA_DIR + "b.fake": (5, server.OriginalFile(
+            id=12, path=DATA_DIR, name="b.fake", size=112, hash="ab" * 20, hasher=None,
+            mimetype="application/octet-stream", repo="repo-uuid")),
+        "top.txt": (None, server.OriginalFile(
+            id=20, path="/", name="top.txt", size=120, hash="ab" * 20, hasher="SHA1-160",
+            mimetype="application/octet-stream", repo="repo-uuid"))}
+    (call,) = srv.calls(adapter.HQL_FILES_BY_PATH)
+    assert sorted(x.val for x in call.args[1].map["paths"].val) == ["/", DATA_DIR]
+
+
+def test_files_by_repo_paths_takes_the_lowest_id_of_rows_at_one_path(srv):
+    """As the simulated server does: the answer must not depend on the order of the rows."""
+    srv.answers[adapter.HQL_FILES_BY_PATH] = _rows_in_dirs([
+        _file_row(31, DATA_DIR, "a.fake", fs_id=8), _file_row(30, DATA_DIR, "a.fake", fs_id=7),
+        _file_row(32, DATA_DIR, "a.fake", fs_id=9)])
+    (fs_id, ofile), = srv.port.files_by_repo_paths([DATA_DIR + "a.fake"]).values()
+    assert (fs_id, ofile.id) == (7, 30)
 
 
 # --- changes -----------------------------------------------------------------------------------
