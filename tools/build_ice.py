@@ -128,7 +128,8 @@ def build_wheel(python, version, cache):
         print(f"build_ice: compiling zeroc-ice {ICE_VERSION} for Python {version[0]}.{version[1]}"
               " (about 8 minutes on 2 cores, done once)", flush=True)
         out_dir = os.path.join(workdir, "dist")
-        out = run([python, "-m", "pip", "wheel", "--no-deps", "-w", out_dir, tree])
+        # --use-pep517: older pips would call setup.py bdist_wheel, which needs the wheel package
+        out = run([python, "-m", "pip", "wheel", "--no-deps", "--use-pep517", "-w", out_dir, tree])
         wheels = glob.glob(os.path.join(out_dir, "*.whl"))
         if out.returncode != 0 or not wheels:
             raise BuildError(6, "zeroc-ice build failed:\n" + (out.stdout + out.stderr)[-3000:])
