@@ -216,11 +216,10 @@ def test_unreadable_path(world):
 
 
 def import_as_nobody(sim, tmp_path, *paths):
-    import shutil
     import subprocess
     import sys
-    if shutil.which("setpriv") is None:
-        pytest.fail("setpriv (util-linux) is needed to run a command as an unprivileged user")
+    from conftest import require_unprivileged_python
+    require_unprivileged_python()
     for directory in tmp_path.parents:
         if str(directory) != "/":
             os.chmod(directory, os.stat(directory).st_mode | 0o711)
