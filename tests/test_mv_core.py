@@ -10,7 +10,7 @@ from omero_cli_ext.journal import open_journal
 from omero_cli_ext.mv import engine
 from omero_cli_ext.mv.execute import Executor, roll_back_copies
 from omero_cli_ext.mv.plan import PHASES, Request, Scope, _closest, new_target, plan_for
-from omero_cli_ext.mv.store import JobStore
+from omero_cli_ext.mv.store import SCHEMA, JobStore
 from omero_cli_ext.mv.tree import below, fs_path, is_under, walk_links, walk_tree
 
 
@@ -122,10 +122,68 @@ def test_journal_round_trip_resumes_the_recorded_plan(tree):
     first = engine.prepare(store, request, "omero mv src dst")
     again = engine.prepare(store, request, "omero mv src dst")
     assert again.resumed and again.job.id == first.job.id
-    assert [(s.kind, s.path, s.new) for s in again.steps] == \
-        [(s.kind, s.path, s.new) for s in first.steps]
+    assert again.steps == first.steps   # every field of every step
     assert engine.execute(store, again, checksums=True) == []
     assert store.unfinished(os.fsdecode(request.repo)) is None
+    journal.close()
+
+
+def test_journal_marks_progress_and_keeps_outcomes_that_are_not_plain(tree):
+    journal = open_journal(str(tree / "j.sqlite"))
+    store = JobStore(journal)
+    request = Request("move", b(tree / "repo"), src=b(tree / "src"), dst=b(tree / "dst"))
+    job = engine.prepare(store, request, "omero mv src dst")
+    steps = job.steps
+    outcomes = [("done", None), ("skipped", "why"), ("done", "hard"), ("done", None),
+                ("done", None)]
+    for step, (state, note) in zip(steps, outcomes):
+        step.state, step.note = state, note
+    store.record(job.job.id, steps[:3])
+    store.record(job.job.id, steps[3:5])
+    assert [(s.state, s.note) for s in store.steps(job.job.id)] == \
+        outcomes + [("pending", None)] * (len(steps) - 5)
+    # a resumed job runs recorded steps again: the new outcome replaces the old one
+    steps[1].state, steps[1].note = "done", None
+    store.record(job.job.id, steps[1:2])
+    assert [(s.state, s.note) for s in store.steps(job.job.id)][:5] == \
+        [outcomes[0], ("done", None)] + outcomes[2:]
+    journal.close()
+
+
+def test_journal_of_schema_1_is_upgraded_and_its_outcomes_kept(tree):
+    journal = open_journal(str(tree / "j.sqlite"))
+    version_1 = (SCHEMA[0].replace(", done_through INTEGER NOT NULL DEFAULT -1", ""),) \
+        + SCHEMA[1:]
+    journal.ensure_schema("mv", 1, version_1)
+    journal.execute("INSERT INTO mv_job (repo, job_key, command, mode, same_fs, state, "
+                    "created, updated) VALUES ('/r', 'k', 'c', 'move', 1, 'running', 't', 't')")
+    journal.execute("INSERT INTO mv_step (job, seq, kind, path, state) VALUES "
+                    "(1, 0, 'retarget', x'2f61', 'done'), (1, 1, 'retarget', x'2f62', 'pending')")
+    store = JobStore(journal)
+    assert [(s.path, s.state) for s in store.steps(1)] == [(b"/a", "done"), (b"/b", "pending")]
+    journal.close()
+
+
+def test_resume_runs_the_last_recorded_phase_again(tree):
+    """Links are synced when their phase ends, not per journal batch: after a power cut the
+    journal may mark done a link change the disk lost. A resumed job re-checks that phase, so
+    the source the link still points at is not removed."""
+    journal = open_journal(str(tree / "j.sqlite"))
+    store = JobStore(journal)
+    request = Request("move", b(tree / "repo"), src=b(tree / "src"), dst=b(tree / "dst"))
+    first = engine.prepare(store, request, "omero mv src dst")
+    Executor([s for s in first.steps if PHASES[s.kind] <= 3], same_fs=True,
+             record=lambda batch: store.record(first.job.id, batch)).run()
+    link = tree / "repo" / "x" / "abs"
+    os.unlink(link)
+    os.symlink(tree / "src" / "a" / "f1", link)   # the retarget the power cut undid
+    again = engine.prepare(store, request, "omero mv src dst")
+    assert {s.state for s in again.steps if PHASES[s.kind] == 3} == {"pending"}
+    assert again.rechecked == sum(1 for s in again.steps if PHASES[s.kind] == 3) == 3
+    assert {s.state for s in again.steps if PHASES[s.kind] < 3} == {"done"}
+    assert engine.execute(store, again, checksums=False) == []
+    assert os.readlink(b(link)) == b(tree / "dst" / "a" / "f1")
+    assert link.read_bytes() == b"one" and not (tree / "src").exists()
     journal.close()
 
 

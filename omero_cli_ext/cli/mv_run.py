@@ -2,6 +2,7 @@
 the journal and its lock, the engine, and the results to rich / plain / JSON output."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import os
@@ -356,7 +357,8 @@ class _Run:
     def execute(self, store, prepared, request) -> None:
         started = time.monotonic()
         if prepared.resumed:
-            self.out.info(f"resuming job {prepared.job.id}: {prepared.job.command}")
+            self.out.info(f"resuming job {prepared.job.id}: {prepared.job.command} (first "
+                          f"re-checking {prepared.rechecked} step(s) it recorded last)")
         elif prepared.plan is not None and self.out.mode != "json":
             summary = prepared.plan.summary()
             self.out.info(f"job {prepared.job.id if prepared.job else '-'}: "
@@ -382,22 +384,17 @@ class _Run:
                                   f"after fixing the cause, rerun: {self.command_line()}") from err
                 raise
         steps = prepared.steps
+        done = collections.Counter(s.kind for s in steps if s.state == "done")
+        skipped = [s for s in steps if s.state == "skipped"]
+        links_changed = done["retarget"] + done["swap"] + done["materialize"]
         summary = {"job": prepared.job.id if prepared.job else None, "mode": request.mode,
-                   "resumed": prepared.resumed,
-                   "links_changed": sum(1 for s in steps if s.state == "done"
-                                        and s.kind in ("retarget", "swap", "materialize")),
-                   "files_placed": sum(1 for s in steps if s.state == "done" and s.kind == "place"),
-                   "sources_removed": sum(1 for s in steps if s.state == "done"
-                                          and s.kind == "unlink"),
-                   "skipped": sum(1 for s in steps if s.state == "skipped"),
-                   "verified": sum(1 for s in steps if s.state == "done"
-                                   and s.kind in ("retarget", "swap", "materialize"))
-                   - len(failures),
+                   "resumed": prepared.resumed, "links_changed": links_changed,
+                   "files_placed": done["place"], "sources_removed": done["unlink"],
+                   "skipped": len(skipped), "verified": links_changed - len(failures),
                    "verify_failures": len(failures), "unresolved": len(prepared.unresolved),
                    "seconds": round(time.monotonic() - started, 3)}
-        for step in steps:
-            if step.state == "skipped":
-                self.out.warn(f"skipped {step.kind} {show(step.path)}: {step.note}")
+        for step in skipped:
+            self.out.warn(f"skipped {step.kind} {show(step.path)}: {step.note}")
         self.show_unresolved(prepared.unresolved)
         for failure in failures:
             self.out.emit("verify_failure", link=_json_path(failure["link"]),

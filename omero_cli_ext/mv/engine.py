@@ -9,7 +9,7 @@ from typing import Callable, List, Optional
 
 from omero_cli_ext.fsops import remove_stale_temps
 from omero_cli_ext.mv.errors import EXIT_NO_SPACE, EXIT_OTHER_JOB, EXIT_SRC_MISSING, MvError
-from omero_cli_ext.mv.execute import Executor, roll_back_copies, verify
+from omero_cli_ext.mv.execute import Executor, recheck_unsynced, roll_back_copies, verify
 from omero_cli_ext.mv.plan import FactsLookup, Plan, Request, Step, no_facts, plan_for
 from omero_cli_ext.mv.store import Job, JobStore
 
@@ -23,6 +23,8 @@ class Prepared:
     notes: List[str] = field(default_factory=list)
     unresolved: List[dict] = field(default_factory=list)
     plan: Optional[Plan] = None
+    links_changed: bool = False   # a resumed job had recorded link steps (they may have run)
+    rechecked: int = 0            # recorded steps of a resumed job's last phase, run again
 
 
 def refuse_other_job(job: Job, request: Request) -> None:
@@ -37,15 +39,20 @@ def refuse_other_job(job: Job, request: Request) -> None:
 
 def prepare(store: JobStore, request: Request, command: str,
             facts_for: FactsLookup = no_facts) -> Prepared:
-    """Resume the repository's unfinished job when it is this request's, refuse when it is
-    another's, else plan and journal a new job (plan written before any change)."""
+    """Resume the repository's unfinished job when it is this request's (the steps of its last
+    recorded phase run again: see execute.recheck_unsynced), refuse when it is another's, else
+    plan and journal a new job (plan written before any change)."""
     repo = os.fsdecode(request.repo)
     job = store.unfinished(repo)
     if job is not None:
         refuse_other_job(job, request)
         info = store.plan_info(job.id)
-        return Prepared(job, store.steps(job.id), True, info.get("notes", []),
-                        _bytes_paths(info.get("unresolved", [])))
+        steps = store.steps(job.id)
+        links_changed = any(s.phase >= 3 and s.state != "pending" for s in steps)
+        rechecked = recheck_unsynced(steps)
+        return Prepared(job, steps, True, info.get("notes", []),
+                        _bytes_paths(info.get("unresolved", [])), links_changed=links_changed,
+                        rechecked=rechecked)
     try:
         plan = plan_for(request, facts_for)
     except MvError as err:
@@ -95,14 +102,15 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
     try:
         executor.run()
     except MvError as err:
-        if err.code == EXIT_NO_SPACE and not any(s.phase >= 3 and s.state == "done"
-                                                 for s in prepared.steps):
+        if err.code == EXIT_NO_SPACE and not prepared.links_changed \
+                and not any(s.phase >= 3 and s.state == "done" for s in prepared.steps):
             roll_back_copies(prepared.steps)
             store.finish(job.id, "failed", {"error": str(err), "rolled_back": True})
             raise MvError(EXIT_NO_SPACE, f"{err}. The copies made so far were removed; the "
                           "sources and links are as they were") from err
         raise
     failures = verify(prepared.steps, checksums, verified)
+    executor.durable()   # the job is recorded complete only once its changes are on disk
     summary = {"steps": len(prepared.steps),
                "done": sum(1 for s in prepared.steps if s.state == "done"),
                "skipped": sum(1 for s in prepared.steps if s.state == "skipped"),

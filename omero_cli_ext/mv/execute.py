@@ -1,9 +1,13 @@
 """Executing a plan step by step, and the final verification pass.
 
 Every step checks the filesystem before acting and accepts a state it already reached, so after
-a `kill -9` the same steps can simply run again. Outcomes are handed to `record` in batches, and
-only after the directories the batch changed were synced: a step marked done in the journal
-survived on disk.
+a `kill -9` the same steps can simply run again. Outcomes are handed to `record` in batches as
+they come: the journal's marks save work on resume, they are not the proof that a change is on
+disk. Durability comes from syncing the filesystems a phase changed when the phase ends, before
+the next phase starts (new files are durable before links point at them, links are durable
+before their old targets are removed) and when the run ends. A `kill -9` loses no page-cache
+write, so only a power cut can undo unsynced changes; that is why a resumed job runs the steps
+of its last recorded phase again (`recheck_unsynced`), each re-checking the disk.
 """
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ import itertools
 import os
 import secrets
 import stat
+import threading
 import time
 from typing import Callable, Iterable, List, Optional, Sequence, Set
 
 from omero_cli_ext import fsops
 from omero_cli_ext.mv.errors import (EXIT_INTERRUPTED, EXIT_NO_SPACE, EXIT_REPO_PERMISSION,
                                      MvError)
-from omero_cli_ext.mv.plan import DEFAULT_HASHER, Step
+from omero_cli_ext.mv.plan import DEFAULT_HASHER, PHASES, Step
 from omero_cli_ext.mv.tree import show
 
 BATCH_ROWS = 5000
@@ -62,9 +67,23 @@ def sync_directories(directories: Iterable[bytes]) -> None:
             os.close(fd)
 
 
+def recheck_unsynced(steps: Sequence[Step]) -> int:
+    """Make the steps of the last phase with recorded outcomes pending again (returns how many).
+
+    The phases before it ended with a sync, so their outcomes are on disk; this one may not
+    have (a power cut after the journal commit), and its steps re-check the disk cheaply."""
+    last = max((s.phase for s in steps if s.state != "pending"), default=None)
+    count = 0
+    for step in steps:
+        if step.state != "pending" and step.phase == last:
+            step.state, step.note = "pending", None
+            count += 1
+    return count
+
+
 class _Recorder:
-    """Collects finished steps; before handing them to `record`, syncs the directories they
-    changed (one fsync per directory per batch instead of one per link)."""
+    """Collects finished steps and hands them to `record` in batches (journal marks, no sync),
+    and remembers the directories they touched until `sync` makes those filesystems durable."""
 
     def __init__(self, record: Callable[[List[Step]], None]):
         self._record = record
@@ -72,36 +91,36 @@ class _Recorder:
         self._dirs: Set[bytes] = set()
         self._started = time.monotonic()
 
-    def add(self, step: Step, changed_dir: Optional[bytes]) -> None:
-        if not self._steps:
+    def add(self, step: Step) -> None:
+        steps = self._steps
+        if not steps:
             self._started = time.monotonic()
-        self._steps.append(step)
-        if changed_dir is not None:
-            self._dirs.add(changed_dir)
-        if len(self._steps) >= BATCH_ROWS or time.monotonic() - self._started >= BATCH_SECONDS:
+        steps.append(step)
+        if step.state == "done":
+            # the directory whose entries the step changed, now or in a killed run before
+            self._dirs.add(step.path.rpartition(b"/")[0] or b"/")
+        if len(steps) >= BATCH_ROWS or time.monotonic() - self._started >= BATCH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
-        sync_directories(self._dirs)
-        self._dirs.clear()
         if self._steps:
             steps, self._steps = self._steps, []
             self._record(steps)
 
+    def sync(self) -> None:
+        sync_directories(self._dirs)
+        self._dirs.clear()
 
+
+# short temporary names beside each link that fsops.is_temp_name recognises (pid inside, so
+# remove_stale_temps can tell a dead writer's debris); cheaper than fsops.temp_path per link
 _TEMP_TAG = f"{fsops.TEMP_PREFIX}{os.getpid()}.{secrets.token_hex(3)}".encode("ascii")
 _temp_counter = itertools.count()
 
 
-def _temp_link_name(link: bytes) -> bytes:
-    """A short temporary name beside `link` that fsops.is_temp_name recognises (pid inside, so
-    remove_stale_temps can tell a dead writer's debris); cheaper than fsops.temp_path per link."""
-    return os.path.join(os.path.dirname(link), b"%s%x." % (_TEMP_TAG, next(_temp_counter)))
-
-
 def _replace_link(target: bytes, link: bytes) -> None:
     """A new symlink under a temporary name renamed over `link` (readers see old or new)."""
-    tmp = _temp_link_name(link)
+    tmp = b"%s/%s%x." % (link.rpartition(b"/")[0], _TEMP_TAG, next(_temp_counter))
     os.symlink(target, tmp)
     try:
         os.replace(tmp, link)
@@ -113,8 +132,24 @@ def _replace_link(target: bytes, link: bytes) -> None:
         raise
 
 
-def _parent(path: bytes) -> bytes:
-    return os.path.dirname(path) or b"."
+class _Background:
+    """A call running in a thread (syncfs releases the GIL); `result()` waits and re-raises."""
+
+    def __init__(self, call: Callable[[], None]):
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(call,), name="omero-mv-sync")
+        self._thread.start()
+
+    def _run(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except BaseException as exc:   # handed to the waiting thread
+            self._error = exc
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 class Executor:
@@ -133,26 +168,40 @@ class Executor:
         # sources a link still points at (its retarget was skipped): never removed
         self._kept = {s.other for s in self.steps
                       if s.kind == "retarget" and s.state == "skipped" and s.other}
+        self._actions = {kind: getattr(self, "_" + kind) for kind in PHASES}
+        self._final_sync: Optional[_Background] = None
 
     def run(self) -> None:
+        """Run the pending steps. The filesystems a phase changed are synced before the next
+        phase starts; the last phase's sync starts when the steps are done and runs in the
+        background (the verification pass reads meanwhile): `durable()` waits for it."""
+        recorder, on_step = self._recorder, self._on_step
         phase = None
         try:
             for step in self.steps:
                 if step.state != "pending":
                     continue
-                if step.phase != phase:
-                    self._recorder.flush()
-                    phase = step.phase
-                changed = self._run_step(step)
-                self._recorder.add(step, changed)
-                if self._on_step is not None:
-                    self._on_step(step)
+                if PHASES[step.kind] != phase:
+                    recorder.sync()
+                    recorder.flush()
+                    phase = PHASES[step.kind]
+                self._run_step(step)
+                recorder.add(step)
+                if on_step is not None:
+                    on_step(step)
+            self._final_sync = _Background(recorder.sync)
         finally:
-            self._recorder.flush()
+            recorder.flush()
 
-    def _run_step(self, step: Step) -> Optional[bytes]:
+    def durable(self) -> None:
+        """Return once the changes of a completed `run()` are on disk."""
+        if self._final_sync is None:
+            raise RuntimeError("run() did not complete")
+        self._final_sync.result()
+
+    def _run_step(self, step: Step) -> None:
         try:
-            return getattr(self, "_" + step.kind)(step)
+            self._actions[step.kind](step)
         except fsops.NoSpace as exc:
             raise MvError(EXIT_NO_SPACE, f"{exc.strerror}") from exc
         except PermissionError as exc:
@@ -181,7 +230,7 @@ class Executor:
         step.note = note
 
     # --- phase 0-2: build the destination
-    def _mkdir(self, step: Step) -> bytes:
+    def _mkdir(self, step: Step) -> None:
         try:
             os.mkdir(step.path, 0o700 | (step.mode or 0o755))
         except FileExistsError:
@@ -189,29 +238,28 @@ class Executor:
                 raise MvError(EXIT_INTERRUPTED, f"{show(step.path)} appeared meanwhile and is "
                               "not a directory; remove it and rerun") from None
         self._done(step)
-        return _parent(step.path)
 
-    def _place(self, step: Step) -> bytes:
+    def _place(self, step: Step) -> None:
         dst, src = step.path, step.other
         if os.path.lexists(dst):
             have = os.lstat(dst)
             try:
                 if os.path.samestat(have, os.stat(src)):
                     self._done(step, "hard")
-                    return _parent(dst)
+                    return
             except FileNotFoundError:
                 pass
             # a copy is renamed to its final name only once verified (fsops.copy_verified)
             if stat.S_ISREG(have.st_mode) and have.st_size == step.size:
                 self._done(step, "copy")
-                return _parent(dst)
+                return
             raise MvError(EXIT_INTERRUPTED, f"{show(dst)} exists and is not the file being "
                           f"moved from {show(src)}; remove it and rerun")
         if self.same_fs:
             try:
                 os.link(src, dst)
                 self._done(step, "hard")
-                return _parent(dst)
+                return
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
                     raise
@@ -221,13 +269,11 @@ class Executor:
                             expected_size=step.size, progress=self._copied)
         step.hasher, step.hash = hasher, expected
         self._done(step, "copy")
-        return _parent(dst)
 
-    def _place_link(self, step: Step) -> bytes:
+    def _place_link(self, step: Step) -> None:
         if not (os.path.islink(step.path) and os.readlink(step.path) == step.new):
             _replace_link(step.new, step.path)
         self._done(step)
-        return _parent(step.path)
 
     def _dirmeta(self, step: Step) -> None:
         if os.geteuid() == 0 and step.uid is not None:
@@ -236,60 +282,57 @@ class Executor:
         if step.mtime_ns:
             os.utime(step.path, ns=(step.mtime_ns, step.mtime_ns), follow_symlinks=False)
         self._done(step)
-        return None
 
     # --- phase 3: links
-    def _retarget(self, step: Step) -> Optional[bytes]:
+    def _retarget(self, step: Step) -> None:
         try:
             current = os.readlink(step.path)
         except FileNotFoundError:
             self._skip(step, "the link was removed meanwhile")
-            return None
+            return
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             self._skip(step, "no longer a symlink")
-            return None
+            return
         if current == step.new:
             self._done(step)
-            return None
+            return
         if current != step.old:
             self._skip(step, f"changed meanwhile (now -> {show(current)}); left alone")
             self._kept.add(step.other)
-            return None
+            return
         _replace_link(step.new, step.path)
         self._done(step)
-        return _parent(step.path)
 
-    def _swap(self, step: Step) -> Optional[bytes]:
+    def _swap(self, step: Step) -> None:
         if os.path.islink(step.path):
             if os.readlink(step.path) == step.new:
                 self._done(step)
             else:
                 self._skip(step, "became a link elsewhere meanwhile; left alone")
-            return None
+            return
         if not os.path.lexists(step.path):
             self._skip(step, "the file was removed meanwhile")
-            return None
+            return
         copy = os.stat(step.new)
         if not (os.path.samestat(copy, os.lstat(step.path)) or copy.st_size == step.size):
             raise MvError(EXIT_INTERRUPTED, f"the offloaded copy {show(step.new)} does not match "
                           f"{show(step.path)}; the repository file was kept")
         _replace_link(step.new, step.path)
         self._done(step)
-        return _parent(step.path)
 
-    def _materialize(self, step: Step) -> Optional[bytes]:
+    def _materialize(self, step: Step) -> None:
         if not os.path.islink(step.path):
             have = os.lstat(step.path)
             if stat.S_ISREG(have.st_mode) and have.st_size == step.size:
                 self._done(step)
-                return None
+                return
             raise MvError(EXIT_INTERRUPTED, f"{show(step.path)} is neither the link nor the "
                           "file it should become; left alone")
         if os.readlink(step.path) != step.old:
             self._skip(step, "changed meanwhile; left alone")
-            return None
+            return
         try:
             fsops.hard_link(step.other, step.path)
             self._done(step, "hard")
@@ -300,22 +343,20 @@ class Executor:
                                 expected_size=step.size, progress=self._copied)
             step.hasher, step.hash = hasher, expected
             self._done(step, "copy")
-        return None
 
     # --- phase 4-5: remove the sources
-    def _unlink(self, step: Step) -> Optional[bytes]:
+    def _unlink(self, step: Step) -> None:
         if not os.path.lexists(step.path):
             self._done(step)
-            return None
+            return
         if step.path in self._kept:
             self._skip(step, "a repository link still points here; kept")
-            return None
+            return
         if not self._copy_in_place(step):
             raise MvError(EXIT_INTERRUPTED, f"the copy {show(step.other)} of {show(step.path)} "
                           "is missing or differs; the source was kept")
         os.unlink(step.path)
         self._done(step)
-        return _parent(step.path)
 
     @staticmethod
     def _copy_in_place(step: Step) -> bool:
@@ -327,7 +368,7 @@ class Executor:
             return stat.S_ISLNK(copy.st_mode)
         return stat.S_ISREG(copy.st_mode) and copy.st_size == step.size
 
-    def _rmdir(self, step: Step) -> Optional[bytes]:
+    def _rmdir(self, step: Step) -> None:
         try:
             os.rmdir(step.path)
         except FileNotFoundError:
@@ -336,9 +377,8 @@ class Executor:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             self._skip(step, "not empty (files appeared or were kept); left in place")
-            return None
+            return
         self._done(step)
-        return _parent(step.path)
 
 
 def roll_back_copies(steps: Sequence[Step]) -> List[bytes]:
@@ -366,8 +406,9 @@ def verify(steps: Iterable[Step], checksums: bool,
     """Every link this job changed resolves to a file of the recorded size (and checksum with
     `checksums` when one is recorded). Returns the failures."""
     failures = []
+    links = ("retarget", "swap", "materialize")
     for step in steps:
-        if step.kind not in ("retarget", "swap", "materialize") or step.state != "done":
+        if step.state != "done" or step.kind not in links:
             continue
         try:
             st = os.stat(step.path)

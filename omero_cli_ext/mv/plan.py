@@ -31,10 +31,11 @@ DEFAULT_HASHER = "SHA1-160"
 SPACE_MARGIN = 1 << 20
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """One idempotent change. `path` is what it changes; `other` the file it depends on (the
-    source of a copy, the copy a source may be removed after, the file a link resolved to)."""
+    source of a copy, the copy a source may be removed after, the file a link resolved to).
+    Slots: a plan holds one per link, hundreds of thousands of them."""
     kind: str
     path: bytes
     other: Optional[bytes] = None
@@ -68,6 +69,7 @@ class FileFacts:
 
 
 FactsLookup = Callable[[Sequence[bytes]], Mapping[bytes, FileFacts]]
+NO_FACTS = FileFacts()
 
 
 def no_facts(paths: Sequence[bytes]) -> Mapping[bytes, FileFacts]:
@@ -211,6 +213,7 @@ class Scope:
 
     def __init__(self, src: bytes, nodes: Optional[Sequence[Node]] = None):
         self.src = src
+        self._src_slash = src.rstrip(b"/") + b"/"
         self._dir_rel: Dict[Tuple[int, int], bytes] = {}
         self._src_spot: Optional[Tuple[int, int, bytes]] = None
         self._src_canon = canonical(src)
@@ -227,6 +230,8 @@ class Scope:
 
     def match(self, link: bytes, target: bytes) -> Optional[bytes]:
         """The path below SRC that `link` (storing `target`) points at, or None."""
+        if target.startswith(self._src_slash) and is_normal_absolute(target):
+            return target[len(self._src_slash):]   # the common case, without normpath
         absolute = os.path.normpath(os.path.join(os.path.dirname(link), target))
         if is_under(absolute, self.src):
             return below(absolute, self.src)
@@ -262,6 +267,13 @@ class Scope:
         return found
 
 
+def is_normal_absolute(path: bytes) -> bool:
+    """True when os.path.normpath would return the absolute `path` unchanged (a cheap test
+    that lets most link targets skip normpath)."""
+    return (path[:1] == b"/" and b"//" not in path and b"/./" not in path
+            and b"/../" not in path and not path.endswith((b"/", b"/.", b"/..")))
+
+
 def new_target(old_target: bytes, link: bytes, new_absolute: bytes) -> bytes:
     """What `link` should store to reach `new_absolute`: absolute stays absolute (in the user's
     spelling of DST), relative stays relative (computed between resolved directories, as the
@@ -289,9 +301,9 @@ def plan_for(request: Request, facts_for: FactsLookup = no_facts) -> Plan:
     planner = {"move": plan_move, "links-only": plan_links_only, "offload": plan_offload,
                "inline": plan_inline, "repair": plan_repair}[request.mode]
     plan = planner(request, facts_for)
-    for seq, step in enumerate(sorted(plan.steps, key=lambda s: s.phase)):
+    plan.steps.sort(key=lambda s: PHASES[s.kind])   # stable: the planner's order within a phase
+    for seq, step in enumerate(plan.steps):
         step.seq = seq
-    plan.steps.sort(key=lambda s: s.seq)
     return plan
 
 
@@ -313,7 +325,7 @@ def _tree_steps(nodes: Sequence[Node], src: bytes, dst: bytes, same_fs: bool,
         if node.kind == "dir":
             steps.append(Step("mkdir", target, mode=node.mode))
         elif node.kind == "file":
-            facts = facts_by_rel.get(node.rel, FileFacts())
+            facts = facts_by_rel.get(node.rel, NO_FACTS)
             steps.append(Step("place", target, other=source, size=node.size, mode=node.mode,
                               uid=node.uid, gid=node.gid, mtime_ns=node.mtime_ns,
                               hasher=facts.hasher if facts.hash else None, hash=facts.hash,
@@ -363,17 +375,22 @@ def plan_move(request: Request, facts_for: FactsLookup) -> Plan:
     retargets, dangling = [], []
     for link, target, rel in matched:
         node = by_rel.get(rel)
-        st, err = _stat_target(link)
-        if err == errno.ELOOP:
-            raise _loop_error(link, target)
-        if node is None or st is None:
-            dangling.append(link)
-            continue
+        if node is not None and node.kind != "link" and is_under(target, src) \
+                and is_normal_absolute(target):
+            size = node.size   # the kernel resolves this target to the node walk_tree stat'ed
+        else:
+            st, err = _stat_target(link)
+            if err == errno.ELOOP:
+                raise _loop_error(link, target)
+            if node is None or st is None:
+                dangling.append(link)
+                continue
+            size = st.st_size
         new_abs = os.path.join(dst, rel) if rel else dst
-        fact = facts.get(link, FileFacts())
+        fact = facts.get(link, NO_FACTS)
         step = Step("retarget", link, other=os.path.join(src, rel) if rel else src,
                     old=target, new=new_target(target, link, new_abs),
-                    size=st.st_size if node.kind == "file" else None,
+                    size=size if node.kind == "file" else None,
                     hasher=fact.hasher if fact.hash else None, hash=fact.hash,
                     fileset=fact.fileset)
         if node.kind == "file":
@@ -422,21 +439,23 @@ def plan_links_only(request: Request, facts_for: FactsLookup) -> Plan:
             matched.append((link, target, rel))
     facts = facts_for([link for link, _, _ in matched])
     steps, missing = [], []
+    new_slash = new.rstrip(b"/") + b"/"
     for link, target, rel in matched:
-        new_abs = os.path.join(new, rel) if rel else new
+        new_abs = new_slash + rel if rel else new
         try:
-            st = os.stat(new_abs)
+            size = os.stat(new_abs).st_size
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise _loop_error(link, target) from None
             missing.append(link)
             continue
-        fact = facts.get(link, FileFacts())
-        step = Step("retarget", link, other=None, old=target,
-                    new=new_target(target, link, new_abs), size=st.st_size,
+        fact = facts.get(link, NO_FACTS)
+        step = Step("retarget", link, None, target,
+                    new_abs if target[:1] == b"/" else new_target(target, link, new_abs), size,
                     hasher=fact.hasher if fact.hash else None, hash=fact.hash,
                     fileset=fact.fileset)
-        _hash_before(step, new_abs, request)
+        if request.checksums:
+            _hash_before(step, new_abs, request)
         steps.append(step)
     if not steps and not missing:
         raise MvError(EXIT_NO_LINKS, f"no repository link points into {show(old)}; nothing "
@@ -491,7 +510,7 @@ def plan_offload(request: Request, facts_for: FactsLookup) -> Plan:
         elif node.kind == "link":
             skipped += 1
         else:
-            fact = facts.get(path, FileFacts())
+            fact = facts.get(path, NO_FACTS)
             place = Step("place", target, other=path, size=node.size, mode=node.mode,
                          uid=node.uid, gid=node.gid, mtime_ns=node.mtime_ns,
                          hasher=fact.hasher if fact.hash else None, hash=fact.hash,
@@ -542,7 +561,7 @@ def plan_inline(request: Request, facts_for: FactsLookup) -> Plan:
         resolved = os.path.realpath(link)
         if st.st_dev != os.lstat(os.path.dirname(link)).st_dev:
             same_fs = False
-        fact = facts.get(link, FileFacts())
+        fact = facts.get(link, NO_FACTS)
         step = Step("materialize", link, other=resolved, old=target, size=st.st_size,
                     hasher=fact.hasher if fact.hash else None, hash=fact.hash,
                     fileset=fact.fileset)
@@ -579,7 +598,7 @@ def plan_repair(request: Request, facts_for: FactsLookup) -> Plan:
     index = _name_index(request.search, {os.path.basename(t) for _, t in dangling})
     facts = facts_for([link for link, _ in dangling])
     for link, target in dangling:
-        fact = facts.get(link, FileFacts())
+        fact = facts.get(link, NO_FACTS)
         candidates = index.get(os.path.basename(target), [])
         if fact.size is not None:
             candidates = [c for c in candidates if c[1] == fact.size]

@@ -1,8 +1,13 @@
 """The `omero mv` tables in a journal (omero_cli_ext.journal): one row per job, one per step.
 
-The plan is written in one transaction before the first change; each step's outcome is written
-after it, in batches. A job is "running" until it ends "done", "failed" (rolled back, nothing
-changed) or "abandoned"; at most one unfinished job per repository.
+The plan is written in one transaction before the first change. Outcomes follow in batches:
+the job's `done_through` says that every step up to that number finished, and only steps that
+did not simply end "done" (skipped, or done with a note such as how a file was placed) get their
+row updated, so a batch of 5000 plain link changes writes one small row, not 5000. Outcomes are
+marks that save work on resume, not proof of durability (see mv.execute).
+
+A job is "running" until it ends "done", "failed" (rolled back, nothing changed) or
+"abandoned"; at most one unfinished job per repository.
 """
 from __future__ import annotations
 
@@ -15,20 +20,26 @@ from omero_cli_ext.journal import Journal
 from omero_cli_ext.mv.plan import Plan, Step
 
 COMPONENT = "mv"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = (
     "CREATE TABLE mv_job (id INTEGER PRIMARY KEY AUTOINCREMENT, repo TEXT NOT NULL, "
     "job_key TEXT NOT NULL, command TEXT NOT NULL, mode TEXT NOT NULL, same_fs INTEGER NOT NULL, "
-    "state TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL, summary TEXT)",
+    "state TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL, summary TEXT, "
+    "done_through INTEGER NOT NULL DEFAULT -1)",
     "CREATE INDEX mv_job_repo_state ON mv_job (repo, state)",
     "CREATE TABLE mv_step (job INTEGER NOT NULL REFERENCES mv_job (id), seq INTEGER NOT NULL, "
     "kind TEXT NOT NULL, path BLOB NOT NULL, other BLOB, old BLOB, new BLOB, size INTEGER, "
     "mode INTEGER, uid INTEGER, gid INTEGER, mtime_ns INTEGER, hasher TEXT, hash TEXT, "
     "fileset INTEGER, state TEXT NOT NULL, note TEXT, PRIMARY KEY (job, seq))",
 )
+# version 1 recorded every outcome in its row; its rows stay valid with done_through -1
+UPGRADES = {1: ["ALTER TABLE mv_job ADD COLUMN done_through INTEGER NOT NULL DEFAULT -1"]}
 UNFINISHED = "running"
-_STEP_COLUMNS = ("seq", "kind", "path", "other", "old", "new", "size", "mode", "uid", "gid",
-                 "mtime_ns", "hasher", "hash", "fileset", "state", "note")
+# in the order of Step's fields, so that a row is Step(*row)
+_STEP_COLUMNS = ("kind", "path", "other", "old", "new", "size", "mode", "uid", "gid",
+                 "mtime_ns", "hasher", "hash", "fileset", "state", "note", "seq")
+# what a link step of a plan usually carries (the other columns are NULL): fewer bound values
+_LINK_COLUMNS = ("kind", "path", "other", "old", "new", "size", "state", "seq")
 
 
 @dataclass(frozen=True)
@@ -43,14 +54,15 @@ class Job:
     created: str
 
 
-def _blob(value: Optional[bytes]):
-    return None if value is None else bytes(value)
+def _bytes(value) -> Optional[bytes]:
+    """A BLOB/BYTEA value as bytes (PostgreSQL gives memoryview)."""
+    return value if value is None or type(value) is bytes else bytes(value)
 
 
 class JobStore:
     def __init__(self, journal: Journal):
         self.journal = journal
-        journal.ensure_schema(COMPONENT, SCHEMA_VERSION, SCHEMA)
+        journal.ensure_schema(COMPONENT, SCHEMA_VERSION, SCHEMA, UPGRADES)
 
     def unfinished(self, repo: str) -> Optional[Job]:
         row = self.journal.query_one(
@@ -60,7 +72,8 @@ class JobStore:
                                              bool(row[5]), row[6], row[7])
 
     def create(self, repo: str, command: str, plan: Plan) -> Job:
-        """Record the job and its whole plan in one transaction."""
+        """Record the job and its whole plan in one transaction (steps without metadata, such
+        as most link changes, through a shorter statement)."""
         now = self.journal.now()
         key = plan.request.key()
         with self.journal.transaction():
@@ -69,36 +82,60 @@ class JobStore:
                 "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (repo, key, command, plan.request.mode, int(plan.same_fs), UNFINISHED, now, now))
             job_id = row[0]
-            marks = ", ".join("?" * (len(_STEP_COLUMNS) + 1))
-            self.journal.executemany(
-                f"INSERT INTO mv_step (job, {', '.join(_STEP_COLUMNS)}) VALUES ({marks})",
-                [(job_id, s.seq, s.kind, _blob(s.path), _blob(s.other), _blob(s.old),
-                  _blob(s.new), s.size, s.mode, s.uid, s.gid, s.mtime_ns, s.hasher, s.hash,
-                  s.fileset, s.state, s.note) for s in plan.steps])
+            plain, full = [], []
+            for s in plan.steps:
+                if s.mode is None and s.uid is None and s.gid is None and s.mtime_ns is None \
+                        and s.hasher is None and s.hash is None and s.fileset is None \
+                        and s.note is None:
+                    plain.append((job_id, s.kind, s.path, s.other, s.old, s.new, s.size, s.state,
+                                  s.seq))
+                else:
+                    full.append((job_id, s.kind, s.path, s.other, s.old, s.new, s.size, s.mode,
+                                 s.uid, s.gid, s.mtime_ns, s.hasher, s.hash, s.fileset, s.state,
+                                 s.note, s.seq))
+            for columns, rows in ((_LINK_COLUMNS, plain), (_STEP_COLUMNS, full)):
+                marks = ", ".join("?" * (len(columns) + 1))
+                self.journal.executemany(
+                    f"INSERT INTO mv_step (job, {', '.join(columns)}) VALUES ({marks})", rows)
         return Job(job_id, repo, key, command, plan.request.mode, plan.same_fs, UNFINISHED, now)
 
     def steps(self, job_id: int) -> List[Step]:
+        """The job's steps with their outcomes (a pending row up to done_through is done)."""
+        through = self._done_through(job_id)
         rows = self.journal.query(
             f"SELECT {', '.join(_STEP_COLUMNS)} FROM mv_step WHERE job = ? ORDER BY seq",
             (job_id,))
-        steps = []
-        for row in rows:
-            values = dict(zip(_STEP_COLUMNS, row))
-            for name in ("path", "other", "old", "new"):
-                if values[name] is not None:
-                    values[name] = bytes(values[name])
-            steps.append(Step(**values))
+        steps = [Step(row[0], _bytes(row[1]), _bytes(row[2]), _bytes(row[3]), _bytes(row[4]),
+                      *row[5:]) for row in rows]
+        for step in steps:
+            if step.state == "pending" and step.seq <= through:
+                step.state = "done"
         return steps
 
+    def _done_through(self, job_id: int) -> int:
+        return self.journal.query_one("SELECT done_through FROM mv_job WHERE id = ?",
+                                      (job_id,))[0]
+
     def record(self, job_id: int, steps: Sequence[Step]) -> None:
-        """Outcomes of finished steps (one transaction)."""
+        """Outcomes of finished steps, given in step order (one transaction): done_through
+        moves to the last one; rows are written for the steps that did not simply end done,
+        and for steps recorded before (a resumed job runs some again, and their rows may hold
+        an earlier outcome)."""
+        if not steps:
+            return
         with self.journal.transaction():
-            self.journal.executemany(
-                "UPDATE mv_step SET state = ?, note = ?, hasher = ?, hash = ? "
-                "WHERE job = ? AND seq = ?",
-                [(s.state, s.note, s.hasher, s.hash, job_id, s.seq) for s in steps])
-            self.journal.execute("UPDATE mv_job SET updated = ? WHERE id = ?",
-                                 (self.journal.now(), job_id))
+            recorded = self._done_through(job_id)
+            rows = [(s.state, s.note, s.hasher, s.hash, job_id, s.seq) for s in steps
+                    if s.state != "done" or s.note is not None or s.seq <= recorded]
+            if rows:
+                self.journal.executemany(
+                    "UPDATE mv_step SET state = ?, note = ?, hasher = ?, hash = ? "
+                    "WHERE job = ? AND seq = ?", rows)
+            last = steps[-1].seq
+            self.journal.execute(
+                "UPDATE mv_job SET updated = ?, done_through = CASE WHEN done_through < ? "
+                "THEN ? ELSE done_through END WHERE id = ?",
+                (self.journal.now(), last, last, job_id))
 
     def finish(self, job_id: int, state: str, summary: dict) -> None:
         self.journal.execute("UPDATE mv_job SET state = ?, updated = ?, summary = ? WHERE id = ?",
