@@ -218,7 +218,7 @@ def test_unreadable_path(world):
 def import_as_nobody(sim, tmp_path, *paths):
     import subprocess
     import sys
-    from conftest import require_unprivileged_python
+    from unprivileged import require_unprivileged_python
     require_unprivileged_python()
     for directory in tmp_path.parents:
         if str(directory) != "/":

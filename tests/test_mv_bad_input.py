@@ -6,8 +6,8 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 
+from unprivileged import require_unprivileged_python
 from mv_helpers import World, snapshot, tmpfs, world  # noqa: F401
 from omero_cli_ext.journal import open_journal
 from omero_cli_ext.mv import errors
@@ -111,8 +111,7 @@ def test_destination_full_during_copy_removes_partial_copies(tmp_path, monkeypat
 
 def test_permission_denied_on_a_repository_directory():
     """Run as `nobody` (setpriv): a repository directory it cannot read stops the scan."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the command as an unprivileged user")
+    require_unprivileged_python()
     import tempfile
     base = tempfile.mkdtemp(prefix="mv-perm-", dir="/tmp")
     try:
