@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-
 from unprivileged import require_unprivileged_python
 from mv_helpers import World, snapshot, tmpfs, world  # noqa: F401
 from omero_cli_ext.journal import open_journal

@@ -11,7 +11,7 @@ import shlex
 import time
 
 from omero_cli_ext import server
-from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER, output_for
+from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER, output_for, server_errors
 from omero_cli_ext.journal import JournalError, JournalLocked, open_journal
 from omero_cli_ext.mv import engine
 from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL, EXIT_NO_SPACE,
@@ -286,19 +286,14 @@ class _Run:
                 self.die(EXIT_USAGE, "--render-check needs omero-cli-render "
                          "(pip install omero-cli-render); nothing was changed")
             try:
-                self.run_in_repo(mode, repo)
+                with server_errors(self.ctx):
+                    self.run_in_repo(mode, repo)
             except MvError as err:
                 self.die(err.code, str(err))
             except JournalLocked as err:
                 self.die(EXIT_BUSY, f"another omero mv is running on {show(repo)}: {err}")
             except JournalError as err:
                 self.die(EXIT_JOURNAL, str(err))
-            except server.PermissionDenied as err:
-                self.die(EXIT_PERMISSION, f"permission denied: {err}")
-            except server.NotFound as err:
-                self.die(EXIT_NOT_FOUND, f"not found: {err}")
-            except server.ServerError as err:
-                self.die(EXIT_SERVER, f"server error: {err}")
         finally:
             if self.port is not None:
                 self.port.close()
