@@ -246,6 +246,16 @@ def _ids_params(ids: Sequence[int]) -> ParametersI:
     return ParametersI().addIds([int(i) for i in ids])
 
 
+def _ids_by_type(refs: Sequence[tuple], known, refusal) -> dict:
+    """Group ("Type", id) refs by type, refusing (before any query) a type with no query."""
+    by_type: dict[str, set] = {}
+    for kind, obj_id in refs:
+        if kind not in known:
+            raise ServerError(refusal(kind))
+        by_type.setdefault(kind, set()).add(int(obj_id))
+    return by_type
+
+
 def _pages(ids: Iterable[int]) -> Iterable[list]:
     return batched(sorted({int(i) for i in ids}), PAGE_SIZE)
 
@@ -391,12 +401,8 @@ class OmeroPort:
         return found
 
     def filesets_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
-        by_type: dict[str, set] = {}
-        for kind, obj_id in refs:
-            if kind not in HQL_FILESETS_OF:
-                raise ServerError(f"cannot reach filesets from {kind} (use one of "
-                                  f"{', '.join(server.CONTAINER_TYPES)})")
-            by_type.setdefault(kind, set()).add(int(obj_id))
+        by_type = _ids_by_type(refs, HQL_FILESETS_OF, lambda kind: (
+            f"cannot reach filesets from {kind} (use one of {', '.join(server.CONTAINER_TYPES)})"))
         reached: dict[tuple, set] = {}
         for kind, ids in by_type.items():
             for page in _pages(ids):
@@ -565,12 +571,8 @@ class OmeroPort:
                     client.getSessionId())
 
     def can_link(self, refs: Sequence[tuple]) -> Mapping[tuple, bool]:
-        by_type: dict[str, set] = {}
-        for kind, obj_id in refs:
-            if kind not in HQL_LINK_TARGETS:
-                raise ServerError(f"cannot link into a {kind} (use one of "
-                                  f"{', '.join(HQL_LINK_TARGETS)})")
-            by_type.setdefault(kind, set()).add(int(obj_id))
+        by_type = _ids_by_type(refs, HQL_LINK_TARGETS, lambda kind: (
+            f"cannot link into a {kind} (use one of {', '.join(HQL_LINK_TARGETS)})"))
         found = {}
         for kind, ids in by_type.items():
             for page in _pages(ids):

@@ -11,6 +11,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 from omero_cli_ext.fsops import is_temp_name
 from omero_cli_ext.mv.errors import EXIT_REPO_PERMISSION, EXIT_SRC_MISSING, MvError
+from omero_cli_ext.output import printable
 
 
 def fs_path(path) -> bytes:
@@ -131,9 +132,5 @@ def _node(rel: bytes, st: os.stat_result, path: bytes) -> Node:
                 st.st_mtime_ns, st.st_dev, st.st_ino, target)
 
 
-def show(path) -> str:
-    """A path for a message: undecodable bytes and control characters (newlines) escaped."""
-    if isinstance(path, bytes):
-        path = path.decode("utf-8", "backslashreplace")
-    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+# A path for a message: undecodable bytes and control characters (newlines) escaped.
+show = printable
