@@ -24,6 +24,18 @@ def add_dry_run_argument(parser) -> None:
                         help="show what would be done and change nothing")
 
 
+def positive_int(text):
+    # the omero CLI parses with its own argparse copy (omero_ext.argparse): raise its error type
+    from omero_ext.argparse import ArgumentTypeError
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"not a whole number: {text!r}")
+    if value <= 0:
+        raise ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def output_for(args) -> Output:
     return Output(json_mode=bool(getattr(args, "json", False)))
 

@@ -12,7 +12,8 @@ import subprocess
 import threading
 
 from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_PERMISSION, add_dry_run_argument,
-                                    add_json_argument, open_port, output_for, server_errors)
+                                    add_json_argument, open_port, output_for, positive_int,
+                                    server_errors)
 from omero_cli_ext.importing import progress, store
 from omero_cli_ext.importing.driver import Driver, Settings
 from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, chunk_filesets,
@@ -20,18 +21,6 @@ from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, chun
 from omero_cli_ext.journal import (JournalCorrupt, JournalError, JournalIntegrityError,
                                    JournalLocked, open_journal)
 from omero_cli_ext.output import printable
-
-
-def positive_int(text):
-    # the omero CLI parses with its own argparse copy (omero_ext.argparse): raise its error type
-    from omero_ext.argparse import ArgumentTypeError
-    try:
-        value = int(text)
-    except ValueError:
-        raise ArgumentTypeError(f"not a whole number: {text!r}")
-    if value <= 0:
-        raise ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def add_resume_arguments(group) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from omero.cli import BaseControl
 
-from omero_cli_ext.cli.base import add_dry_run_argument, add_json_argument
+from omero_cli_ext.cli.base import add_dry_run_argument, add_json_argument, positive_int
 
 HELP = """Move original files and retarget ManagedRepository symlinks, journaled and resumable.
 
@@ -42,6 +42,9 @@ class MvControl(BaseControl):
                             help="forget an unfinished job for this repository (files stay as they are)")
         parser.add_argument("--render-check", action="store_true",
                             help="afterwards, render one image per affected fileset (needs omero-cli-render)")
+        parser.add_argument("--workers", type=positive_int, metavar="N",
+                            help="processes that retarget and verify links in parallel (default: "
+                                 "one per core, at most 4; 1 runs everything in this process)")
         parser.add_argument("--no-server", action="store_true",
                             help="never contact the server (needs --repo)")
         add_dry_run_argument(parser)

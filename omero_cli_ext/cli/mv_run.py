@@ -3,6 +3,7 @@ the journal and its lock, the engine, and the results to rich / plain / JSON out
 from __future__ import annotations
 
 import collections
+import dataclasses
 import contextlib
 import io
 import os
@@ -18,6 +19,7 @@ from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL, 
                                      EXIT_RENDER_FAILED, EXIT_SRC_MISSING, EXIT_UNRESOLVED,
                                      EXIT_USAGE, EXIT_VERIFY_FAILED, MvError)
 from omero_cli_ext.mv.plan import FileFacts, Request, plan_for
+from omero_cli_ext.workers import default_workers
 from omero_cli_ext.mv.store import JobStore
 from omero_cli_ext.mv.tree import canonical, fs_path, is_under, show
 
@@ -121,6 +123,10 @@ class _Run:
         return repo
 
     def request(self, mode: str, repo: bytes) -> Request:
+        return dataclasses.replace(self._request(mode, repo),
+                                   workers=self.args.workers or default_workers())
+
+    def _request(self, mode: str, repo: bytes) -> Request:
         a = self.args
         checksums = a.verify == "checksum"
         if mode == "repair":
@@ -364,12 +370,14 @@ class _Run:
         pending = sum(1 for s in prepared.steps if s.state == "pending")
         failures = []
         with self.out.progress("omero mv", total=pending) as bar:
-            def on_step(step):
-                bar.advance(1)
-                self.emit_step(step)
+            def on_steps(steps):
+                bar.advance(len(steps))
+                if self.out.mode == "json":
+                    for step in steps:
+                        self.emit_step(step)
             try:
                 failures = engine.execute(store, prepared, checksums=request.checksums,
-                                          on_step=on_step)
+                                          on_steps=on_steps, workers=request.workers)
             except KeyboardInterrupt:
                 self.die(EXIT_INTERRUPTED, "interrupted; to continue, rerun: "
                          + self.command_line())

@@ -84,9 +84,10 @@ def remove_debris(steps: List[Step]) -> None:
 
 
 def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
-            on_step: Optional[Callable[[Step], None]] = None,
+            on_steps: Optional[Callable[[List[Step]], None]] = None,
             copied: Optional[Callable[[int], None]] = None,
-            verified: Optional[Callable[[int], None]] = None) -> List[dict]:
+            verified: Optional[Callable[[int], None]] = None,
+            workers: int = 1) -> List[dict]:
     """Run the pending steps, verify, and close the job; returns the verification failures.
 
     When the destination fills up before any link changed, the copies made so far are removed
@@ -98,7 +99,7 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
         remove_debris(prepared.steps)
     executor = Executor(prepared.steps, same_fs=job.same_fs,
                         record=lambda batch: store.record(job.id, batch),
-                        on_step=on_step, copied=copied)
+                        on_steps=on_steps, copied=copied, workers=workers)
     try:
         executor.run()
     except MvError as err:
@@ -109,8 +110,9 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
             raise MvError(EXIT_NO_SPACE, f"{err}. The copies made so far were removed; the "
                           "sources and links are as they were") from err
         raise
-    failures = verify(prepared.steps, checksums, verified)
-    executor.durable()   # the job is recorded complete only once its changes are on disk
+    # the job is recorded complete only once its changes are on disk: the final sync runs
+    # while the verification workers read
+    failures = verify(prepared.steps, checksums, verified, workers, meanwhile=executor.sync)
     summary = {"steps": len(prepared.steps),
                "done": sum(1 for s in prepared.steps if s.state == "done"),
                "skipped": sum(1 for s in prepared.steps if s.state == "skipped"),

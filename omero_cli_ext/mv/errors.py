@@ -27,3 +27,6 @@ class MvError(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
+
+    def __reduce__(self):   # raised in a worker process, re-raised in the command's
+        return type(self), (self.code, str(self))

@@ -16,9 +16,9 @@ import ctypes
 import errno
 import itertools
 import os
+import re
 import secrets
 import stat
-import threading
 import time
 from typing import Callable, Iterable, List, Optional, Sequence, Set
 
@@ -27,6 +27,7 @@ from omero_cli_ext.mv.errors import (EXIT_INTERRUPTED, EXIT_NO_SPACE, EXIT_REPO_
                                      MvError)
 from omero_cli_ext.mv.plan import DEFAULT_HASHER, PHASES, Step
 from omero_cli_ext.mv.tree import show
+from omero_cli_ext.workers import parallel_map
 
 BATCH_ROWS = 5000
 BATCH_SECONDS = 2.0
@@ -47,24 +48,67 @@ def sync_directories(directories: Iterable[bytes]) -> None:
     """Make the entries changed in `directories` durable: one syncfs(2) per filesystem (Linux),
     cheaper than an fsync per directory when a batch touched hundreds of them; elsewhere an
     fsync per directory."""
-    by_device = {}
-    for directory in directories:
-        try:
-            by_device.setdefault(os.stat(directory).st_dev, directory)
-        except FileNotFoundError:
-            continue
+    directories = list(directories)
     if _SYNCFS is None:
         for directory in directories:
             with contextlib.suppress(FileNotFoundError):
                 fsops.fsync_dir(directory)
         return
-    for directory in by_device.values():
+    for directory in _one_per_filesystem(directories):
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if _SYNCFS(fd) != 0:
                 fsops.fsync_dir(directory)
         finally:
             os.close(fd)
+
+
+def _one_per_filesystem(directories: List[bytes]) -> List[bytes]:
+    """A directory of each filesystem holding `directories`. They were found by walks that never
+    follow a symlink, so below their common ancestor only a mount point can lead to another
+    filesystem: without one there, that ancestor stands for all of them (no stat per directory,
+    which on a relink of 200k links is 60k+ stats)."""
+    if not directories:
+        return []
+    common = _common_directory(min(directories), max(directories))
+    if common and not _mount_points_below(os.path.realpath(common)):
+        return [common] if os.path.isdir(common) else []
+    by_device = {}
+    for directory in directories:
+        try:
+            by_device.setdefault(os.stat(directory).st_dev, directory)
+        except FileNotFoundError:
+            continue
+    return list(by_device.values())
+
+
+def _common_directory(first: bytes, last: bytes) -> bytes:
+    """A directory above every path sorting between `first` and `last`: their common prefix
+    cut at its last separator (never deeper than os.path.commonpath, sometimes one level up)."""
+    length = len(os.path.commonprefix([first, last]))
+    return first[:first.rfind(b"/", 0, length)] or b"/"
+
+
+def _mount_points_below(root: bytes) -> bool:
+    """Is anything mounted strictly below `root`? (Linux /proc/self/mountinfo; True when unknown.)"""
+    try:
+        with open("/proc/self/mountinfo", "rb") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return True
+    prefix = root.rstrip(b"/") + b"/"
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) > 4 and _unescape(fields[4]).startswith(prefix):
+            return True
+    return False
+
+
+def _unescape(field: bytes) -> bytes:
+    """mountinfo writes space, tab, newline and backslash as \\ooo octal escapes."""
+    if b"\\" not in field:
+        return field
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
 def recheck_unsynced(steps: Sequence[Step]) -> int:
@@ -91,15 +135,13 @@ class _Recorder:
         self._dirs: Set[bytes] = set()
         self._started = time.monotonic()
 
-    def add(self, step: Step) -> None:
-        steps = self._steps
-        if not steps:
+    def add(self, steps: List[Step]) -> None:
+        if not self._steps:
             self._started = time.monotonic()
-        steps.append(step)
-        if step.state == "done":
-            # the directory whose entries the step changed, now or in a killed run before
-            self._dirs.add(step.path.rpartition(b"/")[0] or b"/")
-        if len(steps) >= BATCH_ROWS or time.monotonic() - self._started >= BATCH_SECONDS:
+        self._steps.extend(steps)
+        # the directories whose entries the steps changed, now or in a killed run before
+        self._dirs.update(s.path.rpartition(b"/")[0] or b"/" for s in steps if s.state == "done")
+        if len(self._steps) >= BATCH_ROWS or time.monotonic() - self._started >= BATCH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -132,72 +174,76 @@ def _replace_link(target: bytes, link: bytes) -> None:
         raise
 
 
-class _Background:
-    """A call running in a thread (syncfs releases the GIL); `result()` waits and re-raises."""
-
-    def __init__(self, call: Callable[[], None]):
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, args=(call,), name="omero-mv-sync")
-        self._thread.start()
-
-    def _run(self, call: Callable[[], None]) -> None:
-        try:
-            call()
-        except BaseException as exc:   # handed to the waiting thread
-            self._error = exc
-
-    def result(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
 class Executor:
-    """Runs the pending steps of a plan in order. `on_step(step)` is told every outcome (for
-    --json and progress); `copied(n)` every chunk of bytes copied."""
+    """Runs the pending steps of a plan in order. `on_steps(steps)` is told every outcome, a
+    batch at a time (for --json and progress); `copied(n)` every chunk of bytes copied. A phase of retargets (one
+    step per link, the bulk of a big job) runs in `workers` processes (omero_cli_ext.workers):
+    each step re-checks the link it changes, so the order within a phase does not matter."""
+
+    PARALLEL_KINDS = frozenset({"retarget"})
 
     def __init__(self, steps: Sequence[Step], *, same_fs: bool,
                  record: Callable[[List[Step]], None],
-                 on_step: Optional[Callable[[Step], None]] = None,
-                 copied: Optional[Callable[[int], None]] = None):
+                 on_steps: Optional[Callable[[List[Step]], None]] = None,
+                 copied: Optional[Callable[[int], None]] = None,
+                 workers: int = 1):
         self.steps = list(steps)
         self.same_fs = same_fs
+        self.workers = workers
         self._recorder = _Recorder(record)
-        self._on_step = on_step
+        self._on_steps = on_steps
         self._copied = copied
-        # sources a link still points at (its retarget was skipped): never removed
-        self._kept = {s.other for s in self.steps
-                      if s.kind == "retarget" and s.state == "skipped" and s.other}
+        self._kept: Set[bytes] = set()
         self._actions = {kind: getattr(self, "_" + kind) for kind in PHASES}
-        self._final_sync: Optional[_Background] = None
 
     def run(self) -> None:
-        """Run the pending steps. The filesystems a phase changed are synced before the next
-        phase starts; the last phase's sync starts when the steps are done and runs in the
-        background (the verification pass reads meanwhile): `durable()` waits for it."""
-        recorder, on_step = self._recorder, self._on_step
-        phase = None
+        """Run the pending steps, phase by phase. The filesystems a phase changed are synced
+        before the next phase starts; the last phase's changes are made durable by `sync()`
+        (the caller may verify meanwhile)."""
+        recorder = self._recorder
+        pending = [s for s in self.steps if s.state == "pending"]
         try:
-            for step in self.steps:
-                if step.state != "pending":
-                    continue
-                if PHASES[step.kind] != phase:
-                    recorder.sync()
-                    recorder.flush()
-                    phase = PHASES[step.kind]
-                self._run_step(step)
-                recorder.add(step)
-                if on_step is not None:
-                    on_step(step)
-            self._final_sync = _Background(recorder.sync)
+            for phase, group in itertools.groupby(pending, key=lambda s: PHASES[s.kind]):
+                recorder.sync()
+                recorder.flush()
+                steps = list(group)
+                if phase == PHASES["unlink"]:
+                    self._kept = self._linked_sources()
+                if self.workers > 1 and all(s.kind in self.PARALLEL_KINDS for s in steps):
+                    self._run_parallel(steps)
+                else:
+                    for step in steps:
+                        self._run_step(step)
+                        self._finished([step])
         finally:
             recorder.flush()
 
-    def durable(self) -> None:
-        """Return once the changes of a completed `run()` are on disk."""
-        if self._final_sync is None:
-            raise RuntimeError("run() did not complete")
-        self._final_sync.result()
+    def sync(self) -> None:
+        """Make the changes of `run()` durable (syncfs of the filesystems the last phase touched)."""
+        self._recorder.sync()
+
+    def _linked_sources(self) -> Set[bytes]:
+        """Sources a link may still point at (its retarget was skipped): never removed."""
+        return {s.other for s in self.steps
+                if s.kind == "retarget" and s.state == "skipped" and s.other}
+
+    def _finished(self, steps: List[Step]) -> None:
+        self._recorder.add(steps)
+        if self._on_steps is not None:
+            self._on_steps(steps)
+
+    def _run_parallel(self, steps: List[Step]) -> None:
+        """The steps in worker processes; their outcomes come back and are recorded here."""
+        def outcome(step: Step) -> tuple:
+            self._run_step(step)
+            return step.state, step.note
+
+        # in step order: the journal's "done through step N" must hold for what is recorded
+        for start, outcomes in parallel_map(outcome, steps, self.workers).in_order():
+            finished = steps[start:start + len(outcomes)]
+            for step, (state, note) in zip(finished, outcomes):
+                step.state, step.note = state, note
+            self._finished(finished)
 
     def _run_step(self, step: Step) -> None:
         try:
@@ -300,7 +346,6 @@ class Executor:
             return
         if current != step.old:
             self._skip(step, f"changed meanwhile (now -> {show(current)}); left alone")
-            self._kept.add(step.other)
             return
         _replace_link(step.new, step.path)
         self._done(step)
@@ -402,27 +447,32 @@ def roll_back_copies(steps: Sequence[Step]) -> List[bytes]:
 
 
 def verify(steps: Iterable[Step], checksums: bool,
-           progress: Optional[Callable[[int], None]] = None) -> List[dict]:
+           progress: Optional[Callable[[int], None]] = None, workers: int = 1,
+           meanwhile: Optional[Callable[[], None]] = None) -> List[dict]:
     """Every link this job changed resolves to a file of the recorded size (and checksum with
-    `checksums` when one is recorded). Returns the failures."""
-    failures = []
-    links = ("retarget", "swap", "materialize")
-    for step in steps:
-        if step.state != "done" or step.kind not in links:
-            continue
-        try:
-            st = os.stat(step.path)
-        except OSError as exc:
-            failures.append({"link": step.path, "problem": f"does not resolve ({exc.strerror})"})
-            continue
-        if step.size is not None and st.st_size != step.size:
-            failures.append({"link": step.path, "problem": f"{st.st_size} bytes, expected "
-                             f"{step.size}"})
-        elif checksums and step.hash and step.hasher:
-            got = fsops.checksum(step.path, step.hasher)
-            if got != step.hash.lower():
-                failures.append({"link": step.path, "problem": f"{step.hasher} {got}, expected "
-                                 f"{step.hash}"})
+    `checksums` when one is recorded). Returns the failures. The links are checked in `workers`
+    processes; `meanwhile()` (the final sync) runs here while they work."""
+    links = [s for s in steps if s.state == "done" and s.kind in ("retarget", "swap", "materialize")]
+    checks = parallel_map(lambda step: _check_link(step, checksums), links, workers)
+    if meanwhile is not None:
+        meanwhile()
+    chunks = []
+    for start, results in checks:
+        chunks.append((start, [r for r in results if r is not None]))
         if progress is not None:
-            progress(1)
-    return failures
+            progress(len(results))
+    return [failure for _, found in sorted(chunks, key=lambda c: c[0]) for failure in found]
+
+
+def _check_link(step: Step, checksums: bool) -> Optional[dict]:
+    try:
+        st = os.stat(step.path)
+    except OSError as exc:
+        return {"link": step.path, "problem": f"does not resolve ({exc.strerror})"}
+    if step.size is not None and st.st_size != step.size:
+        return {"link": step.path, "problem": f"{st.st_size} bytes, expected {step.size}"}
+    if checksums and step.hash and step.hasher:
+        got = fsops.checksum(step.path, step.hasher)
+        if got != step.hash.lower():
+            return {"link": step.path, "problem": f"{step.hasher} {got}, expected {step.hash}"}
+    return None

@@ -19,8 +19,9 @@ from omero_cli_ext.fsops import checksum
 from omero_cli_ext.mv.errors import (EXIT_BAD_RELATION, EXIT_DST_EXISTS, EXIT_DST_UNWRITABLE,
                                      EXIT_NO_LINKS, EXIT_NO_SPACE, EXIT_REPO_OVERLAP,
                                      EXIT_SRC_MISSING, EXIT_SYMLINK_LOOP, MvError)
-from omero_cli_ext.mv.tree import (Node, below, canonical, is_under, show, walk_links,
-                                   walk_tree)
+from omero_cli_ext.mv.tree import (Node, below, canonical, is_under, show, split_tree,
+                                   walk_links, walk_tree)
+from omero_cli_ext.workers import parallel_map
 
 # step kind -> phase; steps run in phase order, each phase finished and journaled before the next
 PHASES = {"mkdir": 0, "place": 1, "place_link": 1, "dirmeta": 2, "retarget": 3, "swap": 3,
@@ -88,6 +89,7 @@ class Request:
     checksums: bool = False          # --verify checksum
     fileset: Optional[int] = None    # offload of Fileset:ID
     fileset_files: Tuple[Tuple[bytes, bytes], ...] = ()   # (repository file, path below DST)
+    workers: int = 1                 # processes for per-link system calls (not part of the key)
 
     def key(self) -> str:
         """The job's identity: a rerun with the same key resumes it."""
@@ -267,6 +269,39 @@ class Scope:
         return found
 
 
+SUBTREES_PER_WORKER = 16   # enough pieces that workers finish at about the same time
+
+
+def matching_links(repo: bytes, scope: Scope, workers: int,
+                   examine: Optional[Callable[[bytes], object]] = None) -> List[tuple]:
+    """(link, stored target, path below SRC, examine(that path) or None) for every repository
+    link `scope` matches, in walk order. Big trees are walked, matched and examined in `workers`
+    processes, a subtree at a time; what the scope learns (loops) comes back with the results."""
+    subtrees, top = split_tree(repo, workers * SUBTREES_PER_WORKER) if workers > 1 \
+        else ([repo], [])
+
+    def matches(links) -> tuple:
+        before = len(scope.loops)
+        found = []
+        for link, target in links:
+            rel = scope.match(link, target)
+            if rel is not None:
+                found.append((link, target, rel, examine(rel) if examine else None))
+        return found, scope.loops[before:]
+
+    known = len(scope.loops)
+    pieces = [matches(top)]
+    if workers > 1 and len(subtrees) >= workers * SUBTREES_PER_WORKER:
+        pieces += parallel_map(lambda root: matches(walk_links(root)), subtrees, workers,
+                               min_items=2, chunk=1).results()
+    else:
+        pieces += [matches(walk_links(root)) for root in subtrees]
+    del scope.loops[known:]   # in this process they are there already, from a worker they are not
+    for found, loops in pieces:
+        scope.loops.extend(loops)
+    return [match for found, _ in pieces for match in found]
+
+
 def is_normal_absolute(path: bytes) -> bool:
     """True when os.path.normpath would return the absolute `path` unchanged (a cheap test
     that lets most link targets skip normpath)."""
@@ -288,6 +323,15 @@ def _stat_target(link: bytes) -> Tuple[Optional[os.stat_result], Optional[int]]:
         return os.stat(link), None
     except OSError as exc:
         return None, exc.errno
+
+
+def _size_or_errno(path: bytes) -> int:
+    """The size of the file at `path`, or minus the errno of its stat (small, cheap to send back
+    from a worker process)."""
+    try:
+        return os.stat(path).st_size
+    except OSError as exc:
+        return -(exc.errno or errno.EIO)
 
 
 def _loop_error(link: bytes, target: bytes) -> MvError:
@@ -366,14 +410,10 @@ def plan_move(request: Request, facts_for: FactsLookup) -> Plan:
     same_fs = same_filesystem(src, dst)
     scope = Scope(src, nodes)
     by_rel = {node.rel: node for node in nodes}
-    matched = []
-    for link, target in walk_links(repo):
-        rel = scope.match(link, target)
-        if rel is not None:
-            matched.append((link, target, rel))
-    facts = facts_for([link for link, _, _ in matched])
+    matched = matching_links(repo, scope, request.workers)
+    facts = facts_for([link for link, _, _, _ in matched])
     retargets, dangling = [], []
-    for link, target, rel in matched:
+    for link, target, rel, _ in matched:
         node = by_rel.get(rel)
         if node is not None and node.kind != "link" and is_under(target, src) \
                 and is_normal_absolute(target):
@@ -432,21 +472,16 @@ def plan_links_only(request: Request, facts_for: FactsLookup) -> Plan:
     if is_under(canonical(repo), canonical(old)) or is_under(repo, old):
         raise MvError(EXIT_REPO_OVERLAP, f"OLD {show(old)} is or contains the repository root")
     scope = Scope(old)
-    matched = []
-    for link, target in walk_links(repo):
-        rel = scope.match(link, target)
-        if rel is not None:
-            matched.append((link, target, rel))
-    facts = facts_for([link for link, _, _ in matched])
-    steps, missing = [], []
     new_slash = new.rstrip(b"/") + b"/"
-    for link, target, rel in matched:
+    matched = matching_links(repo, scope, request.workers,
+                             lambda rel: _size_or_errno(new_slash + rel if rel else new))
+    facts = facts_for([link for link, _, _, _ in matched])
+    steps, missing = [], []
+    for link, target, rel, size in matched:
         new_abs = new_slash + rel if rel else new
-        try:
-            size = os.stat(new_abs).st_size
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise _loop_error(link, target) from None
+        if size < 0:
+            if -size == errno.ELOOP:
+                raise _loop_error(link, target)
             missing.append(link)
             continue
         fact = facts.get(link, NO_FACTS)

@@ -64,6 +64,30 @@ def walk_links(root: bytes, on_error: Optional[Callable[[OSError], None]] = None
                     continue   # removed while we looked
 
 
+def split_tree(root: bytes, parts: int) -> Tuple[List[bytes], List[Tuple[bytes, bytes]]]:
+    """Cut the tree under `root` into at least `parts` subtrees (when it has that many
+    directories), walking its top breadth-first: (subtree roots, links met on the way). Together
+    the subtrees' walk_links and those links are walk_links(root)."""
+    pending, links = [root], []
+    while pending and len(pending) < parts:
+        directory = pending.pop(0)
+        try:
+            entries = os.scandir(directory)
+        except OSError as exc:
+            raise _unreadable(directory, exc) from None
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_symlink():
+                        if not (entry.name[:1] == b"." and is_temp_name(entry.name)):
+                            links.append((entry.path, os.readlink(entry.path)))
+                    elif entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                except FileNotFoundError:
+                    continue
+    return pending, links
+
+
 def _unreadable(directory: bytes, exc: OSError) -> MvError:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return MvError(EXIT_REPO_PERMISSION,

@@ -1,0 +1,222 @@
+"""Map a function over many items in forked worker processes, results streamed back in chunks.
+
+Why processes: the per-item work of a relink or a verification pass is a few system calls. Two
+threads of one interpreter take turns holding the GIL between those calls (measured on tmpfs,
+200k relinks: 1.35x faster with 2 threads, 1.8x with 2 processes). Forked children share the
+parent's memory copy-on-write, so items are never sent; each child deals itself every
+`workers`-th chunk, applies `func`, and writes the (small) results back through its own pipe.
+
+Safety:
+- A child runs only the interpreter and system calls: it never calls Ice, logs, prints or opens
+  the journal, so a lock held at fork time by another thread (Ice's client threads, OpenBLAS's
+  pool that numpy starts) is never waited for. CPython resets its own locks after fork, glibc
+  its malloc. Python 3.12 warns about any fork of a multi-threaded process; that warning is
+  silenced here, for this reason. For few items (or one worker) `func` runs here, in order,
+  with the same streaming interface.
+- Children die with the parent (PR_SET_PDEATHSIG), ignore Ctrl-C (the parent stops them), stop
+  after the item in hand when the parent asks (a shared flag), and leave with os._exit (no
+  atexit, no flush of the parent's buffers or database connections).
+- `func` must be idempotent per item and must not touch state the parent relies on: a
+  child's writes to memory are lost, only its returned results count.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
+import traceback
+import warnings
+from typing import Callable, Iterator, List, Sequence, Tuple
+
+CHUNK = 2000          # items per result message
+MIN_ITEMS = 4000      # fewer than this: not worth a fork
+_HEADER = struct.Struct("<Q")
+_PR_SET_PDEATHSIG = 1
+
+
+def default_workers() -> int:
+    """One worker per core, at most 4 (more rarely helps a local filesystem)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process died or raised something that could not be sent back."""
+
+
+def parallel_map(func: Callable, items: Sequence, workers: int,
+                 min_items: int = MIN_ITEMS, chunk: int = CHUNK) -> "ChunkedMap":
+    """Start mapping `func` over `items` now (children are forked at once, so the caller can do
+    other work meanwhile); iterate the result for `(start, results)` chunks in completion order.
+    An exception raised by `func` is raised by the iteration, after the other workers stopped
+    and every chunk finished before it was yielded."""
+    if workers > 1 and len(items) >= min_items and hasattr(os, "fork"):
+        return _Forked(func, items, workers, chunk)
+    return _InProcess(func, items, chunk)
+
+
+class ChunkedMap:
+    def __iter__(self) -> Iterator[Tuple[int, List]]:
+        raise NotImplementedError
+
+    def in_order(self) -> Iterator[Tuple[int, List]]:
+        """The chunks in item order, each as soon as those before it are in; after a worker
+        stopped part-way (an error, an interrupt), only the unbroken run of items from the first
+        (so that "every item up to here is finished" holds for what was yielded)."""
+        waiting: dict = {}
+        expected = 0
+        for start, results in self:
+            waiting[start] = results
+            while expected in waiting:
+                results = waiting.pop(expected)
+                yield expected, results
+                if len(results) < self.chunk and expected + len(results) < self.total:
+                    expected = -1   # a gap: nothing after it is yielded
+                    break
+                expected += len(results)
+
+    def results(self) -> List:
+        """Every result, in item order."""
+        ordered: List = []
+        for start, chunk in sorted(self, key=lambda pair: pair[0]):
+            ordered.extend(chunk)
+        return ordered
+
+
+class _InProcess(ChunkedMap):
+    def __init__(self, func: Callable, items: Sequence, chunk: int):
+        self._func, self._items, self.chunk, self.total = func, items, chunk, len(items)
+
+    def __iter__(self):
+        func, items, chunk = self._func, self._items, self.chunk
+        for start in range(0, len(items), chunk):
+            yield start, [func(item) for item in items[start:start + chunk]]
+
+
+class _Forked(ChunkedMap):
+    def __init__(self, func: Callable, items: Sequence, workers: int, chunk: int):
+        self.chunk, self.total = chunk, len(items)
+        self._stop = mmap.mmap(-1, 1)     # shared with the children: b"\1" asks them to stop
+        self._children: dict = {}         # pipe read fd -> pid
+        parent = os.getpid()
+        for index in range(workers):
+            read_fd, write_fd = os.pipe()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*multi-threaded.*fork",
+                                        category=DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:   # pragma: no cover - runs in the child, which leaves by os._exit
+                os.close(read_fd)
+                _child(func, items, index, workers, chunk, write_fd, self._stop, parent)
+            os.close(write_fd)
+            self._children[read_fd] = pid
+
+    def __iter__(self):
+        buffers = {fd: bytearray() for fd in self._children}
+        error = None
+        try:
+            while buffers:
+                ready, _, _ = select.select(list(buffers), [], [])
+                for fd in ready:
+                    data = os.read(fd, 1 << 20)
+                    if not data:
+                        del buffers[fd]
+                        continue
+                    buffer = buffers[fd]
+                    buffer += data
+                    for message in _messages(buffer):
+                        kind, payload = message
+                        if kind == "chunk":
+                            yield payload
+                        elif error is None:
+                            error = payload
+                            self._stop[0] = 1
+        finally:
+            self._stop[0] = 1
+            statuses = self._reap()
+        if error is not None:
+            raise error
+        if any(statuses):
+            raise WorkerFailed(f"a worker process ended with status {max(statuses)}")
+
+    def _reap(self) -> List[int]:
+        statuses = []
+        for fd, pid in self._children.items():
+            os.close(fd)
+            _, status = os.waitpid(pid, 0)
+            statuses.append(os.waitstatus_to_exitcode(status))
+        self._children = {}
+        return statuses
+
+
+def _messages(buffer: bytearray) -> Iterator[tuple]:
+    """Complete messages at the head of `buffer` (removed from it)."""
+    while len(buffer) >= _HEADER.size:
+        (length,) = _HEADER.unpack_from(buffer)
+        end = _HEADER.size + length
+        if len(buffer) < end:
+            return
+        message = pickle.loads(bytes(buffer[_HEADER.size:end]))
+        del buffer[:end]
+        yield message
+
+
+def _child(func, items, index: int, workers: int, chunk: int, write_fd: int, stop,
+           parent: int) -> None:
+    """A worker's whole life: its chunks, one message each, then os._exit."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent(parent)
+        with os.fdopen(write_fd, "wb") as out:
+            for start in range(index * chunk, len(items), workers * chunk):
+                results = []
+                for item in items[start:start + chunk]:
+                    if stop[0]:
+                        break
+                    try:
+                        results.append(func(item))
+                    except BaseException as exc:   # handed to the parent, which raises it
+                        _send(out, ("chunk", (start, results)))
+                        _send(out, ("error", _sendable(exc)))
+                        return
+                _send(out, ("chunk", (start, results)))
+                if stop[0]:
+                    return
+    except BaseException:   # pragma: no cover - a broken pipe: the parent is gone
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _send(out, message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    out.write(_HEADER.pack(len(data)) + data)
+    out.flush()
+
+
+def _sendable(exc: BaseException) -> BaseException:
+    """`exc` if it survives pickling, else a WorkerFailed carrying its traceback."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return WorkerFailed(f"a worker raised {type(exc).__name__}: {exc}\n{text}")
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this child when its parent dies (Linux); a `kill -9` of the
+    command must not leave workers changing files behind a rerun."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:   # the parent died before prctl took effect
+        os._exit(1)
