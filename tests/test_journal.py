@@ -398,3 +398,11 @@ def test_placeholder_translation_leaves_quoted_text_alone():
     assert translate("SELECT * FROM t WHERE a = ? AND b LIKE 'x?%' AND \"c?\" = ?") \
         == "SELECT * FROM t WHERE a = %s AND b LIKE 'x?%%' AND \"c?\" = %s"
     assert translate("SELECT 5 % 3, 'it''s ?'") == "SELECT 5 %% 3, 'it''s ?'"
+
+
+@pytest.mark.parametrize("rows", [0, 1, 99, 100, 101, 1234])
+def test_insert_rows_writes_every_row_once(journal, rows):
+    journal.ensure_schema("insert_rows_test", 1, ["CREATE TABLE t (a INTEGER PRIMARY KEY, b BLOB, c TEXT)"])
+    data = [(n, b"x\0%d" % n, None if n % 3 else "c") for n in range(rows)]
+    journal.insert_rows("t", ("a", "b", "c"), data)
+    assert [(a, bytes(b), c) for a, b, c in journal.query("SELECT a, b, c FROM t ORDER BY a")] == data

@@ -21,6 +21,7 @@ import pytest
 
 from mv_helpers import World, manifest, repo_links, tmpfs
 from omero_cli_ext.fsops import is_temp_name
+from omero_cli_ext.workers import MIN_ITEMS
 
 LAUNCHER = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,6 +103,24 @@ def test_move_survives_kill_9(tmp_path, across):
         assert not os.path.exists(world.old)
         assert all(t.startswith(os.fsencode(dst)) for t in repo_links(world.repo).values())
         assert _temporaries(world.repo, world.data, dst) == []
+
+
+@pytest.mark.slow
+def test_parallel_relink_survives_kill_9(tmp_path):
+    """--links-only over more links than omero_cli_ext.workers forks for: the command is
+    killed while its worker processes retarget; they die with it (else the rerun would find the
+    repository lock held), and reruns finish the job."""
+    world = World(str(tmp_path / "w"), n_filesets=1500, files_per_fileset=3, odd_names=False)
+    assert len(repo_links(world.repo)) > MIN_ITEMS
+    new = os.path.join(world.data, "new")
+    subprocess.run(["cp", "-al", world.old, new], check=True)   # both places resolve
+    expected = manifest(world.repo)
+    landed = _kill_and_rerun(world, ["--links-only", world.old, new, "--workers", "2"],
+                             expected, seed=21)
+    assert landed >= 1
+    assert all(t.startswith(os.fsencode(new + "/")) for t in repo_links(world.repo).values())
+    assert manifest(world.repo) == expected
+    assert _temporaries(world.repo) == []
 
 
 @pytest.mark.slow

@@ -94,9 +94,7 @@ class JobStore:
                                  s.uid, s.gid, s.mtime_ns, s.hasher, s.hash, s.fileset, s.state,
                                  s.note, s.seq))
             for columns, rows in ((_LINK_COLUMNS, plain), (_STEP_COLUMNS, full)):
-                marks = ", ".join("?" * (len(columns) + 1))
-                self.journal.executemany(
-                    f"INSERT INTO mv_step (job, {', '.join(columns)}) VALUES ({marks})", rows)
+                self.journal.insert_rows("mv_step", ("job",) + columns, rows)
         return Job(job_id, repo, key, command, plan.request.mode, plan.same_fs, UNFINISHED, now)
 
     def steps(self, job_id: int) -> List[Step]:

@@ -1,0 +1,133 @@
+"""omero_cli_ext.workers: forked map with streamed, ordered results and clean failure."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from omero_cli_ext.mv.errors import MvError
+from omero_cli_ext.workers import WorkerFailed, parallel_map
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _no_children_left():
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_forked_results_equal_a_plain_map_and_come_from_workers():
+    items = list(range(10_000))
+    mapping = parallel_map(lambda n: (n * n, os.getpid()), items, workers=2, chunk=700)
+    results = mapping.results()
+    assert [r[0] for r in results] == [n * n for n in items]
+    pids = {r[1] for r in results}
+    assert len(pids) == 2 and os.getpid() not in pids
+    _no_children_left()
+
+
+def test_in_order_yields_contiguous_chunks_from_the_first():
+    starts = [start for start, _ in parallel_map(lambda n: n, range(9_000), 2, chunk=1000).in_order()]
+    assert starts == list(range(0, 9_000, 1000))
+
+
+def test_few_items_or_one_worker_run_here():
+    for items, workers in ((range(10), 4), (range(10_000), 1)):
+        pids = {pid for pid in parallel_map(lambda n: os.getpid(), items, workers).results()}
+        assert pids == {os.getpid()}
+
+
+def test_forks_even_with_other_threads_running():
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        pids = set(parallel_map(lambda n: os.getpid(), range(5000), 2, chunk=500).results())
+    finally:
+        stop.set()
+        thread.join()
+    assert os.getpid() not in pids
+
+
+def test_an_error_in_a_worker_is_raised_here_after_what_finished_before_it():
+    def square_or_fail(n):
+        if n == 5_500:
+            raise MvError(11, "permission denied on item 5500")
+        return n * n
+
+    seen = []
+    with pytest.raises(MvError) as raised:
+        for start, results in parallel_map(square_or_fail, range(10_000), 2, chunk=1000).in_order():
+            seen.append((start, len(results)))
+    assert raised.value.code == 11 and "5500" in str(raised.value)
+    # an unbroken run from item 0 (the other worker may have been stopped part-way), never
+    # reaching past the failed item
+    assert [start for start, _ in seen] == [k * 1000 for k in range(len(seen))]
+    assert all(length == 1000 for _, length in seen[:-1])
+    assert sum(length for _, length in seen) <= 5500
+    _no_children_left()
+
+
+def test_an_exception_that_cannot_travel_becomes_worker_failed():
+    class Local(Exception):   # not importable by name, so not picklable
+        pass
+
+    def fail(n):
+        if n == 4999:
+            raise Local("local")
+        return n
+
+    with pytest.raises(WorkerFailed, match="Local"):
+        parallel_map(fail, range(5000), 2, chunk=100).results()
+    _no_children_left()
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    """kill -9 of the command leaves no worker changing files behind a rerun."""
+    pids_file = tmp_path / "pids"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {ROOT!r})
+        from omero_cli_ext.workers import parallel_map
+
+        def slow(n):
+            if n % 1000 == 0:
+                with open({str(pids_file)!r}, "a") as f:
+                    f.write(f"{{os.getpid()}}\\n")
+            time.sleep(0.01)
+            return n
+
+        print("parent", os.getpid(), flush=True)
+        parallel_map(slow, range(5000), 2, chunk=1000).results()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not pids_file.exists()
+                                           or len(set(pids_file.read_text().split())) < 2):
+        time.sleep(0.05)
+    children = {int(p) for p in pids_file.read_text().split()}
+    assert len(children) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.monotonic() + 10
+    alive = children
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if _running(pid)}
+        time.sleep(0.05)
+    assert not alive, f"workers {alive} outlived their parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
