@@ -32,6 +32,7 @@ from omero_cli_ext.server import (
 )
 
 PAGE_SIZE = 500
+FILESET_PAGE_SIZE = 1000          # filesets(): one query per page (export: 1 per 500 filesets)
 ALL_GROUPS = {"omero.group": "-1"}
 SUDO_SESSION_TTL_MS = 10 * 60 * 1000
 DELETE_POLL_MS = 500
@@ -53,15 +54,13 @@ HQL_FILESETS = (
     " left outer join fetch fs.usedFiles fe"
     " left outer join fetch fe.originalFile f"
     " left outer join fetch f.hasher h"
+    " left outer join fetch fs.annotationLinks al"
+    " left outer join fetch al.child"
     " where fs.id in (:ids)")
 
 HQL_IMAGE_COUNTS = (
     "select i.fileset.id, count(i.id) from Image i"
     " where i.fileset.id in (:ids) group by i.fileset.id")
-
-HQL_TRANSFERS = (
-    "select l.parent.id, a.textValue from FilesetAnnotationLink l, CommentAnnotation a"
-    " where a.id = l.child.id and a.ns = :ns and l.parent.id in (:ids)")
 
 _FIND_FILESETS = (
     "select fs.id from Fileset fs"
@@ -237,6 +236,17 @@ def _transfer_name(text: str | None) -> str | None:
     return TRANSFERS.get(text, text) or None
 
 
+def _fileset_transfer(fs) -> str | None:
+    """The transfer named by the fileset's file-transfer comment (the importer links one; the
+    lowest id wins, as in the simulated server), from the annotation links fetched with it."""
+    comments = [link.child for link in fs.copyAnnotationLinks()
+                if isinstance(link.child, omero.model.CommentAnnotationI)
+                and _val(link.child.ns) == NS_FILE_TRANSFER]
+    if not comments:
+        return None
+    return _transfer_name(_val(min(comments, key=lambda a: a.id.val).textValue))
+
+
 def _job_kind(job) -> str:
     name = type(job).__name__
     return name[:-1] if name.endswith("I") else name
@@ -375,15 +385,13 @@ class OmeroPort:
 
     # --- filesets ---
 
-    def filesets(self, ids: Iterable[int]) -> Mapping[int, Fileset]:
+    def filesets(self, ids: Iterable[int], image_counts: bool = True) -> Mapping[int, Fileset]:
         found: dict[int, Fileset] = {}
-        for page in _pages(ids):
+        for page in batched(sorted({int(i) for i in ids}), FILESET_PAGE_SIZE):
             params = _ids_params(page)
             loaded = self._find_all(HQL_FILESETS, params, "loading filesets")
-            counts = dict(unwrap(self._projection(HQL_IMAGE_COUNTS, params, "counting images")))
-            transfers = {fs_id: _transfer_name(text) for fs_id, text in unwrap(
-                self._projection(HQL_TRANSFERS, _ids_params(page).addString("ns", NS_FILE_TRANSFER),
-                                 "reading transfer annotations"))}
+            counts = dict(unwrap(self._projection(HQL_IMAGE_COUNTS, params, "counting images"))) \
+                if image_counts else {}
             for fs in loaded:
                 fs_id = fs.id.val
                 owner, group = fs.details.owner, fs.details.group
@@ -396,7 +404,7 @@ class OmeroPort:
                                                original_file=_original_file(e.originalFile))
                                   for e in fs.copyUsedFiles()),
                     image_count=int(counts.get(fs_id, 0)),
-                    transfer=transfers.get(fs_id),
+                    transfer=_fileset_transfer(fs),
                     created=_time(_val(fs.details.creationEvent.time)))
         return found
 

@@ -201,8 +201,9 @@ class ServerPort(Protocol):
         on the client's clock."""
 
     # --- filesets ---
-    def filesets(self, ids: Iterable[int]) -> Mapping[int, Fileset]:
-        """Filesets with entries, as visible to the current user in all groups; unreadable ids are left out."""
+    def filesets(self, ids: Iterable[int], image_counts: bool = True) -> Mapping[int, Fileset]:
+        """Filesets with entries, as visible to the current user in all groups; unreadable ids are
+        left out. `image_counts=False` saves the counting query (image_count is then 0)."""
 
     def filesets_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
         """Fileset ids reached from each (ContainerType, id); unreadable or unknown refs are left out."""

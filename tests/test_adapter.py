@@ -259,13 +259,24 @@ def test_sudo_to_an_unknown_user_is_not_found(srv):
 
 # --- filesets ----------------------------------------------------------------------------------
 
+def _comment(ann_id, ns, text):
+    comment = omero.model.CommentAnnotationI(ann_id, True)
+    comment.ns = rstring(ns)
+    comment.textValue = rstring(text)
+    return comment
+
+
 def _fileset_answers(srv, loaded: dict, counts=None, transfers=None):
+    """HQL_FILESETS fetches each fileset's annotation links with their annotations: the
+    transfer comment comes with the fileset (beside a comment of another namespace)."""
     counts, transfers = counts or {}, transfers or {}
+    for fs_id, fs in loaded.items():
+        fs.linkAnnotation(_comment(900 + fs_id, "other.ns", "not a transfer"))
+        if fs_id in transfers:
+            fs.linkAnnotation(_comment(100 + fs_id, server.NS_FILE_TRANSFER, transfers[fs_id]))
     srv.answers[adapter.HQL_FILESETS] = lambda p: [loaded[i] for i in ids_of(p) if i in loaded]
     srv.answers[adapter.HQL_IMAGE_COUNTS] = lambda p: [
         [rlong(i), rlong(counts[i])] for i in ids_of(p) if i in counts]
-    srv.answers[adapter.HQL_TRANSFERS] = lambda p: [
-        [rlong(i), rstring(transfers[i])] for i in ids_of(p) if i in transfers]
 
 
 def test_filesets_unwraps_entries_owner_group_counts_and_transfer(srv):
@@ -287,8 +298,15 @@ def test_filesets_unwraps_entries_owner_group_counts_and_transfer(srv):
         binary_restricted=False))
     assert second.original_file.binary_restricted and second.original_file.hasher is None
     assert got.size == 111 + 112
-    (params,) = [c.args[1] for c in srv.calls(adapter.HQL_TRANSFERS)]
-    assert params.map["ns"].val == server.NS_FILE_TRANSFER
+
+
+def test_filesets_without_image_counts_make_one_query_per_page(srv):
+    _fileset_answers(srv, {1: fileset(1)}, counts={1: 2},
+                     transfers={1: "ome.formats.importer.transfers.SymlinkFileTransfer"})
+    got = srv.port.filesets([1], image_counts=False)[1]
+    assert (got.image_count, got.transfer) == (0, "ln_s")
+    assert srv.calls(adapter.HQL_IMAGE_COUNTS) == []
+    assert len(srv.calls(adapter.HQL_FILESETS)) == 1
 
 
 def test_upload_transfer_annotation_means_upload(srv):
@@ -297,13 +315,13 @@ def test_upload_transfer_annotation_means_upload(srv):
     assert srv.port.filesets([1])[1].transfer is None
 
 
-def test_filesets_pages_ids_by_500(srv):
-    _fileset_answers(srv, {i: fileset(i) for i in (1, 700, 1201)})
-    result = srv.port.filesets(range(1, 1202))
-    assert sorted(result) == [1, 700, 1201]
+def test_filesets_pages_ids_by_1000(srv):
+    _fileset_answers(srv, {i: fileset(i) for i in (1, 1400, 2201)})
+    result = srv.port.filesets(range(1, 2202))
+    assert sorted(result) == [1, 1400, 2201]
     pages = [ids_of(c.args[1]) for c in srv.calls(adapter.HQL_FILESETS)]
-    assert [len(p) for p in pages] == [500, 500, 201]
-    assert pages[0][0] == 1 and pages[2][-1] == 1201
+    assert [len(p) for p in pages] == [1000, 1000, 201]
+    assert pages[0][0] == 1 and pages[2][-1] == 2201
 
 
 @pytest.mark.parametrize("method, item, extra, hql, param", [

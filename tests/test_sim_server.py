@@ -292,15 +292,18 @@ def test_port_protocol_and_round_trips(sim, tmp_path):
     port = sim.port("owner")
     assert isinstance(port, ServerPort)
     sim.reset_round_trips()
-    port.filesets(range(1, 1201))                 # three pages of 500 ids
-    assert sim.round_trips == 3
+    port.filesets(range(1, 2201))                 # three pages of 1000 ids, 2 queries each
+    assert sim.round_trips == 6
+    port.filesets(range(1, 2201), image_counts=False)   # no counting query: 1 per page
+    assert sim.round_trips == 9
     port.activity([fid])
     port.current_user()
     assert port.server_time() == sim.now()
-    assert SimServer(sim.root).round_trips == 6   # persisted, shared by every process
-    reader = port.open_original_file(port.filesets([fid])[fid].entries[0].original_file.id)
+    assert SimServer(sim.root).round_trips == 12  # persisted, shared by every process
+    reader = port.open_original_file(
+        port.filesets([fid], image_counts=False)[fid].entries[0].original_file.id)
     reader.read(0, 4)
-    assert sim.round_trips == 9                   # filesets + open + one read
+    assert sim.round_trips == 15                  # filesets + open + one read
 
 
 def test_filesets_by_client_paths_and_find_since(sim, tmp_path):

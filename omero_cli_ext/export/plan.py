@@ -55,13 +55,14 @@ class Resolution:
 
 def resolve(port, refs: Sequence[tuple]) -> Resolution:
     """Filesets reached from `refs`, as the port's user reads them. One `filesets_of` call for
-    the containers (Fileset refs need none) and one paged `filesets` call for all of them."""
+    the containers (Fileset refs need none) and one paged `filesets` call for all of them
+    (without image counts, which the export does not use: one query per page)."""
     containers = [r for r in refs if r[0] != "Fileset"]
     reached = dict(port.filesets_of(containers)) if containers else {}
     wanted: set = {r[1] for r in refs if r[0] == "Fileset"}
     for ids in reached.values():
         wanted.update(ids)
-    filesets = dict(port.filesets(sorted(wanted))) if wanted else {}
+    filesets = dict(port.filesets(sorted(wanted), image_counts=False)) if wanted else {}
     missing = [r for r in containers if r not in reached]
     missing += [r for r in refs if r[0] == "Fileset" and r[1] not in filesets]
     return Resolution(filesets=filesets, missing=[r for r in refs if r in missing])

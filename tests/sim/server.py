@@ -11,6 +11,7 @@ All datetimes are timezone-aware UTC and come from a clock stored in the state: 
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -69,6 +70,7 @@ for _kind in port_api.IMPORT_JOB_CLASSES:
     ENTITY_TYPES[_kind] = "ome.model.jobs." + _kind
 DATA_MIMETYPE = "application/octet-stream"   # the database default for OriginalFile.mimetype
 PAGE = 500                                   # ids per `in (:ids)` page of the real adapter
+FILESET_PAGE = 1000                          # its pages of Port.filesets (FILESET_PAGE_SIZE)
 START_TIME = _dt.datetime(2026, 11, 27, 15, 58, 1, 123000, tzinfo=_dt.timezone.utc)
 _TIME_FMT = "%Y-%m-%dT%H:%M:%S.%f"
 
@@ -989,11 +991,18 @@ class SimPort:
                     created=_parse(created))
         return result
 
-    def filesets(self, ids: Iterable[int]) -> Mapping[int, port_api.Fileset]:
+    def filesets(self, ids: Iterable[int], image_counts: bool = True
+                 ) -> Mapping[int, port_api.Fileset]:
+        """Round trips as the real adapter's: per page the fileset query, and the image count
+        query unless `image_counts` is False (image_count is then 0, as there)."""
         self._check_open()
         ids = list(ids)
-        self._server._count(_pages(len(ids)))
-        return self._load_filesets(ids)
+        pages = max(1, math.ceil(len(set(ids)) / FILESET_PAGE))
+        self._server._count(pages * (2 if image_counts else 1))
+        loaded = self._load_filesets(ids)
+        if not image_counts:
+            loaded = {fid: dataclasses.replace(fs, image_count=0) for fid, fs in loaded.items()}
+        return loaded
 
     def filesets_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
         """Project->Dataset->Image->Fileset, Dataset->Image->Fileset, Image->Fileset,
