@@ -512,14 +512,14 @@ class Exporter:
             try:
                 if method == "download":
                     return method, self._download(entry, fd, name)
+                if method == "hard":
+                    return method, self._hard_link(entry, src, fd, name)
                 if sst is None:
                     sst = self._checked_source(entry, src)
                 if method == "sym":
                     os.symlink(src, name, dir_fd=fd)
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     return method, (st.st_dev, st.st_ino)
-                if method == "hard":
-                    return method, self._hard_link(entry, src, sst, fd, name)
                 target = fd_path(fd, name)
                 if method == "reflink":
                     fsops.reflink(src, target)
@@ -547,13 +547,18 @@ class Exporter:
         raise EntryFailed("no method could export this file")
 
     def _checked_source(self, entry, src: str) -> os.stat_result:
-        """stat the repository file (following an in-place import's link) and check it is the
-        file OMERO describes, and — as root — that the DEST owner could read it anyway."""
+        """stat the repository file (following an in-place import's link) and check it."""
         try:
             sst = os.stat(src)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
             raise SourceUnavailable(f"the repository file is not readable here ({err.strerror})") \
                 from None
+        self._check_source(entry, src, sst)
+        return sst
+
+    def _check_source(self, entry, src: str, sst: os.stat_result) -> None:
+        """Is `sst` the file OMERO describes, and — as root — could the DEST owner read it
+        anyway? (Notes a managed file writable by group or others.)"""
         if not stat.S_ISREG(sst.st_mode):
             raise EntryFailed(f"{src} is not a regular file")
         if sst.st_size != entry.size:
@@ -565,26 +570,34 @@ class Exporter:
                               "refusing to expose it")
         if sst.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             self.result.writable.append(entry.path)
-        return sst
 
-    def _hard_link(self, entry, src: str, sst: os.stat_result, fd: int, name: str) -> tuple:
+    def _hard_link(self, entry, src: str, fd: int, name: str) -> tuple:
+        """Link first (following an in-place import's link), then check the inode linked: the
+        checks see exactly the file DEST now holds, with one stat, and no swap of an in-place
+        target between a check and the link can slip through. A file failing them is unlinked
+        again; it shares its inode, mode and owner with the repository file, so for that moment
+        it gave nobody access the repository did not."""
         try:
             os.link(src, name, dst_dir_fd=fd, follow_symlinks=True)
-        except FileNotFoundError as err:
-            raise SourceUnavailable(f"the repository file vanished ({err.strerror})") from None
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
+            if isinstance(err, PermissionError) and err.errno == errno.EPERM:
+                raise fsops.LinkRefused(err.errno, "hard", _REFUSED[err.errno], src, name) \
+                    from None
+            raise SourceUnavailable(f"the repository file is not readable here "
+                                    f"({err.strerror})") from None
         except OSError as err:
             if err.errno in _REFUSED:
                 raise fsops.LinkRefused(err.errno, "hard", _REFUSED[err.errno], src, name) from None
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise fsops.NoSpace(err.errno, "no space left in DEST", name) from None
             raise
-        if entry.in_place and self.options.reader is not None:
-            # as root, make sure the inode linked is the one checked (the user owns the target)
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if (st.st_dev, st.st_ino) != (sst.st_dev, sst.st_ino):
-                os.unlink(name, dir_fd=fd)
-                raise EntryFailed("the in-place import's target changed while it was linked")
-        return sst.st_dev, sst.st_ino
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        try:
+            self._check_source(entry, src, st)
+        except EntryFailed:
+            os.unlink(name, dir_fd=fd)
+            raise
+        return st.st_dev, st.st_ino
 
     # ----------------------------------------------------------------------------- download
     def _download(self, entry, fd: int, name: str) -> tuple:

@@ -11,7 +11,6 @@ All datetimes are timezone-aware UTC and come from a clock stored in the state: 
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -953,8 +952,9 @@ class SimPort:
             if readable:
                 yield readable
 
-    def _load_filesets(self, ids: Sequence[int]) -> dict:
-        """Readable filesets by id, with entries, image counts and transfer (no round-trip count)."""
+    def _load_filesets(self, ids: Sequence[int], image_counts: bool = True) -> dict:
+        """Readable filesets by id, with entries, image counts (0 unless `image_counts`) and
+        transfer (no round-trip count)."""
         cond, params = self._readable_sql("f")
         policies = None if self._admin else self._binary_policies()
         short_names = {v: k for k, v in TRANSFER_CLASSES.items()}
@@ -963,12 +963,14 @@ class SimPort:
             rows = self._db.execute(
                 "SELECT f.id, f.templatePrefix, f.owner_id, u.omeName, f.group_id, g.name, "
                 "g.permissions, e.time, "
-                "(SELECT count(*) FROM Image i WHERE i.fileset = f.id), "
+                "%s, "
                 "(SELECT a.textValue FROM FilesetAnnotationLink l JOIN Annotation a ON a.id = l.child "
                 " WHERE l.parent = f.id AND a.ns = ? ORDER BY a.id LIMIT 1) "
                 "FROM Fileset f JOIN Experimenter u ON u.id = f.owner_id "
                 "JOIN ExperimenterGroup g ON g.id = f.group_id JOIN Event e ON e.id = f.creation_id "
-                "WHERE f.id IN (%s) AND %s ORDER BY f.id" % (self._PAGE_IDS, cond),
+                "WHERE f.id IN (%s) AND %s ORDER BY f.id" % (
+                    "(SELECT count(*) FROM Image i WHERE i.fileset = f.id)" if image_counts else "0",
+                    self._PAGE_IDS, cond),
                 (port_api.NS_FILE_TRANSFER, json.dumps(page)) + params).fetchall()
             if not rows:
                 continue
@@ -999,10 +1001,7 @@ class SimPort:
         ids = list(ids)
         pages = max(1, math.ceil(len(set(ids)) / FILESET_PAGE))
         self._server._count(pages * (2 if image_counts else 1))
-        loaded = self._load_filesets(ids)
-        if not image_counts:
-            loaded = {fid: dataclasses.replace(fs, image_count=0) for fid, fs in loaded.items()}
-        return loaded
+        return self._load_filesets(ids, image_counts)
 
     def filesets_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
         """Project->Dataset->Image->Fileset, Dataset->Image->Fileset, Image->Fileset,
