@@ -2,8 +2,10 @@
 
 Prints, per size, the time to the first full screen (one snapshot read through the port, classified
 and rendered as the `--watch` view of a 50-line terminal) and the server round trips of that snapshot.
-The round trips must stay flat beyond paging (500 ids a page): classification never asks the
-server once per import. Target: first screen < 1 s at 10 000 imports.
+The simulated server counts a round trip per call the real adapter makes: a few queries per page of
+500 fileset ids, never one per finished import, but two per live import process (getHandle and
+getRequest; every 50th import here is still running). Target: first screen < 1 s at 10 000
+imports.
 
     .venv/bin/python benchmarks/status_imports.py [--sizes 1000,5000,10000] [--root DIR]
 """

@@ -524,8 +524,10 @@ class OmeroPort:
         return running
 
     def containers_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
-        """Readable filesets only; of several containers, the first by name is reported."""
-        names: dict[int, list] = {}
+        """Readable filesets only; of several containers a plate's are reported before a
+        dataset's, and among those the least (type, name, ...) tuple (server.py)."""
+        plates: dict[int, list] = {}
+        datasets: dict[int, list] = {}
         visible: set = set()
         for page in _pages(fileset_ids):
             params = _ids_params(page)
@@ -533,14 +535,15 @@ class OmeroPort:
                 HQL_FILESETS_OF["Fileset"], params, "reading filesets")))
             for fs_id, project, dataset in unwrap(self._projection(
                     HQL_DATASET_CONTAINERS, params, "reading datasets")):
-                names.setdefault(fs_id, []).append(
+                datasets.setdefault(fs_id, []).append(
                     ("Project", project, "Dataset", dataset) if project is not None
                     else ("Dataset", dataset))
             for fs_id, screen, plate in unwrap(self._projection(
                     HQL_PLATE_CONTAINERS, params, "reading plates")):
-                names.setdefault(fs_id, []).append(
+                plates.setdefault(fs_id, []).append(
                     ("Screen", screen, "Plate", plate) if screen is not None else ("Plate", plate))
-        return {fs_id: min(names[fs_id]) if fs_id in names else () for fs_id in sorted(visible)}
+        return {fs_id: min(plates.get(fs_id) or datasets.get(fs_id) or [()])
+                for fs_id in sorted(visible)}
 
     def images_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
         found: dict[int, list] = {}

@@ -222,7 +222,8 @@ class ServerPort(Protocol):
 
     def containers_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
         """Per fileset, the container names above its images: ("Project","P","Dataset","D") or
-        ("Screen","S","Plate","P"); empty tuple for orphans."""
+        ("Screen","S","Plate","P"); empty tuple for orphans. Of several, a plate's come before a
+        dataset's, then the least tuple (so the same fileset always lands in the same place)."""
 
     def images_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
         """Per readable fileset, the ids of its images in ascending order (for render checks)."""

@@ -296,14 +296,14 @@ def test_port_protocol_and_round_trips(sim, tmp_path):
     assert sim.round_trips == 6
     port.filesets(range(1, 2201), image_counts=False)   # no counting query: 1 per page
     assert sim.round_trips == 9
-    port.activity([fid])
+    port.activity([fid])                          # six queries and one for its import log
     port.current_user()
     assert port.server_time() == sim.now()
-    assert SimServer(sim.root).round_trips == 12  # persisted, shared by every process
+    assert SimServer(sim.root).round_trips == 18  # persisted, shared by every process
     reader = port.open_original_file(
         port.filesets([fid], image_counts=False)[fid].entries[0].original_file.id)
     reader.read(0, 4)
-    assert sim.round_trips == 15                  # filesets + open + one read
+    assert sim.round_trips == 21                  # filesets + open + one read
 
 
 def test_filesets_by_client_paths_and_find_since(sim, tmp_path):

@@ -70,6 +70,7 @@ for _kind in port_api.IMPORT_JOB_CLASSES:
 DATA_MIMETYPE = "application/octet-stream"   # the database default for OriginalFile.mimetype
 PAGE = 500                                   # ids per `in (:ids)` page of the real adapter
 FILESET_PAGE = 1000                          # its pages of Port.filesets (FILESET_PAGE_SIZE)
+ACTIVITY_QUERIES = 6                         # its queries per page of Port.activity
 START_TIME = _dt.datetime(2026, 11, 27, 15, 58, 1, 123000, tzinfo=_dt.timezone.utc)
 _TIME_FMT = "%Y-%m-%dT%H:%M:%S.%f"
 
@@ -1064,7 +1065,9 @@ class SimPort:
         cond, cparams = self._readable_sql("f")
         sql += " AND " + cond + " ORDER BY e.time DESC, f.id DESC"
         ids = [r[0] for r in self._db.execute(sql, params + list(cparams))]
-        self._server._count(_pages(len(ids)))
+        # the adapter: the id query (a page of query.ids at a time), then filesets() (2 per page)
+        self._server._count((1 if query.ids is None else _pages(len(set(query.ids))))
+                            + 2 * max(1, math.ceil(len(ids) / FILESET_PAGE)))
         loaded = self._load_filesets(ids)
         return [loaded[i] for i in ids]
 
@@ -1086,9 +1089,11 @@ class SimPort:
         return found
 
     def activity(self, fileset_ids: Iterable[int]) -> Mapping[int, FilesetActivity]:
+        """Round trips as the adapter's: per page of ids six queries (filesets, jobs, image
+        counts, import logs, job events, image events), a seventh when the page has logs."""
         self._check_open()
         ids = list(fileset_ids)
-        self._server._count(_pages(len(ids)))
+        self._server._count(ACTIVITY_QUERIES * _pages(len(set(ids))))
         result = {}
         for page in self._readable_pages(ids):
             page_json = json.dumps(page)
@@ -1117,6 +1122,8 @@ class SimPort:
                 logs.setdefault(fid, ImportLog(fileset_id=fid, original_file_id=of_id,
                                                size=size or 0, updated=_parse(updated),
                                                updates=updates))
+            if logs:
+                self._server._count(1)   # the adapter's query of the logs' last updates
             last_events = self._last_events(page_json)
             for fid in page:
                 result[fid] = FilesetActivity(
@@ -1151,12 +1158,13 @@ class SimPort:
         it filters by memberOfGroups) whose fileset the user can edit. The fileset id is known only
         after verifyUpload (ImportProcess.getHandle); before that it is 0."""
         self._check_open()
-        self._server._count(1)
         live = [(fid, uploaded) for fid, owner_id, group_id, perms, uploaded in self._db.execute(
                 "SELECT f.id, f.owner_id, f.group_id, g.permissions, s.uploaded FROM sim_import s "
                 "JOIN Fileset f ON f.id = s.fileset JOIN ExperimenterGroup g ON g.id = f.group_id "
                 "WHERE s.process_live = 1 ORDER BY f.id").fetchall()
                 if group_id in self._groups and self._can_edit(owner_id, group_id, perms)]
+        # the adapter: listImports, then getHandle of each process and, once it has one, getRequest
+        self._server._count(1 + sum(2 if uploaded else 1 for _, uploaded in live))
         offsets: dict = {}   # fileset -> bytes on disk per used file (as _entries lists them)
         for page in port_api.batched([fid for fid, _ in live], PAGE):
             for fid, path, name in self._db.execute(
@@ -1174,30 +1182,31 @@ class SimPort:
     def containers_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
         self._check_open()
         ids = list(fileset_ids)
-        self._server._count(_pages(len(ids)))
+        self._server._count(3 * _pages(len(set(ids))))   # the adapter: 3 queries per page
         result = {}
         for page in self._readable_pages(ids):
-            # per fileset, the containers of its first image (plate first, then dataset)
-            plates = {fid: (("Screen", screen) if screen is not None else ()) + ("Plate", plate)
-                      for fid, screen, plate in self._db.execute(
-                "SELECT fileset, sname, pname FROM (SELECT i.fileset AS fileset, s.name AS sname, "
-                "p.name AS pname, row_number() OVER (PARTITION BY i.fileset ORDER BY i.id, spl.id) "
-                "AS n FROM Image i JOIN WellSample ws ON ws.image = i.id "
-                "JOIN Well w ON w.id = ws.well JOIN Plate p ON p.id = w.plate "
-                "LEFT JOIN ScreenPlateLink spl ON spl.child = p.id "
-                "LEFT JOIN Screen s ON s.id = spl.parent WHERE i.fileset IN (%s)) WHERE n = 1"
-                % self._PAGE_IDS, (json.dumps(page),))}
-            datasets = {fid: (("Project", project) if project is not None else ()) + ("Dataset", ds)
-                        for fid, project, ds in self._db.execute(
-                "SELECT fileset, prname, dname FROM (SELECT i.fileset AS fileset, pr.name AS prname, "
-                "d.name AS dname, row_number() OVER (PARTITION BY i.fileset "
-                "ORDER BY i.id, dil.id, pdl.id) AS n FROM Image i "
-                "JOIN DatasetImageLink dil ON dil.child = i.id JOIN Dataset d ON d.id = dil.parent "
-                "LEFT JOIN ProjectDatasetLink pdl ON pdl.child = d.id "
-                "LEFT JOIN Project pr ON pr.id = pdl.parent WHERE i.fileset IN (%s)) WHERE n = 1"
-                % self._PAGE_IDS, (json.dumps(page),))}
+            # every container of the fileset's images; a plate's before a dataset's, then the
+            # least (type, name, ...) tuple, as the adapter picks
+            plates: dict = {}
+            for fid, screen, plate in self._db.execute(
+                    "SELECT DISTINCT i.fileset, s.name, p.name FROM Image i "
+                    "JOIN WellSample ws ON ws.image = i.id JOIN Well w ON w.id = ws.well "
+                    "JOIN Plate p ON p.id = w.plate LEFT JOIN ScreenPlateLink spl ON spl.child = p.id "
+                    "LEFT JOIN Screen s ON s.id = spl.parent WHERE i.fileset IN (%s)"
+                    % self._PAGE_IDS, (json.dumps(page),)):
+                plates.setdefault(fid, []).append(
+                    (("Screen", screen) if screen is not None else ()) + ("Plate", plate))
+            datasets: dict = {}
+            for fid, project, ds in self._db.execute(
+                    "SELECT DISTINCT i.fileset, pr.name, d.name FROM Image i "
+                    "JOIN DatasetImageLink dil ON dil.child = i.id JOIN Dataset d ON d.id = dil.parent "
+                    "LEFT JOIN ProjectDatasetLink pdl ON pdl.child = d.id "
+                    "LEFT JOIN Project pr ON pr.id = pdl.parent WHERE i.fileset IN (%s)"
+                    % self._PAGE_IDS, (json.dumps(page),)):
+                datasets.setdefault(fid, []).append(
+                    (("Project", project) if project is not None else ()) + ("Dataset", ds))
             for fid in page:
-                result[fid] = plates.get(fid) or datasets.get(fid, ())
+                result[fid] = min(plates.get(fid) or datasets.get(fid) or [()])
         return result
 
     def images_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
