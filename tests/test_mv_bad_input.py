@@ -200,3 +200,9 @@ def test_usage_errors(world):
     refused(world, ["--repair"], 2, ["--search"])
     refused(world, ["--inline", world.old, world.data], 2, ["one repository path"])
     refused(world, [world.old], 2, ["usage"])
+
+
+def test_workers_must_be_a_positive_whole_number(world):
+    for bad in ("0", "-2", "two"):
+        refused(world, [world.old, os.path.join(world.data, "new"), "--workers", bad],
+                errors.EXIT_USAGE, ["--workers"])
