@@ -79,6 +79,9 @@ class ChunkedMap:
                     break
                 expected += len(results)
 
+    def close(self) -> None:
+        """Stop and reap the workers without reading what they send (after an error elsewhere)."""
+
     def results(self) -> List:
         """Every result, in item order."""
         ordered: List = []
@@ -144,6 +147,10 @@ class _Forked(ChunkedMap):
             raise error
         if any(statuses):
             raise WorkerFailed(f"a worker process ended with status {max(statuses)}")
+
+    def close(self) -> None:
+        self._stop[0] = 1
+        self._reap()
 
     def _reap(self) -> List[int]:
         statuses = []

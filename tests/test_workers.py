@@ -131,3 +131,11 @@ def _running(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_close_stops_and_reaps_workers_whose_results_are_not_wanted():
+    mapping = parallel_map(lambda n: time.sleep(0.001) or n, range(20_000), 2, chunk=100)
+    started = time.monotonic()
+    mapping.close()
+    assert time.monotonic() - started < 5   # they stopped at the flag, not after 10 s of work
+    _no_children_left()

@@ -455,7 +455,11 @@ def verify(steps: Iterable[Step], checksums: bool,
     links = [s for s in steps if s.state == "done" and s.kind in ("retarget", "swap", "materialize")]
     checks = parallel_map(lambda step: _check_link(step, checksums), links, workers)
     if meanwhile is not None:
-        meanwhile()
+        try:
+            meanwhile()
+        except BaseException:
+            checks.close()
+            raise
     chunks = []
     for start, results in checks:
         chunks.append((start, [r for r in results if r is not None]))
