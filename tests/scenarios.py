@@ -8,6 +8,7 @@ so a World may make them unique and returns the names it used.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Optional, Protocol
 
@@ -75,6 +76,10 @@ def scenario_fileset_listing_with_entries(world: World) -> None:
         assert (fileset.owner_name, fileset.group_name, fileset.group_perms) == (owner, group, "rwr---")
         assert fileset.template_prefix.endswith("/") and not fileset.template_prefix.startswith("/")
         assert fileset.image_count >= 1 and fileset.transfer is None
+        # the export's form: one query per page, the transfer still read from the fileset's
+        # annotation links fetched with it, no image count
+        assert port.filesets([fs_id], image_counts=False)[fs_id] == dataclasses.replace(
+            fileset, image_count=0)
         (entry,) = fileset.entries
         assert entry.client_path == local.lstrip("/")
         ofile = entry.original_file
