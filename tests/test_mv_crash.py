@@ -124,6 +124,22 @@ def test_parallel_relink_survives_kill_9(tmp_path):
 
 
 @pytest.mark.slow
+def test_parallel_move_survives_kill_9(tmp_path):
+    """Mode 1 on one filesystem with more files than the workers fork for: hard links, retargets
+    and removals run in worker processes, killed with the command at any of those moments."""
+    world = World(str(tmp_path / "w"), n_filesets=1400, files_per_fileset=3, odd_names=False)
+    assert len(repo_links(world.repo)) > MIN_ITEMS
+    expected = manifest(world.repo)
+    dst = os.path.join(world.data, "new")
+    landed = _kill_and_rerun(world, [world.old, dst, "--workers", "2"], expected, seed=31)
+    assert landed >= 1
+    assert manifest(world.repo) == expected
+    assert not os.path.exists(world.old)
+    assert all(t.startswith(os.fsencode(dst + "/")) for t in repo_links(world.repo).values())
+    assert _temporaries(world.repo, world.data) == []
+
+
+@pytest.mark.slow
 def test_offload_survives_kill_9(tmp_path):
     with tmpfs(str(tmp_path / "tier"), "256m") as tier:
         world = World(str(tmp_path / "w"), n_filesets=2, files_per_fileset=1, odd_names=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from mv_helpers import World, manifest, repo_links, snapshot, tmpfs, world  # noqa: F401
 from omero_cli_ext.workers import MIN_ITEMS
 
@@ -186,31 +188,36 @@ def test_many_links_nested(tmp_path):
     assert None not in manifest(big.repo).values()
 
 
-def test_worker_processes_give_what_one_process_gives(tmp_path):
-    """Above MIN_ITEMS links the scan, the retargets and the verification run in forked workers:
-    same links, same targets, same journal outcome, same JSON actions as with --workers 1."""
+@pytest.mark.parametrize("mode", ["links-only", "move"])
+def test_worker_processes_give_what_one_process_gives(tmp_path, mode):
+    """Above MIN_ITEMS steps the scan, the retargets, the hard links of a move, the removal of
+    its sources and the verification run in forked workers: same links, same targets, same
+    outcomes, same JSON actions as with --workers 1."""
     results = []
     for workers in ("1", "2"):
         big = World(str(tmp_path / workers), n_filesets=1500, files_per_fileset=3,
                     odd_names=True, file_size=16)
         assert len(repo_links(big.repo)) > MIN_ITEMS
+        expected = manifest(big.repo)
         new = os.path.join(big.data, "new")
-        os.rename(big.old, new)
-        rc, out, err = big.mv("--links-only", big.old, new, "--workers", workers, "--json",
-                              server=False)
+        if mode == "links-only":
+            os.rename(big.old, new)
+            argv = ["--links-only", big.old, new]
+        else:
+            argv = [big.old, new]
+        rc, out, err = big.mv(*argv, "--workers", workers, "--json", server=False)
         assert rc == 0, err
-        lines = json_lines(out)
-        actions = sorted((a["path"], a["old"], a["new"], a["state"]) for a in lines
-                         if a["type"] == "action")
-        summary = [a for a in lines if a["type"] == "summary"]
+        base = str(tmp_path / workers)
+        actions = sorted(tuple(str(a.get(key)).replace(base, "BASE") for key in
+                               ("action", "path", "other", "old", "new", "state", "note"))
+                         for a in json_lines(out) if a["type"] == "action")
         links = {os.path.relpath(link, os.fsencode(big.repo)): os.path.relpath(
             target, os.fsencode(new)) for link, target in repo_links(big.repo).items()}
-        base = str(tmp_path / workers)
-        results.append(([tuple(v.replace(base, "BASE") if isinstance(v, str) else v for v in a)
-                         for a in actions], links, len(summary)))
-        assert None not in manifest(big.repo).values()
+        results.append((actions, links))
+        assert list(manifest(big.repo).values()) == list(expected.values())
+        assert not os.path.exists(big.old)
     assert results[0] == results[1]
-    assert len(results[0][0]) == 4500
+    assert sum(1 for a in results[0][0] if a[0] == "retarget") == 4500
 
 
 def test_render_check_tests_one_image_per_affected_fileset(tmp_path):

@@ -176,11 +176,16 @@ def _replace_link(target: bytes, link: bytes) -> None:
 
 class Executor:
     """Runs the pending steps of a plan in order. `on_steps(steps)` is told every outcome, a
-    batch at a time (for --json and progress); `copied(n)` every chunk of bytes copied. A phase of retargets (one
-    step per link, the bulk of a big job) runs in `workers` processes (omero_cli_ext.workers):
-    each step re-checks the link it changes, so the order within a phase does not matter."""
+    batch at a time (for --json and progress); `copied(n)` every chunk of bytes copied.
 
-    PARALLEL_KINDS = frozenset({"retarget"})
+    A phase whose steps are all independent of one another — retargets and swaps of links,
+    removals of sources, and on one filesystem the hard links that place files — runs in `workers`
+    processes (omero_cli_ext.workers): each step re-checks what it changes, so the order within
+    the phase does not matter. Directory steps (parents first, or last) and copies (whose bytes
+    the progress bar follows) run here, in order."""
+
+    PARALLEL_KINDS = frozenset({"retarget", "swap", "unlink"})
+    PARALLEL_SAME_FS_KINDS = frozenset({"place", "place_link"})
 
     def __init__(self, steps: Sequence[Step], *, same_fs: bool,
                  record: Callable[[List[Step]], None],
@@ -195,6 +200,9 @@ class Executor:
         self._copied = copied
         self._kept: Set[bytes] = set()
         self._actions = {kind: getattr(self, "_" + kind) for kind in PHASES}
+        self._parallel = self.PARALLEL_KINDS | (self.PARALLEL_SAME_FS_KINDS if same_fs
+                                                else frozenset())
+        self._pid = os.getpid()
 
     def run(self) -> None:
         """Run the pending steps, phase by phase. The filesystems a phase changed are synced
@@ -209,7 +217,7 @@ class Executor:
                 steps = list(group)
                 if phase == PHASES["unlink"]:
                     self._kept = self._linked_sources()
-                if self.workers > 1 and all(s.kind in self.PARALLEL_KINDS for s in steps):
+                if self.workers > 1 and all(s.kind in self._parallel for s in steps):
                     self._run_parallel(steps)
                 else:
                     for step in steps:
@@ -235,14 +243,16 @@ class Executor:
     def _run_parallel(self, steps: List[Step]) -> None:
         """The steps in worker processes; their outcomes come back and are recorded here."""
         def outcome(step: Step) -> tuple:
+            if os.getpid() != self._pid:
+                self._copied = None   # a fallback copy in a worker: its bytes are not followed
             self._run_step(step)
-            return step.state, step.note
+            return step.state, step.note, step.hasher, step.hash
 
         # in step order: the journal's "done through step N" must hold for what is recorded
         for start, outcomes in parallel_map(outcome, steps, self.workers).in_order():
             finished = steps[start:start + len(outcomes)]
-            for step, (state, note) in zip(finished, outcomes):
-                step.state, step.note = state, note
+            for step, (state, note, hasher, hash_) in zip(finished, outcomes):
+                step.state, step.note, step.hasher, step.hash = state, note, hasher, hash_
             self._finished(finished)
 
     def _run_step(self, step: Step) -> None:
