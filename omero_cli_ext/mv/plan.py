@@ -358,23 +358,31 @@ def _hash_before(step: Step, path: bytes, request: Request) -> None:
         step.hash = checksum(path, step.hasher)
 
 
+def _under(root: bytes) -> Callable[[bytes], bytes]:
+    """`rel -> root/rel` (root itself for b""), by concatenation: `rel` comes from a walk, so it
+    is relative and normalised (os.path.join per node costs seconds on a million files)."""
+    prefix = root.rstrip(b"/") + b"/"
+    return lambda rel: prefix + rel if rel else root
+
+
 def _tree_steps(nodes: Sequence[Node], src: bytes, dst: bytes, same_fs: bool,
                 facts_by_rel: Mapping[bytes, FileFacts], scope_src: bytes) -> List[Step]:
     """mkdir / place / place_link / dirmeta steps that rebuild the tree `nodes` (below `src`)
     at `dst`."""
+    at_dst, at_src = _under(dst), _under(src)
     steps = []
     for node in nodes:
-        target = os.path.join(dst, node.rel) if node.rel else dst
-        source = os.path.join(src, node.rel) if node.rel else src
+        target = at_dst(node.rel)
         if node.kind == "dir":
             steps.append(Step("mkdir", target, mode=node.mode))
         elif node.kind == "file":
             facts = facts_by_rel.get(node.rel, NO_FACTS)
-            steps.append(Step("place", target, other=source, size=node.size, mode=node.mode,
-                              uid=node.uid, gid=node.gid, mtime_ns=node.mtime_ns,
-                              hasher=facts.hasher if facts.hash else None, hash=facts.hash,
-                              fileset=facts.fileset))
+            steps.append(Step("place", target, other=at_src(node.rel), size=node.size,
+                              mode=node.mode, uid=node.uid, gid=node.gid,
+                              mtime_ns=node.mtime_ns, hasher=facts.hasher if facts.hash else None,
+                              hash=facts.hash, fileset=facts.fileset))
         else:
+            source = at_src(node.rel)
             stored = node.target
             absolute = os.path.normpath(os.path.join(os.path.dirname(source), stored))
             if os.path.isabs(stored) and is_under(absolute, scope_src):
@@ -382,22 +390,21 @@ def _tree_steps(nodes: Sequence[Node], src: bytes, dst: bytes, same_fs: bool,
             steps.append(Step("place_link", target, other=source, new=stored))
     for node in reversed(nodes):
         if node.kind == "dir":
-            target = os.path.join(dst, node.rel) if node.rel else dst
-            steps.append(Step("dirmeta", target, mode=node.mode, uid=node.uid, gid=node.gid,
-                              mtime_ns=node.mtime_ns))
+            steps.append(Step("dirmeta", at_dst(node.rel), mode=node.mode, uid=node.uid,
+                              gid=node.gid, mtime_ns=node.mtime_ns))
     return steps
 
 
 def _removal_steps(nodes: Sequence[Node], src: bytes, dst: bytes) -> List[Step]:
+    at_dst, at_src = _under(dst), _under(src)
     steps = []
     for node in nodes:
         if node.kind != "dir":
-            steps.append(Step("unlink", os.path.join(src, node.rel) if node.rel else src,
-                              other=os.path.join(dst, node.rel) if node.rel else dst,
+            steps.append(Step("unlink", at_src(node.rel), other=at_dst(node.rel),
                               size=node.size if node.kind == "file" else None))
     for node in reversed(nodes):
         if node.kind == "dir":
-            steps.append(Step("rmdir", os.path.join(src, node.rel) if node.rel else src))
+            steps.append(Step("rmdir", at_src(node.rel)))
     return steps
 
 
@@ -410,6 +417,7 @@ def plan_move(request: Request, facts_for: FactsLookup) -> Plan:
     same_fs = same_filesystem(src, dst)
     scope = Scope(src, nodes)
     by_rel = {node.rel: node for node in nodes}
+    at_src, at_dst = _under(src), _under(dst)
     matched = matching_links(repo, scope, request.workers)
     facts = facts_for([link for link, _, _, _ in matched])
     retargets, dangling = [], []
@@ -426,9 +434,9 @@ def plan_move(request: Request, facts_for: FactsLookup) -> Plan:
                 dangling.append(link)
                 continue
             size = st.st_size
-        new_abs = os.path.join(dst, rel) if rel else dst
+        new_abs = at_dst(rel)
         fact = facts.get(link, NO_FACTS)
-        step = Step("retarget", link, other=os.path.join(src, rel) if rel else src,
+        step = Step("retarget", link, other=at_src(rel),
                     old=target, new=new_target(target, link, new_abs),
                     size=size if node.kind == "file" else None,
                     hasher=fact.hasher if fact.hash else None, hash=fact.hash,

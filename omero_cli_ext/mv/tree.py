@@ -131,10 +131,11 @@ def walk_tree(root: bytes) -> List[Node]:
             entries = list(os.scandir(directory))
         except OSError as exc:
             raise _unreadable(directory, exc) from None
+        prefix = rel + b"/" if rel else b""
         for entry in sorted(entries, key=lambda e: e.name):
-            if is_temp_name(entry.name):
+            if entry.name[:1] == b"." and is_temp_name(entry.name):
                 continue
-            child = os.path.join(rel, entry.name) if rel else entry.name
+            child = prefix + entry.name
             node = _node(child, entry.stat(follow_symlinks=False), entry.path)
             nodes.append(node)
             if node.kind == "dir":
