@@ -206,3 +206,23 @@ def test_workers_must_be_a_positive_whole_number(world):
     for bad in ("0", "-2", "two"):
         refused(world, [world.old, os.path.join(world.data, "new"), "--workers", bad],
                 errors.EXIT_USAGE, ["--workers"])
+
+
+def test_a_dead_worker_process_stops_the_job_for_a_rerun(world, monkeypatch):
+    from omero_cli_ext.mv import execute
+    from omero_cli_ext.workers import WorkerFailed, parallel_map
+
+    def dying(func, items, workers, **kw):
+        if items and getattr(items[0], "kind", None) == "retarget":
+            raise WorkerFailed("a worker process ended with status -9")
+        return parallel_map(func, items, workers, **kw)
+
+    monkeypatch.setattr(execute, "parallel_map", dying)
+    new = os.path.join(world.data, "new")
+    rc, out, err = world.mv(world.old, new, "--workers", "2", server=False)
+    assert rc == errors.EXIT_INTERRUPTED, err
+    assert "status -9" in err and "rerun the same command" in err
+    monkeypatch.undo()
+    rc, out, err = world.mv(world.old, new, "--workers", "2", server=False)
+    assert rc == 0, err
+    assert not os.path.exists(world.old)

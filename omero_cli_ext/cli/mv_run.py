@@ -19,7 +19,7 @@ from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL, 
                                      EXIT_RENDER_FAILED, EXIT_SRC_MISSING, EXIT_UNRESOLVED,
                                      EXIT_USAGE, EXIT_VERIFY_FAILED, MvError)
 from omero_cli_ext.mv.plan import FileFacts, Request, plan_for
-from omero_cli_ext.workers import default_workers
+from omero_cli_ext.workers import WorkerFailed, default_workers
 from omero_cli_ext.mv.store import JobStore
 from omero_cli_ext.mv.tree import canonical, fs_path, is_under, show
 
@@ -300,6 +300,9 @@ class _Run:
                 self.die(EXIT_BUSY, f"another omero mv is running on {show(repo)}: {err}")
             except JournalError as err:
                 self.die(EXIT_JOURNAL, str(err))
+            except WorkerFailed as err:
+                self.die(EXIT_INTERRUPTED, f"{err}\nrerun the same command to continue "
+                         "(or with --workers 1)")
         finally:
             if self.port is not None:
                 self.port.close()
