@@ -21,6 +21,7 @@ Safety:
 """
 from __future__ import annotations
 
+import abc
 import ctypes
 import mmap
 import os
@@ -59,9 +60,15 @@ def parallel_map(func: Callable, items: Sequence, workers: int,
     return _InProcess(func, items, chunk)
 
 
-class ChunkedMap:
+class ChunkedMap(abc.ABC):
+    """What parallel_map returns: (start, results) chunks, in completion order."""
+
+    chunk: int
+    total: int
+
+    @abc.abstractmethod
     def __iter__(self) -> Iterator[Tuple[int, List]]:
-        raise NotImplementedError
+        """The chunks as they complete."""
 
     def in_order(self) -> Iterator[Tuple[int, List]]:
         """The chunks in item order, each as soon as those before it are in; after a worker
@@ -105,7 +112,7 @@ class _Forked(ChunkedMap):
         self.chunk, self.total = chunk, len(items)
         self._stop = mmap.mmap(-1, 1)     # shared with the children: b"\1" asks them to stop
         self._children: dict = {}         # pipe read fd -> pid
-        parent = os.getpid()
+        arm = die_with_parent()
         for index in range(workers):
             read_fd, write_fd = os.pipe()
             sys.stdout.flush()
@@ -116,7 +123,7 @@ class _Forked(ChunkedMap):
                 pid = os.fork()
             if pid == 0:   # pragma: no cover - runs in the child, which leaves by os._exit
                 os.close(read_fd)
-                _child(func, items, index, workers, chunk, write_fd, self._stop, parent)
+                _child(func, items, index, workers, chunk, write_fd, self._stop, arm)
             os.close(write_fd)
             self._children[read_fd] = pid
 
@@ -175,12 +182,12 @@ def _messages(buffer: bytearray) -> Iterator[tuple]:
 
 
 def _child(func, items, index: int, workers: int, chunk: int, write_fd: int, stop,
-           parent: int) -> None:
+           arm: Callable[[], None]) -> None:
     """A worker's whole life: its chunks, one message each, then os._exit."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _die_with_parent(parent)
+        arm()
         with os.fdopen(write_fd, "wb") as out:
             for start in range(index * chunk, len(items), workers * chunk):
                 results = []
@@ -218,12 +225,19 @@ def _sendable(exc: BaseException) -> BaseException:
         return WorkerFailed(f"a worker raised {type(exc).__name__}: {exc}\n{text}")
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask the kernel to SIGKILL this child when its parent dies (Linux); a `kill -9` of the
-    command must not leave workers changing files behind a rerun."""
+def die_with_parent() -> Callable[[], None]:
+    """A function for a child to call first (a fork's child, or subprocess's preexec_fn): the
+    kernel SIGKILLs the child when the thread that started it dies (Linux PR_SET_PDEATHSIG), so a
+    killed command leaves no orphan (importer, worker) working behind its back. Elsewhere it does
+    nothing. Call this in the parent, before the child starts."""
+    parent = os.getpid()
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:   # the parent died before prctl took effect
-        os._exit(1)
+        return lambda: None
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:      # the parent died before prctl took effect
+            os._exit(1)
+    return in_child

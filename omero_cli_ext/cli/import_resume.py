@@ -274,6 +274,7 @@ class _JobRun:
 
 def _drive(ctx, args, out, jobs, port, user, java, options, record) -> int:
     from omero_cli_ext.importing import importer
+    from omero_cli_ext.workers import die_with_parent
 
     settings = Settings(workers=args.workers or 1,
                         retries=DEFAULT_RETRIES if args.retries is None else max(0, args.retries),
@@ -287,7 +288,7 @@ def _drive(ctx, args, out, jobs, port, user, java, options, record) -> int:
     def launch(filesets):
         return importer.spawn([*run_options, *(fs.main for fs in filesets)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, java=java,
-                              preexec_fn=importer.die_with_parent())
+                              preexec_fn=die_with_parent())
 
     counts = jobs.counts()
     done_before = counts.get("done", (0, 0))

@@ -8,7 +8,6 @@ verified temporary renamed into place), so no partial file is ever visible under
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
@@ -85,12 +84,8 @@ class Result:
 
 def _syncfs(fd: int) -> None:
     """Flush DEST's filesystem once (syncfs(2)) instead of fsyncing every directory we touched."""
-    try:
-        if ctypes.CDLL(None, use_errno=True).syncfs(fd) == 0:
-            return
-    except (OSError, AttributeError):
-        pass
-    os.sync()
+    if not fsops.syncfs(fd):
+        os.sync()
 
 
 def posix_readable(st: os.stat_result, uid: int, gids) -> bool:
@@ -623,7 +618,7 @@ class Exporter:
                     data = reader.read(offset, min(CHUNK, entry.size - offset))
                     if not data:
                         break
-                    _write_all(pfd, data)
+                    fsops.write_all(pfd, data)
                     if state is not None:
                         state.update(data)
                     offset += len(data)
@@ -748,9 +743,3 @@ def _exists(fd: int, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

@@ -244,6 +244,4 @@ class Journal:
             self._fd = -1
 
     def _append(self, record: list) -> None:
-        view = memoryview(_ENCODER.encode(record).encode("utf-8") + b"\n")
-        while view:
-            view = view[os.write(self._fd, view):]
+        fsops.write_all(self._fd, _ENCODER.encode(record).encode("utf-8") + b"\n")

@@ -5,15 +5,11 @@ starts the simulated server's fake importer with the same CommandLineImporter ar
 """
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
 import subprocess
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 START_CLASS = "ome.formats.importer.cli.CommandLineImporter"
-_PR_SET_PDEATHSIG = 1
 
 
 class ImporterUnavailable(Exception):
@@ -40,20 +36,3 @@ def spawn(argv: Sequence[str], stdout, stderr, env=None, java: Optional[JavaLaun
     except FileNotFoundError:
         raise ImporterUnavailable(f"cannot run {java.prefix[0]}: install Java (11 or later) "
                                   "and put `java` on PATH") from None
-
-
-def die_with_parent() -> Callable[[], None]:
-    """A preexec_fn that has the kernel SIGKILL the importer when the thread that started it dies
-    (Linux PR_SET_PDEATHSIG): a killed driver leaves no orphan importing behind its back.
-    Elsewhere it does nothing."""
-    parent = os.getpid()
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return lambda: None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:      # the parent died before prctl took effect
-            os._exit(1)
-    return preexec

@@ -12,7 +12,6 @@ of its last recorded phase again (`recheck_unsynced`), each re-checking the disk
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import itertools
 import os
@@ -33,23 +32,12 @@ BATCH_ROWS = 5000
 BATCH_SECONDS = 2.0
 
 
-def _libc_syncfs():
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syncfs
-    except (OSError, AttributeError):
-        return None
-
-
-_SYNCFS = _libc_syncfs()
-
-
 def sync_directories(directories: Iterable[bytes]) -> None:
     """Make the entries changed in `directories` durable: one syncfs(2) per filesystem (Linux),
     cheaper than an fsync per directory when a batch touched hundreds of them; elsewhere an
     fsync per directory."""
     directories = list(directories)
-    if _SYNCFS is None:
+    if not fsops.HAS_SYNCFS:
         for directory in directories:
             with contextlib.suppress(FileNotFoundError):
                 fsops.fsync_dir(directory)
@@ -57,7 +45,7 @@ def sync_directories(directories: Iterable[bytes]) -> None:
     for directory in _one_per_filesystem(directories):
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if _SYNCFS(fd) != 0:
+            if not fsops.syncfs(fd):
                 fsops.fsync_dir(directory)
         finally:
             os.close(fd)

@@ -46,22 +46,14 @@ def walk_links(root: bytes, on_error: Optional[Callable[[OSError], None]] = None
     while stack:
         directory = stack.pop()
         try:
-            entries = os.scandir(directory)
+            links, subdirectories = _read_dir(directory)
         except OSError as exc:
             if on_error is not None:
                 on_error(exc)
                 continue
             raise _unreadable(directory, exc) from None
-        with entries:
-            for entry in entries:
-                try:
-                    if entry.is_symlink():
-                        if not (entry.name[:1] == b"." and is_temp_name(entry.name)):
-                            yield entry.path, os.readlink(entry.path)
-                    elif entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                except FileNotFoundError:
-                    continue   # removed while we looked
+        yield from links
+        stack.extend(subdirectories)
 
 
 def split_tree(root: bytes, parts: int) -> Tuple[List[bytes], List[Tuple[bytes, bytes]]]:
@@ -72,20 +64,29 @@ def split_tree(root: bytes, parts: int) -> Tuple[List[bytes], List[Tuple[bytes, 
     while pending and len(pending) < parts:
         directory = pending.pop(0)
         try:
-            entries = os.scandir(directory)
+            found, subdirectories = _read_dir(directory)
         except OSError as exc:
             raise _unreadable(directory, exc) from None
-        with entries:
-            for entry in entries:
-                try:
-                    if entry.is_symlink():
-                        if not (entry.name[:1] == b"." and is_temp_name(entry.name)):
-                            links.append((entry.path, os.readlink(entry.path)))
-                    elif entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-                except FileNotFoundError:
-                    continue
+        links += found
+        pending += subdirectories
     return pending, links
+
+
+def _read_dir(directory: bytes) -> Tuple[List[Tuple[bytes, bytes]], List[bytes]]:
+    """One directory's (link path, stored target) pairs (our temporaries skipped) and its
+    subdirectories (symlinked ones are links), from one scandir: no stat per entry."""
+    links, subdirectories = [], []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            try:
+                if entry.is_symlink():
+                    if not (entry.name[:1] == b"." and is_temp_name(entry.name)):
+                        links.append((entry.path, os.readlink(entry.path)))
+                elif entry.is_dir(follow_symlinks=False):
+                    subdirectories.append(entry.path)
+            except FileNotFoundError:
+                continue   # removed while we looked
+    return links, subdirectories
 
 
 def _unreadable(directory: bytes, exc: OSError) -> MvError:

@@ -163,9 +163,10 @@ def _parse(text: Optional[str]) -> Optional[_dt.datetime]:
     return _dt.datetime.strptime(text, _TIME_FMT).replace(tzinfo=_dt.timezone.utc)
 
 
-def _pages(n: int) -> int:
-    """Round trips of one paged query over n ids (at least one call is made)."""
-    return max(1, math.ceil(n / PAGE))
+def _pages(n: int, page: Optional[int] = None) -> int:
+    """Round trips of one paged query over n ids, pages of `page` (default PAGE, read at call
+    time) ids; at least one call is made."""
+    return max(1, math.ceil(n / (page or PAGE)))
 
 
 def file_hash(path: str, hasher: str = "SHA1-160") -> str:
@@ -1000,8 +1001,7 @@ class SimPort:
         query unless `image_counts` is False (image_count is then 0, as there)."""
         self._check_open()
         ids = list(ids)
-        pages = max(1, math.ceil(len(set(ids)) / FILESET_PAGE))
-        self._server._count(pages * (2 if image_counts else 1))
+        self._server._count(_pages(len(set(ids)), FILESET_PAGE) * (2 if image_counts else 1))
         return self._load_filesets(ids, image_counts)
 
     def filesets_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
@@ -1067,7 +1067,7 @@ class SimPort:
         ids = [r[0] for r in self._db.execute(sql, params + list(cparams))]
         # the adapter: the id query (a page of query.ids at a time), then filesets() (2 per page)
         self._server._count((1 if query.ids is None else _pages(len(set(query.ids))))
-                            + 2 * max(1, math.ceil(len(ids) / FILESET_PAGE)))
+                            + 2 * _pages(len(ids), FILESET_PAGE))
         loaded = self._load_filesets(ids)
         return [loaded[i] for i in ids]
 
