@@ -43,8 +43,9 @@ class MvControl(BaseControl):
         parser.add_argument("--render-check", action="store_true",
                             help="afterwards, render one image per affected fileset (needs omero-cli-render)")
         parser.add_argument("--workers", type=positive_int, metavar="N",
-                            help="processes that retarget and verify links in parallel (default: "
-                                 "one per core, at most 4; 1 runs everything in this process)")
+                            help="processes for the per-link and per-file work: scan, retarget, "
+                                 "hard-link, remove, verify (default: one per core, at most 4; "
+                                 "1 runs everything in this process)")
         parser.add_argument("--no-server", action="store_true",
                             help="never contact the server (needs --repo)")
         add_dry_run_argument(parser)
