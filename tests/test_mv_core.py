@@ -10,7 +10,7 @@ from omero_cli_ext.journal import open_journal
 from omero_cli_ext.mv import engine
 from omero_cli_ext.mv.execute import Executor, roll_back_copies
 from omero_cli_ext.mv.plan import PHASES, Request, Scope, _closest, new_target, plan_for
-from omero_cli_ext.mv.store import SCHEMA, JobStore
+from omero_cli_ext.mv.store import JobStore
 from omero_cli_ext.mv.tree import below, fs_path, is_under, walk_links, walk_tree
 
 
@@ -150,17 +150,52 @@ def test_journal_marks_progress_and_keeps_outcomes_that_are_not_plain(tree):
     journal.close()
 
 
+MV_JOB_V1 = ("CREATE TABLE mv_job (id INTEGER PRIMARY KEY AUTOINCREMENT, repo TEXT NOT NULL, "
+             "job_key TEXT NOT NULL, command TEXT NOT NULL, mode TEXT NOT NULL, "
+             "same_fs INTEGER NOT NULL, state TEXT NOT NULL, created TEXT NOT NULL, "
+             "updated TEXT NOT NULL, summary TEXT)")
+MV_STEP_V1 = ("CREATE TABLE mv_step (job INTEGER NOT NULL REFERENCES mv_job (id), "
+              "seq INTEGER NOT NULL, kind TEXT NOT NULL, path BLOB NOT NULL, other BLOB, "
+              "old BLOB, new BLOB, size INTEGER, mode INTEGER, uid INTEGER, gid INTEGER, "
+              "mtime_ns INTEGER, hasher TEXT, hash TEXT, fileset INTEGER, state TEXT NOT NULL, "
+              "note TEXT, PRIMARY KEY (job, seq))")
+
+
 def test_journal_of_schema_1_is_upgraded_and_its_outcomes_kept(tree):
     journal = open_journal(str(tree / "j.sqlite"))
-    version_1 = (SCHEMA[0].replace(", done_through INTEGER NOT NULL DEFAULT -1", ""),) \
-        + SCHEMA[1:]
-    journal.ensure_schema("mv", 1, version_1)
+    journal.ensure_schema("mv", 1, (MV_JOB_V1, MV_STEP_V1))
     journal.execute("INSERT INTO mv_job (repo, job_key, command, mode, same_fs, state, "
                     "created, updated) VALUES ('/r', 'k', 'c', 'move', 1, 'running', 't', 't')")
     journal.execute("INSERT INTO mv_step (job, seq, kind, path, state) VALUES "
                     "(1, 0, 'retarget', x'2f61', 'done'), (1, 1, 'retarget', x'2f62', 'pending')")
     store = JobStore(journal)
     assert [(s.path, s.state) for s in store.steps(1)] == [(b"/a", "done"), (b"/b", "pending")]
+    journal.close()
+
+
+def test_unfinished_job_of_schema_2_resumes_after_the_upgrade(tree):
+    """Schema 2 kept a row per step and done_through; schema 3 packs the steps. A job journaled
+    by the older version is read from its rows, and its new outcomes recorded on top."""
+    journal = open_journal(str(tree / "j.sqlite"))
+    journal.ensure_schema("mv", 2, (MV_JOB_V1.replace(
+        ")", ", done_through INTEGER NOT NULL DEFAULT -1)", 1), MV_STEP_V1))
+    journal.execute("INSERT INTO mv_job (repo, job_key, command, mode, same_fs, state, created, "
+                    "updated, done_through) VALUES ('/r', 'k', 'c', 'move', 1, 'running', 't', "
+                    "'t', 1)")
+    journal.execute("INSERT INTO mv_step (job, seq, kind, path, new, state, note) VALUES "
+                    "(1, 0, 'retarget', x'2f61', x'2f6e', 'pending', NULL), "
+                    "(1, 1, 'retarget', x'2f62', x'2f6e', 'skipped', 'changed'), "
+                    "(1, 2, 'unlink', x'2f63', NULL, 'pending', NULL)")
+    store = JobStore(journal)
+    steps = store.steps(1)
+    assert [(s.path, s.new, s.state, s.note) for s in steps] == [
+        (b"/a", b"/n", "done", None), (b"/b", b"/n", "skipped", "changed"),
+        (b"/c", None, "pending", None)]
+    steps[1].state, steps[1].note = "done", None
+    steps[2].state, steps[2].note = "skipped", "kept"
+    store.record(1, steps[1:])
+    assert [(s.state, s.note) for s in store.steps(1)] == [
+        ("done", None), ("done", None), ("skipped", "kept")]
     journal.close()
 
 
@@ -189,3 +224,20 @@ def test_resume_runs_the_last_recorded_phase_again(tree):
 
 def test_fs_path_keeps_non_utf8_bytes():
     assert fs_path(os.fsdecode(b"/tmp/x\xe9")) == b"/tmp/x\xe9"
+
+
+def test_changes_are_synced_once_per_filesystem(tmp_path):
+    """One syncfs for a tree on one filesystem; one per filesystem when a mount lies below."""
+    from mv_helpers import tmpfs
+    from omero_cli_ext.mv.execute import _one_per_filesystem
+    base = tmp_path / "base"
+    paths = [b(base / name / "f") for name in ("a", "b/c", "d")]
+    for path in paths:
+        os.makedirs(os.path.dirname(path))
+    assert _one_per_filesystem(paths) == [b(base)]
+    with tmpfs(str(base / "b")):
+        os.makedirs(base / "b" / "c")
+        found = _one_per_filesystem(paths)
+        assert sorted(os.stat(d).st_dev for d in found) == \
+            sorted({os.stat(os.path.dirname(p)).st_dev for p in paths})
+        assert len(found) == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 
 from omero_cli_ext import server
 from omero_cli_ext.output import Output
@@ -57,3 +58,19 @@ def open_port(ctx, args) -> server.ServerPort:
     """Log in (or reuse the CLI's session) and return the port; dies with EXIT_SERVER on failure."""
     with server_errors(ctx):
         return server.open_port(ctx, args)
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """The cyclic garbage collector off for one command that builds objects by the hundred
+    thousand (plan steps, paths, server answers, manifest entries): they hold no cycles, yet
+    every few thousand allocations the collector walks them all again (~10 % of a 200k-link
+    relink, a third of a 100k-file export). The few cycles the command makes (exceptions) are
+    collected once it ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -8,14 +8,13 @@ files not exported (failed or left alone); 8 --verify found a mismatch; 20/21/22
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import pwd
 
 from omero_cli_ext import fsops
 from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, add_dry_run_argument,
-                                    add_json_argument, open_port, output_for, server_errors)
+                                    add_json_argument, collector_paused, open_port, output_for,
+                                    server_errors)
 from omero_cli_ext.export import manifest as manifest_io
 from omero_cli_ext.export.execute import CHAINS, Exporter, Options
 from omero_cli_ext.export.plan import LAYOUTS, BadObject, format_ref, parse_objects, plan_layout, resolve
@@ -167,20 +166,6 @@ def load_manifest(ctx, fd, args, repository: str, user: str):
 
 # --------------------------------------------------------------------------- the command
 
-@contextlib.contextmanager
-def _without_cycle_collection():
-    """An export holds a few objects per file (server answer, plan, manifest), all long-lived and
-    free of reference cycles: the cyclic collector would only walk them again and again as they
-    accumulate (about a third of the run time at 100k files)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def run_export(control, args):
     ctx = control.ctx
     out = output_for(args)
@@ -194,7 +179,7 @@ def run_export(control, args):
     acting = port
     dest_fd = None
     try:
-        with server_errors(ctx), _without_cycle_collection():
+        with server_errors(ctx), collector_paused():
             if args.as_user:
                 acting = port.sudo(args.as_user)
             user = acting.current_user()

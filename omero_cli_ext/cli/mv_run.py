@@ -12,7 +12,8 @@ import shlex
 import time
 
 from omero_cli_ext import server
-from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER, output_for, server_errors
+from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER, collector_paused,
+                                    output_for, server_errors)
 from omero_cli_ext.journal import JournalError, JournalLocked, open_journal
 from omero_cli_ext.mv import engine
 from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL, EXIT_NO_SPACE,
@@ -463,4 +464,5 @@ class _Run:
 
 
 def run_mv(control, args) -> None:
-    _Run(control, args).run()
+    with collector_paused():
+        _Run(control, args).run()

@@ -32,17 +32,18 @@ BATCH_ROWS = 5000
 BATCH_SECONDS = 2.0
 
 
-def sync_directories(directories: Iterable[bytes]) -> None:
-    """Make the entries changed in `directories` durable: one syncfs(2) per filesystem (Linux),
-    cheaper than an fsync per directory when a batch touched hundreds of them; elsewhere an
-    fsync per directory."""
-    directories = list(directories)
+def sync_changed(paths: Sequence[bytes]) -> None:
+    """Make durable the directory entries made, replaced or removed at `paths`: one syncfs(2) per
+    filesystem holding their directories (Linux), cheaper than an fsync per directory when a
+    batch touched hundreds of them; elsewhere an fsync per directory."""
+    if not paths:
+        return
     if not fsops.HAS_SYNCFS:
-        for directory in directories:
+        for directory in _parents(paths):
             with contextlib.suppress(FileNotFoundError):
                 fsops.fsync_dir(directory)
         return
-    for directory in _one_per_filesystem(directories):
+    for directory in _one_per_filesystem(paths):
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if not fsops.syncfs(fd):
@@ -51,18 +52,20 @@ def sync_directories(directories: Iterable[bytes]) -> None:
             os.close(fd)
 
 
-def _one_per_filesystem(directories: List[bytes]) -> List[bytes]:
-    """A directory of each filesystem holding `directories`. They were found by walks that never
-    follow a symlink, so below their common ancestor only a mount point can lead to another
-    filesystem: without one there, that ancestor stands for all of them (no stat per directory,
-    which on a relink of 200k links is 60k+ stats)."""
-    if not directories:
-        return []
-    common = _common_directory(min(directories), max(directories))
+def _parents(paths: Iterable[bytes]) -> Set[bytes]:
+    return {path.rpartition(b"/")[0] or b"/" for path in paths}
+
+
+def _one_per_filesystem(paths: Sequence[bytes]) -> List[bytes]:
+    """A directory of each filesystem holding the directories of `paths`. They were found by
+    walks that never follow a symlink, so below their common ancestor only a mount point can
+    lead to another filesystem: without one there, that ancestor stands for all of them (no
+    stat per directory, which on a relink of 200k links is 60k+ stats)."""
+    common = _common_directory(min(paths), max(paths))
     if common and not _mount_points_below(os.path.realpath(common)):
         return [common] if os.path.isdir(common) else []
     by_device = {}
-    for directory in directories:
+    for directory in _parents(paths):
         try:
             by_device.setdefault(os.stat(directory).st_dev, directory)
         except FileNotFoundError:
@@ -71,8 +74,8 @@ def _one_per_filesystem(directories: List[bytes]) -> List[bytes]:
 
 
 def _common_directory(first: bytes, last: bytes) -> bytes:
-    """A directory above every path sorting between `first` and `last`: their common prefix
-    cut at its last separator (never deeper than os.path.commonpath, sometimes one level up)."""
+    """A directory above every path sorting between `first` and `last` (so above their
+    directories too): their common prefix cut at its last separator."""
     length = len(os.path.commonprefix([first, last]))
     return first[:first.rfind(b"/", 0, length)] or b"/"
 
@@ -115,20 +118,20 @@ def recheck_unsynced(steps: Sequence[Step]) -> int:
 
 class _Recorder:
     """Collects finished steps and hands them to `record` in batches (journal marks, no sync),
-    and remembers the directories they touched until `sync` makes those filesystems durable."""
+    and remembers the entries they changed until `sync` makes their filesystems durable."""
 
     def __init__(self, record: Callable[[List[Step]], None]):
         self._record = record
         self._steps: List[Step] = []
-        self._dirs: Set[bytes] = set()
+        self._changed: List[bytes] = []
         self._started = time.monotonic()
 
     def add(self, steps: List[Step]) -> None:
         if not self._steps:
             self._started = time.monotonic()
         self._steps.extend(steps)
-        # the directories whose entries the steps changed, now or in a killed run before
-        self._dirs.update(s.path.rpartition(b"/")[0] or b"/" for s in steps if s.state == "done")
+        # the entries the steps changed, now or in a killed run before
+        self._changed.extend([s.path for s in steps if s.state == "done"])
         if len(self._steps) >= BATCH_ROWS or time.monotonic() - self._started >= BATCH_SECONDS:
             self.flush()
 
@@ -138,8 +141,8 @@ class _Recorder:
             self._record(steps)
 
     def sync(self) -> None:
-        sync_directories(self._dirs)
-        self._dirs.clear()
+        sync_changed(self._changed)
+        self._changed = []
 
 
 # short temporary names beside each link that fsops.is_temp_name recognises (pid inside, so
