@@ -32,6 +32,27 @@ def test_forked_results_equal_a_plain_map_and_come_from_workers():
     _no_children_left()
 
 
+def test_a_slowed_worker_takes_fewer_chunks():
+    """Chunks are dealt as workers ask for them: the worker stuck on the first chunk does not
+    also get every other chunk after it."""
+    def work(item):
+        if item == 0:
+            time.sleep(1.0)
+        return os.getpid()
+
+    by_chunk = dict(parallel_map(work, range(400), 2, min_items=2, chunk=10))
+    slow = by_chunk[0][0]
+    assert sum(1 for pids in by_chunk.values() if pids[0] == slow) < 10
+    assert sorted(by_chunk) == list(range(0, 400, 10))
+
+
+def test_more_chunks_than_the_queue_holds_are_all_dealt():
+    """160 KB of chunk starts: more than a pipe holds, dealt as the workers drain it."""
+    assert parallel_map(lambda n: -n, range(20_000), 2, min_items=2, chunk=1).results() == \
+        [-n for n in range(20_000)]
+    _no_children_left()
+
+
 def test_in_order_yields_contiguous_chunks_from_the_first():
     starts = [start for start, _ in parallel_map(lambda n: n, range(9_000), 2, chunk=1000).in_order()]
     assert starts == list(range(0, 9_000, 1000))

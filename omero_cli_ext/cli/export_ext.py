@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import importlib
 
+from omero_cli_ext.cli.base import add_dry_run_argument, add_json_argument
+from omero_cli_ext.export import CHAINS, LAYOUTS
+
 _builtin = importlib.import_module("omero.plugins.export")
 BuiltinExportControl = _builtin.ExportControl
 
@@ -31,7 +34,6 @@ class ExportControl(BuiltinExportControl):
         obj.nargs = "+"
         obj.help = "Format: Image:<id> (built-in); with --originals any of Project, Dataset, " \
                    "Image, Screen, Plate, Fileset as Type:id[,id...], several allowed"
-        from omero_cli_ext.cli.export_originals import add_originals_arguments
         group = parser.add_argument_group(
             "Original files (omero-cli-ext)", "See docs/export.md.")
         add_originals_arguments(group)
@@ -48,6 +50,45 @@ class ExportControl(BuiltinExportControl):
                             "use --originals DEST for several")
         args.obj = args.obj[0]
         return self.export(args)
+
+
+def octal_mode(text):
+    from omero_ext.argparse import ArgumentTypeError   # the omero CLI parses with its own argparse copy
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ArgumentTypeError(f"not an octal mode: {text!r}") from None
+    if not 0 <= mode <= 0o7777:
+        raise ArgumentTypeError(f"mode out of range: {text!r}")
+    return mode
+
+
+def add_originals_arguments(group) -> None:
+    """The --originals options (defined here, not beside the exporter, so that loading the omero
+    CLI for any command does not import the exporter)."""
+    group.add_argument("--originals", metavar="DEST",
+                       help="write the original files of OBJ... the acting user may read into DEST")
+    group.add_argument("--link", choices=tuple(CHAINS), default="auto",
+                       help="how files reach DEST (default auto: hard link, then reflink, then copy, then download)")
+    group.add_argument("--layout", choices=LAYOUTS, default="clientpath",
+                       help="clientpath: the user's own directories (default); tree: Project/Dataset or "
+                            "Screen/Plate names; fileset: Fileset_<id>/")
+    group.add_argument("--as-user", metavar="NAME",
+                       help="admins with Sudo: export what NAME may read, in a session of NAME")
+    group.add_argument("--repo", metavar="DIR",
+                       help="where the ManagedRepository is mounted on this host (default: the server's path)")
+    group.add_argument("--dir-mode", type=octal_mode, default=0o750, metavar="MODE",
+                       help="mode of the directories created in DEST (default 0750)")
+    group.add_argument("--owner", metavar="USER",
+                       help="as root: POSIX owner of created directories (default: the OMERO user's name)")
+    group.add_argument("--owner-map", metavar="FILE",
+                       help="as root: file of 'omero_name posix_name' lines for sites where names differ")
+    group.add_argument("--sync", action="store_true",
+                       help="bring DEST up to date: add new entries, remove those no longer readable or deleted")
+    group.add_argument("--verify", action="store_true",
+                       help="check every entry against the OriginalFile size and hash")
+    add_dry_run_argument(group)
+    add_json_argument(group)
 
 
 def register_plugin(register):

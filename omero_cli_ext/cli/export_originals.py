@@ -1,4 +1,4 @@
-"""The --originals option group of `omero export` and the control glue for it.
+"""The control glue of `omero export --originals` (its options are defined in export_ext).
 
 Checks everything that can be checked before the first change to disk (objects, owner, DEST,
 manifest), then hands the plan to `omero_cli_ext.export.execute.Exporter` and renders its events.
@@ -12,58 +12,19 @@ import os
 import pwd
 
 from omero_cli_ext import fsops
-from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, add_dry_run_argument,
-                                    add_json_argument, collector_paused, open_port, output_for,
-                                    server_errors)
+from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, collector_paused, open_port,
+                                    output_for, server_errors)
 from omero_cli_ext.export import manifest as manifest_io
-from omero_cli_ext.export.execute import CHAINS, Exporter, Options
-from omero_cli_ext.export.plan import LAYOUTS, BadObject, format_ref, parse_objects, plan_layout, resolve
+from omero_cli_ext.export.execute import Exporter, Options
+from omero_cli_ext.export.plan import BadObject, format_ref, parse_objects, plan_layout, resolve
 from omero_cli_ext.output import printable
 
-LINK_METHODS = tuple(CHAINS)
 EXIT_DEST = 3
 EXIT_OWNER = 4
 EXIT_SOME_MISSING = 5
 EXIT_FULL = 6
 EXIT_NOT_EXPORTED = 7
 EXIT_VERIFY = 8
-
-
-def octal_mode(text):
-    from omero_ext.argparse import ArgumentTypeError   # the omero CLI parses with its own argparse copy
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise ArgumentTypeError(f"not an octal mode: {text!r}") from None
-    if not 0 <= mode <= 0o7777:
-        raise ArgumentTypeError(f"mode out of range: {text!r}")
-    return mode
-
-
-def add_originals_arguments(group) -> None:
-    group.add_argument("--originals", metavar="DEST",
-                       help="write the original files of OBJ... the acting user may read into DEST")
-    group.add_argument("--link", choices=LINK_METHODS, default="auto",
-                       help="how files reach DEST (default auto: hard link, then reflink, then copy, then download)")
-    group.add_argument("--layout", choices=LAYOUTS, default="clientpath",
-                       help="clientpath: the user's own directories (default); tree: Project/Dataset or "
-                            "Screen/Plate names; fileset: Fileset_<id>/")
-    group.add_argument("--as-user", metavar="NAME",
-                       help="admins with Sudo: export what NAME may read, in a session of NAME")
-    group.add_argument("--repo", metavar="DIR",
-                       help="where the ManagedRepository is mounted on this host (default: the server's path)")
-    group.add_argument("--dir-mode", type=octal_mode, default=0o750, metavar="MODE",
-                       help="mode of the directories created in DEST (default 0750)")
-    group.add_argument("--owner", metavar="USER",
-                       help="as root: POSIX owner of created directories (default: the OMERO user's name)")
-    group.add_argument("--owner-map", metavar="FILE",
-                       help="as root: file of 'omero_name posix_name' lines for sites where names differ")
-    group.add_argument("--sync", action="store_true",
-                       help="bring DEST up to date: add new entries, remove those no longer readable or deleted")
-    group.add_argument("--verify", action="store_true",
-                       help="check every entry against the OriginalFile size and hash")
-    add_dry_run_argument(group)
-    add_json_argument(group)
 
 
 # --------------------------------------------------------------------------- checks before any change

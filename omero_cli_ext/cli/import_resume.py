@@ -11,9 +11,8 @@ import signal
 import subprocess
 import threading
 
-from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_PERMISSION, add_dry_run_argument,
-                                    add_json_argument, open_port, output_for, positive_int,
-                                    server_errors)
+from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_PERMISSION, open_port, output_for, server_errors
+from omero_cli_ext.cli.import_ext import RESUME_ONLY
 from omero_cli_ext.importing import progress, store
 from omero_cli_ext.importing.driver import Driver, Settings
 from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, chunk_filesets,
@@ -21,31 +20,6 @@ from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, chun
 from omero_cli_ext.journal import (JournalCorrupt, JournalError, JournalIntegrityError,
                                    JournalLocked, open_journal)
 from omero_cli_ext.output import printable
-
-
-def add_resume_arguments(group) -> None:
-    group.add_argument("--resume", action="store_true",
-                       help="plan, chunk and journal the import; rerun the same command to continue")
-    group.add_argument("--job", metavar="NAME",
-                       help="job name (default: derived from the paths and target); required to join a "
-                            "shared PostgreSQL job from several hosts")
-    group.add_argument("--journal", metavar="PATH|URL",
-                       help="journal location: an SQLite file (default under the OMERO user directory) "
-                            "or a postgresql:// URL shared by several hosts")
-    group.add_argument("--chunk-size", type=positive_int, metavar="N",
-                       help="filesets per importer run (default 50)")
-    group.add_argument("--chunk-bytes", metavar="SIZE",
-                       help="bytes per importer run, e.g. 500G, 2T (with --chunk-size: whichever fills first)")
-    group.add_argument("--workers", type=positive_int, metavar="N",
-                       help="importer runs at once (default 1; the server's database pool is the bottleneck)")
-    group.add_argument("--retries", type=int, metavar="N",
-                       help="retries of a chunk after a transient failure, with exponential backoff (default 3)")
-    group.add_argument("--clean-ghosts", action="store_true",
-                       help="on resume, delete this job's half-uploaded or image-less filesets and re-import them")
-    group.add_argument("--lease", type=positive_int, metavar="SECONDS",
-                       help="shared journals: a chunk claim expires after this long without a heartbeat (default 600)")
-    add_dry_run_argument(group)
-    add_json_argument(group)
 
 
 # --- exit codes (docs/import.md) ---------------------------------------------------------------
@@ -65,9 +39,6 @@ EXIT_IMPORTER_FAILED = 18   # the importer could not list the files (-f failed o
 DEFAULT_CHUNK_SIZE = 50
 DEFAULT_RETRIES = 3
 DEFAULT_LEASE = 600
-# argparse dests that belong to the resumable driver, never to the Java importer
-OWN_OPTIONS = ("resume", "job", "journal", "chunk_size", "chunk_bytes", "workers", "retries",
-               "clean_ghosts", "lease", "dry_run", "json")
 
 
 class _Session:
@@ -102,7 +73,7 @@ def _importer_options(control, args, login) -> list:
     """The CommandLineImporter options the built-in `omero import` would pass for `args`
     (CommandArguments), without our own options, the login (-s/-p/-k), --output and the paths."""
     _builtin = _import_plugin()
-    stripped = argparse_copy(args, {name: None for name in OWN_OPTIONS},
+    stripped = argparse_copy(args, {name: None for name in ("resume",) + RESUME_ONLY},
                              path=[], output=None, f=False, c=False, bulk=None)
     command = _builtin.CommandArguments(_SessionContext(control.ctx, login), stripped)
     command.set_path([])

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from omero_cli_ext import fsops
+from omero_cli_ext.export import CHAINS
 from omero_cli_ext.export.manifest import (DONE, JOURNAL_NAME, PENDING, Journal, Manifest,
                                            ManifestEntry, fd_path, save)
 from omero_cli_ext.export.paths import RESERVED_PREFIX
@@ -25,8 +26,6 @@ from omero_cli_ext.export.plan import path_order
 from omero_cli_ext.server import NotFound, PermissionDenied, ServerError
 
 # The order `--link auto` tries (DESIGN: hard link, then reflink, then copy, then download)
-CHAINS = {"auto": ("hard", "reflink", "copy", "download"), "hard": ("hard",),
-          "reflink": ("reflink",), "sym": ("sym",), "copy": ("copy",), "download": ("download",)}
 PART_PREFIX = RESERVED_PREFIX + ".part."    # a download in progress: .omero-cli-ext.part.<id>
 CHUNK = 1 << 20
 BATCH = 10_000               # entries journaled as pending at once (one fsync each)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
 
+from omero_cli_ext.export import LAYOUTS
 from omero_cli_ext.export.paths import (client_path_components, is_safe_relpath, safe_component,
                                         split_common_root)
 from omero_cli_ext.server import CONTAINER_TYPES
 
-LAYOUTS = ("clientpath", "tree", "fileset")
 ORPHANED = "orphaned"   # tree layout: filesets whose images are in no Dataset or Plate
 
 

@@ -233,17 +233,25 @@ class Executor:
 
     def _run_parallel(self, steps: List[Step]) -> None:
         """The steps in worker processes; their outcomes come back and are recorded here."""
-        def outcome(step: Step) -> tuple:
+        def outcome(step: Step) -> Optional[tuple]:
+            """None for a plain "done" (most steps: cheap to send back), else what changed."""
             if os.getpid() != self._pid:
                 self._copied = None   # a fallback copy in a worker: its bytes are not followed
+            hasher, hash_ = step.hasher, step.hash
             self._run_step(step)
+            if step.state == "done" and step.note is None and step.hasher == hasher \
+                    and step.hash == hash_:
+                return None
             return step.state, step.note, step.hasher, step.hash
 
         # in step order: the journal's "done through step N" must hold for what is recorded
         for start, outcomes in parallel_map(outcome, steps, self.workers).in_order():
             finished = steps[start:start + len(outcomes)]
-            for step, (state, note, hasher, hash_) in zip(finished, outcomes):
-                step.state, step.note, step.hasher, step.hash = state, note, hasher, hash_
+            for step, changed in zip(finished, outcomes):
+                if changed is None:
+                    step.state, step.note = "done", None
+                else:
+                    step.state, step.note, step.hasher, step.hash = changed
             self._finished(finished)
 
     def _run_step(self, step: Step) -> None:

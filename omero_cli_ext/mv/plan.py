@@ -8,11 +8,13 @@ instant each repository link resolves (to the old or to the new copy).
 """
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import os
 import shutil
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from omero_cli_ext.fsops import checksum
@@ -115,13 +117,12 @@ class Plan:
 
     @property
     def bytes_to_copy(self) -> int:
-        return sum(s.size or 0 for s in self.steps
-                   if s.kind in ("place", "materialize") and not self.same_fs)
+        if self.same_fs:
+            return 0
+        return sum(s.size or 0 for s in self.steps if s.kind in ("place", "materialize"))
 
     def summary(self) -> dict:
-        kinds: Dict[str, int] = {}
-        for step in self.steps:
-            kinds[step.kind] = kinds.get(step.kind, 0) + 1
+        kinds = dict(collections.Counter(map(attrgetter("kind"), self.steps)))
         return {"mode": self.request.mode, "steps": len(self.steps), "by_kind": kinds,
                 "links": kinds.get("retarget", 0) + kinds.get("swap", 0)
                 + kinds.get("materialize", 0),
@@ -492,11 +493,12 @@ def plan_links_only(request: Request, facts_for: FactsLookup) -> Plan:
                 raise _loop_error(link, target)
             missing.append(link)
             continue
-        fact = facts.get(link, NO_FACTS)
         step = Step("retarget", link, None, target,
-                    new_abs if target[:1] == b"/" else new_target(target, link, new_abs), size,
-                    hasher=fact.hasher if fact.hash else None, hash=fact.hash,
-                    fileset=fact.fileset)
+                    new_abs if target[:1] == b"/" else new_target(target, link, new_abs), size)
+        fact = facts.get(link) if facts else None
+        if fact is not None:
+            step.hasher, step.hash, step.fileset = fact.hasher if fact.hash else None, \
+                fact.hash, fact.fileset
         if request.checksums:
             _hash_before(step, new_abs, request)
         steps.append(step)
