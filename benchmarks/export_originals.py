@@ -8,6 +8,11 @@ interpreter and CLI start-up are included, and also shown on their own (`export 
 time, the medians, their ratio (target <= 1.5) and the server round trips per 500 filesets
 (target <= 1). No assertion on time: the figures are the result.
 
+It also prints a floor: the CLI start-up plus only the system calls an export cannot do without
+(per directory a mkdir and a chmod; per file a link and a stat of the linked inode), made over
+the same tree with nothing else (no server, no plan, no manifest), in one process and with the
+files split between two. No export can beat that floor on this machine.
+
     .venv/bin/python benchmarks/export_originals.py [--files 100000] [--per-fileset 10]
                                                      [--repeat 3] [--keep DIR]
 """
@@ -41,6 +46,36 @@ def omero(sim_root: str, *args: str) -> list:
     return [sys.executable, LAUNCHER, "--sim-root", sim_root, "--sim-user", "alice", *args]
 
 
+def required_calls(source: str, dest: str, processes: int) -> float:
+    """Wall time of the bare system calls of a hard-link export of `source` into `dest`: the
+    directories made here (parents first), then the files linked and stat'ed in `processes`
+    forked processes (an equal share each)."""
+    dirs, files = [], []
+    for root, _, names in os.walk(source):
+        rel = os.path.relpath(root, source)
+        dirs.append(os.path.normpath(os.path.join(dest, rel)))
+        files.extend((os.path.join(root, name), os.path.join(dirs[-1], name)) for name in names)
+    began = time.perf_counter()
+    for directory in dirs:
+        os.mkdir(directory)
+        os.chmod(directory, 0o750)
+    children = []
+    for index in range(processes):
+        share = files[index::processes]
+        pid = os.fork() if processes > 1 else 0
+        if pid == 0:
+            for src, dst in share:
+                os.link(src, dst)
+                os.stat(dst)
+            if processes > 1:
+                os._exit(0)
+        else:
+            children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    return time.perf_counter() - began
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000, help="original files (default 100000)")
@@ -63,7 +98,7 @@ def main(argv=None) -> int:
         print(f"built {n_filesets * args.per_fileset} files in {n_filesets} filesets "
               f"in {time.perf_counter() - began:.1f} s")
 
-        exports, copies, starts, trips = [], [], [], []
+        exports, copies, starts, trips, bare = [], [], [], [], {1: [], 2: []}
         for run in range(args.repeat):
             sim.reset_round_trips()
             seconds, proc = timed(omero(sim.root, "export", "--originals",
@@ -76,6 +111,9 @@ def main(argv=None) -> int:
             trips.append(sim.round_trips)
             copies.append(timed(["cp", "-al", source, os.path.join(work, f"cp-al{run}")])[0])
             starts.append(timed(omero(sim.root, "export", "-h"))[0])
+            for processes in bare:
+                bare[processes].append(required_calls(
+                    source, os.path.join(work, f"bare{processes}-{run}"), processes))
 
         def show(values):
             return " ".join(f"{v:.2f}" for v in values) + f"  (median {statistics.median(values):.2f} s)"
@@ -86,6 +124,11 @@ def main(argv=None) -> int:
         print(f"cp -al of the same tree:              {show(copies)}")
         print(f"ratio export / cp -al (medians):      {export_s / cp_s:.2f} (target <= 1.5); "
               f"without start-up {(export_s - statistics.median(starts)) / cp_s:.2f}")
+        start_s = statistics.median(starts)
+        for processes, values in bare.items():
+            floor = start_s + statistics.median(values)
+            print(f"floor, {processes} process{'es' if processes > 1 else ''}: start-up + "
+                  f"required calls {show(values)} = {floor:.2f} s = {floor / cp_s:.2f}x cp -al")
         print(f"server round trips:                   {trips[0]} for {n_filesets} filesets = "
               f"{trips[0] * 500 / n_filesets:.2f} per 500 filesets (target <= 1)")
         return 0
