@@ -115,8 +115,16 @@ def test_roll_back_refuses_once_links_changed(tree):
         roll_back_copies(plan.steps)
 
 
-def test_journal_round_trip_resumes_the_recorded_plan(tree):
-    journal = open_journal(str(tree / "j.sqlite"))
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def journal_location(request, tree):
+    """A fresh journal for `omero mv`, for each backend (--journal takes either)."""
+    if request.param == "sqlite":
+        return str(tree / "j.sqlite")
+    return request.getfixturevalue("postgres_db_url")
+
+
+def test_journal_round_trip_resumes_the_recorded_plan(tree, journal_location):
+    journal = open_journal(journal_location)
     store = JobStore(journal)
     request = Request("move", b(tree / "repo"), src=b(tree / "src"), dst=b(tree / "dst"))
     first = engine.prepare(store, request, "omero mv src dst")
@@ -128,8 +136,8 @@ def test_journal_round_trip_resumes_the_recorded_plan(tree):
     journal.close()
 
 
-def test_journal_marks_progress_and_keeps_outcomes_that_are_not_plain(tree):
-    journal = open_journal(str(tree / "j.sqlite"))
+def test_journal_marks_progress_and_keeps_outcomes_that_are_not_plain(tree, journal_location):
+    journal = open_journal(journal_location)
     store = JobStore(journal)
     request = Request("move", b(tree / "repo"), src=b(tree / "src"), dst=b(tree / "dst"))
     job = engine.prepare(store, request, "omero mv src dst")
@@ -161,31 +169,42 @@ MV_STEP_V1 = ("CREATE TABLE mv_step (job INTEGER NOT NULL REFERENCES mv_job (id)
               "note TEXT, PRIMARY KEY (job, seq))")
 
 
-def test_journal_of_schema_1_is_upgraded_and_its_outcomes_kept(tree):
-    journal = open_journal(str(tree / "j.sqlite"))
+def _legacy_job(journal, done_through=None) -> None:
+    columns = "repo, job_key, command, mode, same_fs, state, created, updated"
+    values = ["/r", "k", "c", "move", 1, "running", "t", "t"]
+    if done_through is not None:
+        columns += ", done_through"
+        values.append(done_through)
+    journal.execute(f"INSERT INTO mv_job ({columns}) VALUES ({', '.join('?' * len(values))})",
+                    values)
+
+
+def _legacy_steps(journal, rows) -> None:
+    journal.executemany("INSERT INTO mv_step (job, seq, kind, path, new, state, note) "
+                        "VALUES (1, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def test_journal_of_schema_1_is_upgraded_and_its_outcomes_kept(journal_location):
+    journal = open_journal(journal_location)
     journal.ensure_schema("mv", 1, (MV_JOB_V1, MV_STEP_V1))
-    journal.execute("INSERT INTO mv_job (repo, job_key, command, mode, same_fs, state, "
-                    "created, updated) VALUES ('/r', 'k', 'c', 'move', 1, 'running', 't', 't')")
-    journal.execute("INSERT INTO mv_step (job, seq, kind, path, state) VALUES "
-                    "(1, 0, 'retarget', x'2f61', 'done'), (1, 1, 'retarget', x'2f62', 'pending')")
+    _legacy_job(journal)
+    _legacy_steps(journal, [(0, "retarget", b"/a", None, "done", None),
+                            (1, "retarget", b"/b", None, "pending", None)])
     store = JobStore(journal)
     assert [(s.path, s.state) for s in store.steps(1)] == [(b"/a", "done"), (b"/b", "pending")]
     journal.close()
 
 
-def test_unfinished_job_of_schema_2_resumes_after_the_upgrade(tree):
+def test_unfinished_job_of_schema_2_resumes_after_the_upgrade(journal_location):
     """Schema 2 kept a row per step and done_through; schema 3 packs the steps. A job journaled
     by the older version is read from its rows, and its new outcomes recorded on top."""
-    journal = open_journal(str(tree / "j.sqlite"))
+    journal = open_journal(journal_location)
     journal.ensure_schema("mv", 2, (MV_JOB_V1.replace(
         ")", ", done_through INTEGER NOT NULL DEFAULT -1)", 1), MV_STEP_V1))
-    journal.execute("INSERT INTO mv_job (repo, job_key, command, mode, same_fs, state, created, "
-                    "updated, done_through) VALUES ('/r', 'k', 'c', 'move', 1, 'running', 't', "
-                    "'t', 1)")
-    journal.execute("INSERT INTO mv_step (job, seq, kind, path, new, state, note) VALUES "
-                    "(1, 0, 'retarget', x'2f61', x'2f6e', 'pending', NULL), "
-                    "(1, 1, 'retarget', x'2f62', x'2f6e', 'skipped', 'changed'), "
-                    "(1, 2, 'unlink', x'2f63', NULL, 'pending', NULL)")
+    _legacy_job(journal, done_through=1)
+    _legacy_steps(journal, [(0, "retarget", b"/a", b"/n", "pending", None),
+                            (1, "retarget", b"/b", b"/n", "skipped", "changed"),
+                            (2, "unlink", b"/c", None, "pending", None)])
     store = JobStore(journal)
     steps = store.steps(1)
     assert [(s.path, s.new, s.state, s.note) for s in steps] == [
