@@ -125,16 +125,25 @@ class _Forked(ChunkedMap):
                 read_fd, write_fd = os.pipe()
                 sys.stdout.flush()
                 sys.stderr.flush()
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*multi-threaded.*fork",
-                                            category=DeprecationWarning)
-                    pid = os.fork()
+                try:
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message=".*multi-threaded.*fork",
+                                                category=DeprecationWarning)
+                        pid = os.fork()
+                except BaseException:
+                    os.close(read_fd)
+                    os.close(write_fd)
+                    raise
                 if pid == 0:   # pragma: no cover - runs in the child, which leaves by os._exit
                     os.close(read_fd)
                     os.close(self._queue)
                     _child(func, items, queue_read, chunk, write_fd, self._stop, arm)
                 os.close(write_fd)
                 self._children[read_fd] = pid
+        except BaseException:   # a fork refused: the children started read end-of-file, leave
+            self._stop[0] = 1
+            self._reap()
+            raise
         finally:
             os.close(queue_read)
         self._deal()   # what the pipe holds now: the children start before the first __iter__

@@ -53,6 +53,23 @@ def test_more_chunks_than_the_queue_holds_are_all_dealt():
     _no_children_left()
 
 
+def test_a_refused_fork_stops_the_workers_already_started(monkeypatch):
+    real_fork, forks = os.fork, []
+
+    def fork_once():
+        if forks:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork_once)
+    opened = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(BlockingIOError):
+        parallel_map(lambda n: n, range(10_000), 2)
+    _no_children_left()
+    assert len(os.listdir("/proc/self/fd")) == opened
+
+
 def test_in_order_yields_contiguous_chunks_from_the_first():
     starts = [start for start, _ in parallel_map(lambda n: n, range(9_000), 2, chunk=1000).in_order()]
     assert starts == list(range(0, 9_000, 1000))
