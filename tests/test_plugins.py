@@ -3,6 +3,8 @@ import importlib
 import importlib.metadata
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -30,6 +32,19 @@ def test_our_controls_win_over_the_builtins(omero_cli):
     assert type(omero_cli.controls["export"]).__module__ == "omero_cli_ext.cli.export_ext"
     assert type(omero_cli.controls["mv"]).__module__ == "omero_cli_ext.cli.mv"
     assert type(omero_cli.controls["status"]).__module__ == "omero_cli_ext.cli.status"
+
+
+def test_loading_the_cli_does_not_import_our_command_cores():
+    """Every omero command loads every plugin; ours define their options without importing
+    the import driver, the exporter or the mv engine (a fresh interpreter, as `omero` starts)."""
+    script = ("import sys, omero.cli; cli = omero.cli.CLI(); cli.loadplugins(); "
+              "print(sorted(m for m in sys.modules if m.startswith('omero_cli_ext')))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True).stdout
+    assert "omero_cli_ext.cli.mv" in loaded   # the plugins did load
+    for core in ("omero_cli_ext.importing.driver", "omero_cli_ext.export.execute",
+                 "omero_cli_ext.mv.engine", "omero_cli_ext.journal"):
+        assert f"'{core}'" not in loaded
 
 
 def test_shims_are_installed_beside_the_builtins_not_editable():
