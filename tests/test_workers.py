@@ -28,7 +28,8 @@ def test_forked_results_equal_a_plain_map_and_come_from_workers():
     results = mapping.results()
     assert [r[0] for r in results] == [n * n for n in items]
     pids = {r[1] for r in results}
-    assert len(pids) == 2 and os.getpid() not in pids
+    # chunks go to whichever worker asks first: a busy machine may start one late
+    assert 1 <= len(pids) <= 2 and os.getpid() not in pids
     _no_children_left()
 
 
