@@ -1,7 +1,7 @@
 """Benchmark `omero mv --links-only` against the minimal relink loop, and our repository scan
 against `find REPO -type l`.
 
-    python benchmarks/mv_relink.py [--links 200000] [--per-dir 3] [--rounds 3] [--dir DIR]
+    python benchmarks/mv_relink.py [--links 200000] [--per-dir 3] [--rounds 5] [--dir DIR]
 
 The relink comparison alternates on fresh trees (minimal loop, command, minimal loop, command,
 ...; each tree built anew and synced before it is timed), so that noise from a shared disk
@@ -167,7 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--links", type=int, default=200_000)
     parser.add_argument("--per-dir", type=int, default=3, help="links per directory")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="minimal-loop/command pairs, each on fresh trees")
     parser.add_argument("--dir", help="where to build (default: a temporary directory)")
     args = parser.parse_args()
