@@ -32,6 +32,7 @@ import select
 import signal
 import struct
 import sys
+import time
 import traceback
 import warnings
 from typing import Callable, Iterator, List, Sequence, Tuple
@@ -42,6 +43,8 @@ _HEADER = struct.Struct("<Q")
 _TOKEN = struct.Struct("<Q")   # a chunk's start, as the parent deals it
 _TOKENS_PER_WRITE = 512        # 4096 bytes: one write of at most PIPE_BUF is all or nothing
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+REAP_SECONDS = 5.0    # a stopped worker that has not left by then is killed
 
 
 def default_workers() -> int:
@@ -120,6 +123,11 @@ class _Forked(ChunkedMap):
         queue_read, self._queue = os.pipe()
         os.set_blocking(self._queue, False)
         arm = die_with_parent()
+        # Signals stay blocked while forking: a Ctrl-C between fork() and the child's own
+        # handlers would otherwise raise KeyboardInterrupt in the child, which would then run the
+        # parent's code. The parent takes a pending signal once it unblocks them (below).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        queue_read_open = True
         try:
             for _ in range(workers):
                 read_fd, write_fd = os.pipe()
@@ -135,18 +143,27 @@ class _Forked(ChunkedMap):
                     os.close(write_fd)
                     raise
                 if pid == 0:   # pragma: no cover - runs in the child, which leaves by os._exit
-                    os.close(read_fd)
-                    os.close(self._queue)
-                    _child(func, items, queue_read, chunk, write_fd, self._stop, arm)
+                    # keep only the own result pipe and the queue's read end: a worker holding
+                    # another's read end would keep that one blocked on a full pipe forever
+                    # once the parent stops reading
+                    for fd in [read_fd, self._queue, *self._children]:
+                        os.close(fd)
+                    _child(func, items, queue_read, chunk, write_fd, self._stop, arm, blocked)
                 os.close(write_fd)
                 self._children[read_fd] = pid
-        except BaseException:   # a fork refused: the children started read end-of-file, leave
+            os.close(queue_read)
+            queue_read_open = False
+            # a Ctrl-C or SIGTERM that came while forking is raised here (pthread_sigmask runs
+            # the Python handlers at once)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            self._deal()   # what the pipe holds now: the children start before the first __iter__
+        except BaseException:   # a fork refused, an interrupt: the children stop and are reaped
+            if queue_read_open:
+                os.close(queue_read)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             self._stop[0] = 1
             self._reap()
             raise
-        finally:
-            os.close(queue_read)
-        self._deal()   # what the pipe holds now: the children start before the first __iter__
 
     def _deal(self) -> None:
         """Write chunk starts into the queue until it is full; close it once all are dealt
@@ -201,14 +218,32 @@ class _Forked(ChunkedMap):
         self._reap()
 
     def _reap(self) -> List[int]:
+        """Stop the children and wait for them. Every result pipe is closed first, so a child
+        blocked writing a result gets EPIPE and leaves; one that does not leave within
+        `REAP_SECONDS` (stuck in a system call on a hung filesystem) is killed: every item is
+        idempotent, so an item cut short is simply done again by the rerun."""
         self._close_queue()   # a child waiting for a chunk reads end-of-file and leaves
-        statuses = []
-        for fd, pid in self._children.items():
+        for fd in self._children:
             os.close(fd)
-            _, status = os.waitpid(pid, 0)
-            statuses.append(os.waitstatus_to_exitcode(status))
-        self._children = {}
-        return statuses
+        pids, self._children = list(self._children.values()), {}
+        statuses = {}
+        deadline = time.monotonic() + REAP_SECONDS
+        while len(statuses) < len(pids):
+            for pid in pids:
+                if pid not in statuses:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        statuses[pid] = os.waitstatus_to_exitcode(status)
+            if len(statuses) == len(pids):
+                break
+            if time.monotonic() > deadline:
+                for pid in pids:
+                    if pid not in statuses:
+                        os.kill(pid, signal.SIGKILL)
+                        statuses[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                break
+            time.sleep(0.01)
+        return [statuses[pid] for pid in pids]
 
 
 def _messages(buffer: bytearray) -> Iterator[tuple]:
@@ -224,11 +259,15 @@ def _messages(buffer: bytearray) -> Iterator[tuple]:
 
 
 def _child(func, items, queue: int, chunk: int, write_fd: int, stop,
-           arm: Callable[[], None]) -> None:
-    """A worker's whole life: the chunks it reads from `queue`, one message each, then os._exit."""
+           arm: Callable[[], None], mask) -> None:
+    """A worker's whole life: the chunks it reads from `queue`, one message each, then os._exit.
+    Ctrl-C (sent to the whole process group) is ignored: the parent stops the workers. SIGTERM
+    kills a worker outright (default action): its items are idempotent."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         arm()
         with os.fdopen(write_fd, "wb") as out:
             while not stop[0]:

@@ -178,3 +178,70 @@ def test_close_stops_and_reaps_workers_whose_results_are_not_wanted():
     mapping.close()
     assert time.monotonic() - started < 5   # they stopped at the flag, not after 10 s of work
     _no_children_left()
+
+
+def _run_script(body: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`body` in a fresh interpreter (a hang there fails the test instead of the suite)."""
+    script = f"import os, sys, time, signal\nsys.path.insert(0, {ROOT!r})\n" + textwrap.dedent(body)
+    try:
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"hung: {hung.stderr!r}")
+
+
+def test_leaving_the_iteration_early_with_full_pipes_does_not_hang():
+    """Results bigger than a pipe holds, the reader gone after the first chunk: every worker
+    sees its pipe closed (no worker holds another's pipe end) and the parent reaps them."""
+    done = _run_script("""
+        from omero_cli_ext.workers import parallel_map
+        mapping = parallel_map(lambda n: "x" * 20_000, range(10_000), 4, chunk=50)
+        chunks = iter(mapping)
+        next(chunks)     # one message of 1 MB read; the other workers are writing theirs
+        chunks.close()   # the reader leaves (a closed stdout, an error elsewhere)
+        print("left", flush=True)
+    """)
+    assert done.returncode == 0 and "left" in done.stdout, done.stderr
+
+
+def test_workers_hold_no_pipe_end_but_their_own_and_the_queue():
+    """Each worker's open file descriptors: its own result pipe, the shared queue, and what the
+    parent had before the map started (nothing of the other workers)."""
+    done = _run_script("""
+        from omero_cli_ext.workers import parallel_map
+        before = set(os.listdir("/proc/self/fd"))
+        def fds(n):
+            return sorted(set(os.listdir("/proc/self/fd")) - before)
+        result = parallel_map(fds, range(8000), 3, chunk=100).results()
+        print(max(len(r) for r in result))
+    """)
+    assert done.returncode == 0, done.stderr
+    # the listing fd of os.listdir itself, the result pipe's write end, the queue's read end
+    assert int(done.stdout.split()[-1]) <= 3
+
+
+def test_sigint_while_workers_start_and_run_stops_everything():
+    """Ctrl-C reaches the whole process group: the workers ignore it, the parent raises
+    KeyboardInterrupt wherever it is (forking included), stops and reaps them."""
+    done = _run_script("""
+        from omero_cli_ext.workers import parallel_map
+        real_fork = os.fork
+        def fork_then_interrupt():
+            pid = real_fork()
+            if pid:
+                os.kill(os.getpid(), signal.SIGINT)   # arrives between two forks
+            return pid
+        os.fork = fork_then_interrupt
+        try:
+            parallel_map(lambda n: time.sleep(0.001) or n, range(50_000), 3, chunk=100).results()
+        except KeyboardInterrupt:
+            print("interrupted", os.getpid(), flush=True)
+        try:
+            os.waitpid(-1, os.WNOHANG)
+            print("children left")
+        except ChildProcessError:
+            print("none left")
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0].startswith("interrupted") and "none left" in done.stdout
+    assert done.stdout.count("interrupted") == 1, "a worker ran the parent's code"
