@@ -10,6 +10,7 @@ from unprivileged import require_unprivileged_python
 from mv_helpers import World, snapshot, tmpfs, world  # noqa: F401
 from omero_cli_ext.journal import open_journal
 from omero_cli_ext.mv import errors
+from sim.launcher import run_cli
 
 
 def refused(world, argv, code, words, server=False, user="root", extra_roots=()):
@@ -95,8 +96,8 @@ def test_destination_full_is_refused_before_copying(tmp_path):
 def test_destination_full_during_copy_removes_partial_copies(tmp_path, monkeypatch):
     """The free-space estimate is fooled (another writer took the space after the check): the
     copy fails with ENOSPC, every copy made is removed, the sources and links are intact."""
-    from omero_cli_ext.mv import plan
-    monkeypatch.setattr(plan, "free_bytes", lambda path: 1 << 40)
+    from omero_cli_ext.mv import preflight
+    monkeypatch.setattr(preflight, "free_space", lambda path: (4096, 1 << 40, None))
     w = World(str(tmp_path), n_filesets=12, files_per_fileset=2, odd_names=False,
               file_size=200_000)
     with tmpfs(str(tmp_path / "small"), "2m") as small:
@@ -141,12 +142,18 @@ def test_permission_denied_on_a_repository_directory():
 
 
 def test_second_concurrent_mv_is_refused(world):
-    journal = open_journal(os.path.join(world.sim_root, ".omero-cli-ext", "mv.sqlite"))
-    from omero_cli_ext.cli.mv_run import lock_directory
-    with journal.writer_lock(f"omero mv {world.repo}",
-                             directory=lock_directory(os.fsencode(world.repo), journal.location)):
+    from omero_cli_ext.mv.locations import ensure_control_dir, repo_place
+    place = repo_place(os.fsencode(world.repo))
+    journal = open_journal(os.fsdecode(place.default_journal))
+    with journal.writer_lock(place.lock_name, directory=os.fsdecode(ensure_control_dir(place))):
         refused(world, [world.old, os.path.join(world.data, "new")], errors.EXIT_BUSY,
                 ["another omero mv is running", f"process {os.getpid()}"])
+        # the same repository through a symlinked path: the same lock
+        alias = os.path.join(world.base, "repo-alias")
+        os.symlink(world.repo, alias)
+        rc, out, err = run_cli(world.sim_root, ["mv", "--no-server", "--repo", alias, world.old,
+                                                os.path.join(world.data, "new")])
+        assert rc == errors.EXIT_BUSY, err
     journal.close()
 
 

@@ -9,45 +9,115 @@ import io
 import os
 import re
 import shlex
+import signal
+import sys
 import time
 
 from omero_cli_ext import server
 from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER, collector_paused,
-                                    output_for, server_errors)
+                                    server_errors)
 from omero_cli_ext.journal import JournalError, JournalLocked, open_journal
 from omero_cli_ext.mv import engine
 from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL, EXIT_NO_SPACE,
                                      EXIT_RENDER_FAILED, EXIT_SRC_MISSING, EXIT_UNRESOLVED,
                                      EXIT_USAGE, EXIT_VERIFY_FAILED, MvError)
+from omero_cli_ext.mv.locations import ensure_control_dir, hand_over, repo_place
 from omero_cli_ext.mv.plan import FileFacts, Request, plan_for
+from omero_cli_ext.output import Output
 from omero_cli_ext.workers import WorkerFailed, default_workers
 from omero_cli_ext.mv.store import JobStore
 from omero_cli_ext.mv.tree import canonical, fs_path, is_under, show
 
 FILESET_REF = re.compile(r"^Fileset:(\d+)$")
-JOURNAL_DIR = ".omero-cli-ext"
-JOURNAL_NAME = "mv.sqlite"
 PREVIEW_ROWS = 10
 
 
-def default_journal(repo: bytes) -> str:
-    """`<repository's parent>/.omero-cli-ext/mv.sqlite` (beside the repository, outside it), or
-    `~/omero/cli-ext/mv-<repository name>.sqlite` when that parent is not writable."""
-    parent = os.path.dirname(repo.rstrip(b"/")) or b"/"
-    if os.access(parent, os.W_OK | os.X_OK):
-        return os.fsdecode(os.path.join(parent, os.fsencode(JOURNAL_DIR), os.fsencode(JOURNAL_NAME)))
-    name = os.fsdecode(os.path.basename(repo.rstrip(b"/"))) or "root"
-    return os.path.join(os.path.expanduser("~"), "omero", "cli-ext", f"mv-{name}.sqlite")
+class _MvOutput(Output):
+    """Output that survives a closed stdout (`| head`, a pager quit early): the first EPIPE
+    points stdout at /dev/null, says so on stderr, and the job goes on to its end (its exit
+    code still tells how it ended); nothing is lost but the rest of the listing."""
+
+    closed = False
+
+    def emit(self, record_type: str, **fields) -> None:
+        self._guarded(super().emit, record_type, **fields)
+
+    def info(self, text: str) -> None:
+        self._guarded(super().info, text)
+
+    def table(self, title, columns, rows) -> None:
+        self._guarded(super().table, title, columns, rows)
+
+    def warn(self, text: str) -> None:
+        try:
+            super().warn(text)
+        except (BrokenPipeError, ValueError):   # stderr closed too: nowhere left to say it
+            pass
+
+    def _guarded(self, write, *args, **kwargs) -> None:
+        if self.closed:
+            return
+        try:
+            write(*args, **kwargs)
+        except BrokenPipeError:
+            self.closed = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stdout.fileno())   # the interpreter's last flush succeeds
+            os.close(devnull)
+            self.warn("note: standard output was closed; the listing stops here and the "
+                      "command goes on to its end (its exit code tells how it ended)")
 
 
-def lock_directory(repo: bytes, journal_location: str) -> str:
-    """One lock per repository whatever --journal says: beside the default journal."""
-    candidate = os.path.dirname(default_journal(repo))
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (and SIGHUP: a closed terminal) stop the command like Ctrl-C: workers stopped,
+    journal marks written, the rerun advice printed, exit 30."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    if threading_main():
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    else:
+        previous = {}
     try:
-        os.makedirs(candidate, mode=0o700, exist_ok=True)
-        return candidate
-    except OSError:
-        return os.path.dirname(os.path.abspath(journal_location))
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+class _LoginRefused(Exception):
+    def __init__(self, code, text):
+        super().__init__(text)
+        self.code = code
+
+
+@contextlib.contextmanager
+def _login_without_exit(ctx, prompt: bool):
+    """omero's login ends the command with its own codes (52 "stdin is not a terminal", 42
+    connection refused, 43 bad host, 12 bad password: they clash with ours) and may prompt.
+    Within this block its `die` raises _LoginRefused instead, and without `prompt` so does any
+    prompt."""
+    def refuse(rc, text, *_, **__):
+        raise _LoginRefused(rc, str(text).strip())
+
+    def no_prompt(prompt_text, *_, **__):
+        raise _LoginRefused(None, f"no stored session, and omero mv does not prompt here "
+                            f"({str(prompt_text).strip()})")
+    saved = {name: ctx.__dict__[name] for name in ("die", "input") if name in ctx.__dict__}
+    ctx.die = refuse
+    if not prompt:
+        ctx.input = no_prompt
+    try:
+        yield
+    finally:
+        for name in ("die", "input"):
+            ctx.__dict__.pop(name, None)
+        ctx.__dict__.update(saved)
 
 
 def _json_path(path):
@@ -60,10 +130,13 @@ class _Run:
     def __init__(self, control, args):
         self.ctx = control.ctx
         self.args = args
-        self.out = output_for(args)
+        self.out = _MvOutput(json_mode=bool(args.json))
         self.port = None
+        self.job = None   # the journaled job, once there is one
 
     def die(self, code: int, message: str):
+        """End with `code` (message on stderr; with --json also an "error" object on stdout)."""
+        self.out.emit("error", code=code, message=message)
         self.ctx.die(code, message)
 
     # --- arguments
@@ -96,6 +169,9 @@ class _Run:
         return "path"
 
     def connect(self, needs_server: bool):
+        """The server port. A mode that needs no server goes on without one (a note says why)
+        when `--repo` names the repository: no session, a server down, a bad host; it never
+        prompts then. Login failures end with exit 20, never with omero's login codes."""
         a = self.args
         if a.no_server:
             if needs_server:
@@ -103,15 +179,21 @@ class _Run:
             if not a.repo:
                 self.die(EXIT_USAGE, "--no-server needs --repo DIR (the ManagedRepository root)")
             return
+        optional = not needs_server and bool(a.repo)
         try:
-            self.port = server.open_port(self.ctx, a)
-        except server.ServerError as err:
-            if needs_server or not a.repo:
-                self.die(EXIT_SERVER, f"cannot reach the server: {err}")
-            self.out.warn(f"note: the server is unreachable ({err}); continuing without server "
+            with _login_without_exit(self.ctx, prompt=not optional):
+                self.port = server.open_port(self.ctx, a)
+        except (server.ServerError, _LoginRefused) as err:
+            if not optional:
+                self.die(EXIT_SERVER, f"cannot reach the server: {err}; nothing was changed"
+                         + ("" if a.repo or needs_server else
+                            " (without a server, name the repository with --repo DIR)"))
+            self.out.warn(f"note: no usable server session ({err}); continuing without server "
                           "information (no fileset/owner details, checksums taken locally)")
 
     def repository(self) -> bytes:
+        """The repository root, resolved: every spelling of it (a symlinked path) finds the
+        same journal, job and lock."""
         if self.args.repo:
             repo = fs_path(self.args.repo)
         else:
@@ -121,7 +203,8 @@ class _Run:
                 self.die(EXIT_SERVER, f"cannot ask the server for its repository: {err}")
         if not os.path.isdir(repo):
             self.die(EXIT_SRC_MISSING, f"the repository root {show(repo)} is not a directory")
-        return repo
+        self.place = repo_place(repo)
+        return self.place.root
 
     def request(self, mode: str, repo: bytes) -> Request:
         return dataclasses.replace(self._request(mode, repo),
@@ -286,8 +369,8 @@ class _Run:
     def run(self) -> None:
         mode = self.mode()
         needs_server = mode == "offload" or self.args.render_check
-        self.connect(needs_server)
         try:
+            self.connect(needs_server)
             repo = self.repository()
             if self.args.render_check and "render" not in self.ctx.controls:
                 self.die(EXIT_USAGE, "--render-check needs omero-cli-render "
@@ -304,31 +387,63 @@ class _Run:
             except WorkerFailed as err:
                 self.die(EXIT_INTERRUPTED, f"{err}\nrerun the same command to continue "
                          "(or with --workers 1)")
+        except KeyboardInterrupt as interrupt:
+            self.interrupted(str(interrupt) or "SIGINT")
         finally:
             if self.port is not None:
                 self.port.close()
 
-    def run_in_repo(self, mode: str, repo: bytes) -> None:
-        location = self.args.journal or default_journal(repo)
-        if mode == "abandon":
-            return self.abandon(repo, location)
-        if self.args.dry_run:
-            return self.dry_run(mode, repo, location)
+    def interrupted(self, signal_name: str) -> None:
+        """Ctrl-C, SIGTERM or SIGHUP: the workers are stopped and the journal's marks written
+        by now (the `finally` blocks ran); say what state things are in and how to go on."""
+        if self.job is None:
+            message = (f"interrupted ({signal_name}) before the job started; nothing was "
+                       "changed")
+        else:
+            message = (f"interrupted ({signal_name}); job {self.job.id} is unfinished (every "
+                       f"link resolves). To continue, rerun: {self.command_line()}")
+        self.die(EXIT_INTERRUPTED, message)
+
+    def journal_location(self) -> str:
+        return self.args.journal or os.fsdecode(self.place.default_journal)
+
+    def writer_lock(self, journal):
+        """The one-mv-per-repository lock: in the control directory (SQLite journals, whatever
+        --journal says), or the PostgreSQL journal's advisory lock."""
+        if journal.backend == "sqlite":
+            directory = os.fsdecode(ensure_control_dir(self.place))
+            return journal.writer_lock(self.place.lock_name, directory=directory)
+        return journal.writer_lock(f"omero mv {os.fsdecode(self.place.root)}")
+
+    def open_journal(self):
+        location = self.journal_location()
+        if not self.args.journal:
+            ensure_control_dir(self.place)
         journal = open_journal(location)
+        hand_over(self.place)
+        return journal
+
+    def run_in_repo(self, mode: str, repo: bytes) -> None:
+        if mode == "abandon":
+            return self.abandon(repo)
+        if self.args.dry_run:
+            return self.dry_run(mode, repo)
+        journal = self.open_journal()
         try:
-            with journal.writer_lock(f"omero mv {os.fsdecode(repo)}",
-                                     directory=lock_directory(repo, location)
-                                     if journal.backend == "sqlite" else None):
+            with self.writer_lock(journal):
+                hand_over(self.place)
                 store = JobStore(journal)
                 request = self.request(mode, repo)
                 prepared = engine.prepare(store, request, self.command_line(),
                                           self.facts_for(repo))
+                self.job = prepared.job
                 self.execute(store, prepared, request)
         finally:
             journal.close()
 
-    def dry_run(self, mode: str, repo: bytes, location: str) -> None:
+    def dry_run(self, mode: str, repo: bytes) -> None:
         request = self.request(mode, repo)
+        location = self.journal_location()
         if "://" in location or os.path.exists(location):
             journal = open_journal(location)
             try:
@@ -341,16 +456,15 @@ class _Run:
                 return
         self.show_plan(plan_for(request, self.facts_for(repo)))
 
-    def abandon(self, repo: bytes, location: str) -> None:
+    def abandon(self, repo: bytes) -> None:
+        location = self.journal_location()
         if not ("://" in location or os.path.exists(location)):
             self.out.info("no journal, so no unfinished job")
             self.out.emit("abandoned", job=None)
             return
         journal = open_journal(location)
         try:
-            with journal.writer_lock(f"omero mv {os.fsdecode(repo)}",
-                                     directory=lock_directory(repo, location)
-                                     if journal.backend == "sqlite" else None):
+            with self.writer_lock(journal):
                 job = JobStore(journal).abandon(os.fsdecode(repo))
         finally:
             journal.close()
@@ -382,9 +496,6 @@ class _Run:
             try:
                 failures = engine.execute(store, prepared, checksums=request.checksums,
                                           on_steps=on_steps, workers=request.workers)
-            except KeyboardInterrupt:
-                self.die(EXIT_INTERRUPTED, "interrupted; to continue, rerun: "
-                         + self.command_line())
             except MvError as err:
                 if err.code != EXIT_NO_SPACE:
                     raise MvError(err.code, f"{err}\njob {prepared.job.id} is unfinished; "
@@ -464,5 +575,5 @@ class _Run:
 
 
 def run_mv(control, args) -> None:
-    with collector_paused():
+    with collector_paused(), _terminate_as_interrupt():
         _Run(control, args).run()

@@ -12,15 +12,15 @@ import collections
 import errno
 import json
 import os
-import shutil
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from omero_cli_ext.fsops import checksum
 from omero_cli_ext.mv.errors import (EXIT_BAD_RELATION, EXIT_DST_EXISTS, EXIT_DST_UNWRITABLE,
-                                     EXIT_NO_LINKS, EXIT_NO_SPACE, EXIT_REPO_OVERLAP,
-                                     EXIT_SRC_MISSING, EXIT_SYMLINK_LOOP, MvError)
+                                     EXIT_NO_LINKS, EXIT_REPO_OVERLAP, EXIT_SRC_MISSING,
+                                     EXIT_SYMLINK_LOOP, MvError)
+from omero_cli_ext.mv.preflight import check_space, check_writable
 from omero_cli_ext.mv.tree import (Node, below, canonical, is_under, show, split_tree,
                                    walk_links, walk_tree)
 from omero_cli_ext.workers import parallel_map
@@ -30,8 +30,6 @@ PHASES = {"mkdir": 0, "place": 1, "place_link": 1, "dirmeta": 2, "retarget": 3, 
           "materialize": 3, "unlink": 4, "rmdir": 5}
 MODES = ("move", "links-only", "offload", "inline", "repair")
 DEFAULT_HASHER = "SHA1-160"
-# room left free on the destination beyond the bytes to copy (directories, metadata)
-SPACE_MARGIN = 1 << 20
 
 
 @dataclass(slots=True)
@@ -178,23 +176,6 @@ def check_destination(request: Request, *, must_not_exist: bool = True) -> None:
 
 def _read_only(path: bytes) -> bool:
     return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-
-
-def check_space(plan: Plan) -> None:
-    """Refuse a copy the destination filesystem cannot hold (before anything is written)."""
-    need = plan.bytes_to_copy
-    if not need:
-        return
-    where = plan.request.dst if plan.request.mode != "inline" else plan.request.src
-    parent = where if os.path.isdir(where) else os.path.dirname(where)
-    free = free_bytes(parent)
-    if need + SPACE_MARGIN > free:
-        raise MvError(EXIT_NO_SPACE, f"not enough space on the filesystem of {show(parent)}: "
-                      f"{need} bytes to copy, {free} free; nothing was changed")
-
-
-def free_bytes(path: bytes) -> int:
-    return shutil.disk_usage(path).free
 
 
 def same_filesystem(a: bytes, b: bytes) -> bool:
@@ -346,6 +327,8 @@ def plan_for(request: Request, facts_for: FactsLookup = no_facts) -> Plan:
     planner = {"move": plan_move, "links-only": plan_links_only, "offload": plan_offload,
                "inline": plan_inline, "repair": plan_repair}[request.mode]
     plan = planner(request, facts_for)
+    check_space(plan)
+    check_writable(plan)
     plan.steps.sort(key=lambda s: PHASES[s.kind])   # stable: the planner's order within a phase
     for seq, step in enumerate(plan.steps):
         step.seq = seq
@@ -367,7 +350,7 @@ def _under(root: bytes) -> Callable[[bytes], bytes]:
 
 
 def _tree_steps(nodes: Sequence[Node], src: bytes, dst: bytes, same_fs: bool,
-                facts_by_rel: Mapping[bytes, FileFacts], scope_src: bytes) -> List[Step]:
+                facts_by_rel: Mapping[bytes, FileFacts], scope: "Scope") -> List[Step]:
     """mkdir / place / place_link / dirmeta steps that rebuild the tree `nodes` (below `src`)
     at `dst`."""
     at_dst, at_src = _under(dst), _under(src)
@@ -384,16 +367,32 @@ def _tree_steps(nodes: Sequence[Node], src: bytes, dst: bytes, same_fs: bool,
                               hash=facts.hash, fileset=facts.fileset))
         else:
             source = at_src(node.rel)
-            stored = node.target
-            absolute = os.path.normpath(os.path.join(os.path.dirname(source), stored))
-            if os.path.isabs(stored) and is_under(absolute, scope_src):
-                stored = os.path.join(dst, below(absolute, scope_src)).rstrip(b"/")
-            steps.append(Step("place_link", target, other=source, new=stored))
+            steps.append(Step("place_link", target, other=source,
+                              new=_moved_link_target(scope, source, node.target, target, dst)))
     for node in reversed(nodes):
         if node.kind == "dir":
             steps.append(Step("dirmeta", at_dst(node.rel), mode=node.mode, uid=node.uid,
                               gid=node.gid, mtime_ns=node.mtime_ns))
     return steps
+
+
+def _moved_link_target(scope: "Scope", source: bytes, stored: bytes, placed: bytes,
+                       dst: bytes) -> bytes:
+    """What a symlink inside SRC stores once recreated at `placed` (under DST) so that it reaches
+    the same file: a target inside SRC, by any spelling (SRC's real path, a symlinked path: the
+    scope matches by device and inode), becomes the same place under DST; a relative target that
+    leaves the tree is recomputed from the new place; a relative target that stays inside the
+    tree (textually) moves with it unchanged."""
+    inside = scope.match(source, stored)
+    if os.path.isabs(stored):
+        return _under(dst)(inside) if inside is not None else stored
+    if is_under(os.path.normpath(os.path.join(os.path.dirname(source), stored)), scope.src):
+        return stored
+    new_dir = canonical(os.path.dirname(placed))
+    if inside is not None:
+        return os.path.relpath(canonical(_under(dst)(inside)), new_dir)
+    head, name = os.path.split(os.path.join(os.path.dirname(source), stored))
+    return os.path.relpath(os.path.join(os.path.realpath(head), name), new_dir)
 
 
 def _removal_steps(nodes: Sequence[Node], src: bytes, dst: bytes) -> List[Step]:
@@ -454,13 +453,12 @@ def plan_move(request: Request, facts_for: FactsLookup) -> Plan:
         if step.hash:
             facts_by_rel[below(step.other, src)] = FileFacts(step.fileset, None, step.size,
                                                              step.hasher, step.hash)
-    plan = Plan(request, _tree_steps(nodes, src, dst, same_fs, facts_by_rel, src) + retargets
+    plan = Plan(request, _tree_steps(nodes, src, dst, same_fs, facts_by_rel, scope) + retargets
                 + _removal_steps(nodes, src, dst), same_fs=same_fs)
     if dangling:
         plan.notes.append(f"{len(dangling)} repository link(s) into SRC were already dangling "
                           "and are left as they are (see omero mv --repair)")
     _note_loops(plan, scope)
-    check_space(plan)
     return plan
 
 
@@ -577,7 +575,6 @@ def plan_offload(request: Request, facts_for: FactsLookup) -> Plan:
     if skipped:
         plan.notes.append(f"{skipped} symlink(s) under the path are links already (in-place "
                           "imports or offloaded files) and were left alone")
-    check_space(plan)
     return plan
 
 
@@ -618,7 +615,6 @@ def plan_inline(request: Request, facts_for: FactsLookup) -> Plan:
     if dangling:
         plan.notes.append(f"{len(dangling)} dangling link(s) were left alone "
                           "(see omero mv --repair)")
-    check_space(plan)
     return plan
 
 
@@ -640,7 +636,12 @@ def plan_repair(request: Request, facts_for: FactsLookup) -> Plan:
         plan.unresolved.append({"link": link, "target": target, "reason": "symlink loop"})
     if not dangling:
         return plan
-    index = _name_index(request.search, {os.path.basename(t) for _, t in dangling})
+    index, in_repo = _name_index(request.search, {os.path.basename(t) for _, t in dangling},
+                                 request.repo)
+    if in_repo:
+        plan.notes.append(f"{in_repo} file(s) of the right name inside the ManagedRepository "
+                          "were not considered: a link to another fileset's file breaks when "
+                          "that fileset is deleted")
     facts = facts_for([link for link, _ in dangling])
     for link, target in dangling:
         fact = facts.get(link, NO_FACTS)
@@ -668,13 +669,20 @@ def plan_repair(request: Request, facts_for: FactsLookup) -> Plan:
     return plan
 
 
-def _name_index(roots: Iterable[bytes], names: set) -> Dict[bytes, List[Tuple[bytes, int]]]:
-    """(path, size) of the regular files under `roots` whose name is one of `names`."""
+def _name_index(roots: Iterable[bytes], names: set, repo: bytes
+                ) -> Tuple[Dict[bytes, List[Tuple[bytes, int]]], int]:
+    """(path, size) of the regular files under `roots` whose name is one of `names`, and how
+    many such files were left out because they are inside the repository `repo` (found by
+    device and inode, whatever the spelling): a managed file belongs to another fileset, and a
+    link to it would break silently when that fileset is deleted."""
+    repo_st = os.stat(repo)
+    repo_id = (repo_st.st_dev, repo_st.st_ino)
     index: Dict[bytes, List[Tuple[bytes, int]]] = {}
-    stack = list(roots)
+    skipped = 0
+    stack = [(root, _inside(root, repo_id)) for root in roots]
     seen = set()
     while stack:
-        directory = stack.pop()
+        directory, in_repo = stack.pop()
         try:
             st = os.stat(directory)
             if (st.st_dev, st.st_ino) in seen:
@@ -683,16 +691,36 @@ def _name_index(roots: Iterable[bytes], names: set) -> Dict[bytes, List[Tuple[by
             entries = list(os.scandir(directory))
         except OSError:
             continue
+        in_repo = in_repo or (st.st_dev, st.st_ino) == repo_id
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+                    stack.append((entry.path, in_repo))
                 elif entry.name in names and entry.is_file(follow_symlinks=False):
+                    if in_repo:
+                        skipped += 1
+                        continue
                     index.setdefault(entry.name, []).append(
                         (os.path.normpath(entry.path), entry.stat().st_size))
             except OSError:
                 continue
-    return index
+    return index, skipped
+
+
+def _inside(path: bytes, ident: Tuple[int, int]) -> bool:
+    """Is `path` the directory `ident` (device, inode) or below it? (its resolved ancestors)"""
+    probe = os.path.realpath(path)
+    while True:
+        try:
+            st = os.stat(probe)
+            if (st.st_dev, st.st_ino) == ident:
+                return True
+        except OSError:
+            pass
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return False
+        probe = parent
 
 
 def _closest(old: bytes, candidates: List[bytes]) -> Optional[bytes]:
