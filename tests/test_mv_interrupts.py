@@ -1,0 +1,127 @@
+"""`omero mv` interrupted while its worker processes run: Ctrl-C (SIGINT to the process group,
+as a terminal sends it), SIGTERM, and a closed stdout (`| head`), on a job of 10 000 links.
+
+Each case must end on its own (the subprocess wait has a generous bound only so that a hang
+fails the test instead of the suite), without a traceback, with the documented exit code, leave
+every repository link resolving to its original bytes, and let a rerun finish the job.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from mv_helpers import World, manifest, repo_links, tmpfs
+from omero_cli_ext.mv import errors
+from omero_cli_ext.workers import MIN_ITEMS
+
+LAUNCHER = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HANG = 300   # seconds: far beyond any run here; reaching it means the command hung
+
+
+@pytest.fixture
+def big(tmp_path):
+    """10 000 in-place links (2000 filesets of 5 files) on a tmpfs."""
+    with tmpfs(str(tmp_path / "fs"), "512m") as base:
+        world = World(base, n_filesets=2000, files_per_fileset=5, odd_names=False, file_size=16)
+        assert len(repo_links(world.repo)) >= 10_000 > 2 * MIN_ITEMS
+        yield world
+
+
+def _start(world: World, *argv) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, LAUNCHER, "--sim-root", world.sim_root, "mv", "--no-server", "--repo",
+         world.repo, "--workers", "2", *argv],
+        env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True)
+
+
+def _group_gone(pgid: int) -> bool:
+    """No process of the command's process group is left (workers included)."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return False
+    return True
+
+
+def _read_until_retargets(proc: subprocess.Popen) -> None:
+    """Read --json lines until the first retarget (the phase the workers run), then stop
+    reading: the command soon blocks writing to the full pipe, mid-job."""
+    for line in proc.stdout:
+        if b'"action": "retarget"' in line:
+            return
+    pytest.fail("the job ended before its retarget phase")
+
+
+def _finish_with_rerun(world: World, new: str, expected: dict) -> None:
+    done = subprocess.run(
+        [sys.executable, LAUNCHER, "--sim-root", world.sim_root, "mv", "--no-server", "--repo",
+         world.repo, "--workers", "2", world.old, new],
+        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=HANG)
+    assert done.returncode == 0, done.stderr
+    assert manifest(world.repo) == expected
+    assert all(t.startswith(os.fsencode(new + "/")) for t in repo_links(world.repo).values())
+    assert not os.path.exists(world.old)
+
+
+@pytest.mark.parametrize("how", ["SIGINT to the group", "SIGTERM"])
+def test_signal_during_a_parallel_move_stops_it_for_a_rerun(big, how):
+    expected = manifest(big.repo)
+    new = os.path.join(big.data, "new")
+    proc = _start(big, "--json", big.old, new)
+    _read_until_retargets(proc)
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=HANG)   # drains what the command still writes
+    err = err.decode()
+    assert proc.returncode == errors.EXIT_INTERRUPTED, err
+    assert "Traceback" not in err
+    assert "interrupted" in err and "rerun:" in err and "every link resolves" in err
+    assert _group_gone(proc.pid)
+    last = json.loads(out.decode().splitlines()[-1])
+    assert last["type"] == "error" and last["code"] == errors.EXIT_INTERRUPTED
+    assert manifest(big.repo) == expected   # every link still reads its original bytes
+    _finish_with_rerun(big, new, expected)
+
+
+def test_closed_stdout_stops_the_listing_and_the_job_finishes(big):
+    """`omero mv --json OLD NEW | head -n 12000`: decided behaviour: the listing stops, a note
+    goes to stderr, the job runs to its end and exits as it would have (0 here)."""
+    expected = manifest(big.repo)
+    new = os.path.join(big.data, "new")
+    proc = _start(big, "--json", big.old, new)
+    for _ in range(12_000):
+        proc.stdout.readline()
+    proc.stdout.close()   # head exits
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=HANG)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "standard output was closed" in err
+    assert _group_gone(proc.pid)
+    assert manifest(big.repo) == expected
+    assert all(t.startswith(os.fsencode(new + "/")) for t in repo_links(big.repo).values())
+    assert not os.path.exists(big.old)
+
+
+def test_dry_run_into_head_ends_quietly(big):
+    proc = _start(big, "--json", "--dry-run", big.old, os.path.join(big.data, "new"))
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=HANG)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert os.path.isdir(big.old) and not os.path.exists(os.path.join(big.data, "new"))
