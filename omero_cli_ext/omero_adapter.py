@@ -108,7 +108,7 @@ HQL_FILESET_JOBS = (
     " where l.parent.id in (:ids)")
 
 HQL_IMPORT_LOGS = (
-    "select l.parent.id, f.id, f.size from FilesetJobLink l join l.child j"
+    "select l.parent.id, f.id, f.size, f.path, f.name from FilesetJobLink l join l.child j"
     " join j.originalFileLinks jl join jl.child f"
     " where l.parent.id in (:ids) and f.mimetype = :mimetype")
 
@@ -152,6 +152,8 @@ HQL_USERS = (
     "select distinct e from Experimenter e"
     " left outer join fetch e.groupExperimenterMap m left outer join fetch m.parent g"
     " where e.omeName in (:names)")
+
+HQL_GROUPS = "select g.name, g.id from ExperimenterGroup g where g.name in (:names)"
 
 HQL_LOAD_ORIGINAL_FILES = "select f from OriginalFile f where f.id in (:ids)"
 
@@ -354,6 +356,13 @@ class OmeroPort:
                     is_admin=bool(ec.isAdmin),
                     privileges=frozenset(p.getValue().val for p in privileges))
 
+    def lookup_groups(self, names: Sequence[str]) -> Mapping[str, int]:
+        found = {}
+        for page in batched(sorted(set(names)), PAGE_SIZE):
+            params = ParametersI().add("names", rlist([rstring(n) for n in page]))
+            found.update(unwrap(self._projection(HQL_GROUPS, params, "looking up groups")))
+        return found
+
     def lookup_users(self, names: Sequence[str]) -> Mapping[str, User]:
         found = {}
         for page in batched(sorted(set(names)), PAGE_SIZE):
@@ -463,14 +472,15 @@ class OmeroPort:
                     submitted=_time(_val(job.submitted)), started=_time(_val(job.started)),
                     finished=_time(_val(job.finished)), message=_val(job.message) or ""))
             counts = dict(unwrap(self._projection(HQL_IMAGE_COUNTS, params, "counting images")))
-            logs = {fs_id: (log_id, size) for fs_id, log_id, size in unwrap(self._projection(
+            logs = {fs_id: (log_id, size, (path or "") + (name or ""))
+                    for fs_id, log_id, size, path, name in unwrap(self._projection(
                 HQL_IMPORT_LOGS, _ids_params(page).addString("mimetype", MIMETYPE_IMPORT_LOG),
                 "finding import logs"))}
             log_updates = {}
             if logs:
                 log_updates = {log_id: (last, count) for log_id, last, count in unwrap(self._projection(
                     HQL_LAST_UPDATES,
-                    _ids_params([log_id for log_id, _ in logs.values()])
+                    _ids_params([log_id for log_id, _, _ in logs.values()])
                     .addString("type", EVENT_TYPE_ORIGINAL_FILE).addString("action", "UPDATE"),
                     "reading import log updates"))}
             job_events = dict(unwrap(self._projection(
@@ -483,10 +493,11 @@ class OmeroPort:
             for fs_id, created_ms in created.items():
                 log = None
                 if fs_id in logs:
-                    log_id, size = logs[fs_id]
+                    log_id, size, repo_path = logs[fs_id]
                     last_update, update_count = log_updates.get(log_id, (None, 0))
                     log = ImportLog(fileset_id=fs_id, original_file_id=log_id, size=size or 0,
-                                    updated=_time(last_update), updates=int(update_count))
+                                    updated=_time(last_update), updates=int(update_count),
+                                    repo_path=repo_path)
                 fs_jobs = sorted(jobs.get(fs_id, ()), key=lambda j: j.id)
                 result[fs_id] = FilesetActivity(
                     fileset_id=fs_id, jobs=tuple(fs_jobs), image_count=int(counts.get(fs_id, 0)),
@@ -497,29 +508,43 @@ class OmeroPort:
         return result
 
     def running_imports(self) -> Sequence[RunningImport]:
-        """Live ImportProcesses; the fileset is known once verifyUpload created the handle.
+        """The processes listImports lists, told apart by session without asking them.
 
-        ImportProcess (Repositories.ice) offers getUploadOffset(i), getHandle() and
-        getImportSettings(), none of which names the fileset while it is uploading: such a
-        process is reported with `fileset_id=UNKNOWN_FILESET`. After verifyUpload the handle's
-        ImportRequest.activity (a FilesetJobLink) names it; uploads are then complete, so no
-        offsets are read. The processes are never closed here (closing one ends its import).
-        """
+        listImports (ManagedRepositoryI) lists every ImportProcess of the caller's groups since
+        the server started: ProcessContainer never removes one, and the Java importer closes its
+        process right after verifyUpload (ImportLibrary). Each servant lives under its session's
+        identity category (ServantHolder.getIdentity), and Glacier2 routes only the caller's own
+        categories: a process of another session is reported `own_session=False` without a call.
+        This session's processes are asked getHandle (pipelined: one round trip for all), a
+        closed one answers ObjectNotExistException and is left out, and the handles' ImportRequest
+        (one more pipelined round trip) names the fileset of a verified upload. Processes are
+        never closed here (closing one ends its import)."""
         _, mrepo = self._managed_repository()
         with _server_call("listing running imports"):
             processes = mrepo.listImports()
-        running = []
-        for process in processes:
+            session = self._client.getSessionId()
+        own = [p for p in processes if p.ice_getIdentity().category == session]
+        running = [RunningImport(fileset_id=UNKNOWN_FILESET, own_session=False)
+                   for _ in range(len(processes) - len(own))]
+        handles = []
+        for process, pending in [(p, p.begin_getHandle()) for p in own]:
             try:
-                handle = process.getHandle()
-                fileset_id = UNKNOWN_FILESET
-                if handle:
-                    fileset_id = handle.getRequest().activity.parent.id.val
+                handles.append(process.end_getHandle(pending))
             except Ice.ObjectNotExistException:
-                continue   # finished between listImports and this call
+                continue   # closed (by its importer after verifyUpload, or its session ended)
             except (omero.ServerError, Ice.LocalException) as err:
                 with _server_call("reading an import process"):
                     raise err
+        for handle, pending in [(h, h.begin_getRequest() if h else None) for h in handles]:
+            fileset_id = UNKNOWN_FILESET
+            if handle:
+                try:
+                    fileset_id = handle.end_getRequest(pending).activity.parent.id.val
+                except Ice.ObjectNotExistException:
+                    continue   # the handle was closed: its import is over
+                except (omero.ServerError, Ice.LocalException) as err:
+                    with _server_call("reading an import request"):
+                        raise err
             running.append(RunningImport(fileset_id=fileset_id))
         return running
 
@@ -593,6 +618,34 @@ class OmeroPort:
         return found
 
     # --- files ---
+
+    def file_sizes(self, original_file_ids: Sequence[int]) -> Mapping[int, int]:
+        """One RawFileStore, moved from file to file (setFileId + size each); a file the server
+        refuses (SecurityViolation FileNotFound/FileNotAccessible, not readable) is left out and
+        the store replaced, since a refused setFileId leaves it in no defined state."""
+        sizes: dict = {}
+        store = None
+        try:
+            for file_id in original_file_ids:
+                if store is None:
+                    with _server_call("opening a RawFileStore"):
+                        store = self._sf.createRawFileStore()
+                try:
+                    store.setFileId(int(file_id), ALL_GROUPS)
+                    sizes[int(file_id)] = int(store.size())
+                except (omero.SecurityViolation, omero.ValidationException,
+                        omero.ApiUsageException, omero.ResourceError):
+                    with contextlib.suppress(Exception):
+                        store.close()
+                    store = None
+                except Exception as err:
+                    with _server_call(f"reading the size of OriginalFile:{file_id}"):
+                        raise err
+        finally:
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    store.close()
+        return sizes
 
     def open_original_file(self, original_file_id: int) -> _RawFile:
         what = f"opening OriginalFile:{original_file_id}"

@@ -135,8 +135,10 @@ class ImportLog:
     size: int
     updated: Optional[_dt.datetime] = None   # time of the last UPDATE EventLog on that file
     # UPDATE EventLogs on that file: the server sets the log's size after each import step, so the
-    # 1st, 2nd and 3rd mark the end of metadata, pixel data and thumbnails (`omero fs importtime`)
+    # 1st, 2nd and 3rd mark the end of metadata, pixel data and thumbnails (`omero fs importtime`);
+    # only changed sizes are saved: 0 to 6 in all (5 steps and the cleanup, ManagedImportRequestI)
     updates: int = 0
+    repo_path: str = ""   # path + name in the repository (the file grows there while a step runs)
 
 
 @dataclass(frozen=True)
@@ -151,12 +153,18 @@ class FilesetActivity:
 
 @dataclass(frozen=True)
 class RunningImport:
-    """An ImportProcess the managed repository lists as live (ManagedRepository.listImports).
+    """An ImportProcess that ManagedRepository.listImports lists.
 
-    On a real server the fileset is only known after verifyUpload (ImportProcess.getHandle);
-    a process still uploading has fileset_id 0 (docs/server-contract.md)."""
+    listImports lists every process of the caller's groups since the server started (closed ones
+    too: nothing removes them), but only the caller's own session's processes answer; the Java
+    importer closes its process right after verifyUpload. So a process of this session that
+    answers is still uploading or was left open by its client: its fileset is known only after
+    verifyUpload (ImportProcess.getHandle), before that `fileset_id` is 0. A process of another
+    session (`own_session=False`: another login, cron, web, another host) cannot be asked
+    anything: it may be live or long closed, its fileset is 0 (docs/server-contract.md)."""
     fileset_id: int
     upload_offsets: tuple = ()   # bytes received per used file, when the process answers
+    own_session: bool = True
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,9 @@ class ServerPort(Protocol):
     def sudo(self, user_name: str) -> "ServerPort":
         """A port on a session created for `user_name` (needs the Sudo privilege)."""
 
+    def lookup_groups(self, names: Sequence[str]) -> Mapping[str, int]:
+        """ExperimenterGroup ids by name; absent names are left out."""
+
     def server_time(self) -> _dt.datetime:
         """The server's clock (IConfig.getServerTime), UTC: ages of server events must not depend
         on the client's clock."""
@@ -218,7 +229,8 @@ class ServerPort(Protocol):
         """Jobs, image counts, import log and last event for many filesets at once."""
 
     def running_imports(self) -> Sequence[RunningImport]:
-        """Import processes the managed repository reports as live."""
+        """Import processes listImports lists: this session's that answer (closed ones left out),
+        and one entry with `own_session=False` per process of another session (not asked)."""
 
     def containers_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
         """Per fileset, the container names above its images: ("Project","P","Dataset","D") or
@@ -232,6 +244,10 @@ class ServerPort(Protocol):
     def files_by_repo_paths(self, repo_paths: Sequence[str]) -> Mapping[str, tuple]:
         """For repository-relative paths ("path" + "name" of an OriginalFile, no leading '/'),
         `(fileset id or None, OriginalFile)` of the readable file stored there; others left out."""
+
+    def file_sizes(self, original_file_ids: Sequence[int]) -> Mapping[int, int]:
+        """The size of each file as the server reads it now (RawFileStore.size, not the database
+        row); files that cannot be read are left out. Costs 2 round trips per file: keep it small."""
 
     def open_original_file(self, original_file_id: int) -> RawFileReader:
         """A reader on the file's bytes (RawFileStore); raises PermissionDenied if BINARYACCESS is restricted."""

@@ -410,7 +410,8 @@ def test_activity_combines_jobs_images_log_and_events(srv):
     srv.answers[adapter.HQL_FILESET_JOBS] = lambda p: links
     srv.answers[adapter.HQL_IMAGE_COUNTS] = lambda p: [[rlong(5), rlong(3)]]
     srv.answers[adapter.HQL_IMPORT_LOGS] = lambda p: (
-        [[rlong(5), rlong(77), rlong(4096)]]
+        [[rlong(5), rlong(77), rlong(4096), rstring("alice_7/2024-01/02/"),
+          rstring("03-04-05.678.log")]]
         if p.map["mimetype"].val == server.MIMETYPE_IMPORT_LOG else [])
 
     def log_updates(params):
@@ -429,7 +430,7 @@ def test_activity_combines_jobs_images_log_and_events(srv):
     assert a.jobs[0].finished == when(T0 + 10) and a.jobs[1].finished is None
     assert a.image_count == 3
     assert a.log == server.ImportLog(fileset_id=5, original_file_id=77, size=4096, updated=when(T0 + 500),
-                                     updates=2)
+                                     updates=2, repo_path="alice_7/2024-01/02/03-04-05.678.log")
     assert a.last_event == when(T0 + 900)
     (types,) = [c.args[1].map["types"].val for c in srv.calls(adapter.HQL_LAST_JOB_EVENTS)]
     assert [t.val for t in types] == [f"ome.model.jobs.{k}" for k in server.IMPORT_JOB_CLASSES]
@@ -452,32 +453,71 @@ def test_server_time_is_the_config_service_clock(srv):
     assert srv.port.server_time() == when(T0)
 
 
-def test_running_imports_reads_fileset_from_the_handle(srv, monkeypatch):
-    managed = mock.create_autospec(omero.grid.ManagedRepositoryPrx, instance=True)
-    srv.port._repository, srv.port._repository_prx = server.Repository("u", "/r"), managed
-    verified = mock.create_autospec(omero.grid.ImportProcessPrx, instance=True)
+def _process(session, handle=None, refuse=None):
+    process = mock.create_autospec(omero.grid.ImportProcessPrx, instance=True)
+    process.ice_getIdentity.return_value = Ice.Identity(name="proc-%d" % id(process), category=session)
+    if refuse is not None:
+        process.end_getHandle.side_effect = refuse
+    else:
+        process.end_getHandle.return_value = handle
+    return process
+
+
+def _handle(fileset_id):
     handle = mock.create_autospec(omero.cmd.HandlePrx, instance=True)
     link = omero.model.FilesetJobLinkI(1, True)
-    link.parent = omero.model.FilesetI(42, False)
-    handle.getRequest.return_value = omero.grid.ImportRequest(activity=link)
-    verified.getHandle.return_value = handle
-    uploading = mock.create_autospec(omero.grid.ImportProcessPrx, instance=True)
-    uploading.getHandle.return_value = None
-    gone = mock.create_autospec(omero.grid.ImportProcessPrx, instance=True)
-    gone.getHandle.side_effect = Ice.ObjectNotExistException()
-    managed.listImports.return_value = [verified, uploading, gone]
+    link.parent = omero.model.FilesetI(fileset_id, False)
+    handle.end_getRequest.return_value = omero.grid.ImportRequest(activity=link)
+    return handle
+
+
+def _managed(srv, processes, session="my-session"):
+    managed = mock.create_autospec(omero.grid.ManagedRepositoryPrx, instance=True)
+    srv.port._repository, srv.port._repository_prx = server.Repository("u", "/r"), managed
+    managed.listImports.return_value = processes
+    srv.client.getSessionId.return_value = session
+    return managed
+
+
+def test_running_imports_asks_only_this_sessions_processes(srv):
+    """Identity category = the session uuid (ServantHolder); Glacier2 routes only our own."""
+    verified = _process("my-session", _handle(42))
+    uploading = _process("my-session", None)
+    closed = _process("my-session", refuse=Ice.ObjectNotExistException())
+    foreign = [_process("other-session", _handle(7)) for _ in range(3)]
+    _managed(srv, [foreign[0], verified, uploading, foreign[1], closed, foreign[2]])
     assert srv.port.running_imports() == [
+        server.RunningImport(fileset_id=0, own_session=False)] * 3 + [
         server.RunningImport(fileset_id=42), server.RunningImport(fileset_id=adapter.UNKNOWN_FILESET)]
-    for process in (verified, uploading):
+    for process in foreign:
+        assert process.method_calls == [mock.call.ice_getIdentity()]   # no remote call at all
+    for process in (verified, uploading, closed):
+        process.begin_getHandle.assert_called_once_with()
         process.close.assert_not_called()
 
 
+def test_running_imports_pipelines_the_calls(srv):
+    """Every getHandle is sent before the first answer is awaited (one round trip for all)."""
+    order = []
+    processes = [_process("my-session", _handle(i)) for i in (1, 2)]
+    for n, process in enumerate(processes):
+        process.begin_getHandle.side_effect = lambda n=n: order.append(("begin", n))
+        process.end_getHandle.side_effect = lambda r, n=n, h=_handle(n + 1): (
+            order.append(("end", n)) or h)
+    _managed(srv, processes)
+    assert [r.fileset_id for r in srv.port.running_imports()] == [1, 2]
+    assert order == [("begin", 0), ("begin", 1), ("end", 0), ("end", 1)]
+
+
+def test_running_imports_leaves_out_a_closed_handle(srv):
+    handle = _handle(42)
+    handle.end_getRequest.side_effect = Ice.ObjectNotExistException()
+    _managed(srv, [_process("my-session", handle)])
+    assert srv.port.running_imports() == []
+
+
 def test_running_imports_maps_a_refusing_process_to_a_port_error(srv):
-    managed = mock.create_autospec(omero.grid.ManagedRepositoryPrx, instance=True)
-    srv.port._repository, srv.port._repository_prx = server.Repository("u", "/r"), managed
-    refusing = mock.create_autospec(omero.grid.ImportProcessPrx, instance=True)
-    refusing.getHandle.side_effect = omero.SecurityViolation(message="not your import")
-    managed.listImports.return_value = [refusing]
+    _managed(srv, [_process("my-session", refuse=omero.SecurityViolation(message="not your import"))])
     with pytest.raises(PermissionDenied, match="reading an import process: not your import"):
         srv.port.running_imports()
 

@@ -59,6 +59,7 @@ def build_world(root, seed: int) -> tuple:
                                                               project=project)))
     source = os.path.join(root, "src")
     os.makedirs(source)
+    sessions = {u: sim.open_session(u) for u in users}   # the port of each check joins it
     fids = []
     for n in range(36):
         owner = rnd.choice(users)
@@ -73,7 +74,7 @@ def build_world(root, seed: int) -> tuple:
         target = rnd.choice(targets[group] + [None])
         spw = target[0] == "Screen" if target else n % 3 == 0
         options = dict(transfer=rnd.choice(TRANSFERS), group=group, target=target, spw=spw,
-                       images=rnd.randint(1, 4))
+                       images=rnd.randint(1, 4), session=rnd.choice((sessions[owner], None)))
         shape = SHAPES[n % len(SHAPES)]
         if shape in ("created", "uploading"):
             fids.append(sim.create_import(owner, files, thumbnails=rnd.random() < 0.5, **options))
@@ -94,8 +95,6 @@ def build_world(root, seed: int) -> tuple:
                                            **options))
         else:
             fids.append(sim.import_fileset(owner, files, outcome=shape, **options))
-        if rnd.random() < 0.2:
-            sim.start_import_process(fids[-1])
         sim.advance(rnd.choice((0, 0.5, 30, 3600)))
     for fid in rnd.sample(fids, 3):
         sim.delete_fileset(fid)
@@ -224,7 +223,8 @@ class Reference:
                 if log is None and of.mimetype == port_api.MIMETYPE_IMPORT_LOG:
                     updated, updates = self.newest("OriginalFile", of_id, updates_only=True)
                     log = ImportLog(fileset_id=fid, original_file_id=of_id, size=of.size or 0,
-                                    updated=_parse(updated), updates=updates)
+                                    updated=_parse(updated), updates=updates,
+                                    repo_path=of.repo_path)
         objects += [("OriginalFile", r[0]) for r in self.sim.query(
             "SELECT originalFile FROM FilesetEntry WHERE fileset = ?", (fid,))]
         objects += [("Image", i) for i in self.images(fid)]
@@ -278,15 +278,27 @@ class Reference:
         return [r[0] for r in self.sim.query(
             "SELECT ws.image FROM Well w JOIN WellSample ws ON ws.well = w.id WHERE w.plate = ?", (oid,))]
 
-    def running(self):
+    def running(self, session):
+        """listImports as `session` sees it: every process ever registered in the user's groups,
+        less those whose fileset (in the session's group) the user cannot edit; other sessions'
+        not asked, this session's closed ones gone."""
+        session_group = self.one("SELECT group_id FROM sim_session WHERE uuid = ?", (session,))[0]
         result = []
-        for fid, uploaded in self.sim.query("SELECT fileset, uploaded FROM sim_import "
-                                            "WHERE process_live = 1 ORDER BY fileset"):
-            owner_id, group_id = self.one("SELECT owner_id, group_id FROM Fileset WHERE id = ?", (fid,))
-            can_edit = self.admin or owner_id == self.uid or (
-                group_id in self.groups and self.perms(group_id) == "rwrw--")
-            if group_id not in self.groups or not can_edit:
+        for fid, owner, group_id, closed in self.sim.query(
+                "SELECT fileset, session, group_id, closed FROM sim_process ORDER BY id"):
+            if group_id not in self.groups:
                 continue
+            row = self.one("SELECT owner_id, group_id FROM Fileset WHERE id = ?", (fid,))
+            if row and row[1] == session_group and not (
+                    self.admin or row[0] == self.uid or self.perms(row[1]) == "rwrw--"):
+                continue
+            if owner != session:
+                result.append(RunningImport(fileset_id=0, own_session=False))
+                continue
+            if closed:
+                continue
+            imported = self.one("SELECT uploaded FROM sim_import WHERE fileset = ?", (fid,))
+            uploaded = imported[0] if imported else 0   # its fileset deleted since
             offsets = []
             for _, path, name, _, _ in self.sim._entries(fid):
                 on_disk = os.path.join(self.sim.repo_dir, path, name)
@@ -329,7 +341,10 @@ def test_batched_reads_equal_the_per_object_computation(world, page, monkeypatch
     repo_keys = [p.lstrip("/") + n for p, n in sim.query("SELECT path, name FROM OriginalFile")]
     repo_keys += ["nowhere/missing.fake", "ManagedRepository"]
     for user in users:
-        port, ref = sim.port(user), Reference(sim, user)
+        first = sim.query("SELECT uuid FROM sim_session s JOIN Experimenter e ON e.id = s.user_id "
+                          "WHERE e.omeName = ? ORDER BY s.rowid LIMIT 1", (user,))
+        session = first[0][0] if first else sim.open_session(user)
+        port, ref = sim.port(user, session=session), Reference(sim, user)
         readable = [f for f in sorted(set(ids)) if ref.reads_fileset(f)]
         filesets = {f: ref.fileset(f) for f in readable}
         assert port.filesets(ids) == filesets, user
@@ -348,7 +363,7 @@ def test_batched_reads_equal_the_per_object_computation(world, page, monkeypatch
         assert port.images_of(ids) == {f: ref.images(f) for f in readable}, user
         expected_of = {r: ref.filesets_of(*r) for r in refs}
         assert port.filesets_of(refs) == {r: v for r, v in expected_of.items() if v is not None}, user
-        assert port.running_imports() == ref.running(), user
+        assert port.running_imports() == ref.running(session), user
         expected_files = {k: ref.file_at(k) for k in repo_keys}
         assert port.files_by_repo_paths(repo_keys) == {
             k: v for k, v in expected_files.items() if v is not None}, user
@@ -362,7 +377,13 @@ def test_the_random_worlds_hold_every_kind_of_import(world):
     assert sim.query("SELECT count(*) FROM sim_import WHERE outcome = 'ok' AND uploaded = 1 "
                      "AND steps_done < ?", (len(IMPORT_STEPS),))[0][0] > 0
     assert sim.query("SELECT count(*) FROM sim_import WHERE uploaded = 0")[0][0] > 0
-    assert sim.query("SELECT count(*) FROM sim_import WHERE process_live = 1")[0][0] > 0
+    kinds = {r for r in sim.query(
+        "SELECT p.closed, s.uploaded, p.session = (SELECT s2.uuid FROM sim_session s2 "
+        " WHERE s2.user_id = ss.user_id ORDER BY s2.rowid LIMIT 1) "
+        "FROM sim_process p JOIN sim_import s ON s.fileset = p.fileset "
+        "JOIN sim_session ss ON ss.uuid = p.session")}
+    assert {(0, 0), (0, 1), (1, 1)} <= {k[:2] for k in kinds}   # uploading, verified open, closed
+    assert {k[2] for k in kinds} == {0, 1}                       # in a checked session or not
     assert {r[0] for r in sim.query("SELECT permissions FROM ExperimenterGroup")} >= set(LEVELS)
     assert sim.query("SELECT count(*) FROM Plate")[0][0] > 0
     assert sim.query("SELECT count(*) FROM ProjectDatasetLink")[0][0] > 0

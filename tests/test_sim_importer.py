@@ -38,10 +38,10 @@ def world(tmp_path):
     return sim, str(src)
 
 
-def run(sim, args, **env):
+def run(sim, args, key="key", **env):
     full_env = dict(os.environ, OMERO_CLI_EXT_SIM_ROOT=sim.root, OMERO_CLI_EXT_SIM_USER="alice")
     full_env.update(env)
-    return subprocess.run([sys.executable, FAKE, "-s", "localhost", "-p", "4064", "-k", "key"]
+    return subprocess.run([sys.executable, FAKE, "-s", "localhost", "-p", "4064", "-k", key]
                           + args, capture_output=True, text=True, env=full_env)
 
 
@@ -118,13 +118,28 @@ def test_failed_fileset_with_continue_exits_0(world):
 
 def test_crash_after_n_filesets_leaves_a_half_upload(world):
     sim, src = world
-    done = run(sim, ["--output=yaml", src], OMERO_CLI_EXT_SIM_CRASH_AFTER="1")
+    session = sim.open_session("alice")
+    done = run(sim, ["--output=yaml", src], key=session, OMERO_CLI_EXT_SIM_CRASH_AFTER="1")
     assert done.returncode == -signal.SIGKILL
     assert len(list(yaml.safe_load_all(done.stdout))) == 1
     half = sim.query("SELECT max(id) FROM Fileset")[0][0]
-    port = sim.port("alice")
+    port = sim.port("alice", session=session)
     assert port.activity([half])[half].jobs[0].status == "Submitted"
+    # the first fileset's process was closed after verifyUpload; the dead one's is still open
     assert [r.fileset_id for r in port.running_imports()] == [0]
+    assert [r.own_session for r in sim.port("alice").running_imports()] == [False, False]
+
+
+def test_the_importer_joins_the_session_and_closes_each_process_after_verify_upload(world):
+    """omero-py passes `-k SESSION`; ImportLibrary closes the process right after verifyUpload."""
+    sim, src = world
+    session = sim.open_session("alice")
+    assert run(sim, [src], key=session).returncode == 0
+    processes = sim.query("SELECT session, closed FROM sim_process")
+    assert len(processes) == 3 and set(processes) == {(session, 1)}
+    assert sim.port("alice", session=session).running_imports() == []
+    assert run(sim, [src]).returncode == 0     # an unknown key: a login of its own
+    assert len({s for (s,) in sim.query("SELECT session FROM sim_process")}) == 2
 
 
 def test_hang_after_first_fileset(world):

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from omero_cli_ext.server import (
-    FilesetQuery, NotFound, PermissionDenied, ServerPort, MIMETYPE_DIRECTORY, MIMETYPE_IMPORT_LOG,
+    FilesetQuery, NotFound, PermissionDenied, RunningImport, ServerPort, MIMETYPE_DIRECTORY,
+    MIMETYPE_IMPORT_LOG,
 )
 from sim.server import SimServer, IMPORT_STEPS
 
@@ -133,7 +134,15 @@ def test_delete_removes_rows_and_repository_files_but_not_link_targets(sim, tmp_
         sim.port("owner").delete_filesets([linked])
 
 
-def test_only_the_upload_job_changes_and_steps_grow_the_log(sim, tmp_path):
+def log_updates(sim, log_id):
+    return sim.query("SELECT count(*) FROM EventLog WHERE entityType = "
+                     "'ome.model.core.OriginalFile' AND entityId = ? AND action = 'UPDATE'",
+                     (log_id,))[0][0]
+
+
+def test_only_the_upload_job_changes_and_steps_save_the_log_size(sim, tmp_path):
+    """ManagedImportRequestI: each step's `finally` saves the log size, the cleanup once more,
+    each only when the size changed (6 updates for an import whose steps all log)."""
     sim.add_user("owner", ["grw____"])
     fid = sim.import_fileset("owner", [write(str(tmp_path / "a.fake"))], steps=0)
     port = sim.port("owner")
@@ -141,36 +150,101 @@ def test_only_the_upload_job_changes_and_steps_grow_the_log(sim, tmp_path):
     assert [(j.kind, j.status) for j in act.jobs] == [
         ("UploadJob", "Finished"), ("MetadataImportJob", "Submitted"), ("PixelDataJob", "Submitted"),
         ("ThumbnailGenerationJob", "Submitted"), ("IndexingJob", "Submitted")]
-    assert act.image_count == 0 and act.log.size == 0
+    assert act.image_count == 0 and act.log.size == 0 and act.log.updates == 0
     sizes = []
-    for _ in IMPORT_STEPS:
+    for step in range(1, len(IMPORT_STEPS) + 1):
         sim.advance(1)
         sim.advance_import(fid)
         act = port.activity([fid])[fid]
         sizes.append(act.log.size)
         assert act.log.updated == sim.now() == act.last_event
         assert act.image_count == 1
-        assert act.log.updates == len(sizes)
+        assert act.log.updates == step + (step == len(IMPORT_STEPS))   # the cleanup's at the end
     assert sizes == sorted(set(sizes))
-    updates = sim.query("SELECT count(*) FROM EventLog WHERE entityType = "
-                        "'ome.model.core.OriginalFile' AND entityId = ? AND action = 'UPDATE'",
-                        (act.log.original_file_id,))[0][0]
-    assert updates == len(IMPORT_STEPS)
+    assert log_updates(sim, act.log.original_file_id) == len(IMPORT_STEPS) + 1
     assert [j.status for j in act.jobs][1:] == ["Submitted"] * 4
     with pytest.raises(ValueError):
         sim.advance_import(fid)
 
 
-def test_running_imports_follow_the_process(sim, tmp_path):
-    people(sim, "rwr---")
-    busy = sim.import_fileset("owner", [write(str(tmp_path / "a.fake"))], steps=2)
-    done = sim.import_fileset("owner", [write(str(tmp_path / "b.fake"))])
-    assert [r.fileset_id for r in sim.port("owner").running_imports()] == [busy]
-    assert sim.port("member").running_imports() == []    # cannot edit it
+def test_a_step_that_logs_nothing_saves_no_size(sim, tmp_path):
+    sim.add_user("owner", ["grw____"])
+    fid = sim.import_fileset("owner", [write(str(tmp_path / "a.fake"))], steps=3)
+    port = sim.port("owner")
+    assert port.activity([fid])[fid].log.updates == 3
+    sim.advance_import(fid, 2, quiet=True)   # launchProcessing and the objects step write nothing
+    act = port.activity([fid])[fid]
+    assert act.log.updates == 4              # only the cleanup's line changed the size
+
+
+def test_step_one_is_silent_until_it_ends_while_the_log_grows_on_disk(sim, tmp_path):
+    """setId + saveToDB run in one transaction: no EventLog, no size, no image until the step
+    ends; the logback appender writes the import log on disk meanwhile."""
+    sim.add_user("owner", ["grw____"])
+    fid = sim.import_fileset("owner", [write(str(tmp_path / "a.fake"))], steps=0)
+    port = sim.port("owner")
+    before = port.activity([fid])[fid]
+    log_path = os.path.join(sim.repo_dir, sim.query(
+        "SELECT path || name FROM OriginalFile WHERE id = ?", (before.log.original_file_id,))[0][0])
+    events = sim.query("SELECT count(*) FROM EventLog")[0][0]
+    for _ in range(3):
+        sim.advance(600)
+        sim.grow_import_log(fid)
+        assert os.path.getmtime(log_path) == sim.now().timestamp()
+    assert os.path.getsize(log_path) > 0
+    assert port.activity([fid])[fid] == before
+    assert sim.query("SELECT count(*) FROM EventLog")[0][0] == events
+    sim.advance_import(fid)
+    after = port.activity([fid])[fid]
+    assert (after.image_count, after.log.updates, after.log.size) == (
+        1, 1, os.path.getsize(log_path))
+
+
+def test_the_importer_closes_its_process_right_after_verify_upload(sim, tmp_path):
+    """ImportLibrary: `finally { proc.close(); }` after verifyUpload; listImports still lists
+    it (ProcessContainer never removes), but it no longer answers."""
+    sim.add_user("owner", ["grw____"])
+    port = sim.port("owner")
+    session = port.session_login()[2]
+    fid = sim.create_import("owner", [write(str(tmp_path / "a.fake"))], session=session)
+    assert port.running_imports() == [RunningImport(fileset_id=0, upload_offsets=(0,))]
+    sim.store_file(fid, 0)
+    sim.verify_upload(fid)           # a client that keeps its process: the handle names the fileset
+    assert [r.fileset_id for r in port.running_imports()] == [fid]
+    sim.close_import_process(fid)
+    assert port.running_imports() == []
+    done = sim.import_fileset("owner", [write(str(tmp_path / "b.fake"))], session=session, steps=1)
+    assert port.running_imports() == []
+    assert sim.query("SELECT fileset, closed FROM sim_process ORDER BY id") == [(fid, 1), (done, 1)]
+
+
+def test_list_imports_lists_every_process_but_only_the_own_session_answers(sim, tmp_path):
+    people(sim, "rwrw--")
+    mine, other_login = sim.port("owner"), sim.port("owner")
+    a = sim.create_import("owner", [write(str(tmp_path / "a.fake"))],
+                          session=mine.session_login()[2])
+    b = sim.create_import("owner", [write(str(tmp_path / "b.fake"))],
+                          session=other_login.session_login()[2])
+    closed = sim.import_fileset("member", [write(str(tmp_path / "c.fake"))])
+    sim.delete_fileset(closed)       # still listed: its process was never removed
+    foreign = RunningImport(fileset_id=0, own_session=False)
+    assert mine.running_imports() == [RunningImport(0, (0,)), foreign, foreign]
+    assert other_login.running_imports() == [foreign, RunningImport(0, (0,)), foreign]
+    assert sim.port("member").running_imports() == [foreign] * 3   # rwrw--: may edit them
     assert sim.port("admin").running_imports() == []     # not a member of the group
-    sim.end_import_process(busy)
-    sim.start_import_process(done)
-    assert [r.fileset_id for r in sim.port("owner").running_imports()] == [done]
+    assert sim.port("outsider").running_imports() == []
+    joined = sim.port("owner", session=mine.session_login()[2])
+    assert [r.own_session for r in joined.running_imports()] == [True, False, False]
+    sim.store_file(b, 0)
+    sim.verify_upload(b)
+    assert other_login.running_imports()[1] == RunningImport(fileset_id=b, upload_offsets=(15,))
+
+
+def test_list_imports_leaves_out_filesets_the_caller_cannot_edit(sim, tmp_path):
+    people(sim, "rwr---")
+    sim.create_import("owner", [write(str(tmp_path / "a.fake"))])
+    assert sim.port("owner").running_imports() == [RunningImport(fileset_id=0, own_session=False)]
+    assert sim.port("member").running_imports() == []    # read-only group: cannot edit it
 
 
 def test_ghost_fileset_after_server_failure(sim, tmp_path):
@@ -202,12 +276,11 @@ def test_half_uploaded_fileset_after_client_death(sim, tmp_path):
     assert [e.original_file.size for e in entries] == [1000, 1000, None, None]
     assert os.path.getsize(on_disk[2]) == 500
     assert not os.path.exists(on_disk[3])
-    sim.start_import_process(fid)
-    running = port.running_imports()
+    assert port.running_imports() == [RunningImport(fileset_id=0, own_session=False)]
+    dead = sim.query("SELECT session FROM sim_process WHERE fileset = ?", (fid,))[0][0]
+    running = sim.port("owner", session=dead).running_imports()   # the dead client's session
     assert [r.fileset_id for r in running] == [0]      # unknown before verifyUpload
     assert running[0].upload_offsets == (1000, 1000, 500, 0)
-    sim.end_import_process(fid)
-    assert port.running_imports() == []
 
 
 def test_client_paths_prefixes_directories_and_log(sim, tmp_path):

@@ -39,15 +39,16 @@ def activity(fid, upload="Finished", images=0, steps=0, last=0.0, log=True, mess
                            last_event=at(last))
 
 
-def one(fs, act, now=0.0, live=(), viewer=ALICE):
+def one(fs, act, now=0.0, live=(), viewer=ALICE, probe=None):
     (status,) = c.classify([fs], {fs.id: act}, [RunningImport(i) for i in live], now=at(now),
-                           stalled_after=STALL, viewer_id=viewer)
+                           stalled_after=STALL, viewer_id=viewer,
+                           probes={fs.id: probe} if probe else None)
     return status
 
 
 @pytest.mark.parametrize("steps, images, stage, state", [
-    (0, 0, c.METADATA, c.ACTIVE),
-    (0, 2, c.METADATA, c.ACTIVE),          # images saved, the step's log update not yet
+    (0, 0, c.PROCESSING, c.ACTIVE),
+    (0, 2, c.PROCESSING, c.ACTIVE),        # images saved, the step's log update not yet
     (1, 2, c.PIXEL_DATA, c.ACTIVE),
     (2, 2, c.THUMBNAILS, c.ACTIVE),
     (3, 2, c.DONE, c.DONE),
@@ -86,19 +87,45 @@ def test_a_step_that_ended_without_images_is_a_ghost():
     assert "ghost" in result.reason
 
 
-def test_verified_upload_without_images_nor_process_fails_only_after_the_stall_delay():
+def test_a_verified_upload_without_images_is_processing_and_never_failed_for_lack_of_a_process():
+    """The Java importer closes its process right after verifyUpload: no process means nothing."""
     act = activity(1, images=0, steps=0, last=0)
     assert one(fileset(1), act, now=STALL - 1).state == c.ACTIVE
-    gone = one(fileset(1), act, now=STALL)
-    assert (gone.state, gone.process) == (c.FAILED, c.GONE)
-    assert gone.reason == "upload verified, no images, no import process for 15m"
-    live = one(fileset(1), act, now=STALL, live=[1])
-    assert (live.stage, live.state, live.process) == (c.METADATA, c.STALLED, c.LIVE)
+    quiet = one(fileset(1), act, now=10 * STALL)
+    assert (quiet.stage, quiet.state, quiet.process) == (c.PROCESSING, c.STALLED, c.NOT_VISIBLE)
+    assert quiet.reason.startswith("no activity for 2h30m (upload verified, no server step ended")
 
 
-def test_processes_of_other_users_are_unknown_so_never_prove_a_failure():
-    status = one(fileset(1, owner=BOB), activity(1, last=0), now=STALL, viewer=ALICE)
-    assert (status.process, status.stage, status.state) == (c.UNKNOWN, c.METADATA, c.STALLED)
+def test_a_growing_import_log_keeps_a_long_first_step_active():
+    act = activity(1, images=0, steps=0, last=0)
+    growing = one(fileset(1), act, now=5 * STALL,
+                  probe=c.LogProbe(size=4096, grew=at(5 * STALL - 60), source="disk"))
+    assert (growing.stage, growing.state, growing.log_grew) == (
+        c.PROCESSING, c.ACTIVE, at(5 * STALL - 60))
+    assert growing.reason.endswith("import log 4096 bytes on disk, grew 1m00s ago")
+    still = one(fileset(1), act, now=5 * STALL,
+                probe=c.LogProbe(size=4096, grew=at(3 * STALL), source="server"))
+    assert (still.state, still.idle_seconds) == (c.STALLED, 2 * STALL)
+    assert "via RawFileStore, grew 30m ago" in still.reason
+    first = one(fileset(1), act, now=5 * STALL, probe=c.LogProbe(4096, None, "server"))
+    assert first.state == c.STALLED and first.reason.endswith("first look)")
+
+
+def test_only_imports_in_a_server_step_need_a_look_at_their_log():
+    assert c.needs_log_probe(activity(1, images=0, steps=0))
+    assert c.needs_log_probe(activity(1, images=2, steps=2))
+    assert not c.needs_log_probe(activity(1, images=2, steps=3))      # done
+    assert not c.needs_log_probe(activity(1, images=0, steps=1))      # ghost
+    assert not c.needs_log_probe(activity(1, upload="Submitted"))    # still uploading
+    assert not c.needs_log_probe(activity(1, log=False))
+    assert not c.needs_log_probe(None)
+
+
+def test_processes_of_other_sessions_are_never_asked_nor_matched():
+    status = c.classify([fileset(1, created=0)], {1: activity(1, upload="Submitted", last=10)},
+                        [RunningImport(c.UNATTRIBUTED, own_session=False)], now=at(20),
+                        stalled_after=STALL, viewer_id=ALICE)[0]
+    assert status.process == c.NOT_VISIBLE
 
 
 def test_without_an_import_log_images_decide():
@@ -141,7 +168,7 @@ def test_processes_still_uploading_are_matched_to_the_newest_uploads_of_the_view
     running = [RunningImport(c.UNATTRIBUTED), RunningImport(c.UNATTRIBUTED), RunningImport(5)]
     process = {s.fileset_id: s.process for s in c.classify(
         filesets, acts, running, now=at(50), stalled_after=STALL, viewer_id=ALICE)}
-    assert process == {1: c.GONE, 2: c.LIVE, 3: c.LIVE, 4: c.UNKNOWN, 5: c.LIVE}
+    assert process == {1: c.NOT_VISIBLE, 2: c.LIVE, 3: c.LIVE, 4: c.NOT_VISIBLE, 5: c.LIVE}
 
 
 def test_another_owners_activity_does_not_queue_an_import():

@@ -54,29 +54,31 @@ def stage_state(sim, fid, *argv, user="alice"):
 
 
 def test_a_normal_import_step_by_step(sim):
-    fid = sim.create_import("alice", files(sim, "a.fake", "a.companion"))
-    assert stage_state(sim, fid) == ("uploading", "active")
+    session = sim.open_session("alice")   # `omero login`, then import and status in that session
+    fid = sim.create_import("alice", files(sim, "a.fake", "a.companion"), session=session)
+    assert stage_state(sim, fid, "-k", session) == ("uploading", "active")
     sim.advance(MINUTE)
     sim.store_file(fid, 0)
     sim.advance(MINUTE)
     sim.store_file(fid, 1)
-    rc, imports, _, _ = status(sim)
+    rc, imports, _, _ = status(sim, "-k", session)
     assert (imports[fid]["stage"], imports[fid]["state"], imports[fid]["process"]) == (
         "uploading", "active", "live")
     assert (imports[fid]["bytes"], imports[fid]["files"]) == (2000, 2)
+    assert status(sim)[1][fid]["process"] == "not visible"   # another login cannot ask it
     sim.advance(MINUTE)
     sim.verify_upload(fid)
-    assert stage_state(sim, fid) == ("metadata", "active")
+    sim.close_import_process(fid)         # as the Java importer does at once
+    assert stage_state(sim, fid) == ("processing", "active")
     for stage in ("pixel data", "thumbnails", "done"):
         sim.advance(MINUTE)
         sim.advance_import(fid)
         assert stage_state(sim, fid) == (stage, "done" if stage == "done" else "active")
     sim.advance(MINUTE)
     sim.advance_import(fid, 2)
-    sim.end_import_process(fid)
     sim.advance(30 * MINUTE)          # done stays done: its jobs stay Submitted forever
     _, imports, _, _ = status(sim)
-    assert (imports[fid]["state"], imports[fid]["images"], imports[fid]["steps_done"]) == ("done", 1, 5)
+    assert (imports[fid]["state"], imports[fid]["images"], imports[fid]["steps_done"]) == ("done", 1, 6)
     rc, out, _ = run_cli(sim.root, ["status", "imports", "--check"], user="alice")
     assert (rc, out.split(" - ")[0]) == (0, "OK")
 
@@ -165,7 +167,8 @@ def test_json_keys_are_the_documented_ones(sim):
     assert list(records[0]) == ["type", *status_run.views.IMPORT_KEYS]
     assert list(records[1]) == ["type", "server_time", "local_time", "stalled_after_seconds",
                                 "imports_by_state", "jobs_by_state", "bytes_in_flight",
-                                "oldest_activity_age_seconds", "unlisted_processes", "problems"]
+                                "oldest_activity_age_seconds", "unlisted_processes",
+                                "other_sessions_processes", "problems"]
 
 
 def test_plain_text_when_not_a_terminal(sim):
@@ -191,7 +194,7 @@ def test_users_see_their_own_imports_and_admins_choose(sim):
     assert set(status(sim, user="root")[1]) == set()
     assert set(status(sim, "--all-users", user="root")[1]) == {mine, bobs}
     assert set(status(sim, "--owner", "bob", user="root")[1]) == {bobs}
-    assert status(sim, "--all-users", user="root")[1][bobs]["process"] == "unknown"
+    assert status(sim, "--all-users", user="root")[1][bobs]["process"] == "not visible"
 
 
 @pytest.mark.parametrize("flags", [["--all-users"], ["--owner", "bob"]])
@@ -215,22 +218,47 @@ def test_in_group_filters_by_group_name(sim):
 
 
 def test_round_trips_do_not_grow_with_the_number_of_imports(sim):
-    def trips():
+    def trips(*argv):
         sim.reset_round_trips()
-        assert status(sim)[0] == 0
+        assert status(sim, *argv)[0] == 0
         return sim.round_trips
     sim.import_fileset("alice", files(sim, "one.fake"))
     few = trips()
     for i in range(40):
         sim.import_fileset("alice", files(sim, "many%d.fake" % i))
     # user, clock, filesets (the id query, then 1 page: 2 queries), activity (1 page: 6 queries
-    # and the logs' updates), listImports, close
+    # and the logs' updates), listImports (every process since the server started: 41 of other
+    # sessions, never asked), close
     assert trips() == few == 14
-    # but each live import process is asked for its handle and its request (Repositories.ice
-    # has no call listing them at once): 2 more per running import
+    # imports in a server step: one call for the repository root, their logs are read on disk
     for i in range(5):
         sim.import_fileset("alice", files(sim, "running%d.fake" % i), steps=i % 4)
-    assert trips() == few + 2 * 5
+    assert trips() == few + 1
+    # a repository not readable here: RawFileStore.size of each log in a step (4 of them), one
+    # store for all: 2 + 2 per log
+    sim.set_reported_root("/nonexistent/ManagedRepository")
+    assert trips() == few + 1 + 2 + 2 * 4
+    # this session's own processes: one pipelined getHandle round trip, one getRequest round trip
+    # (and their logs, in the processing stage, three more looks)
+    session = sim.open_session("alice")
+    for i in range(3):
+        own = sim.create_import("alice", files(sim, "own%d.fake" % i), session=session)
+        sim.store_file(own, 0)
+        sim.verify_upload(own)            # a client that does not close its process
+    assert trips("-k", session) == few + 1 + 2 + 2 * (4 + 3) + 2
+
+
+def test_log_looks_through_rawfilestore_are_bounded(sim, monkeypatch):
+    from omero_cli_ext.status import logwatch
+    monkeypatch.setattr(logwatch, "MAX_SERVER_PROBES", 3)
+    sim.set_reported_root("/nonexistent/ManagedRepository")
+    for i in range(6):
+        sim.import_fileset("alice", files(sim, "s%d.fake" % i), steps=0)
+    sim.reset_round_trips()
+    _, imports, _, _ = status(sim)
+    assert sim.round_trips == 14 + 1 + 2 + 2 * 3
+    looked = sorted(f for f, r in imports.items() if "via RawFileStore" in r["reason"])
+    assert looked == sorted(imports)[-3:]          # the newest
 
 
 def test_local_only_never_contacts_the_server(sim):

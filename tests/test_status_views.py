@@ -87,7 +87,7 @@ def test_rich_view_shows_header_job_bar_and_coloured_states():
     assert "Server imports (4)" in text
     assert "pixel data running: 1 of 3 steps ended" in text
     assert "no activity for 30m" in text
-    assert "2 live import processes are not listed" in text
+    assert "2 live import processes of this session are not listed" in text
     assert styles_of(segments, "stalled") == {"bold yellow"}
     assert styles_of(segments, "active") == {"green"}
     assert styles_of(segments, "done") == {"None", "dim"}     # the stage cell, the state cell

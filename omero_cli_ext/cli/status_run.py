@@ -19,6 +19,7 @@ from omero_cli_ext.cli.base import (
 from omero_cli_ext.status import views
 from omero_cli_ext.status.classify import DONE
 from omero_cli_ext.status.jobs import read_local_jobs
+from omero_cli_ext.status.logwatch import MEMORY_FILE, SizeMemory
 from omero_cli_ext.status.metrics import write_metrics
 from omero_cli_ext.status.snapshot import (
     ServerScope, Snapshot, check, counts_text, read_server, summarize,
@@ -55,7 +56,8 @@ def run_status_imports(control, args) -> None:
             open_error = err   # reported as UNKNOWN by --check, as server_up 0 in the metrics
     try:
         def take() -> tuple:
-            return _take_snapshot(port, scope, viewer_id, args, open_error)
+            return _take_snapshot(port, scope, viewer_id, args, open_error, memory)
+        memory = SizeMemory(None if args.local_only else _memory_path())
         if args.watch is not None:
             _watch(ctx, out, take, args)
         else:
@@ -107,16 +109,26 @@ def _scope(ctx, port, args) -> tuple:
                        since_seconds=args.since), user.id
 
 
-def _take_snapshot(port, scope, viewer_id, args, open_error) -> tuple:
+def _memory_path() -> str:
+    """Where log sizes seen through RawFileStore are remembered between runs (user dir)."""
+    from omero.util import get_omero_userdir
+    return os.path.join(str(get_omero_userdir()), MEMORY_FILE)
+
+
+def _take_snapshot(port, scope, viewer_id, args, open_error, memory) -> tuple:
     """(snapshot, server error or None): a server that fails is a problem of this snapshot."""
     local_now = local_clock()
     server_view, error = None, open_error
     if port is not None:
         try:
-            server_view = read_server(port, scope, args.stalled_after, viewer_id)
+            server_view = read_server(port, scope, args.stalled_after, viewer_id, memory)
         except server.ServerError as err:
             error = err
     jobs, problems = read_local_jobs(args.journal, local_now, args.stalled_after)
+    try:
+        memory.save()
+    except OSError as err:
+        problems.append("cannot remember import log sizes in %s: %s" % (memory.path, err))
     if error is not None:
         problems = ["server: %s" % error] + problems
     snapshot = Snapshot(local_time=local_now, stalled_after=args.stalled_after, server=server_view,
@@ -209,12 +221,7 @@ def _header(snapshot: Snapshot) -> str:
 
 
 def _notes(snapshot: Snapshot) -> list:
-    notes = ["problem: %s" % p for p in snapshot.problems]
-    if snapshot.server and snapshot.server.unlisted_processes:
-        notes.append("%d live import processes are not listed (still uploading: the server names "
-                     "no fileset before the upload is verified; or outside this view)"
-                     % snapshot.server.unlisted_processes)
-    return notes
+    return ["problem: %s" % p for p in snapshot.problems] + views.process_notes(snapshot)
 
 
 def _plain_view(out, snapshot: Snapshot) -> None:

@@ -38,6 +38,9 @@ def registry_of(snapshot: Snapshot) -> CollectorRegistry:
         gauge("import_processes_unlisted",
               "Live import processes whose fileset is not listed (still uploading, or out of scope)"
               ).set(snapshot.server.unlisted_processes)
+        gauge("import_processes_other_sessions",
+              "Import processes listImports lists for other sessions (not visible from this one)"
+              ).set(snapshot.server.other_sessions_processes)
     if snapshot.jobs:
         labels = ("job", "journal")
         state = gauge("job_state", "1 for the local job's current state", labels + ("state",))

@@ -9,7 +9,9 @@ from typing import Optional
 from omero_cli_ext.server import FilesetQuery, ServerPort
 from omero_cli_ext.status.classify import (
     DONE, FAILED, IN_PROGRESS, LIVE, STALLED, STATES, UNATTRIBUTED, UPLOADING, classify,
+    needs_log_probe,
 )
+from omero_cli_ext.status.logwatch import SizeMemory, probe_logs
 from omero_cli_ext.status.jobs import INTERRUPTED, JOB_STATES
 
 # `--check` exit codes (docs/status.md); worst first: failed, unknown, stalled
@@ -31,7 +33,9 @@ class ServerScope:
 class ServerView:
     server_time: _dt.datetime
     imports: tuple               # ImportStatus, worst first
-    unlisted_processes: int      # live ImportProcesses matched to none of `imports`
+    unlisted_processes: int      # live ImportProcesses of this session matched to none of `imports`
+    # processes listImports lists for other sessions: not reachable from this one (live or closed)
+    other_sessions_processes: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,11 @@ class Snapshot:
 
 
 def read_server(port: ServerPort, scope: ServerScope, stalled_after: float,
-                viewer_id: int) -> ServerView:
-    """Four port calls (clock, filesets, activity, processes), the middle two paged by the port."""
+                viewer_id: int, memory: Optional[SizeMemory] = None) -> ServerView:
+    """Four port calls (clock, filesets, activity, processes), the middle two paged by the port;
+    listImports costs one call plus, for this session's own processes only, two pipelined ones.
+    Imports in a server step get a look at their import log (logwatch: on disk, else through
+    RawFileStore, bounded), with `memory` the sizes seen before."""
     now = port.server_time()
     since = now - _dt.timedelta(seconds=scope.since_seconds)
     filesets = list(port.find_filesets(FilesetQuery(owner_id=scope.owner_id, since=since)))
@@ -58,14 +65,21 @@ def read_server(port: ServerPort, scope: ServerScope, stalled_after: float,
         filesets = [f for f in filesets if f.group_name == scope.group_name]
     activities = port.activity([f.id for f in filesets]) if filesets else {}
     running = port.running_imports()
+    candidates = [(f.id, activities[f.id].log) for f in sorted(filesets, key=lambda f: -f.id)
+                  if needs_log_probe(activities.get(f.id))]
+    probes = (probe_logs(port, port.repository(), candidates, now,
+                         memory if memory is not None else SizeMemory())
+              if candidates else {})
     imports = classify(filesets, activities, running, now=now, stalled_after=stalled_after,
-                       viewer_id=viewer_id)
+                       viewer_id=viewer_id, probes=probes)
+    own = [r for r in running if r.own_session]
     listed = {f.id for f in filesets} | {UNATTRIBUTED}
     matched = sum(1 for i in imports if i.stage == UPLOADING and i.process == LIVE)
-    unattributed = sum(1 for r in running if r.fileset_id == UNATTRIBUTED)
+    unattributed = sum(1 for r in own if r.fileset_id == UNATTRIBUTED)
     return ServerView(server_time=now, imports=tuple(imports),
-                      unlisted_processes=sum(1 for r in running if r.fileset_id not in listed)
-                      + unattributed - matched)
+                      unlisted_processes=sum(1 for r in own if r.fileset_id not in listed)
+                      + unattributed - matched,
+                      other_sessions_processes=len(running) - len(own))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ JOB_COLUMNS = ("Job", "State", "Filesets done/failed/total", "Bytes", "Rate", "E
 # JSON keys, in this order (docs/status.md)
 IMPORT_KEYS = ("fileset_id", "owner", "group", "template_prefix", "files", "bytes", "images",
                "stage", "state", "reason", "started", "last_activity", "idle_seconds",
-               "steps_done", "upload_finished", "process")
+               "steps_done", "upload_finished", "process", "log_grew")
 JOB_KEYS = ("job", "journal", "state", "reason", "job_state", "filesets_total", "filesets_done",
             "filesets_failed", "filesets_running", "bytes_total", "bytes_done", "workers", "hosts",
             "started", "last_activity", "idle_seconds", "rate_bytes_per_s", "eta_seconds")
@@ -85,7 +85,24 @@ def summary_record(snapshot: Snapshot) -> dict:
             "bytes_in_flight": summary.bytes_in_flight,
             "oldest_activity_age_seconds": summary.oldest_activity_age,
             "unlisted_processes": snapshot.server.unlisted_processes if snapshot.server else 0,
+            "other_sessions_processes": (snapshot.server.other_sessions_processes
+                                         if snapshot.server else 0),
             "problems": list(snapshot.problems)}
+
+
+def process_notes(snapshot: Snapshot) -> list:
+    """Lines about the import processes listImports lists that no row accounts for."""
+    view, notes = snapshot.server, []
+    if view and view.unlisted_processes:
+        notes.append("%d live import processes of this session are not listed (still uploading: "
+                     "the server names no fileset before the upload is verified; or outside this "
+                     "view)" % view.unlisted_processes)
+    if view and view.other_sessions_processes:
+        notes.append("%d import processes of other sessions: not visible from this session "
+                     "(listImports lists every process since the server started, closed ones "
+                     "included; only a process's own session may ask it anything)"
+                     % view.other_sessions_processes)
+    return notes
 
 
 def progress_fraction(job: JobStatus) -> tuple:

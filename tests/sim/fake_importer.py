@@ -3,7 +3,10 @@
 Started as `python tests/sim/fake_importer.py <CommandLineImporter args>` where the real one is
 started as `java ... ome.formats.importer.cli.CommandLineImporter <args>` (omero-py plugins/import.py).
 The server is the SimServer at env OMERO_CLI_EXT_SIM_ROOT, the user env OMERO_CLI_EXT_SIM_USER (and
-group OMERO_CLI_EXT_SIM_GROUP); the `-s/-p/-k/-u/-w` login arguments are accepted and ignored.
+group OMERO_CLI_EXT_SIM_GROUP); `-k KEY` joins that simulated session (as the real importer joins
+the session omero-py passes it), else the importer logs in with a session of its own; `-s/-p/-u/-w`
+are accepted and ignored. As ImportLibrary does, it closes each ImportProcess right after
+verifyUpload.
 
 Output follows omero-blitz: LoggingImportMonitor (progress lines, YAML documents, the Summary),
 ImportCandidates (`-f` listings), CommandLineImporter (options, exit codes 0/1/2/125) and
@@ -193,12 +196,15 @@ def main(argv: list) -> int:
         sys.stderr.write("%s\n" % err)
         return usage()
     settings = {"transfer": "upload", "hasher": "SHA1-160", "output": "ids", "continue": False,
-                "used_files": False, "target": None, "exclude": [], "thumbnails": True}
+                "used_files": False, "target": None, "exclude": [], "thumbnails": True,
+                "session": None}
     for opt, value in opts:
         if opt == "-h":
             return usage()
         if opt == "-f":
             settings["used_files"] = True
+        elif opt == "-k":
+            settings["session"] = value
         elif opt == "-c":
             settings["continue"] = True
         elif opt in ("-d", "-r"):
@@ -271,7 +277,11 @@ def run_imports(candidates: list, settings: dict) -> int:
             return 2
     counts = {"files": 0, "filesets": 0, "plates": 0, "images": 0, "errors": 0}
     successful = True
-    port = sim.port(user, group)
+    session = settings["session"]
+    if not session or not sim.query("SELECT 1 FROM sim_session WHERE uuid = ?", (session,)):
+        session = sim.open_session(user, group)
+    settings["session"] = session
+    port = sim.port(user, session=session)
     for index, cand in enumerate(candidates):
         if "clientpath" in settings["exclude"] and client_path_used(sim, port, cand.main):
             continue
@@ -323,7 +333,8 @@ def create(sim, user, group, cand, target, settings) -> int:
     log("INFO", MONITOR, "FILESET_UPLOAD_PREPARATION")
     return sim.create_import(user, cand.files, transfer=settings["transfer"], group=group,
                              target=spw_target, spw=cand.spw, images=cand.images,
-                             hasher=settings["hasher"], thumbnails=settings["thumbnails"])
+                             hasher=settings["hasher"], thumbnails=settings["thumbnails"],
+                             session=settings["session"])
 
 
 def crash_mid_upload(sim, user, group, cand, target, settings) -> None:
@@ -350,15 +361,15 @@ def import_one(sim, user, group, cand, target, settings, counts, fail_pattern) -
         sim.store_file(fid, i)
         log("INFO", MONITOR, "FILE_UPLOAD_COMPLETE: %s" % path)
         counts["files"] += 1
-    log("INFO", MONITOR, "FILESET_UPLOAD_END")
     sim.verify_upload(fid)
+    sim.close_import_process(fid)   # ImportLibrary: `finally { proc.close(); }`, then UPLOAD_END
+    log("INFO", MONITOR, "FILESET_UPLOAD_END")
     log_id = sim.import_log_id(fid)
     log("INFO", MONITOR, "IMPORT_STARTED Logfile: %d" % log_id)
     failing = fail_pattern and (fnmatch.fnmatch(cand.main, fail_pattern)
                                 or fnmatch.fnmatch(os.path.basename(cand.main), fail_pattern))
     if failing:
         sim.fail_import(fid, "Failure response on import! (OMERO_CLI_EXT_SIM_FAIL_PATTERN)")
-        sim.end_import_process(fid)
         log("ERROR", HANDLER, "INTERNAL_EXCEPTION: %s\njava.lang.RuntimeException: Failure "
             "response on import!\nCategory: ::omero::grid::ImportRequest\nName: import-request-failure"
             "\nParameters: {fileset=%d}\n" % (cand.main, fid))
@@ -367,7 +378,6 @@ def import_one(sim, user, group, cand, target, settings, counts, fail_pattern) -
     for step, name in enumerate(IMPORT_STEPS, start=1):
         sim.advance_import(fid)
         log("INFO", MONITOR, "%s Step: %d of %d  Logfile: %d" % (name, step, len(IMPORT_STEPS), log_id))
-    sim.end_import_process(fid)
     log("INFO", MONITOR, "IMPORT_DONE Imported file: %s" % cand.main)
     objects = sim.import_result(fid)
     counts["filesets"] += 1

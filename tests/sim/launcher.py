@@ -37,14 +37,19 @@ DEFAULT_USER = "root"
 
 def sim_connect(sim_root: str, default_user: str, session: dict):
     """A replacement for omero_cli_ext.server.connect. The user is the command's `-u` (with
-    `--sudo ADMIN`: ADMIN's session sudo-ing as that user), else `default_user`; `-g` picks the group."""
+    `--sudo ADMIN`: ADMIN's session sudo-ing as that user), else `default_user`; `-g` picks the group.
+    Every invocation is a new session (a new login) unless `-k KEY` names one the simulated server
+    knows (`SimServer.open_session`, `SimPort.session_login()`), which it joins."""
     def connect(ctx, args):
         user = getattr(args, "user", None) or default_user
         group = getattr(args, "group", None)
         sudoer = getattr(args, "sudo", None)
+        key = getattr(args, "key", None)
         server = SimServer(sim_root)
         if sudoer:
             port = server.port(sudoer).sudo(user)
+        elif key and server.query("SELECT 1 FROM sim_session WHERE uuid = ?", (key,)):
+            port = server.port(user, session=key)   # `-k KEY` joins an existing session
         else:
             port = server.port(user, group)
         session["user"], session["group"] = user, group

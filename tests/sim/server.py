@@ -145,8 +145,14 @@ CREATE INDEX IF NOT EXISTS FilesetAnnotationLink_parent ON FilesetAnnotationLink
 -- simulation bookkeeping (no OMERO counterpart): where each import stands, live ImportProcesses
 CREATE TABLE IF NOT EXISTS sim_import (fileset INTEGER PRIMARY KEY, transfer TEXT NOT NULL,
     outcome TEXT NOT NULL, steps_done INTEGER NOT NULL, planned_images INTEGER NOT NULL,
-    spw INTEGER NOT NULL, target_type TEXT, target_id INTEGER, process_live INTEGER NOT NULL,
-    uploaded INTEGER NOT NULL);
+    spw INTEGER NOT NULL, target_type TEXT, target_id INTEGER, uploaded INTEGER NOT NULL);
+-- sessions (a servant's identity category is its session's uuid: omero.util.ServantHolder) and
+-- the ImportProcesses of ManagedRepositoryI's ProcessContainer (never removed, only closed)
+CREATE TABLE IF NOT EXISTS sim_session (uuid TEXT PRIMARY KEY, user_id INTEGER NOT NULL,
+    group_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sim_process (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fileset INTEGER NOT NULL, session TEXT NOT NULL, group_id INTEGER NOT NULL,
+    closed INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS sim_source (originalFile INTEGER PRIMARY KEY, source BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sim_prefix_counter (base TEXT PRIMARY KEY, next_index INTEGER NOT NULL);
 """
@@ -280,6 +286,12 @@ class SimServer:
         with self.transaction():
             self._set_meta("now", _fmt(when))
 
+    def set_reported_root(self, path: Optional[str]) -> None:
+        """The repository root ports report (the server host's path, maybe absent on the client's
+        host); None: the real directory."""
+        with self.transaction():
+            self._set_meta("reported_root", path or "")
+
     # --- round trips ---------------------------------------------------------------------------
     @property
     def round_trips(self) -> int:
@@ -396,16 +408,20 @@ class SimServer:
     def import_fileset(self, owner: str, files: list, *, transfer: str = "upload",
                        group: Optional[str] = None, target: Optional[tuple] = None,
                        spw: bool = False, images: int = 1, outcome: str = "ok",
-                       steps: Optional[int] = None, hasher: str = "SHA1-160") -> int:
-        """Import `files` (client paths that exist) the way an importer and the server would, up to
-        `outcome`: "ok" (after `steps` of the 5 server steps, all by default), "server-failure"
-        (ghost: uploaded, UploadJob Finished, no images, error in the log) or "client-death"
-        (UploadJob not Finished, the first half of the files stored, the next one partially)."""
+                       steps: Optional[int] = None, hasher: str = "SHA1-160",
+                       session: Optional[str] = None) -> int:
+        """Import `files` (client paths that exist) the way the Java importer and the server would,
+        up to `outcome`: "ok" (after `steps` of the 5 server steps, all by default, and the
+        request's cleanup), "server-failure" (ghost: uploaded, UploadJob Finished, no images, error
+        in the log) or "client-death" (UploadJob not Finished, the first half of the files stored,
+        the next one partially; its ImportProcess never closed). The importer closes its
+        ImportProcess right after verifyUpload (ImportLibrary). `session`: the importer's session
+        (a port's `session_login()[2]`); None: a session of its own, as another login."""
         if outcome not in OUTCOMES:
             raise ValueError("outcome must be one of %s" % (OUTCOMES,))
         with self.transaction():
             fid = self.create_import(owner, files, transfer=transfer, group=group, target=target,
-                                     spw=spw, images=images, hasher=hasher)
+                                     spw=spw, images=images, hasher=hasher, session=session)
             if outcome == "client-death":
                 half = len(files) // 2
                 for index in range(half):
@@ -417,20 +433,20 @@ class SimServer:
             for index in range(len(files)):
                 self.store_file(fid, index)
             self.verify_upload(fid)
+            self.close_import_process(fid)
             if outcome == "server-failure":
                 self.fail_import(fid, "Failure response on import! (simulated server-side failure)")
             else:
                 self.advance_import(fid, len(IMPORT_STEPS) if steps is None else steps)
-            if outcome == "server-failure" or steps in (None, len(IMPORT_STEPS)):
-                self.end_import_process(fid)   # an import still in its steps keeps its process
             return fid
 
     def create_import(self, owner: str, files: Sequence[str], *, transfer: str = "upload",
                       group: Optional[str] = None, target: Optional[tuple] = None,
                       spw: bool = False, images: int = 1, hasher: str = "SHA1-160",
-                      thumbnails: bool = True) -> int:
-        """ManagedRepository.importFileset: every row exists before any byte is sent; the
-        ImportProcess is live. Returns the fileset id."""
+                      thumbnails: bool = True, session: Optional[str] = None) -> int:
+        """ManagedRepository.importFileset: every row exists before any byte is sent; an
+        ImportProcess is registered in the importer's `session` (None: a new session of the
+        owner) and added to the process container. Returns the fileset id."""
         if transfer not in TRANSFERS:
             raise ValueError("transfer must be one of %s" % (TRANSFERS,))
         if not files:
@@ -485,10 +501,13 @@ class SimServer:
                 self._log(ev, "FilesetAnnotationLink", [link], "INSERT")
             self._db.execute(
                 "INSERT INTO sim_import (fileset, transfer, outcome, steps_done, planned_images, "
-                "spw, target_type, target_id, process_live, uploaded) "
-                "VALUES (?, ?, 'ok', 0, ?, ?, ?, ?, 1, 0)",
+                "spw, target_type, target_id, uploaded) VALUES (?, ?, 'ok', 0, ?, ?, ?, ?, 0)",
                 (fid, transfer, images, int(spw), target[0] if target else None,
                  target[1] if target else None))
+            if session is None:
+                session = self.open_session(owner, group)
+            self._db.execute("INSERT INTO sim_process (fileset, session, group_id) VALUES (?, ?, ?)",
+                             (fid, session, gid))
             return fid
 
     def _create_jobs(self, fid, log_id, uid, gid, ev, thumbnails: bool) -> None:
@@ -622,9 +641,13 @@ class SimServer:
             self._log(self._event(uid, gid, "Import"), "UploadJob", [job], "UPDATE")
             self._db.execute("UPDATE sim_import SET uploaded = 1 WHERE fileset = ?", (fid,))
 
-    def advance_import(self, fileset_id: int, steps: int = 1) -> None:
-        """Run the next `steps` of the five server steps: each appends a line to the import log
-        (one size UPDATE per step, as `omero fs importtime` reads them); step 1 creates the images."""
+    def advance_import(self, fileset_id: int, steps: int = 1, *, quiet: bool = False) -> None:
+        """End the next `steps` of the five server steps (ManagedImportRequestI.step). Each step
+        writes its line to the import log on disk (none when `quiet`) and, in its `finally`, saves
+        the log's size — one UPDATE EventLog on the log's OriginalFile, only when the size changed
+        (a save of an unchanged object writes nothing). Step 1 (setId + saveToDB, one transaction)
+        creates the images as it ends, nothing before; after the 5th step the request's cleanup
+        writes a last line and saves the size once more: 0 to 6 updates in all."""
         with self.transaction():
             _, outcome, done, planned, spw, ttype, tid, uploaded = self._import_row(fileset_id)
             if outcome != "ok" or not uploaded:
@@ -633,38 +656,64 @@ class SimServer:
             if done + steps > len(IMPORT_STEPS):
                 raise ValueError("fileset %d has done %d of %d steps" % (fileset_id, done,
                                                                          len(IMPORT_STEPS)))
-            if done == 0 and steps:
-                self._create_images(fileset_id, planned, spw, ttype, tid)
-            self._append_log(fileset_id, "INFO ", ["Step %d of %d: %s" % (
-                step, len(IMPORT_STEPS), IMPORT_STEPS[step - 1])
-                for step in range(done + 1, done + steps + 1)])
+            for step in range(done + 1, done + steps + 1):
+                if not quiet:
+                    self.grow_import_log(fileset_id, ["Step %d of %d: %s" % (
+                        step, len(IMPORT_STEPS), IMPORT_STEPS[step - 1])])
+                if step == 1:
+                    self._create_images(fileset_id, planned, spw, ttype, tid)
+                self._save_log_size(fileset_id)
+                if step == len(IMPORT_STEPS):
+                    self._cleanup_import(fileset_id)
             self._db.execute("UPDATE sim_import SET steps_done = ? WHERE fileset = ?",
                              (done + steps, fileset_id))
 
     def fail_import(self, fid: int, message: str) -> None:
-        """A server-side failure: the log gets the error, no images are made (a ghost fileset)."""
+        """A server-side failure in step 1: the error goes to the log, the step's `finally` saves
+        the log size, the cleanup writes and saves once more; no images (a ghost fileset)."""
         with self.transaction():
-            self._append_log(fid, "ERROR", [message])
+            self.grow_import_log(fid, [message], level="ERROR")
+            self._save_log_size(fid)
+            self._cleanup_import(fid)
             self._db.execute("UPDATE sim_import SET outcome = 'server-failure' WHERE fileset = ?",
                              (fid,))
 
-    def _append_log(self, fid: int, level: str, lines: Sequence[str]) -> None:
-        """Append lines to the import log; each line is one size UPDATE of its OriginalFile."""
-        log_id, path, name, uid, gid = self._db.execute(
-            "SELECT o.id, o.path, o.name, f.owner_id, f.group_id FROM Fileset f "
+    def _cleanup_import(self, fid: int) -> None:
+        """ManagedImportRequestI.cleanup: "Cleaning up import." (the marker that ends the log's
+        appender), then setLogFileSize."""
+        self.grow_import_log(fid, ["Cleaning up import."])
+        self._save_log_size(fid)
+
+    def _import_log(self, fid: int) -> tuple:
+        """(OriginalFile id, size saved in the database, path on disk, owner id, group id)."""
+        log_id, size, path, name, uid, gid = self._db.execute(
+            "SELECT o.id, o.size, o.path, o.name, f.owner_id, f.group_id FROM Fileset f "
             "JOIN FilesetJobLink l ON l.parent = f.id JOIN Job j ON j.id = l.child "
             "AND j.kind = 'UploadJob' JOIN JobOriginalFileLink jl ON jl.parent = j.id "
             "JOIN OriginalFile o ON o.id = jl.child WHERE f.id = ?", (fid,)).fetchone()
-        on_disk = os.path.join(self.repo_dir, path, name)
-        stamp = self.now().strftime("%Y-%m-%d %H:%M:%S,") + "%03d" % (self.now().microsecond // 1000)
+        return log_id, size or 0, os.path.join(self.repo_dir, path, name), uid, gid
+
+    def grow_import_log(self, fid: int, lines: Sequence[str] = ("Reading metadata...",),
+                        *, level: str = "INFO") -> None:
+        """Lines the server's logback appender writes to the import log while a step runs: the
+        file on disk grows, the database is not touched (its size is saved when a step ends)."""
+        on_disk = self._import_log(fid)[2]
+        now = self.now()
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S,") + "%03d" % (now.microsecond // 1000)
         with open(on_disk, "a", encoding="utf-8") as log:
             for text in lines:
-                log.write("%s %s [ome.services.blitz.repo.ManagedImportRequestI] %s\n"
+                log.write("%s %-5s [ome.services.blitz.repo.ManagedImportRequestI] %s\n"
                           % (stamp, level, text))
-                log.flush()
-                self._db.execute("UPDATE OriginalFile SET size = ? WHERE id = ?",
-                                 (log.tell(), log_id))
-                self._log(self._event(uid, gid, "Import"), "OriginalFile", [log_id], "UPDATE")
+        os.utime(on_disk, (now.timestamp(), now.timestamp()))
+
+    def _save_log_size(self, fid: int) -> None:
+        """setLogFileSize / updateFileSize: the size on disk into OriginalFile.size, with an UPDATE
+        EventLog, only when it changed."""
+        log_id, saved, on_disk, uid, gid = self._import_log(fid)
+        size = os.path.getsize(on_disk)
+        if size != saved:
+            self._db.execute("UPDATE OriginalFile SET size = ? WHERE id = ?", (size, log_id))
+            self._log(self._event(uid, gid, "Import"), "OriginalFile", [log_id], "UPDATE")
 
     def _create_images(self, fid, planned: int, spw: bool, ttype, tid) -> None:
         uid, gid = self._db.execute("SELECT owner_id, group_id FROM Fileset WHERE id = ?",
@@ -715,15 +764,21 @@ class SimServer:
             "JOIN Well w ON w.id = ws.well WHERE i.fileset = ? ORDER BY w.plate", (fileset_id,))]
         return {"Plate": plates, "Image": images} if plates else {"Image": images}
 
-    def start_import_process(self, fileset_id: int) -> None:
-        """Make the fileset's ImportProcess live again (ManagedRepository.listImports shows it)."""
+    def open_session(self, user: str, group: Optional[str] = None) -> str:
+        """A new session of `user` (a login): its uuid, the category of every servant it owns."""
         with self.transaction():
-            self._db.execute("UPDATE sim_import SET process_live = 1 WHERE fileset = ?", (fileset_id,))
+            uid, gid = self._owner_and_group(user, group)
+            uuid = str(_uuid.uuid4())
+            self._db.execute("INSERT INTO sim_session (uuid, user_id, group_id) VALUES (?, ?, ?)",
+                             (uuid, uid, gid))
+            return uuid
 
-    def end_import_process(self, fileset_id: int) -> None:
-        """Close the ImportProcess (client closed it, or its session ended)."""
+    def close_import_process(self, fileset_id: int) -> None:
+        """ImportProcess.close: the servant is gone (its proxy raises ObjectNotExistException), but
+        the process stays in ManagedRepositoryI's container, so listImports still lists it
+        (ProcessContainer.removeProcess has no caller)."""
         with self.transaction():
-            self._db.execute("UPDATE sim_import SET process_live = 0 WHERE fileset = ?", (fileset_id,))
+            self._db.execute("UPDATE sim_process SET closed = 1 WHERE fileset = ?", (fileset_id,))
 
     # --- deletion ------------------------------------------------------------------------------
     def delete_fileset(self, fileset_id: int) -> None:
@@ -774,14 +829,21 @@ class SimServer:
                     os.unlink(on_disk)
             self._log(ev, "OriginalFile", [f[0] for f in files + logs], "DELETE")
             q("DELETE FROM Fileset WHERE id = ?", (fileset_id,))
-            q("DELETE FROM sim_import WHERE fileset = ?", (fileset_id,))
+            q("DELETE FROM sim_import WHERE fileset = ?", (fileset_id,))   # sim_process stays
             self._log(ev, "Fileset", [fileset_id], "DELETE")
 
     # --- ports ---------------------------------------------------------------------------------
-    def port(self, user: str, group: Optional[str] = None) -> "SimPort":
-        """A ServerPort on a session of `user` (in `group`, else the default group)."""
-        uid, gid = self._owner_and_group(user, group)
-        return SimPort(self, uid, gid)
+    def port(self, user: str, group: Optional[str] = None, *,
+             session: Optional[str] = None) -> "SimPort":
+        """A ServerPort on a new session of `user` (in `group`, else the default group), or one
+        joined to an existing `session` (its uuid, as `omero login -k` joins one)."""
+        if session is None:
+            session = self.open_session(user, group)
+        row = self._db.execute("SELECT user_id, group_id FROM sim_session WHERE uuid = ?",
+                               (session,)).fetchone()
+        if row is None:
+            raise KeyError("no session %r" % session)
+        return SimPort(self, row[0], row[1], session)
 
 
 # FilePathRestrictionInstance "Windows required" (part of the default omero.fs.repo.path_rules):
@@ -832,8 +894,9 @@ class SimPort:
     """`omero_cli_ext.server.ServerPort` over a SimServer, as one user's session, with OMERO's read
     rules. Each call adds its round trips to the server's count (see docs/development.md)."""
 
-    def __init__(self, server: SimServer, user_id: int, group_id: int):
+    def __init__(self, server: SimServer, user_id: int, group_id: int, session: str):
         self._server = server
+        self._session = session
         self._db = server._db
         self._uid = user_id
         self._gid = group_id
@@ -892,9 +955,12 @@ class SimPort:
 
     # --- who and where -------------------------------------------------------------------------
     def repository(self) -> Repository:
+        """The root as the server reports it: its own directory, unless `set_reported_root` says
+        the server host's path does not exist here (a client on another machine)."""
         self._check_open()
         self._server._count(1)
-        return Repository(uuid=self._server.uuid, root=self._server.repo_dir)
+        return Repository(uuid=self._server.uuid,
+                          root=self._server._meta("reported_root") or self._server.repo_dir)
 
     def current_user(self) -> User:
         self._check_open()
@@ -920,6 +986,15 @@ class SimPort:
             if row:
                 found[name] = self._user(row[0])
         return found
+
+    def lookup_groups(self, names: Sequence[str]) -> Mapping[str, int]:
+        """ExperimenterGroups are readable by every user (a system type)."""
+        self._check_open()
+        names = list(names)
+        self._server._count(_pages(len(names)))
+        return {name: gid for name, gid in self._db.execute(
+            "SELECT name, id FROM ExperimenterGroup WHERE name IN (SELECT value FROM json_each(?))",
+            (json.dumps(names),))}
 
     def server_time(self) -> _dt.datetime:
         """IConfig.getServerTime: the simulated clock."""
@@ -1109,8 +1184,9 @@ class SimPort:
                     id=r[1], fileset_id=r[0], kind=r[2], status=r[3], submitted=_parse(r[4]),
                     started=_parse(r[5]), finished=_parse(r[6]), message=r[7]))
             logs: dict = {}
-            for fid, of_id, size, updated, updates in self._db.execute(
-                    "SELECT l.parent, o.id, o.size, max(e.time), count(e.id) FROM FilesetJobLink l "
+            for fid, of_id, size, updated, updates, repo_path in self._db.execute(
+                    "SELECT l.parent, o.id, o.size, max(e.time), count(e.id), o.path || o.name "
+                    "FROM FilesetJobLink l "
                     "JOIN JobOriginalFileLink jl ON jl.parent = l.child "
                     "JOIN OriginalFile o ON o.id = jl.child "
                     "LEFT JOIN EventLog el ON el.entityType = ? AND el.entityId = o.id "
@@ -1121,7 +1197,7 @@ class SimPort:
                     (ENTITY_TYPES["OriginalFile"], page_json, port_api.MIMETYPE_IMPORT_LOG)):
                 logs.setdefault(fid, ImportLog(fileset_id=fid, original_file_id=of_id,
                                                size=size or 0, updated=_parse(updated),
-                                               updates=updates))
+                                               updates=updates, repo_path=repo_path))
             if logs:
                 self._server._count(1)   # the adapter's query of the logs' last updates
             last_events = self._last_events(page_json)
@@ -1154,19 +1230,33 @@ class SimPort:
              ENTITY_TYPES["OriginalFile"], ENTITY_TYPES["OriginalFile"], ENTITY_TYPES["Image"])))
 
     def running_imports(self) -> Sequence[RunningImport]:
-        """ManagedRepositoryI.listImports: live processes in the user's groups (admins included:
-        it filters by memberOfGroups) whose fileset the user can edit. The fileset id is known only
-        after verifyUpload (ImportProcess.getHandle); before that it is 0."""
+        """ManagedRepositoryI.listImports: every process the container ever held in the caller's
+        groups (admins too: it filters by memberOfGroups; closed ones included, nothing is ever
+        removed), less those whose fileset, loaded in the session's group, the caller cannot edit.
+        Only proxies of the caller's own session answer (their identity category is the session
+        uuid, the only one Glacier2 routes for it): another session's process is reported
+        `own_session=False` with no call made; an own closed one raises ObjectNotExistException and
+        is left out; an own live one names its fileset once verifyUpload made its handle."""
         self._check_open()
-        live = [(fid, uploaded) for fid, owner_id, group_id, perms, uploaded in self._db.execute(
-                "SELECT f.id, f.owner_id, f.group_id, g.permissions, s.uploaded FROM sim_import s "
-                "JOIN Fileset f ON f.id = s.fileset JOIN ExperimenterGroup g ON g.id = f.group_id "
-                "WHERE s.process_live = 1 ORDER BY f.id").fetchall()
-                if group_id in self._groups and self._can_edit(owner_id, group_id, perms)]
-        # the adapter: listImports, then getHandle of each process and, once it has one, getRequest
-        self._server._count(1 + sum(2 if uploaded else 1 for _, uploaded in live))
+        listed = []
+        for session, closed, fid, owner_id, group_id, perms, uploaded in self._db.execute(
+                "SELECT p.session, p.closed, p.fileset, f.owner_id, f.group_id, g.permissions, "
+                "s.uploaded FROM sim_process p LEFT JOIN Fileset f ON f.id = p.fileset "
+                "LEFT JOIN ExperimenterGroup g ON g.id = f.group_id "
+                "LEFT JOIN sim_import s ON s.fileset = p.fileset "
+                "WHERE p.group_id IN (%s) ORDER BY p.id" % self._PAGE_IDS,
+                (json.dumps(sorted(self._groups)),)).fetchall():
+            loadable = owner_id is not None and group_id == self._gid
+            if loadable and not self._can_edit(owner_id, group_id, perms):
+                continue
+            listed.append((session == self._session, closed, fid, bool(uploaded)))
+        own_live = [(fid, uploaded) for own, closed, fid, uploaded in listed if own and not closed]
+        # the adapter: listImports, then getHandle of this session's processes (pipelined: one
+        # round trip) and, for those with a handle, the handles' getRequest (one more)
+        self._server._count(1 + any(own for own, *_ in listed)
+                            + any(uploaded for _, uploaded in own_live))
         offsets: dict = {}   # fileset -> bytes on disk per used file (as _entries lists them)
-        for page in port_api.batched([fid for fid, _ in live], PAGE):
+        for page in port_api.batched([fid for fid, _ in own_live], PAGE):
             for fid, path, name in self._db.execute(
                     "SELECT fe.fileset, o.path, o.name FROM FilesetEntry fe "
                     "JOIN OriginalFile o ON o.id = fe.originalFile "
@@ -1177,7 +1267,8 @@ class SimPort:
                     os.path.getsize(on_disk) if os.path.exists(on_disk) else 0)
         return [RunningImport(fileset_id=fid if uploaded else 0,
                               upload_offsets=tuple(offsets.get(fid, ())))
-                for fid, uploaded in live]
+                if own else RunningImport(fileset_id=0, own_session=False)
+                for own, closed, fid, uploaded in listed if not (own and closed)]
 
     def containers_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
         self._check_open()
@@ -1254,6 +1345,26 @@ class SimPort:
                     mimetype=row[6], repo=row[7]))
         return found
 
+    def file_sizes(self, original_file_ids: Sequence[int]) -> Mapping[int, int]:
+        """RawFileStore.size of readable files, from the bytes on disk; as the adapter: one store,
+        then setFileId + size per file, then close."""
+        self._check_open()
+        ids = list(original_file_ids)
+        self._server._count(2 + 2 * len(ids))
+        cond, params = self._readable_sql("o")
+        sizes = {}
+        for of_id in ids:
+            row = self._db.execute("SELECT o.path, o.name FROM OriginalFile o WHERE o.id = ? "
+                                   "AND o.mimetype != ? AND " + cond,
+                                   (of_id, port_api.MIMETYPE_DIRECTORY) + params).fetchone()
+            if row is None:
+                continue
+            try:
+                sizes[of_id] = os.path.getsize(os.path.join(self._server.repo_dir, *row))
+            except OSError:
+                continue
+        return sizes
+
     def open_original_file(self, original_file_id: int):
         self._check_open()
         self._server._count(1)
@@ -1310,9 +1421,9 @@ class SimPort:
         return changed
 
     def session_login(self) -> tuple:
-        """The simulated session: the fake importer ignores -s/-p/-k (it reads the env)."""
+        """The simulated session: the fake importer joins it with `-k` (host and port unused)."""
         self._check_open()
-        return ("sim", "4064", "sim-session-%s" % self._name)
+        return ("sim", "4064", self._session)
 
     def can_link(self, refs: Sequence[tuple]) -> Mapping[tuple, bool]:
         """Readable containers; linkable by admins, owners and read-write group members."""

@@ -1,0 +1,97 @@
+"""Is a server step still writing? A look at the import log files themselves.
+
+While step 1 (Bio-Formats setId + saveToDB, one transaction) runs, the server records nothing in
+the database — no EventLog, no size of the log — for minutes or hours on a big plate; only the
+import log on disk grows, as the server's logback appender writes it (ManagedImportRequestI). So:
+
+- when the repository is readable here (status runs on the server host), the log's size and mtime
+  on disk, one `lstat` each, for every candidate;
+- else `RawFileStore.size()` through the port, for at most MAX_SERVER_PROBES candidates (the
+  newest), and a memory of the sizes seen before (in-process across `--watch` refreshes, and in a
+  small file between runs): a size that changed since the last look means growth now; a size seen
+  before means no growth since it was first seen.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from typing import Mapping, Optional, Sequence
+
+from omero_cli_ext.status.classify import LogProbe
+
+MAX_SERVER_PROBES = 50     # RawFileStore looks per snapshot (2 round trips each, plus 2)
+MEMORY_FILE = os.path.join("omero-cli-ext", "status-log-sizes.json")
+_TIME = "%Y-%m-%dT%H:%M:%S.%f%z"
+
+
+class SizeMemory:
+    """Per (repository uuid, log OriginalFile id): (size, first seen at that size). `path` None
+    keeps it in memory only; else it is read once and rewritten (crash-safe) after each look."""
+
+    def __init__(self, path: Optional[str] = None):
+        self.path = path
+        self.seen: dict = {}
+        self._saved: dict = {}
+        if path:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    raw = json.load(f)
+                self.seen = {key: (int(size), _dt.datetime.strptime(when, _TIME))
+                             for key, (size, when) in raw.items()}
+            except (OSError, ValueError, TypeError):
+                self.seen = {}   # absent or damaged: start afresh (it only holds hints)
+            self._saved = dict(self.seen)
+
+    def look(self, key: str, size: int, now: _dt.datetime) -> Optional[_dt.datetime]:
+        """Record `size`; return when the log last grew as far as the looks tell (None: first look)."""
+        before = self.seen.get(key)
+        if before is None:
+            self.seen[key] = (size, now)
+            return None
+        if before[0] != size:
+            self.seen[key] = (size, now)
+            return now
+        return before[1]
+
+    def keep_only(self, prefix: str, keys: set) -> None:
+        """Forget the logs under `prefix` (one repository) not looked at this time."""
+        self.seen = {k: v for k, v in self.seen.items() if k in keys or not k.startswith(prefix)}
+
+    def save(self) -> None:
+        """Write the memory (OSError is the caller's: a look that cannot be remembered is a
+        problem, not a reason to fail)."""
+        if not self.path or self.seen == self._saved:
+            return
+        from omero_cli_ext.fsops import atomic_write
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        data = {k: [size, when.strftime(_TIME)] for k, (size, when) in sorted(self.seen.items())}
+        atomic_write(self.path, json.dumps(data).encode("utf-8"), 0o600)
+        self._saved = dict(self.seen)
+
+
+def probe_logs(port, repository, candidates: Sequence[tuple], now: _dt.datetime,
+               memory: SizeMemory) -> Mapping[int, LogProbe]:
+    """LogProbe per fileset id of `candidates` ((fileset id, ImportLog) pairs, newest first)."""
+    probes: dict = {}
+    remote = []
+    for fileset_id, log in candidates:
+        try:
+            st = os.lstat(os.path.join(repository.root, log.repo_path.lstrip("/")))
+        except (OSError, ValueError):
+            remote.append((fileset_id, log))
+            continue
+        probes[fileset_id] = LogProbe(size=st.st_size, source="disk",
+                                      grew=_dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc))
+    remote = remote[:MAX_SERVER_PROBES]
+    sizes = port.file_sizes([log.original_file_id for _, log in remote]) if remote else {}
+    keys = set()
+    for fileset_id, log in remote:
+        if log.original_file_id not in sizes:
+            continue
+        key = "%s/%d" % (repository.uuid, log.original_file_id)
+        keys.add(key)
+        size = sizes[log.original_file_id]
+        probes[fileset_id] = LogProbe(size=size, source="server", grew=memory.look(key, size, now))
+    memory.keep_only(repository.uuid + "/", keys)
+    return probes

@@ -1,0 +1,82 @@
+"""The look at import log files: on disk when readable, else RawFileStore sizes remembered
+between looks (in a crash-safe file)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+from omero_cli_ext.server import ImportLog, Repository
+from omero_cli_ext.status import logwatch
+
+T0 = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc)
+
+
+class Port:
+    def __init__(self, sizes):
+        self.sizes, self.asked = sizes, []
+
+    def file_sizes(self, ids):
+        self.asked.append(list(ids))
+        return {i: self.sizes[i] for i in ids if i in self.sizes}
+
+
+def log(of_id, path="u_1/2026-11/27/12-00-00.000.log"):
+    return ImportLog(fileset_id=of_id // 10, original_file_id=of_id, size=0, repo_path=path)
+
+
+def test_a_readable_log_is_looked_at_on_disk(tmp_path):
+    path = tmp_path / "u_1" / "a.log"
+    path.parent.mkdir()
+    path.write_bytes(b"x" * 42)
+    os.utime(path, (T0.timestamp(), T0.timestamp()))
+    port = Port({})
+    probes = logwatch.probe_logs(port, Repository("uuid", str(tmp_path)),
+                                 [(1, log(10, "u_1/a.log"))], T0, logwatch.SizeMemory())
+    assert probes == {1: logwatch.LogProbe(size=42, grew=T0, source="disk")}
+    assert port.asked == []
+
+
+def test_an_unreadable_repository_asks_the_server_and_remembers(tmp_path):
+    memory_file = tmp_path / "mem" / "sizes.json"
+    repo = Repository("uuid", str(tmp_path / "absent"))
+    port = Port({10: 100, 20: 200})
+    first = logwatch.probe_logs(port, repo, [(1, log(10)), (2, log(20)), (3, log(30))], T0,
+                                logwatch.SizeMemory(str(memory_file)))
+    assert port.asked == [[10, 20, 30]]
+    assert first == {1: logwatch.LogProbe(100, None, "server"), 2: logwatch.LogProbe(200, None, "server")}
+    memory = logwatch.SizeMemory(str(memory_file))
+    assert memory.seen == {}                    # nothing saved yet
+    memory = logwatch.SizeMemory(str(memory_file))
+    logwatch.probe_logs(port, repo, [(1, log(10)), (2, log(20))], T0, memory)
+    memory.save()
+    assert json.loads(memory_file.read_text())["uuid/10"][0] == 100
+    later = T0 + dt.timedelta(minutes=5)
+    port.sizes[20] = 250                        # one log grew, the other did not
+    again = logwatch.probe_logs(port, repo, [(1, log(10)), (2, log(20))], later,
+                                logwatch.SizeMemory(str(memory_file)))
+    assert again == {1: logwatch.LogProbe(100, T0, "server"), 2: logwatch.LogProbe(250, later, "server")}
+
+
+def test_server_looks_are_bounded_to_the_first_candidates(monkeypatch, tmp_path):
+    monkeypatch.setattr(logwatch, "MAX_SERVER_PROBES", 2)
+    port = Port({10: 1, 20: 2, 30: 3})
+    probes = logwatch.probe_logs(port, Repository("uuid", str(tmp_path / "absent")),
+                                 [(3, log(30)), (2, log(20)), (1, log(10))], T0,
+                                 logwatch.SizeMemory())
+    assert port.asked == [[30, 20]] and set(probes) == {3, 2}
+
+
+def test_a_damaged_memory_file_starts_afresh(tmp_path):
+    memory_file = tmp_path / "sizes.json"
+    memory_file.write_text("{not json")
+    assert logwatch.SizeMemory(str(memory_file)).seen == {}
+
+
+def test_memory_forgets_only_this_repositorys_unseen_logs():
+    memory = logwatch.SizeMemory()
+    memory.look("a/1", 5, T0)
+    memory.look("a/2", 5, T0)
+    memory.look("b/1", 5, T0)
+    memory.keep_only("a/", {"a/2"})
+    assert set(memory.seen) == {"a/2", "b/1"}
