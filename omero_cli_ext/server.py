@@ -176,6 +176,84 @@ class FilesetQuery:
     ids: Optional[tuple] = None
 
 
+# PixelsType values (ome/omero-model mappings/acquisition.ome.xml enum PixelsType) that the zarr
+# export writes, with their numpy dtypes; "bit" is not exported.
+PIXEL_TYPES = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4",
+               "uint32": "u4", "float": "f4", "double": "f8"}
+
+
+@dataclass(frozen=True)
+class PixelsInfo:
+    """An Image with its Pixels as the current user reads them (for the zarr export)."""
+    image_id: int
+    name: str
+    pixels_id: int
+    size_x: int
+    size_y: int
+    size_z: int
+    size_c: int
+    size_t: int
+    pixel_type: str                          # a PixelsType value (PIXEL_TYPES keys, or "bit")
+    physical_size_x: Optional[float] = None  # micrometres; None when the image has none
+    physical_size_y: Optional[float] = None
+    physical_size_z: Optional[float] = None
+    containers: tuple = ()       # ("Project","P","Dataset","D"), ("Dataset","D") or () (as containers_of)
+    binary_restricted: bool = False          # details.permissions isRestricted(BINARYACCESS)
+
+
+@dataclass(frozen=True)
+class ChannelRendering:
+    """One ChannelBinding of the user's rendering settings, with its channel's label."""
+    label: str
+    color: str             # "RRGGBB"
+    start: float           # window: inputStart / inputEnd
+    end: float
+    min: float             # StatsInfo globalMin / globalMax, else the pixel type's range
+    max: float
+    active: bool
+    inverted: bool = False
+    family: str = "linear"
+    coefficient: float = 1.0
+
+
+@dataclass(frozen=True)
+class RenderingSettings:
+    """The RenderingDef the user sees for an image (what `omero render info` reports)."""
+    image_id: int
+    default_z: int
+    default_t: int
+    model: str             # "color" or "greyscale"
+    channels: tuple = ()   # tuple[ChannelRendering, ...]
+
+
+@dataclass(frozen=True)
+class WellInfo:
+    row: int
+    column: int
+    fields: tuple = ()     # ((image id, PlateAcquisition id or None), ...) in WellSample order
+
+
+@dataclass(frozen=True)
+class PlateInfo:
+    id: int
+    name: str
+    rows: int
+    columns: int
+    wells: tuple = ()          # tuple[WellInfo, ...], readable wells only
+    acquisitions: tuple = ()   # ((id, name), ...)
+    containers: tuple = ()     # ("Screen", "S") or ()
+
+
+@runtime_checkable
+class PixelsReader(Protocol):
+    """A RawPixelsStore opened on one image's Pixels."""
+
+    def tile(self, z: int, c: int, t: int, x: int, y: int, w: int, h: int) -> bytes:
+        """The w x h region at (x, y) of plane (z, c, t), row by row, big-endian (getTile)."""
+
+    def close(self) -> None: ...
+
+
 @runtime_checkable
 class RawFileReader(Protocol):
     """A RawFileStore opened on one OriginalFile."""
@@ -251,6 +329,24 @@ class ServerPort(Protocol):
 
     def open_original_file(self, original_file_id: int) -> RawFileReader:
         """A reader on the file's bytes (RawFileStore); raises PermissionDenied if BINARYACCESS is restricted."""
+
+    # --- pixels (the zarr export) ---
+    def images_and_plates_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
+        """For each readable (ContainerType, id): `(image ids, plate ids)` it reaches: Project,
+        Dataset and Image refs reach images, Screen and Plate refs reach plates. Unknown or
+        unreadable refs are left out; Fileset refs are refused (ValueError)."""
+
+    def pixels_info(self, image_ids: Iterable[int]) -> Mapping[int, PixelsInfo]:
+        """Readable images with their Pixels, physical sizes and containers; others left out."""
+
+    def rendering_settings(self, image_ids: Iterable[int]) -> Mapping[int, RenderingSettings]:
+        """The rendering settings the current user sees for each readable image."""
+
+    def plates(self, plate_ids: Iterable[int]) -> Mapping[int, PlateInfo]:
+        """Readable plates with their readable wells, fields and acquisitions."""
+
+    def open_pixels(self, image_id: int) -> PixelsReader:
+        """A RawPixelsStore on the image's Pixels (one service: close it)."""
 
     # --- importing ---
     def session_login(self) -> tuple:

@@ -1,7 +1,8 @@
 """`omero export`, extended: the built-in OME-TIFF/XML export plus --originals.
 
-Without --originals the built-in `ExportControl.export` runs exactly as before (same
-arguments, same checks); --originals hands over to `omero_cli_ext.cli.export_originals`.
+Without --originals or --zarr the built-in `ExportControl.export` runs exactly as before (same
+arguments, same checks); --originals hands over to `omero_cli_ext.cli.export_originals`,
+--zarr to `omero_cli_ext.cli.export_zarr`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ BuiltinExportControl = _builtin.ExportControl
 
 EXTRA_HELP = """
 omero-cli-ext adds --originals DEST (original files by hard link, reflink, symlink, copy or
-download, under OMERO permissions). See docs/export.md.
+download, under OMERO permissions) and --zarr DEST (OME-Zarr of images and plates, resumable).
+See docs/export.md.
 """
 
 
@@ -37,10 +39,18 @@ class ExportControl(BuiltinExportControl):
         group = parser.add_argument_group(
             "Original files (omero-cli-ext)", "See docs/export.md.")
         add_originals_arguments(group)
+        add_zarr_arguments(parser.add_argument_group(
+            "OME-Zarr (omero-cli-ext)", "See docs/export.md, section --zarr."))
         parser.set_defaults(func=self.dispatch)
 
     def dispatch(self, args):
+        if getattr(args, "zarr", None):
+            from omero_cli_ext.cli.export_zarr import run_export as run_zarr
+            return run_zarr(self, args)
         if getattr(args, "originals", None):
+            if args.layout == "flat":
+                self.ctx.die(2, "--layout flat applies to --zarr only")
+            args.layout = args.layout or "clientpath"
             from omero_cli_ext.cli.export_originals import run_export
             return run_export(self, args)
         if args.file is None:
@@ -70,9 +80,10 @@ def add_originals_arguments(group) -> None:
                        help="write the original files of OBJ... the acting user may read into DEST")
     group.add_argument("--link", choices=tuple(CHAINS), default="auto",
                        help="how files reach DEST (default auto: hard link, then reflink, then copy, then download)")
-    group.add_argument("--layout", choices=LAYOUTS, default="clientpath",
+    group.add_argument("--layout", choices=LAYOUTS + ("flat",), default=None,
                        help="clientpath: the user's own directories (default); tree: Project/Dataset or "
-                            "Screen/Plate names; fileset: Fileset_<id>/")
+                            "Screen/Plate names; fileset: Fileset_<id>/; with --zarr: tree "
+                            "(default) or flat (Image_<id>.ome.zarr, Plate_<id>.ome.zarr)")
     group.add_argument("--as-user", metavar="NAME",
                        help="admins with Sudo: export what NAME may read, in a session of NAME")
     group.add_argument("--repo", metavar="DIR",
@@ -89,6 +100,20 @@ def add_originals_arguments(group) -> None:
                        help="check every entry against the OriginalFile size and hash")
     add_dry_run_argument(group)
     add_json_argument(group)
+
+
+def add_zarr_arguments(group) -> None:
+    """The --zarr options (the shared ones, --layout --as-user --dir-mode --sync --dry-run
+    --json, are those of --originals)."""
+    from omero_cli_ext.cli.base import positive_int
+    group.add_argument("--zarr", metavar="DEST",
+                       help="write the images and plates of OBJ... as OME-Zarr (NGFF) into DEST")
+    group.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4",
+                       help="NGFF version (default 0.4, zarr format 2)")
+    group.add_argument("--chunk", type=positive_int, default=1024, metavar="PX",
+                       help="chunk (and tile) side in pixels (default 1024)")
+    group.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                       help="tiles written in parallel, one RawPixelsStore each (default 1)")
 
 
 def register_plugin(register):

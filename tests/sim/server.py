@@ -28,6 +28,7 @@ from omero_cli_ext.server import (
     FilesetActivity, FilesetQuery, ImportLog, Job, NotFound, PermissionDenied, Repository,
     RunningImport, User,
 )
+from sim import pixels
 
 # AdminPrivilege values (ome/omero-model mappings/meta.ome.xml, enum AdminPrivilege)
 ADMIN_PRIVILEGES = frozenset((
@@ -204,13 +205,13 @@ class SimServer:
         self.repo_dir = os.path.join(self.root, "ManagedRepository")
         os.makedirs(self.repo_dir, exist_ok=True)
         self._db = sqlite3.connect(os.path.join(self.root, "sim.sqlite"), timeout=60,
-                                   isolation_level=None)
+                                   isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 60000")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._depth = 0
         self._dir_cache: set = set()
-        self._db.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+        self._db.executescript("BEGIN IMMEDIATE;" + SCHEMA + pixels.PIXELS_SCHEMA + "COMMIT;")
         with self.transaction():
             if self._meta("uuid") is None:
                 self._init_state(repo_uuid or str(_uuid.uuid4()))
@@ -726,7 +727,9 @@ class SimServer:
             (main if planned == 1 else "%s [%d]" % (main, s), s, fid, uid, gid, ev)).lastrowid
             for s in range(planned)]
         self._log(ev, "Image", image_ids, "INSERT")
-        if spw:
+        if spw and pixels.spw_layout(main, planned):   # a FakeReader SPW name: its own plates
+            pixels.create_spw(self, main, image_ids, uid, gid, ev, ttype, tid)
+        elif spw:
             plate = self._db.execute("INSERT INTO Plate (name, owner_id, group_id, creation_id) "
                                      "VALUES (?, ?, ?, ?)", (main, uid, gid, ev)).lastrowid
             self._log(ev, "Plate", [plate], "INSERT")
@@ -1456,6 +1459,22 @@ class SimPort:
         with self._server.transaction():
             for fid in ids:
                 self._server.delete_fileset(fid)
+
+    # --- pixels (tests/sim/pixels.py) -----------------------------------------------------------
+    def images_and_plates_of(self, refs):
+        return pixels.images_and_plates_of(self, refs)
+
+    def pixels_info(self, image_ids):
+        return pixels.pixels_info(self, image_ids)
+
+    def rendering_settings(self, image_ids):
+        return pixels.rendering_settings(self, image_ids)
+
+    def plates(self, plate_ids):
+        return pixels.plates(self, plate_ids)
+
+    def open_pixels(self, image_id):
+        return pixels.open_pixels(self, image_id)
 
     def close(self) -> None:
         if not self._closed:

@@ -1,0 +1,183 @@
+"""The control glue of `omero export --zarr` (its options are defined in export_ext).
+
+Checks what can be checked before the first change to disk (options, objects, DEST, its index,
+a second run on the same DEST), then hands the plan to `omero_cli_ext.zarr.writer.Writer`.
+Exit codes (docs/export.md, shared with --originals where the meaning is the same): 0 done;
+2 bad arguments; 3 DEST unusable or busy; 5 some objects unknown or unreadable; 6 DEST full;
+7 some images failed; 9 interrupted (Ctrl-C, closed stdout): rerun to continue; 20/21/22 shared.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+
+from omero_cli_ext import fsops
+from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, open_port, output_for,
+                                    server_errors)
+from omero_cli_ext.cli.export_originals import (EXIT_DEST, EXIT_FULL, EXIT_NOT_EXPORTED,
+                                                EXIT_SOME_MISSING, check_dest, open_dest)
+from omero_cli_ext.export.plan import BadObject, format_ref, parse_objects
+from omero_cli_ext.output import printable
+from omero_cli_ext.zarr import LAYOUTS
+from omero_cli_ext.zarr import index as index_io
+from omero_cli_ext.zarr import plan as zplan
+from omero_cli_ext.zarr.writer import Options, Writer
+
+EXIT_INTERRUPTED = 9
+ORIGINALS_ONLY = (("link", "auto"), ("repo", None), ("owner", None), ("owner_map", None),
+                  ("verify", False))
+
+
+def _check_args(ctx, args) -> list:
+    if args.originals:
+        ctx.die(EXIT_USAGE, "--zarr and --originals are separate exports: give one of them")
+    for name, default in ORIGINALS_ONLY:
+        if getattr(args, name, default) != default:
+            ctx.die(EXIT_USAGE, "--%s applies to --originals only" % name.replace("_", "-"))
+    if args.ngff != "0.4":
+        import zarr
+        ctx.die(EXIT_USAGE, "--ngff %s (zarr format 3) is not written by this version: it "
+                            "writes NGFF 0.4 (zarr format 2; installed zarr %s)"
+                % (args.ngff, zarr.__version__))
+    if args.layout not in LAYOUTS:
+        ctx.die(EXIT_USAGE, "--layout %s: with --zarr the layouts are %s"
+                % (args.layout, " and ".join(LAYOUTS)))
+    try:
+        refs = parse_objects(args.obj)
+    except BadObject as err:
+        ctx.die(EXIT_USAGE, str(err))
+    filesets = [format_ref(r) for r in refs if r[0] == "Fileset"]
+    if filesets:
+        ctx.die(EXIT_USAGE, "--zarr exports Project, Dataset, Image, Screen and Plate, not %s"
+                % ", ".join(filesets))
+    return refs
+
+
+def _lock(ctx, dest_fd):
+    fd = os.open(index_io.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=dest_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        ctx.die(EXIT_DEST, "another export is writing this DEST; wait for it to end")
+    return fd
+
+
+def _load_index(ctx, dest_fd, args, repository: str, user: str):
+    try:
+        found = index_io.load(dest_fd) if dest_fd is not None else None
+    except (index_io.IndexError_, OSError) as err:
+        ctx.die(EXIT_DEST, "DEST's index %s: %s" % (index_io.INDEX_NAME, err))
+    if found is None:
+        return index_io.Index(repository=repository, user=user, ngff=args.ngff,
+                              layout=args.layout, chunk=args.chunk)
+    if (found.repository, found.user) != (repository, user):
+        ctx.die(EXIT_DEST, "DEST holds the export of %r from repository %s, not of %r from %s; "
+                           "choose another DEST" % (found.user, found.repository, user, repository))
+    for name, value in (("ngff", args.ngff), ("layout", args.layout), ("chunk", args.chunk)):
+        if getattr(found, name) != value:
+            ctx.die(EXIT_DEST, "DEST was written with --%s %s; rerun with the same or choose "
+                               "another DEST" % (name, getattr(found, name)))
+    return found
+
+
+def run_export(control, args):
+    ctx = control.ctx
+    args.layout = args.layout or "tree"
+    refs = _check_args(ctx, args)
+    out = output_for(args)
+    dest = os.path.abspath(args.zarr)
+    port = open_port(ctx, args)
+    acting = port
+    dest_fd = lock_fd = None
+    result = plan = None
+    try:
+        with server_errors(ctx):
+            if args.as_user:
+                acting = port.sudo(args.as_user)
+            user = acting.current_user()
+            repository = acting.repository()
+            check_dest(ctx, dest, [repository.root])
+            image_ids, plate_ids, missing = zplan.resolve(acting, refs)
+            for ref in missing:
+                out.emit("object_missing", object=format_ref(ref))
+            if len(missing) == len(refs):
+                ctx.die(EXIT_NOT_FOUND, "not found or not readable by %s: %s" % (
+                    user.name, ", ".join(map(format_ref, missing))))
+            plates = acting.plates(plate_ids) if plate_ids else {}
+            field_ids = {i for p in plates.values() for w in p.wells for i, _a in w.fields}
+            pixels = acting.pixels_info(sorted(set(image_ids) | field_ids))
+            if not args.dry_run or os.path.isdir(dest):
+                dest_fd = open_dest(ctx, dest, args.dir_mode, None, [repository.root])
+                lock_fd = _lock(ctx, dest_fd)
+            index = _load_index(ctx, dest_fd, args, repository.uuid, user.name)
+            plan = zplan.build(pixels, plates, image_ids, plate_ids, args.layout, args.chunk,
+                               index.paths() if not args.dry_run or dest_fd is not None else {})
+            renderings = acting.rendering_settings(sorted({j.image_id for j in plan.images}))
+            options = Options(chunk=args.chunk, workers=args.workers, sync=args.sync,
+                              dry_run=args.dry_run, dir_mode=args.dir_mode)
+            total = sum(j.raw_bytes() for j in plan.images)
+            with out.progress("Exporting", total=total, bytes_unit=True) as bar:
+                writer = Writer(acting, dest_fd, options, emit=out.emit, progress=bar.advance)
+                try:
+                    result = writer.run(plan, index, renderings)
+                except fsops.NoSpace as err:
+                    ctx.die(EXIT_FULL, "%s; free space and rerun the same command" % err)
+                except OSError as err:
+                    ctx.die(EXIT_DEST, "cannot write in DEST: %s" % err)
+    except KeyboardInterrupt:
+        ctx.die(EXIT_INTERRUPTED, "interrupted; rerun the same command to continue")
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        ctx.die(EXIT_INTERRUPTED, "output closed; rerun the same command to continue")
+    finally:
+        for fd in (lock_fd, dest_fd):
+            if fd is not None:
+                os.close(fd)
+        if acting is not port:
+            acting.close()
+        port.close()
+    rc, message = _exit_code(result, missing)
+    _report(out, dest, args, plan, result, missing, rc)
+    if rc:
+        ctx.die(rc, message)
+
+
+def _exit_code(result, missing) -> tuple:
+    if missing:
+        return EXIT_SOME_MISSING, "not found or not readable: " + ", ".join(map(format_ref, missing))
+    if result.failed:
+        return EXIT_NOT_EXPORTED, "%d image(s) failed (listed above); rerun to retry them" % len(
+            result.failed)
+    return 0, ""
+
+
+def _report(out, dest, args, plan, result, missing, rc) -> None:
+    acts = result.actions
+    out.emit("summary", dest=dest, dry_run=args.dry_run, ngff=args.ngff, layout=args.layout,
+             chunk=args.chunk, workers=args.workers, images=len(plan.images),
+             plates=len(plan.plates), written=acts["written"], resumed=acts["resumed"],
+             kept=acts["kept"] + acts["would-keep"], metadata_only=acts["metadata"],
+             would_write=acts["would-write"], removed=len(result.removed),
+             skipped=len(result.skipped), failed=len(result.failed),
+             chunks_written=result.chunks_written, bytes_written=result.bytes_written,
+             estimated_bytes=result.estimated_bytes,
+             missing_objects=[format_ref(r) for r in missing], exit_code=rc)
+    if result.skipped:
+        out.table("Skipped images", ["image", "reason"], result.skipped)
+    if result.failed:
+        out.table("Failed images", ["image", "reason"], result.failed)
+    if args.dry_run:
+        out.info("Would write %d image(s), %d plate(s): %d bytes before compression, in %s"
+                 % (acts["would-write"], len(plan.plates), result.estimated_bytes,
+                    printable(dest)))
+        return
+    out.info("Wrote %d image(s) (%d resumed), kept %d, metadata only %d, removed %d, "
+             "skipped %d, failed %d: %d chunks, %d bytes in %s"
+             % (acts["written"] + acts["resumed"], acts["resumed"], acts["kept"],
+                acts["metadata"], len(result.removed), len(result.skipped), len(result.failed),
+                result.chunks_written, result.bytes_written, printable(dest)))

@@ -1,0 +1,125 @@
+"""DEST's index: `omero-zarr-index.json` (for analysts and for reruns) and its journal.
+
+The index lists every object the export placed in DEST with its OMERO ids and path, and for
+--sync what each was written from (a key of the pixels, a key of the rendering settings). It is
+replaced atomically at the start of a run (the planned paths, so that what the export made is
+known before it makes it) and at its end. In between, each finished image or plate appends one
+line to `.omero-cli-ext-zarr.journal`; loading replays the journal onto the index."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omero_cli_ext.export.paths import is_safe_relpath
+from omero_cli_ext.zarr import store
+
+INDEX_NAME = "omero-zarr-index.json"
+JOURNAL_NAME = ".omero-cli-ext-zarr.journal"
+LOCK_NAME = ".omero-cli-ext-zarr.lock"
+FORMAT = "omero-cli-ext zarr index"
+VERSION = 1
+
+
+class IndexError_(ValueError):
+    """DEST's index cannot be read or does not belong to this export."""
+
+
+@dataclass
+class Index:
+    repository: str
+    user: str
+    ngff: str
+    layout: str
+    chunk: int
+    # "image:<id>" / "plate:<id>" -> entry dict (path, ids, keys, complete, bytes)
+    entries: dict = field(default_factory=dict)
+
+    def paths(self) -> dict:
+        return {key: e["path"] for key, e in self.entries.items()}
+
+    def document(self) -> dict:
+        def items(kind):
+            return [dict(e) for key, e in sorted(self.entries.items(),
+                                                 key=lambda kv: (kv[1]["path"], kv[0]))
+                    if key.startswith(kind + ":")]
+        return {"format": FORMAT, "version": VERSION, "repository": self.repository,
+                "user": self.user, "ngff": self.ngff, "layout": self.layout, "chunk": self.chunk,
+                "images": items("image"), "plates": items("plate")}
+
+
+def pixels_key(info) -> str:
+    """What the arrays are made of: the Pixels and its dimensions and type."""
+    return "%d:%dx%dx%dx%dx%d:%s" % (info.pixels_id, info.size_t, info.size_c, info.size_z,
+                                     info.size_y, info.size_x, info.pixel_type)
+
+
+def doc_key(doc) -> str:
+    return hashlib.sha1(store.json_bytes(doc)).hexdigest()
+
+
+def load(dest_fd: int) -> Optional[Index]:
+    raw = store.read_file(dest_fd, INDEX_NAME)
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+        if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+            raise IndexError_("not an index of this export (format %r, version %r)"
+                              % (doc.get("format"), doc.get("version")))
+        index = Index(repository=doc["repository"], user=doc["user"], ngff=doc["ngff"],
+                      layout=doc["layout"], chunk=int(doc["chunk"]))
+        for entry in doc["images"] + doc["plates"]:
+            _add(index, entry)
+    except (ValueError, KeyError, TypeError) as err:
+        raise IndexError_(str(err)) from None
+    journal = store.read_file(dest_fd, JOURNAL_NAME) or b""
+    for line in journal.splitlines():
+        try:
+            _add(index, json.loads(line))
+        except (ValueError, KeyError, TypeError):
+            break     # a line cut by a crash ends the journal
+    return index
+
+
+def _add(index: Index, entry: dict) -> None:
+    key = entry_key(entry)
+    if entry.get("removed"):
+        index.entries.pop(key, None)
+        return
+    if not is_safe_relpath(entry["path"]):
+        raise IndexError_("unsafe path in the index: %r" % entry["path"])
+    index.entries[key] = entry
+
+
+def entry_key(entry: dict) -> str:
+    if entry.get("kind") == "plate":
+        return "plate:%d" % entry["plate"]
+    if entry.get("plate") is None:
+        return "image:%d" % entry["image"]
+    return "field:%d:%d" % (entry["plate"], entry["image"])
+
+
+def save(dest_fd: int, index: Index) -> None:
+    """Replace the index (temporary, fsync, rename, fsync DEST), then drop the journal."""
+    store.write_file(dest_fd, INDEX_NAME, store.json_bytes(index.document()), sync=True)
+    os.fsync(dest_fd)
+    try:
+        os.unlink(JOURNAL_NAME, dir_fd=dest_fd)
+    except FileNotFoundError:
+        pass
+
+
+class Journal:
+    def __init__(self, dest_fd: int):
+        fd = os.open(JOURNAL_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, store.FILE_MODE, dir_fd=dest_fd)
+        self._fd = fd
+
+    def append(self, entry: dict) -> None:
+        os.write(self._fd, (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8"))
+
+    def close(self) -> None:
+        os.close(self._fd)
