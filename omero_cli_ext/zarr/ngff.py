@@ -127,15 +127,18 @@ def image_attrs(info, shapes, rendering) -> dict:
 
 
 def plate_attrs(plate, wells: Sequence[tuple]) -> dict:
-    """`wells`: (row, column, field count) of the wells written."""
+    """`wells`: (row, column, [acquisition id or None per field written])."""
     rows = [{"name": row_name(r)} for r in range(plate.rows)]
     columns = [{"name": str(c + 1)} for c in range(plate.columns)]
     doc = {"version": NGFF, "name": plate.name, "rows": rows, "columns": columns,
            "wells": [{"path": "%s/%d" % (row_name(r), c + 1), "rowIndex": r, "columnIndex": c}
-                     for r, c, _n in wells],
-           "field_count": max((n for _r, _c, n in wells), default=0)}
+                     for r, c, _acqs in wells],
+           "field_count": max((len(acqs) for _r, _c, acqs in wells), default=0)}
     if plate.acquisitions:
-        doc["acquisitions"] = [{"id": aid, "name": name} for aid, name in plate.acquisitions]
+        doc["acquisitions"] = [
+            {"id": aid, "name": name, "maximumfieldcount": max(
+                (acqs.count(aid) for _r, _c, acqs in wells), default=0)}
+            for aid, name in plate.acquisitions]
     return {"plate": doc}
 
 

@@ -14,6 +14,9 @@ from omero_cli_ext.zarr import ngff
 
 ORPHANED = "orphaned"
 SUFFIX = ".ome.zarr"
+# characters zarr readers take as glob or URL syntax (fsspec: "[0]" is a pattern, "#" and "?"
+# end a path): replaced, so that every path opens in ome-zarr-py, napari and zarr as it is
+_TOOL_UNSAFE = str.maketrans({c: "_" for c in "[]*?#%"})
 
 
 @dataclass
@@ -80,21 +83,25 @@ def _unique(wanted: str, taken: set, oid: int) -> str:
     return "%s_%d%s" % (base, oid, SUFFIX)
 
 
+def _component(name: str) -> str:
+    return safe_component(name).translate(_TOOL_UNSAFE)
+
+
 def _name(name: str) -> str:
-    return safe_component((name or "unnamed") + SUFFIX)
+    return _component((name or "unnamed") + SUFFIX)
 
 
 def image_path(info, layout: str) -> str:
     if layout == "flat":
         return "Image_%d%s" % (info.image_id, SUFFIX)
-    parts = [safe_component(str(n)) for n in info.containers[1::2]] or [ORPHANED]
+    parts = [_component(str(n)) for n in info.containers[1::2]] or [ORPHANED]
     return "/".join(parts + [_name(info.name)])
 
 
 def plate_path(info, layout: str) -> str:
     if layout == "flat":
         return "Plate_%d%s" % (info.id, SUFFIX)
-    parts = [safe_component(str(n)) for n in info.containers[1::2]]
+    parts = [_component(str(n)) for n in info.containers[1::2]]
     return "/".join(parts + [_name(info.name)])
 
 

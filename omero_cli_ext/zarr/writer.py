@@ -451,7 +451,7 @@ class Writer:
                            if image in done or self._field_complete(index, pjob.info.id, image)]
                 if not present:
                     continue
-                wells.append((row, column, len(present)))
+                wells.append((row, column, [a for _p, a in present]))
                 row_fd = store.open_dir(fd, ngff.row_name(row), True, mode)
                 try:
                     store.write_json(row_fd, ".zgroup", {"zarr_format": 2})
@@ -470,7 +470,7 @@ class Writer:
         entry = self._plate_entry(pjob, True, index_io.doc_key(attrs))
         self._record(index, entry)
         self.emit("plate", plate=pjob.info.id, path=pjob.path, action="written",
-                  wells=len(wells), fields=sum(n for _r, _c, n in wells))
+                  wells=len(wells), fields=sum(len(a) for _r, _c, a in wells))
 
     @staticmethod
     def _field_complete(index, plate_id, image_id) -> bool:
