@@ -70,12 +70,11 @@ def test_import_help_keeps_every_builtin_option(omero_cli, capsys):
         assert flag in text
 
 
-def test_export_help_keeps_builtin_options_and_adds_originals(omero_cli, capsys):
+def test_export_help_keeps_builtin_options_and_adds_originals_and_zarr(omero_cli, capsys):
     text = help_text(omero_cli, capsys, "export")
     for flag in ("--file", "--type", "--iterate", "--originals", "--link", "--layout",
-                 "--as-user", "--sync", "--verify"):
+                 "--as-user", "--sync", "--verify", "--zarr", "--ngff", "--chunk", "--workers"):
         assert flag in text
-    assert "--zarr" not in text
 
 
 @pytest.mark.parametrize("argv, expected", [
