@@ -159,6 +159,48 @@ HQL_LOAD_ORIGINAL_FILES = "select f from OriginalFile f where f.id in (:ids)"
 
 HQL_LOAD_FILESETS = "select fs from Fileset fs where fs.id in (:ids)"
 
+# --- zarr export: (container type) -> (ref id, image id) or (ref id, plate id) pairs
+HQL_ZARR_REACH = {
+    "Image": "select i.id, i.id from Image i where i.id in (:ids)",
+    "Dataset": (
+        "select distinct d.id, i.id from Dataset d"
+        " left outer join d.imageLinks dil left outer join dil.child i where d.id in (:ids)"),
+    "Project": (
+        "select distinct p.id, i.id from Project p"
+        " left outer join p.datasetLinks pdl left outer join pdl.child d"
+        " left outer join d.imageLinks dil left outer join dil.child i where p.id in (:ids)"),
+    "Plate": "select p.id, p.id from Plate p where p.id in (:ids)",
+    "Screen": (
+        "select distinct s.id, p.id from Screen s"
+        " left outer join s.plateLinks spl left outer join spl.child p where s.id in (:ids)"),
+}
+
+# Image objects (their details.permissions tell BINARYACCESS) with Pixels and PixelsType
+HQL_ZARR_IMAGES = (
+    "select distinct i from Image i join fetch i.pixels p join fetch p.pixelsType"
+    " where i.id in (:ids)")
+
+HQL_ZARR_IMAGE_CONTAINERS = (
+    "select distinct i.id, p.name, d.name from DatasetImageLink dil"
+    " join dil.child i join dil.parent d"
+    " left outer join d.projectLinks pdl left outer join pdl.parent p"
+    " where i.id in (:ids)")
+
+HQL_ZARR_PLATES = (
+    "select p.id, p.name, p.rows, p.columns from Plate p where p.id in (:ids)")
+
+HQL_ZARR_PLATE_SCREENS = (
+    "select spl.child.id, s.name from ScreenPlateLink spl join spl.parent s"
+    " where spl.child.id in (:ids)")
+
+HQL_ZARR_WELL_SAMPLES = (
+    "select w.plate.id, w.row, w.column, ws.id, i.id, pa.id from WellSample ws"
+    " join ws.well w join ws.image i left outer join ws.plateAcquisition pa"
+    " where w.plate.id in (:ids)")
+
+HQL_ZARR_ACQUISITIONS = (
+    "select pa.plate.id, pa.id, pa.name from PlateAcquisition pa where pa.plate.id in (:ids)")
+
 # (container type) -> the containers, whose details.permissions answer canLink() for the session
 HQL_LINK_TARGETS = {
     kind: f"select x from {kind} x where x.id in (:ids)"
@@ -304,6 +346,29 @@ class _RawFile:
     def close(self) -> None:
         with _server_call("closing original file"):
             self._store.close()
+
+
+class _RawPixels:
+    """RawPixelsStore opened on one Pixels (server.PixelsReader): getTile is big-endian."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def tile(self, z: int, c: int, t: int, x: int, y: int, w: int, h: int) -> bytes:
+        with _server_call("reading a tile"):
+            return self._store.getTile(z, c, t, x, y, w, h, ALL_GROUPS)
+
+    def close(self) -> None:
+        with _server_call("closing the pixels"):
+            self._store.close()
+
+
+def _micrometres(length):
+    """An omero.model.Length in micrometres (None when unset)."""
+    if length is None:
+        return None
+    value = omero.model.LengthI(length, "MICROMETER").getValue()
+    return float(value) if value else None
 
 
 class OmeroPort:
@@ -597,6 +662,128 @@ class OmeroPort:
                                                       hash=digest, hasher=hasher,
                                                       mimetype=mimetype, repo=repo))
         return found
+
+    # --- pixels (the zarr export) ---
+
+    def images_and_plates_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
+        by_type = _ids_by_type(refs, HQL_ZARR_REACH, lambda kind: (
+            f"cannot export a {kind} to zarr (use one of {', '.join(HQL_ZARR_REACH)})"))
+        found: dict = {}
+        for kind, ids in by_type.items():
+            for page in _pages(ids):
+                for ref_id, child in unwrap(self._projection(
+                        HQL_ZARR_REACH[kind], _ids_params(page), f"reading {kind} contents")):
+                    children = found.setdefault((kind, ref_id), set())
+                    if child is not None:
+                        children.add(child)
+        plates = ("Plate", "Screen")
+        return {ref: ((), tuple(sorted(found[ref]))) if ref[0] in plates
+                else (tuple(sorted(found[ref])), ()) for ref in refs if ref in found}
+
+    def pixels_info(self, image_ids: Iterable[int]) -> Mapping[int, server.PixelsInfo]:
+        result = {}
+        for page in _pages(image_ids):
+            params = _ids_params(page)
+            containers: dict = {}
+            for image_id, project, dataset in unwrap(self._projection(
+                    HQL_ZARR_IMAGE_CONTAINERS, params, "reading datasets of images")):
+                entry = (("Project", project) if project is not None else ()) + ("Dataset", dataset)
+                containers[image_id] = min(containers.get(image_id, entry), entry)
+            for image in self._find_all(HQL_ZARR_IMAGES, params, "reading pixels"):
+                pixels = image.getPrimaryPixels()
+                result[image.id.val] = server.PixelsInfo(
+                    image_id=image.id.val, name=unwrap(image.getName()) or "",
+                    pixels_id=pixels.id.val, size_x=pixels.getSizeX().val,
+                    size_y=pixels.getSizeY().val, size_z=pixels.getSizeZ().val,
+                    size_c=pixels.getSizeC().val, size_t=pixels.getSizeT().val,
+                    pixel_type=pixels.getPixelsType().getValue().val,
+                    physical_size_x=_micrometres(pixels.getPhysicalSizeX()),
+                    physical_size_y=_micrometres(pixels.getPhysicalSizeY()),
+                    physical_size_z=_micrometres(pixels.getPhysicalSizeZ()),
+                    containers=containers.get(image.id.val, ()),
+                    binary_restricted=bool(image.details.permissions.isRestricted(BINARYACCESS)))
+        return result
+
+    def rendering_settings(self, image_ids: Iterable[int]) -> Mapping[int, server.RenderingSettings]:
+        """As `omero render info` reads them (omero-cli-render's RenderObject on a rendering
+        engine, one per image: the user's own settings, else the owner's, else defaults)."""
+        from omero.gateway import BlitzGateway
+        from omero_cli_render import RenderObject
+        gateway = BlitzGateway(client_obj=self._client)
+        gateway.SERVICE_OPTS.setOmeroGroup("-1")
+        result = {}
+        for image_id in sorted({int(i) for i in image_ids}):
+            with _server_call(f"reading the rendering settings of Image:{image_id}"):
+                image = gateway.getObject("Image", image_id)
+                if image is None:
+                    continue
+                try:
+                    rendered = RenderObject(image)
+                    channels = []
+                    for wrapper, ch in zip(image.getChannels(noRE=False), rendered.channels):
+                        channels.append(server.ChannelRendering(
+                            label=ch.label or "", color=ch.color.getHtml(),
+                            start=float(ch.start), end=float(ch.end), min=float(ch.min),
+                            max=float(ch.max), active=bool(ch.active),
+                            inverted=bool(wrapper.isInverted()),
+                            family=str(wrapper.getFamily().getValue()),
+                            coefficient=float(wrapper.getCoefficient())))
+                    result[image_id] = server.RenderingSettings(
+                        image_id=image_id, default_z=int(rendered.defaultZ),
+                        default_t=int(rendered.defaultT), model=rendered.model,
+                        channels=tuple(channels))
+                finally:
+                    image._closeRE()
+        return result
+
+    def plates(self, plate_ids: Iterable[int]) -> Mapping[int, server.PlateInfo]:
+        result = {}
+        for page in _pages(plate_ids):
+            params = _ids_params(page)
+            rows = unwrap(self._projection(HQL_ZARR_PLATES, params, "reading plates"))
+            screens: dict = {}
+            for plate_id, screen in unwrap(self._projection(
+                    HQL_ZARR_PLATE_SCREENS, params, "reading screens of plates")):
+                screens[plate_id] = min(screens.get(plate_id, screen), screen)
+            wells: dict = {}
+            for plate_id, row, column, ws_id, image_id, acq in unwrap(self._projection(
+                    HQL_ZARR_WELL_SAMPLES, params, "reading wells")):
+                wells.setdefault(plate_id, {}).setdefault((row, column), []).append(
+                    (ws_id, image_id, acq))
+            acquisitions: dict = {}
+            for plate_id, acq_id, name in unwrap(self._projection(
+                    HQL_ZARR_ACQUISITIONS, params, "reading plate acquisitions")):
+                acquisitions.setdefault(plate_id, []).append((acq_id, name or "Run %d" % acq_id))
+            for plate_id, name, n_rows, n_columns in rows:
+                plate_wells = wells.get(plate_id, {})
+                infos = tuple(server.WellInfo(row=r, column=c, fields=tuple(
+                    (image_id, acq) for _ws, image_id, acq in sorted(samples)))
+                    for (r, c), samples in sorted(plate_wells.items()))
+                result[plate_id] = server.PlateInfo(
+                    id=plate_id, name=name or "", wells=infos,
+                    rows=n_rows or max((r for r, _c in plate_wells), default=-1) + 1,
+                    columns=n_columns or max((c for _r, c in plate_wells), default=-1) + 1,
+                    acquisitions=tuple(sorted(acquisitions.get(plate_id, ()))),
+                    containers=("Screen", screens[plate_id]) if plate_id in screens else ())
+        return result
+
+    def open_pixels(self, image_id: int) -> "_RawPixels":
+        what = f"opening the pixels of Image:{image_id}"
+        info = self.pixels_info([image_id]).get(image_id)
+        if info is None:
+            raise NotFound(f"{what}: no such image or not readable", missing=(image_id,))
+        with _server_call(what):
+            store = self._sf.createRawPixelsStore()
+        try:
+            store.setPixelsId(info.pixels_id, True, ALL_GROUPS)
+        except omero.SecurityViolation as err:
+            store.close()
+            raise PermissionDenied(f"{what}: {_message(err)}") from err
+        except Exception as err:
+            store.close()
+            with _server_call(what):
+                raise err
+        return _RawPixels(store)
 
     # --- importing ---
 
