@@ -94,7 +94,7 @@ def test_a_client_that_died_mid_upload_stalls_after_the_delay(sim):
     assert imports[fid]["reason"] == "no activity for 15m (UploadJob Submitted)"
     assert stage_state(sim, fid, "--stalled-after", "1h") == ("uploading", "active")
     rc, out, err = run_cli(sim.root, ["status", "imports", "--check"], user="alice")
-    assert rc == EXIT_CHECK_STALLED == 10
+    assert rc == EXIT_CHECK_STALLED == 1
     assert out.startswith("STALLED - ") and "fileset %d (alice" % fid in out and out.count("\n") == 1
 
 
@@ -114,7 +114,7 @@ def test_a_server_side_failure_is_failed_at_once(sim):
         "failed", "failed", 0)
     assert "ghost" in imports[fid]["reason"]
     rc, out, _ = run_cli(sim.root, ["status", "imports", "--check"], user="alice")
-    assert rc == EXIT_CHECK_FAILED == 11 and out.startswith("FAILED - ") and "fileset %d" % fid in out
+    assert rc == EXIT_CHECK_FAILED == 2 and out.startswith("FAILED - ") and "fileset %d" % fid in out
 
 
 def test_an_import_queued_behind_another_then_its_turn(sim):
@@ -210,6 +210,26 @@ def test_an_unknown_owner_is_not_found(sim):
     assert (rc, out) == (22, "") and "no user named nobody" in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--in-group", "nowhere"], "no group named nowhere"),
+    (["--owner", "nobody"], "no user named nobody"),
+    (["--journal", "/nonexistent/job.sqlite"], "no journal /nonexistent/job.sqlite"),
+])
+def test_unknown_filters_are_errors_and_unknown_for_check(sim, argv, message):
+    """Never OK: a check watching a misspelt group or journal would stay green forever."""
+    rc, out, err = run_cli(sim.root, ["status", "imports", *argv], user="root")
+    assert (rc, out) == (22, "") and message in err
+    rc, out, err = run_cli(sim.root, ["status", "imports", "--check", *argv], user="root")
+    assert (rc, out) == (EXIT_CHECK_UNKNOWN, "UNKNOWN - %s\n" % message)
+
+
+def test_check_refuses_watch_and_answers_unknown_for_a_refusal(sim):
+    rc, out, _ = run_cli(sim.root, ["status", "imports", "--check", "--watch"], user="alice")
+    assert rc == EXIT_CHECK_UNKNOWN and out.startswith("UNKNOWN - --watch and --check exclude")
+    rc, out, _ = run_cli(sim.root, ["status", "imports", "--check", "--all-users"], user="alice")
+    assert rc == EXIT_CHECK_UNKNOWN and out.startswith("UNKNOWN - --all-users is for administrators")
+
+
 def test_in_group_filters_by_group_name(sim):
     in_lab = sim.import_fileset("alice", files(sim, "l.fake"), group="lab")
     in_other = sim.import_fileset("alice", files(sim, "o.fake"), group="other")
@@ -285,7 +305,7 @@ def test_an_unreachable_server_is_exit_20(sim, unreachable):
 
 def test_check_reports_an_unreachable_server_as_unknown(sim, unreachable):
     rc, out, err = run_cli(sim.root, ["status", "imports", "--check"], user="alice")
-    assert rc == EXIT_CHECK_UNKNOWN == 12
+    assert rc == EXIT_CHECK_UNKNOWN == 3
     assert out.startswith("UNKNOWN - ") and "server: cannot connect to sim" in out
 
 

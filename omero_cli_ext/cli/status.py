@@ -9,7 +9,7 @@ HELP = """Status of imports: on the server and in local `omero import --resume` 
 
   omero status imports                 your imports of the last 24 h and your local jobs
   omero status imports --watch         a live view (Ctrl-C to leave)
-  omero status imports --check         monitoring: one line, exit 0 when nothing is stalled or failed
+  omero status imports --check         monitoring: one line; exit 0 OK, 1 stalled, 2 failed, 3 unknown
   omero status imports --json          one JSON object per import and per job
 
 See docs/status.md for the states, the JSON keys and the exit codes."""
@@ -51,7 +51,8 @@ class StatusControl(BaseControl):
         imports.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
                              help="refresh a live view every SECONDS (default 2)")
         imports.add_argument("--check", action="store_true",
-                             help="monitoring mode: one summary line, exit code by worst state")
+                             help="monitoring mode (Nagios): one line; exit 0 OK, 1 stalled, 2 failed, "
+                                  "3 unknown (also for unknown filters); not with --watch")
         imports.add_argument("--prometheus", metavar="FILE",
                              help="write node-exporter textfile metrics to FILE (atomically)")
         add_json_argument(imports)

@@ -19,10 +19,10 @@ from omero_cli_ext.cli.base import (
 from omero_cli_ext.status import views
 from omero_cli_ext.status.classify import DONE
 from omero_cli_ext.status.jobs import read_local_jobs
-from omero_cli_ext.status.logwatch import MEMORY_FILE, SizeMemory
+from omero_cli_ext.status.logwatch import SizeMemory, default_memory_path
 from omero_cli_ext.status.metrics import write_metrics
 from omero_cli_ext.status.snapshot import (
-    ServerScope, Snapshot, check, counts_text, read_server, summarize,
+    EXIT_CHECK_UNKNOWN, ServerScope, Snapshot, check, counts_text, read_server, summarize,
 )
 
 EXIT_METRICS = 13            # the --prometheus file cannot be written
@@ -40,7 +40,7 @@ def local_clock() -> _dt.datetime:
 
 
 def run_status_imports(control, args) -> None:
-    ctx = control.ctx
+    ctx = _CheckContext(control.ctx) if args.check else control.ctx
     _check_arguments(ctx, args)
     out = output_for(args)
     port, scope, viewer_id, open_error = None, None, None, None
@@ -49,15 +49,15 @@ def run_status_imports(control, args) -> None:
             port = server.open_port(ctx, args)
             scope, viewer_id = _scope(ctx, port, args)
         except server.ServerError as err:
-            tolerant = args.check or args.prometheus
-            if not tolerant or isinstance(err, (server.PermissionDenied, server.NotFound)):
+            refused = isinstance(err, (server.PermissionDenied, server.NotFound))
+            if not (args.check or args.prometheus) or (refused and not args.check):
                 with server_errors(ctx):
                     raise
             open_error = err   # reported as UNKNOWN by --check, as server_up 0 in the metrics
     try:
         def take() -> tuple:
             return _take_snapshot(port, scope, viewer_id, args, open_error, memory)
-        memory = SizeMemory(None if args.local_only else _memory_path())
+        memory = SizeMemory(None if args.local_only else default_memory_path())
         if args.watch is not None:
             _watch(ctx, out, take, args)
         else:
@@ -69,10 +69,28 @@ def run_status_imports(control, args) -> None:
 
 # --- arguments and scope ---------------------------------------------------------------------
 
+class _CheckContext:
+    """A `--check` run's context: whatever stops it is UNKNOWN (exit 3, one line on stdout)."""
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+    def die(self, rc, text):
+        self._ctx.out("UNKNOWN - %s" % text)
+        raise NonZeroReturnCode(EXIT_CHECK_UNKNOWN, "UNKNOWN - %s" % text)
+
+
 def _check_arguments(ctx, args) -> None:
-    """Bad combinations die before anything is read or written."""
+    """Bad combinations and unknown journals die before anything is read or written."""
     if args.all_users and args.owner:
         ctx.die(EXIT_USAGE, "--all-users and --owner exclude each other")
+    if args.watch is not None and args.check:
+        ctx.die(EXIT_USAGE, "--watch and --check exclude each other (a check answers once)")
+    for journal in args.journal:
+        if "://" not in journal and not os.path.isfile(journal):
+            ctx.die(EXIT_NOT_FOUND, "no journal %s" % journal)
     if args.local_only and (args.all_users or args.owner or args.in_group):
         ctx.die(EXIT_USAGE, "--all-users, --owner and --in-group filter server imports: "
                             "they do not go with --local-only")
@@ -105,14 +123,10 @@ def _scope(ctx, port, args) -> tuple:
         if args.owner not in found:
             ctx.die(EXIT_NOT_FOUND, "no user named %s" % args.owner)
         owner_id = found[args.owner].id
+    if args.in_group and args.in_group not in port.lookup_groups([args.in_group]):
+        ctx.die(EXIT_NOT_FOUND, "no group named %s" % args.in_group)
     return ServerScope(owner_id=owner_id, group_name=args.in_group,
                        since_seconds=args.since), user.id
-
-
-def _memory_path() -> str:
-    """Where log sizes seen through RawFileStore are remembered between runs (user dir)."""
-    from omero.util import get_omero_userdir
-    return os.path.join(str(get_omero_userdir()), MEMORY_FILE)
 
 
 def _take_snapshot(port, scope, viewer_id, args, open_error, memory) -> tuple:
@@ -213,19 +227,8 @@ def _show(out, snapshot: Snapshot) -> None:
         _plain_view(out, snapshot)
 
 
-def _header(snapshot: Snapshot) -> str:
-    clock = ("server time %s" % views.time_text(snapshot.server.server_time) if snapshot.server
-             else "server not asked" if not snapshot.asked_server else "server unreadable")
-    return "omero status imports: %s, stalled after %s" % (
-        clock, views.duration_text(snapshot.stalled_after))
-
-
-def _notes(snapshot: Snapshot) -> list:
-    return ["problem: %s" % p for p in snapshot.problems] + views.process_notes(snapshot)
-
-
 def _plain_view(out, snapshot: Snapshot) -> None:
-    out.info(_header(snapshot))
+    out.info(views.header(snapshot))
     out.info(counts_text(summarize(snapshot)))
     if snapshot.jobs:
         out.info("")
@@ -236,7 +239,7 @@ def _plain_view(out, snapshot: Snapshot) -> None:
         out.info("Server imports")
         out.table("Server imports", views.IMPORT_COLUMNS,
                   [views.import_row(s) for s in snapshot.imports])
-    for note in _notes(snapshot):
+    for note in views.notes(snapshot):
         out.warn(note) if note.startswith("problem") else out.info(note)
 
 
@@ -258,7 +261,7 @@ def _rich_view(snapshot: Snapshot, height):
             counts.append(" %d %s" % (n, state), style=STATE_STYLES.get(state, ""))
         counts.append(" none" if not shown else "")
         counts.append("   ")
-    parts = [Text(_header(snapshot), style="bold"), counts]
+    parts = [Text(views.header(snapshot), style="bold"), counts]
     budget = None if height is None else max(3, height - 8 - (len(snapshot.jobs) + 5 if snapshot.jobs else 0))
     if snapshot.jobs:
         jobs = Table(title="Local jobs", expand=False)
@@ -288,6 +291,6 @@ def _rich_view(snapshot: Snapshot, height):
         if len(shown) < len(imports):
             parts.append(Text("… and %d more imports (--json lists them all)"
                               % (len(imports) - len(shown)), style="dim"))
-    for note in _notes(snapshot):
+    for note in views.notes(snapshot):
         parts.append(Text(note, style="red" if note.startswith("problem") else "dim"))
     return Group(*parts)

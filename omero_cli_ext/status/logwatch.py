@@ -25,6 +25,12 @@ MEMORY_FILE = os.path.join("omero-cli-ext", "status-log-sizes.json")
 _TIME = "%Y-%m-%dT%H:%M:%S.%f%z"
 
 
+def default_memory_path() -> str:
+    """<OMERO user dir>/omero-cli-ext/status-log-sizes.json (OMERO_USERDIR moves the user dir)."""
+    from omero.util import get_omero_userdir
+    return os.path.join(str(get_omero_userdir()), MEMORY_FILE)
+
+
 class SizeMemory:
     """Per (repository uuid, log OriginalFile id): (size, first seen at that size). `path` None
     keeps it in memory only; else it is read once and rewritten (crash-safe) after each look."""

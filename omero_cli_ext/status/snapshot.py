@@ -15,9 +15,10 @@ from omero_cli_ext.status.logwatch import SizeMemory, probe_logs
 from omero_cli_ext.status.jobs import INTERRUPTED, JOB_STATES
 
 # `--check` exit codes (docs/status.md); worst first: failed, unknown, stalled
-EXIT_CHECK_STALLED = 10
-EXIT_CHECK_FAILED = 11
-EXIT_CHECK_UNKNOWN = 12
+# (the Nagios plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)
+EXIT_CHECK_STALLED = 1
+EXIT_CHECK_FAILED = 2
+EXIT_CHECK_UNKNOWN = 3
 NAMED_IN_CHECK = 5       # imports/jobs named per category in the one-line summary
 
 

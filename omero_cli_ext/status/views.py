@@ -90,9 +90,16 @@ def summary_record(snapshot: Snapshot) -> dict:
             "problems": list(snapshot.problems)}
 
 
-def process_notes(snapshot: Snapshot) -> list:
-    """Lines about the import processes listImports lists that no row accounts for."""
-    view, notes = snapshot.server, []
+def header(snapshot: Snapshot) -> str:
+    clock = ("server time %s" % time_text(snapshot.server.server_time) if snapshot.server
+             else "server not asked" if not snapshot.asked_server else "server unreadable")
+    return "omero status imports: %s, stalled after %s" % (
+        clock, duration_text(snapshot.stalled_after))
+
+
+def notes(snapshot: Snapshot) -> list:
+    """Lines under the tables: problems, then the import processes no row accounts for."""
+    view, notes = snapshot.server, ["problem: %s" % p for p in snapshot.problems]
     if view and view.unlisted_processes:
         notes.append("%d live import processes of this session are not listed (still uploading: "
                      "the server names no fileset before the upload is verified; or outside this "
