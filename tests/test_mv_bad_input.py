@@ -28,10 +28,15 @@ def test_src_missing(world):
             errors.EXIT_SRC_MISSING, ["does not exist"])
 
 
-def test_dst_exists(world):
-    os.makedirs(os.path.join(world.data, "there"))
+def test_dst_exists_and_is_not_a_directory(world):
+    """(An existing directory is merged into: tests/test_mv_second_pass.py.)"""
+    with open(os.path.join(world.data, "there"), "wb") as f:
+        f.write(b"a file")
     refused(world, [world.old, os.path.join(world.data, "there")], errors.EXIT_DST_EXISTS,
-            ["exists"])
+            ["exists and is not a directory"])
+    os.symlink(world.base, os.path.join(world.data, "alias"))
+    refused(world, [world.old, os.path.join(world.data, "alias")], errors.EXIT_DST_EXISTS,
+            ["a symlink"])
 
 
 def test_dst_inside_src(world):

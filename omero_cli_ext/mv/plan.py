@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import collections
 import errno
+import filecmp
 import json
 import os
+import shlex
+import stat
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -162,8 +165,11 @@ def check_destination(request: Request, *, must_not_exist: bool = True) -> None:
     if not must_not_exist:
         return
     if _exists(dst):
-        raise MvError(EXIT_DST_EXISTS, f"DST {show(dst)} exists; omero mv creates DST itself "
-                      "(choose a new name, or remove it)")
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            return   # a second pass: merged into (merge_into_existing), nothing overwritten
+        raise MvError(EXIT_DST_EXISTS, f"DST {show(dst)} exists and is not a directory"
+                      f"{' (a symlink: name the directory itself)' if os.path.islink(dst) else ''}"
+                      "; nothing was changed")
     parent = os.path.dirname(dst)
     if not os.path.isdir(parent):
         raise MvError(EXIT_SRC_MISSING, f"the directory {show(parent)} that would hold DST does "
@@ -376,6 +382,69 @@ def _tree_steps(nodes: Sequence[Node], src: bytes, dst: bytes, same_fs: bool,
     return steps
 
 
+CONFLICTS_SHOWN = 10
+
+
+def merge_into_existing(steps: List[Step], dst: bytes) -> Tuple[List[Step], int]:
+    """A move into an existing DST (the runbook's second pass): what is already there and the
+    same is adopted (its mkdir / place / place_link / dirmeta step dropped, so nothing there is
+    changed, and a roll-back never removes it); anything else in the way is a conflict, and
+    conflicts refuse the job before any change (MvError EXIT_DST_EXISTS, listed): nothing is
+    ever overwritten. Returns the remaining steps and the number of entries adopted."""
+    kept, conflicts, adopted, existing_dirs = [], [], 0, set()
+    for step in steps:
+        if step.kind == "dirmeta":
+            if step.path not in existing_dirs:
+                kept.append(step)
+            continue
+        try:
+            have = os.lstat(step.path)
+        except FileNotFoundError:
+            kept.append(step)
+            continue
+        why = _difference(step, have)
+        if why is None:
+            if step.kind == "mkdir":
+                existing_dirs.add(step.path)
+            else:
+                adopted += 1
+        else:
+            conflicts.append((step.path, why))
+    if conflicts:
+        shown = "\n  ".join(f"{show(path)}: {why}" for path, why in conflicts[:CONFLICTS_SHOWN])
+        more = f"\n  ... and {len(conflicts) - CONFLICTS_SHOWN} more" \
+            if len(conflicts) > CONFLICTS_SHOWN else ""
+        raise MvError(EXIT_DST_EXISTS, f"DST {show(dst)} exists and {len(conflicts)} entr"
+                      f"{'y' if len(conflicts) == 1 else 'ies'} in it differ from what would be "
+                      f"placed there:\n  {shown}{more}\nNothing is ever overwritten: move or "
+                      "remove those entries, or choose another DST; nothing was changed")
+    return kept, adopted
+
+
+def _difference(step: Step, have: os.stat_result) -> Optional[str]:
+    """None when the entry already at `step.path` is what the step would make, else why not."""
+    if step.kind == "mkdir":
+        return None if stat.S_ISDIR(have.st_mode) else "not a directory"
+    if step.kind == "place_link":
+        if not stat.S_ISLNK(have.st_mode):
+            return "not a symlink"
+        current = os.readlink(step.path)
+        return None if current == step.new else f"a symlink to {show(current)}"
+    if not stat.S_ISREG(have.st_mode):
+        return "not a regular file"
+    try:
+        source = os.stat(step.other)
+    except OSError as exc:
+        return f"its source cannot be read ({exc.strerror})"
+    if os.path.samestat(have, source):
+        return None
+    if have.st_size != source.st_size:
+        return f"{have.st_size} bytes, the file being moved has {source.st_size}"
+    if not filecmp.cmp(step.path, step.other, shallow=False):
+        return "same size, different content"
+    return None
+
+
 def _moved_link_target(scope: "Scope", source: bytes, stored: bytes, placed: bytes,
                        dst: bytes) -> bytes:
     """What a symlink inside SRC stores once recreated at `placed` (under DST) so that it reaches
@@ -453,8 +522,15 @@ def plan_move(request: Request, facts_for: FactsLookup) -> Plan:
         if step.hash:
             facts_by_rel[below(step.other, src)] = FileFacts(step.fileset, None, step.size,
                                                              step.hasher, step.hash)
-    plan = Plan(request, _tree_steps(nodes, src, dst, same_fs, facts_by_rel, scope) + retargets
-                + _removal_steps(nodes, src, dst), same_fs=same_fs)
+    tree_steps = _tree_steps(nodes, src, dst, same_fs, facts_by_rel, scope)
+    adopted = 0
+    if os.path.isdir(dst):
+        tree_steps, adopted = merge_into_existing(tree_steps, dst)
+    plan = Plan(request, tree_steps + retargets + _removal_steps(nodes, src, dst),
+                same_fs=same_fs)
+    if adopted:
+        plan.notes.append(f"DST exists: {adopted} file(s) and link(s) already there and "
+                          "identical were adopted (not copied again)")
     if dangling:
         plan.notes.append(f"{len(dangling)} repository link(s) into SRC were already dangling "
                           "and are left as they are (see omero mv --repair)")
@@ -483,13 +559,13 @@ def plan_links_only(request: Request, facts_for: FactsLookup) -> Plan:
     matched = matching_links(repo, scope, request.workers,
                              lambda rel: _size_or_errno(new_slash + rel if rel else new))
     facts = facts_for([link for link, _, _, _ in matched])
-    steps, missing = [], []
+    steps, missing, in_old = [], [], []
     for link, target, rel, size in matched:
         new_abs = new_slash + rel if rel else new
         if size < 0:
             if -size == errno.ELOOP:
                 raise _loop_error(link, target)
-            missing.append(link)
+            (in_old if os.path.exists(link) else missing).append(link)
             continue
         step = Step("retarget", link, None, target,
                     new_abs if target[:1] == b"/" else new_target(target, link, new_abs), size)
@@ -500,10 +576,17 @@ def plan_links_only(request: Request, facts_for: FactsLookup) -> Plan:
         if request.checksums:
             _hash_before(step, new_abs, request)
         steps.append(step)
-    if not steps and not missing:
+    if not steps and not missing and not in_old:
         raise MvError(EXIT_NO_LINKS, f"no repository link points into {show(old)}; nothing "
                       "was changed")
     plan = Plan(request, steps)
+    if in_old:
+        plan.notes.append(
+            f"{len(in_old)} link(s) point at files still in OLD and not at NEW (imported after "
+            f"the files were moved?); they resolve and were left alone (e.g. {show(in_old[0])}). "
+            "To move those files and retarget their links (NEW is merged into, nothing "
+            f"overwritten), run: omero mv --repo {shlex.quote(show(repo))} "
+            f"{shlex.quote(show(old))} {shlex.quote(show(new))}")
     if missing:
         plan.notes.append(f"{len(missing)} link(s) into OLD have no file at NEW and were left "
                           f"alone (e.g. {show(missing[0])})")
@@ -568,10 +651,16 @@ def plan_offload(request: Request, facts_for: FactsLookup) -> Plan:
                 steps.append(Step("dirmeta", os.path.join(dst, node.rel) if node.rel else dst,
                                   mode=node.mode, uid=node.uid, gid=node.gid,
                                   mtime_ns=node.mtime_ns))
+    adopted = 0
+    if os.path.isdir(dst):
+        steps, adopted = merge_into_existing(steps, dst)
     if not swaps:
         raise MvError(EXIT_NO_LINKS, f"{show(src)} holds no real file to offload (only links or "
                       "nothing); nothing was changed")
     plan = Plan(request, steps + swaps, same_fs=same_fs)
+    if adopted:
+        plan.notes.append(f"DST exists: {adopted} file(s) already there and identical were "
+                          "adopted (not copied again)")
     if skipped:
         plan.notes.append(f"{skipped} symlink(s) under the path are links already (in-place "
                           "imports or offloaded files) and were left alone")
