@@ -34,7 +34,11 @@ class MvControl(BaseControl):
         parser.add_argument("--search", action="append", metavar="DIR", default=[],
                             help="with --repair: where to look for the missing files (repeatable)")
         parser.add_argument("--force", action="store_true",
-                            help="move SRC even when no repository link points into it")
+                            help="move SRC even when no repository link points into it; offload "
+                                 "or inline filesets that are still being imported")
+        parser.add_argument("--skip-mismatched", action="store_true",
+                            help="leave originals that do not match the server's recorded size "
+                                 "or checksum where they are (listed) and move the rest")
         parser.add_argument("--verify", choices=("size", "checksum"), default="size",
                             help="final verification of every retargeted link (default size)")
         parser.add_argument("--journal", metavar="PATH", help="journal file (default: beside the repository)")

@@ -18,11 +18,12 @@ from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER
                                     server_errors)
 from omero_cli_ext.journal import JournalError, JournalLocked, open_journal
 from omero_cli_ext.mv import engine
-from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL, EXIT_NO_SPACE,
+from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL,
                                      EXIT_RENDER_FAILED, EXIT_SRC_MISSING, EXIT_UNRESOLVED,
                                      EXIT_USAGE, EXIT_VERIFY_FAILED, MvError)
 from omero_cli_ext.mv.locations import ensure_control_dir, hand_over, repo_place
 from omero_cli_ext.mv.plan import FileFacts, Request, plan_for
+from omero_cli_ext.mv.preflight import imports_check
 from omero_cli_ext.output import Output
 from omero_cli_ext.workers import WorkerFailed, default_workers
 from omero_cli_ext.mv.store import JobStore
@@ -208,7 +209,8 @@ class _Run:
 
     def request(self, mode: str, repo: bytes) -> Request:
         return dataclasses.replace(self._request(mode, repo),
-                                   workers=self.args.workers or default_workers())
+                                   workers=self.args.workers or default_workers(),
+                                   skip_mismatched=self.args.skip_mismatched)
 
     def _request(self, mode: str, repo: bytes) -> Request:
         a = self.args
@@ -221,7 +223,7 @@ class _Run:
                                         fs_path(a.destination), checksums)
         src = self.repo_path(a.source, repo)
         if mode == "inline":
-            return Request("inline", repo, src=src, checksums=checksums)
+            return Request("inline", repo, src=src, checksums=checksums, force=a.force)
         dst = fs_path(a.destination)
         if mode == "links-only":
             return Request("links-only", repo, src=src, dst=dst, checksums=checksums)
@@ -229,7 +231,7 @@ class _Run:
             and src != repo and canonical(src) != canonical(repo)
         if inside:
             self.need_offload_rights()
-            return Request("offload", repo, src=src, dst=dst, checksums=checksums)
+            return Request("offload", repo, src=src, dst=dst, checksums=checksums, force=a.force)
         return Request("move", repo, src=src, dst=dst, force=a.force, checksums=checksums)
 
     def repo_path(self, given: str, repo: bytes) -> bytes:
@@ -268,7 +270,7 @@ class _Run:
                           os.fsencode(rel.lstrip("/"))))
         return Request("offload", repo, src=os.path.join(repo, os.fsencode(prefix.rstrip("/"))),
                        dst=dst, fileset=fileset_id, fileset_files=tuple(files),
-                       checksums=checksums)
+                       checksums=checksums, force=self.args.force)
 
     def facts_for(self, repo: bytes):
         """Server facts (fileset, owner, size, hash) for repository paths, when there is a server."""
@@ -291,15 +293,19 @@ class _Run:
                 self.out.warn(f"note: the server did not answer ({err}); continuing without "
                               "server information")
                 return {}
-            return {wanted[p]: FileFacts(fid, owners.get(fid), f.size, f.hasher, f.hash)
+            return {wanted[p]: FileFacts(fid, owners.get(fid), f.size, f.hasher, f.hash, f.id)
                     for p, (fid, f) in found.items() if p in wanted}
         return lookup
+
+    def imports_check(self):
+        return imports_check(self.port) if self.port is not None else None
 
     def command_line(self) -> str:
         a = self.args
         words = ["omero", "mv"]
         for flag, on in (("--links-only", a.links_only), ("--inline", a.inline),
-                         ("--repair", a.repair), ("--force", a.force), ("--no-server", a.no_server)):
+                         ("--repair", a.repair), ("--force", a.force), ("--no-server", a.no_server),
+                         ("--skip-mismatched", a.skip_mismatched)):
             if on:
                 words.append(flag)
         for root in a.search:
@@ -435,7 +441,7 @@ class _Run:
                 store = JobStore(journal)
                 request = self.request(mode, repo)
                 prepared = engine.prepare(store, request, self.command_line(),
-                                          self.facts_for(repo))
+                                          self.facts_for(repo), self.imports_check())
                 self.job = prepared.job
                 self.execute(store, prepared, request)
         finally:
@@ -454,7 +460,7 @@ class _Run:
                 engine.refuse_other_job(job, request)
                 self.out.info(f"job {job.id} is unfinished; rerun without --dry-run to finish it")
                 return
-        self.show_plan(plan_for(request, self.facts_for(repo)))
+        self.show_plan(plan_for(request, self.facts_for(repo), self.imports_check()))
 
     def abandon(self, repo: bytes) -> None:
         location = self.journal_location()
@@ -495,9 +501,10 @@ class _Run:
                         self.emit_step(step)
             try:
                 failures = engine.execute(store, prepared, checksums=request.checksums,
-                                          on_steps=on_steps, workers=request.workers)
+                                          on_steps=on_steps, workers=request.workers,
+                                          skip_mismatched=request.skip_mismatched)
             except MvError as err:
-                if err.code != EXIT_NO_SPACE:
+                if not err.job_closed:
                     raise MvError(err.code, f"{err}\njob {prepared.job.id} is unfinished; "
                                   f"after fixing the cause, rerun: {self.command_line()}") from err
                 raise

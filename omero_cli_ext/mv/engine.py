@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from omero_cli_ext.fsops import remove_stale_temps
-from omero_cli_ext.mv.errors import EXIT_NO_SPACE, EXIT_OTHER_JOB, EXIT_SRC_MISSING, MvError
+from omero_cli_ext.mv.errors import (EXIT_MISMATCH, EXIT_NO_SPACE, EXIT_OTHER_JOB,
+                                     EXIT_SRC_MISSING, MvError)
 from omero_cli_ext.mv.execute import Executor, recheck_unsynced, roll_back_copies, verify
 from omero_cli_ext.mv.plan import FactsLookup, Plan, Request, Step, no_facts, plan_for
 from omero_cli_ext.mv.store import Job, JobStore
@@ -38,7 +39,7 @@ def refuse_other_job(job: Job, request: Request) -> None:
 
 
 def prepare(store: JobStore, request: Request, command: str,
-            facts_for: FactsLookup = no_facts) -> Prepared:
+            facts_for: FactsLookup = no_facts, unfinished=None) -> Prepared:
     """Resume the repository's unfinished job when it is this request's (the steps of its last
     recorded phase run again: see execute.recheck_unsynced), refuse when it is another's, else
     plan and journal a new job (plan written before any change)."""
@@ -54,7 +55,7 @@ def prepare(store: JobStore, request: Request, command: str,
                         _bytes_paths(info.get("unresolved", [])), links_changed=links_changed,
                         rechecked=rechecked)
     try:
-        plan = plan_for(request, facts_for)
+        plan = plan_for(request, facts_for, unfinished)
     except MvError as err:
         done = store.finished_same(repo, request.key()) if err.code == EXIT_SRC_MISSING else None
         if done is None:
@@ -87,11 +88,13 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
             on_steps: Optional[Callable[[List[Step]], None]] = None,
             copied: Optional[Callable[[int], None]] = None,
             verified: Optional[Callable[[int], None]] = None,
-            workers: int = 1) -> List[dict]:
+            workers: int = 1, skip_mismatched: bool = False) -> List[dict]:
     """Run the pending steps, verify, and close the job; returns the verification failures.
 
-    When the destination fills up before any link changed, the copies made so far are removed
-    and the job closed as failed, so the disk is as before (MvError EXIT_NO_SPACE)."""
+    When the destination fills up, or an original turns out not to match its recorded checksum,
+    before any link changed, the copies made so far are removed and the job closed as failed,
+    so the disk is as before and nothing blocks the repository (MvError EXIT_NO_SPACE,
+    EXIT_MISMATCH)."""
     job = prepared.job
     if job is None:
         return []
@@ -99,16 +102,19 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
         remove_debris(prepared.steps)
     executor = Executor(prepared.steps, same_fs=job.same_fs,
                         record=lambda batch: store.record(job.id, batch),
-                        on_steps=on_steps, copied=copied, workers=workers)
+                        on_steps=on_steps, copied=copied, workers=workers,
+                        skip_mismatched=skip_mismatched)
     try:
         executor.run()
     except MvError as err:
-        if err.code == EXIT_NO_SPACE and not prepared.links_changed \
+        if err.code in (EXIT_NO_SPACE, EXIT_MISMATCH) and not prepared.links_changed \
                 and not any(s.phase >= 3 and s.state == "done" for s in prepared.steps):
             roll_back_copies(prepared.steps)
             store.finish(job.id, "failed", {"error": str(err), "rolled_back": True})
-            raise MvError(EXIT_NO_SPACE, f"{err}. The copies made so far were removed; the "
-                          "sources and links are as they were") from err
+            closed = MvError(err.code, f"{err}\nThe copies made so far were removed; the "
+                             "sources and links are as they were, and the job is closed")
+            closed.job_closed = True
+            raise closed from err
         raise
     # the job is recorded complete only once its changes are on disk: the final sync runs
     # while the verification workers read

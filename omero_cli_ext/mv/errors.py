@@ -18,11 +18,15 @@ EXIT_VERIFY_FAILED = 14     # the final verification found a link that does not 
 EXIT_JOURNAL = 15           # the journal cannot be opened, written, or belongs to a newer version
 EXIT_UNRESOLVED = 16        # --repair left links it could not retarget (listed)
 EXIT_RENDER_FAILED = 17     # --render-check: the server could not read an affected image
+EXIT_MISMATCH = 18          # originals whose size or checksum is not the server's record
+EXIT_IMPORTING = 19         # offload/inline of filesets still being imported (use --force)
 EXIT_INTERRUPTED = 30       # stopped part-way (signal, I/O error): rerun the same command
 
 
 class MvError(Exception):
     """A refusal or failure with its documented exit code; the message says what and what to do."""
+
+    job_closed = False   # set when the job that failed was closed (nothing left to resume)
 
     def __init__(self, code: int, message: str):
         super().__init__(message)

@@ -22,8 +22,8 @@ import time
 from typing import Callable, Iterable, List, Optional, Sequence, Set
 
 from omero_cli_ext import fsops
-from omero_cli_ext.mv.errors import (EXIT_INTERRUPTED, EXIT_NO_SPACE, EXIT_REPO_PERMISSION,
-                                     MvError)
+from omero_cli_ext.mv.errors import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_NO_SPACE,
+                                     EXIT_REPO_PERMISSION, MvError)
 from omero_cli_ext.mv.plan import DEFAULT_HASHER, PHASES, Step
 from omero_cli_ext.mv.tree import show
 from omero_cli_ext.workers import parallel_map
@@ -165,6 +165,10 @@ def _replace_link(target: bytes, link: bytes) -> None:
         raise
 
 
+class OriginalMismatch(Exception):
+    """The bytes of an original no longer match the checksum recorded for it."""
+
+
 class Executor:
     """Runs the pending steps of a plan in order. `on_steps(steps)` is told every outcome, a
     batch at a time (for --json and progress); `copied(n)` every chunk of bytes copied.
@@ -182,8 +186,10 @@ class Executor:
                  record: Callable[[List[Step]], None],
                  on_steps: Optional[Callable[[List[Step]], None]] = None,
                  copied: Optional[Callable[[int], None]] = None,
-                 workers: int = 1):
+                 workers: int = 1, skip_mismatched: bool = False):
         self.steps = list(steps)
+        self.skip_mismatched = skip_mismatched
+        self._unplaced: Set[bytes] = set()
         self.same_fs = same_fs
         self.workers = workers
         self._recorder = _Recorder(record)
@@ -208,6 +214,8 @@ class Executor:
                 steps = list(group)
                 if phase == PHASES["unlink"]:
                     self._kept = self._linked_sources()
+                self._unplaced = {s.other for s in self.steps
+                                  if s.kind == "place" and s.state == "skipped"}
                 if self.workers > 1 and all(s.kind in self._parallel for s in steps):
                     self._run_parallel(steps)
                 else:
@@ -257,6 +265,13 @@ class Executor:
     def _run_step(self, step: Step) -> None:
         try:
             self._actions[step.kind](step)
+        except OriginalMismatch as exc:
+            if not self.skip_mismatched:
+                raise MvError(EXIT_MISMATCH, f"{exc}. Check or restore it; to finish the job "
+                              "leaving it (and its link) where it is, rerun the same command "
+                              "with --skip-mismatched") from None
+            self._skip(step, "the original does not match its recorded checksum; left where "
+                       "it is (--skip-mismatched)")
         except fsops.NoSpace as exc:
             raise MvError(EXIT_NO_SPACE, f"{exc.strerror}") from exc
         except PermissionError as exc:
@@ -318,12 +333,32 @@ class Executor:
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
                     raise
-        hasher = step.hasher or DEFAULT_HASHER
-        expected = step.hash or fsops.checksum(src, hasher)
-        fsops.copy_verified(src, dst, hasher=hasher, expected_hash=expected,
-                            expected_size=step.size, progress=self._copied)
-        step.hasher, step.hash = hasher, expected
+        self._copy(step, src, dst)
         self._done(step, "copy")
+
+    def _copy(self, step: Step, src: bytes, dst: bytes) -> None:
+        """A verified copy of `src` at `dst`, checked against the checksum recorded before the
+        job (the server's OriginalFile.hash, or one taken at planning), else one taken now. A
+        copy whose bytes do not match a recorded checksum is told apart: when the source itself
+        no longer matches, the original is damaged (OriginalMismatch), not the copy."""
+        hasher = step.hasher or DEFAULT_HASHER
+        recorded = step.hash
+        expected = recorded or fsops.checksum(src, hasher)
+        try:
+            fsops.copy_verified(src, dst, hasher=hasher, expected_hash=expected,
+                                expected_size=step.size, progress=self._copied)
+        except fsops.VerifyError:
+            if recorded is not None:
+                actual = fsops.checksum(src, hasher)
+                if actual != recorded.lower():
+                    raise OriginalMismatch(
+                        f"the original {show(src)}"
+                        + (f" (Fileset:{step.fileset})" if step.fileset is not None else "")
+                        + f" does not match its recorded {hasher} checksum {recorded} (it has "
+                        f"{actual}): it was damaged or changed after its import, not by this "
+                        "copy; nothing of it was moved") from None
+            raise
+        step.hasher, step.hash = hasher, expected
 
     def _place_link(self, step: Step) -> None:
         if not (os.path.islink(step.path) and os.readlink(step.path) == step.new):
@@ -353,6 +388,9 @@ class Executor:
         if current == step.new:
             self._done(step)
             return
+        if step.other in self._unplaced:
+            self._skip(step, "its file was not moved (see the skipped placement); left alone")
+            return
         if current != step.old:
             self._skip(step, f"changed meanwhile (now -> {show(current)}); left alone")
             return
@@ -360,6 +398,9 @@ class Executor:
         self._done(step)
 
     def _swap(self, step: Step) -> None:
+        if step.path in self._unplaced:
+            self._skip(step, "its file was not copied (see the skipped placement); kept")
+            return
         if os.path.islink(step.path):
             if os.readlink(step.path) == step.new:
                 self._done(step)
@@ -391,11 +432,7 @@ class Executor:
             fsops.hard_link(step.other, step.path)
             self._done(step, "hard")
         except fsops.LinkRefused:
-            hasher = step.hasher or DEFAULT_HASHER
-            expected = step.hash or fsops.checksum(step.other, hasher)
-            fsops.copy_verified(step.other, step.path, hasher=hasher, expected_hash=expected,
-                                expected_size=step.size, progress=self._copied)
-            step.hasher, step.hash = hasher, expected
+            self._copy(step, step.other, step.path)
             self._done(step, "copy")
 
     # --- phase 4-5: remove the sources

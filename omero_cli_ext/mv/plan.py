@@ -21,8 +21,9 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 from omero_cli_ext.fsops import checksum
 from omero_cli_ext.mv.errors import (EXIT_BAD_RELATION, EXIT_DST_EXISTS, EXIT_DST_UNWRITABLE,
-                                     EXIT_NO_LINKS, EXIT_REPO_OVERLAP, EXIT_SRC_MISSING,
-                                     EXIT_SYMLINK_LOOP, MvError)
+                                     EXIT_IMPORTING, EXIT_MISMATCH, EXIT_NO_LINKS,
+                                     EXIT_REPO_OVERLAP, EXIT_SRC_MISSING, EXIT_SYMLINK_LOOP,
+                                     MvError)
 from omero_cli_ext.mv.preflight import check_space, check_writable
 from omero_cli_ext.mv.tree import (Node, below, canonical, is_under, show, split_tree,
                                    walk_links, walk_tree)
@@ -70,6 +71,7 @@ class FileFacts:
     size: Optional[int] = None
     hasher: Optional[str] = None
     hash: Optional[str] = None
+    file_id: Optional[int] = None    # the OriginalFile's id
 
 
 FactsLookup = Callable[[Sequence[bytes]], Mapping[bytes, FileFacts]]
@@ -93,6 +95,7 @@ class Request:
     fileset: Optional[int] = None    # offload of Fileset:ID
     fileset_files: Tuple[Tuple[bytes, bytes], ...] = ()   # (repository file, path below DST)
     workers: int = 1                 # processes for per-link system calls (not part of the key)
+    skip_mismatched: bool = False    # leave originals that do not match the server's record
 
     def key(self) -> str:
         """The job's identity: a rerun with the same key resumes it."""
@@ -112,6 +115,8 @@ class Plan:
     same_fs: bool = True
     notes: List[str] = field(default_factory=list)
     unresolved: List[dict] = field(default_factory=list)   # repair: links left dangling, why
+    # originals whose size on disk is not the server's (path, original_file, fileset, problem)
+    mismatched: List[dict] = field(default_factory=list)
 
     def count(self, kind: str) -> int:
         return sum(1 for s in self.steps if s.kind == kind)
@@ -329,16 +334,86 @@ def _loop_error(link: bytes, target: bytes) -> MvError:
 
 # --------------------------------------------------------------------------- planners
 
-def plan_for(request: Request, facts_for: FactsLookup = no_facts) -> Plan:
+# which of these filesets are still being imported: [(fileset id, stage, reason)]
+ImportsCheck = Callable[[Sequence[int]], List[Tuple[int, str, str]]]
+SHOWN = 10
+
+
+def plan_for(request: Request, facts_for: FactsLookup = no_facts,
+             unfinished: Optional[ImportsCheck] = None) -> Plan:
+    """The plan, pre-flight checked before anything changes: originals that do not match the
+    server's record (refused, or left out with --skip-mismatched), imports still running among
+    the filesets an offload/inline touches (refused unless --force; `unfinished` asks the
+    server), room on the destination, write access to every directory changed."""
     planner = {"move": plan_move, "links-only": plan_links_only, "offload": plan_offload,
                "inline": plan_inline, "repair": plan_repair}[request.mode]
     plan = planner(request, facts_for)
+    _vet_mismatched(plan)
+    if request.mode in ("offload", "inline"):
+        _vet_unfinished(plan, unfinished)
     check_space(plan)
     check_writable(plan)
     plan.steps.sort(key=lambda s: PHASES[s.kind])   # stable: the planner's order within a phase
     for seq, step in enumerate(plan.steps):
         step.seq = seq
     return plan
+
+
+def _check_size(found: List[dict], path: bytes, size: int, fact: FileFacts) -> None:
+    if fact.size is not None and fact.size != size:
+        found.append({"path": path, "original_file": fact.file_id, "fileset": fact.fileset,
+                      "problem": f"{size} bytes on disk, {fact.size} recorded by the server"})
+
+
+def mismatch_lines(entries: Sequence[dict]) -> str:
+    """The first entries as lines: OriginalFile id, fileset, path, problem."""
+    lines = [f"OriginalFile:{e['original_file']} (Fileset:{e['fileset']}) {show(e['path'])}: "
+             f"{e['problem']}" for e in entries[:SHOWN]]
+    if len(entries) > SHOWN:
+        lines.append(f"... and {len(entries) - SHOWN} more")
+    return "\n  ".join(lines)
+
+
+def _vet_mismatched(plan: Plan) -> None:
+    """Originals whose size differs from the server's record are damaged or were changed after
+    their import: moving them would spread the damage and the final verification could only
+    fail. Refused (listed) unless --skip-mismatched, which leaves them, their links and their
+    sources where they are and moves the rest."""
+    if not plan.mismatched:
+        return
+    if not plan.request.skip_mismatched:
+        raise MvError(EXIT_MISMATCH, f"{len(plan.mismatched)} original file(s) do not match "
+                      f"what the server recorded:\n  {mismatch_lines(plan.mismatched)}\n"
+                      "Check or restore them; --skip-mismatched moves the others and leaves "
+                      "these where they are. Nothing was changed")
+    bad = {e["path"] for e in plan.mismatched}
+    plan.steps = [s for s in plan.steps if s.path not in bad and s.other not in bad]
+    plan.notes.append(f"{len(bad)} original file(s) not matching the server's record were left "
+                      f"where they are (--skip-mismatched):\n  {mismatch_lines(plan.mismatched)}")
+
+
+def _vet_unfinished(plan: Plan, unfinished: Optional[ImportsCheck]) -> None:
+    """Offloading or inlining the files of an import the server is still running (uploading,
+    or in its metadata/pixel-data/thumbnail steps) swaps files under it: refused unless
+    --force."""
+    filesets = sorted({s.fileset for s in plan.steps if s.fileset is not None})
+    if unfinished is None:
+        plan.notes.append("without a server, imports still running among these files cannot "
+                          "be detected")
+        return
+    if not filesets:
+        return
+    running = unfinished(filesets)
+    if not running:
+        return
+    shown = "\n  ".join(f"Fileset:{fid}: {stage} ({reason})" for fid, stage, reason
+                        in running[:SHOWN])
+    if not plan.request.force:
+        raise MvError(EXIT_IMPORTING, f"{len(running)} of the filesets involved are still "
+                      f"being imported:\n  {shown}\nWait until they finish (omero status "
+                      "imports), or pass --force; nothing was changed")
+    plan.notes.append(f"--force: {len(running)} fileset(s) still being imported are included:"
+                      f"\n  {shown}")
 
 
 def _hash_before(step: Step, path: bytes, request: Request) -> None:
@@ -489,7 +564,7 @@ def plan_move(request: Request, facts_for: FactsLookup) -> Plan:
     at_src, at_dst = _under(src), _under(dst)
     matched = matching_links(repo, scope, request.workers)
     facts = facts_for([link for link, _, _, _ in matched])
-    retargets, dangling = [], []
+    retargets, dangling, plan_mismatched = [], [], []
     for link, target, rel, _ in matched:
         node = by_rel.get(rel)
         if node is not None and node.kind != "link" and is_under(target, src) \
@@ -511,6 +586,7 @@ def plan_move(request: Request, facts_for: FactsLookup) -> Plan:
                     hasher=fact.hasher if fact.hash else None, hash=fact.hash,
                     fileset=fact.fileset)
         if node.kind == "file":
+            _check_size(plan_mismatched, step.other, size, fact)
             _hash_before(step, link, request)
         retargets.append(step)
     if not retargets and not request.force:
@@ -527,7 +603,7 @@ def plan_move(request: Request, facts_for: FactsLookup) -> Plan:
     if os.path.isdir(dst):
         tree_steps, adopted = merge_into_existing(tree_steps, dst)
     plan = Plan(request, tree_steps + retargets + _removal_steps(nodes, src, dst),
-                same_fs=same_fs)
+                same_fs=same_fs, mismatched=plan_mismatched)
     if adopted:
         plan.notes.append(f"DST exists: {adopted} file(s) and link(s) already there and "
                           "identical were adopted (not copied again)")
@@ -628,7 +704,7 @@ def plan_offload(request: Request, facts_for: FactsLookup) -> Plan:
     same_fs = same_filesystem(repo, dst)
     files = [(path, node) for path, node in pairs if node.kind == "file"]
     facts = facts_for([path for path, _ in files])
-    steps, swaps, skipped = [], [], 0
+    steps, swaps, skipped, mismatched = [], [], 0, []
     for path, node in pairs:
         target = os.path.join(dst, node.rel) if node.rel else dst
         if node.kind == "dir":
@@ -637,6 +713,7 @@ def plan_offload(request: Request, facts_for: FactsLookup) -> Plan:
             skipped += 1
         else:
             fact = facts.get(path, NO_FACTS)
+            _check_size(mismatched, path, node.size, fact)
             place = Step("place", target, other=path, size=node.size, mode=node.mode,
                          uid=node.uid, gid=node.gid, mtime_ns=node.mtime_ns,
                          hasher=fact.hasher if fact.hash else None, hash=fact.hash,
@@ -657,7 +734,7 @@ def plan_offload(request: Request, facts_for: FactsLookup) -> Plan:
     if not swaps:
         raise MvError(EXIT_NO_LINKS, f"{show(src)} holds no real file to offload (only links or "
                       "nothing); nothing was changed")
-    plan = Plan(request, steps + swaps, same_fs=same_fs)
+    plan = Plan(request, steps + swaps, same_fs=same_fs, mismatched=mismatched)
     if adopted:
         plan.notes.append(f"DST exists: {adopted} file(s) already there and identical were "
                           "adopted (not copied again)")
@@ -680,7 +757,7 @@ def plan_inline(request: Request, facts_for: FactsLookup) -> Plan:
     links = list(walk_links(src)) if os.path.isdir(src) and not os.path.islink(src) \
         else [(src, os.readlink(src))] if os.path.islink(src) else []
     facts = facts_for([link for link, _ in links])
-    steps, dangling = [], []
+    steps, dangling, mismatched = [], [], []
     same_fs = True
     for link, target in links:
         st, err = _stat_target(link)
@@ -693,6 +770,7 @@ def plan_inline(request: Request, facts_for: FactsLookup) -> Plan:
         if st.st_dev != os.lstat(os.path.dirname(link)).st_dev:
             same_fs = False
         fact = facts.get(link, NO_FACTS)
+        _check_size(mismatched, link, st.st_size, fact)
         step = Step("materialize", link, other=resolved, old=target, size=st.st_size,
                     hasher=fact.hasher if fact.hash else None, hash=fact.hash,
                     fileset=fact.fileset)
@@ -700,7 +778,7 @@ def plan_inline(request: Request, facts_for: FactsLookup) -> Plan:
         steps.append(step)
     if not steps:
         raise MvError(EXIT_NO_LINKS, f"no link to a file under {show(src)}; nothing was changed")
-    plan = Plan(request, steps, same_fs=same_fs)
+    plan = Plan(request, steps, same_fs=same_fs, mismatched=mismatched)
     if dangling:
         plan.notes.append(f"{len(dangling)} dangling link(s) were left alone "
                           "(see omero mv --repair)")

@@ -118,3 +118,20 @@ def mismatched_sizes(pairs: Sequence[Tuple[bytes, int, object]]) -> List[dict]:
                           "fileset": fact.fileset,
                           "problem": f"{size} bytes on disk, {fact.size} recorded"})
     return found
+
+
+def imports_check(port):
+    """Which of some filesets the server is still importing, as plan_for's `unfinished`: the
+    stage `omero status imports` would show (omero_cli_ext.status.classify: the UploadJob not
+    Finished, or fewer than three import-log updates), for any owner."""
+    from omero_cli_ext.status.classify import METADATA, PIXEL_DATA, THUMBNAILS, UPLOADING, classify
+    running_stages = (UPLOADING, METADATA, PIXEL_DATA, THUMBNAILS)
+
+    def unfinished(fileset_ids):
+        filesets = port.filesets(fileset_ids, image_counts=True)
+        activities = port.activity(list(filesets))
+        statuses = classify(list(filesets.values()), activities, [], now=port.server_time(),
+                            stalled_after=float("inf"), viewer_id=-1)
+        return [(s.fileset_id, s.stage, s.reason) for s in statuses
+                if s.stage in running_stages]
+    return unfinished
