@@ -131,6 +131,16 @@ HQL_LAST_IMAGE_EVENTS = (
 HQL_IMAGES_OF = (
     "select fs.id, i.id from Fileset fs left outer join fs.images i where fs.id in (:ids)")
 
+# the Session each fileset was created in (the importer joins the driver's session with -k)
+HQL_FILESET_SESSIONS = (
+    "select fs.id, e.session.id from Fileset fs join fs.details.creationEvent e"
+    " where fs.id in (:ids)")
+
+# plates reach a fileset only through Plate -> Well -> WellSample -> Image -> Fileset
+HQL_PLATES_OF = (
+    "select distinct i.fileset.id, w.plate.id from WellSample ws join ws.image i join ws.well w"
+    " where i.fileset.id in (:ids)")
+
 HQL_FILES_BY_PATH = (
     "select o.id, o.path, o.name, o.size, o.hash, h.value, o.mimetype, o.repo, fe.fileset.id"
     " from OriginalFile o left outer join o.hasher h left outer join o.filesetEntries fe"
@@ -644,6 +654,27 @@ class OmeroPort:
                 if image_id is not None:
                     images.append(image_id)
         return {fs_id: tuple(sorted(ids)) for fs_id, ids in found.items()}
+
+    def plates_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
+        found: dict[int, set] = {}
+        for page in _pages(fileset_ids):
+            for fs_id, plate_id in unwrap(self._projection(HQL_PLATES_OF, _ids_params(page),
+                                                           "reading plates of filesets")):
+                found.setdefault(fs_id, set()).add(plate_id)
+        return {fs_id: tuple(sorted(ids)) for fs_id, ids in found.items()}
+
+    def fileset_sessions(self, fileset_ids: Iterable[int]) -> Mapping[int, int]:
+        found = {}
+        for page in _pages(fileset_ids):
+            for fs_id, session_id in unwrap(self._projection(
+                    HQL_FILESET_SESSIONS, _ids_params(page), "reading filesets' sessions")):
+                if session_id is not None:
+                    found[fs_id] = session_id
+        return found
+
+    def session_id(self) -> int:
+        with _server_call("reading the session"):
+            return self._sf.getAdminService().getEventContext().sessionId
 
     def files_by_repo_paths(self, repo_paths: Sequence[str]) -> Mapping[str, tuple]:
         """Queries whole directories (`o.path in`), then keeps the exact path + name; of several

@@ -318,6 +318,16 @@ class ServerPort(Protocol):
     def images_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
         """Per readable fileset, the ids of its images in ascending order (for render checks)."""
 
+    def plates_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
+        """Per fileset with plates, their ids ascending (Plate -> Well -> WellSample -> Image)."""
+
+    def fileset_sessions(self, fileset_ids: Iterable[int]) -> Mapping[int, int]:
+        """Per readable fileset, the id of the Session its creation Event happened in
+        (Event.session): an importer that joined this port's session creates filesets in it."""
+
+    def session_id(self) -> int:
+        """This port's Session id (EventContext.sessionId)."""
+
     # --- files ---
     def files_by_repo_paths(self, repo_paths: Sequence[str]) -> Mapping[str, tuple]:
         """For repository-relative paths ("path" + "name" of an OriginalFile, no leading '/'),

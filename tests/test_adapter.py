@@ -326,6 +326,8 @@ def test_filesets_pages_ids_by_1000(srv):
 
 @pytest.mark.parametrize("method, item, extra, hql, param", [
     ("images_of", lambda i: i, (), adapter.HQL_IMAGES_OF, "ids"),
+    ("plates_of", lambda i: i, (), adapter.HQL_PLATES_OF, "ids"),
+    ("fileset_sessions", lambda i: i, (), adapter.HQL_FILESET_SESSIONS, "ids"),
     ("can_link", lambda i: ("Plate", i), (), adapter.HQL_LINK_TARGETS["Plate"], "ids"),
     ("files_by_repo_paths", lambda i: f"u_7/d{i:04}/f.fake", (), adapter.HQL_FILES_BY_PATH, "paths"),
     ("filesets_by_client_paths", lambda i: f"data/{i}.fake", (7,), adapter.HQL_FILESETS_BY_CLIENT_PATH,

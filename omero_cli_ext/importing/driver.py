@@ -11,6 +11,7 @@ server decides) before anything in it is imported again, so a fileset is never i
 """
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import queue
 import socket
@@ -23,7 +24,7 @@ from typing import Callable, Optional, Sequence
 from omero_cli_ext.fsops import process_alive
 from omero_cli_ext.importing import store
 from omero_cli_ext.importing.plan import client_path
-from omero_cli_ext.importing.reconcile import Decision, reconcile
+from omero_cli_ext.importing.reconcile import Decision, Limits, reconcile
 from omero_cli_ext.importing.results import LogReader, parse_results
 
 STDERR_TAIL = 20
@@ -37,6 +38,10 @@ class Settings:
     clean_ghosts: bool = False
     backoff_base: float = 2.0
     backoff_max: float = 300.0
+    importer_timeout: float = 3600.0          # no output line and no upload byte: kill, retry
+    server_step_timeout: float = 12 * 3600.0  # a verified, image-less fileset of this job
+    group_id: Optional[int] = None            # the job's group (ownership proofs)
+    target: Optional[tuple] = None            # ("Dataset", id) / ("Screen", id) / None
 
 
 @dataclass
@@ -49,6 +54,9 @@ class RunSummary:
     ghosts_left: list = field(default_factory=list)
     duplicates: list = field(default_factory=list)
     gave_up: list = field(default_factory=list)     # chunks still failing after --retries
+    waiting: list = field(default_factory=list)     # (idx, reason) the server may still import
+    foreign: list = field(default_factory=list)     # (idx, fileset id, complete, containers)
+    timed_out: int = 0                              # importers killed by --importer-timeout
     interrupted: bool = False
 
 
@@ -69,6 +77,12 @@ class _Attempt:
     tail: list = field(default_factory=list)
     rc: Optional[int] = None
     ended: bool = False
+    name: str = ""
+    last_progress: float = field(default_factory=time.monotonic)   # written by the reader
+    offsets: Optional[int] = None     # upload bytes the server reported at the last check
+    timed_out: bool = False
+    nothing: bool = False             # "No imports found": its files are gone
+    mapped: set = field(default_factory=set)        # idx of filesets with a result
 
 
 class Driver:
@@ -82,7 +96,8 @@ class Driver:
 
     def __init__(self, jobs: store.JobStore, port, owner_id: int,
                  launch: Callable[[Sequence], subprocess.Popen], settings: Settings,
-                 report: Callable[..., None] = lambda kind, **fields: None):
+                 report: Callable[..., None] = lambda kind, **fields: None,
+                 session_id: Optional[int] = None):
         self.jobs = jobs
         self.port = port
         self.owner_id = owner_id
@@ -96,7 +111,9 @@ class Driver:
         self._events: queue.Queue = queue.Queue()
         self._active: dict = {}          # chunk -> _Attempt, until its bookkeeping is done
         self._failures: dict = {}        # chunk -> transient failures in this run
-        self._foreign = jobs.foreign_ids()
+        self.session_id = session_id
+        self._clock_offset = _dt.timedelta(0)   # server clock minus local clock
+        self._waits: dict = {}           # chunk -> times the server was still importing
         self._stop = threading.Event()
 
     # --- the loop ---
@@ -112,6 +129,7 @@ class Driver:
                     if host == self.host and not process_alive(pid)]
             jobs.expire_leases(self.host, dead)
         jobs.register_worker(self.host, self.pid, self.started, self.settings.workers)
+        self._clock_offset = self.port.server_time() - store.utc_now()
         try:
             doubtful = jobs.doubtful_filesets()
             if self.settings.clean_ghosts:
@@ -126,8 +144,9 @@ class Driver:
         return self.summary
 
     def stop(self) -> None:
-        """Ask the loop to stop claiming and end (from a signal handler)."""
+        """Ask the loop to stop claiming and end (from a signal handler): wakes it at once."""
         self._stop.set()
+        self._events.put(("wake", None, None))
 
     def _loop(self) -> None:
         beat_every = max(0.2, min(30.0, self.settings.lease_seconds / 3))
@@ -138,8 +157,9 @@ class Driver:
                 self._abort()
                 return
             if time.monotonic() >= next_beat:
+                self._watchdog()
                 self.jobs.heartbeat(self.host, self.pid, self.started, list(self._active),
-                                    self.settings.lease_seconds)
+                                    self.settings.lease_seconds, self._progress_time())
                 next_beat = time.monotonic() + beat_every
             self._fill()
             if not self._active:
@@ -192,16 +212,17 @@ class Driver:
             replanned = set(decision.replan)
             to_import += [fs for fs in claim.doubtful if fs.idx in replanned]
             if decision.waiting:
-                delay = backoff(self._count_failure(claim.chunk), self.settings)
-                self.jobs.release(claim.chunk, self.host, self.pid, delay,
-                                  "the server is still importing a fileset of this chunk")
+                self._wait_for_server(claim.chunk, decision.waiting)
                 return True
         if not to_import:
             self.jobs.release(claim.chunk, self.host, self.pid)
             return True
         to_import.sort(key=lambda fs: fs.idx)
-        self.jobs.start_attempt(claim.chunk, [fs.idx for fs in to_import])
-        attempt = _Attempt(claim.chunk, tuple(to_import))
+        attempt = _Attempt(claim.chunk, tuple(to_import), name=f"{claim.chunk}.{claim.attempts}")
+        with self.jobs.journal.transaction():
+            self.jobs.start_attempt(claim.chunk, [fs.idx for fs in to_import])
+            self.jobs.begin_attempt(attempt.name, claim.chunk, self.host, self.pid,
+                                    self.session_id, self._server_now())
         self._active[claim.chunk] = attempt
         self.report("chunk", chunk=claim.chunk, filesets=len(to_import), attempt=claim.attempts)
         try:
@@ -223,10 +244,15 @@ class Driver:
             for event in events:
                 if event.kind == "failed":
                     attempt.failures[event.path] = event.message
+                elif event.kind == "started":
+                    self._events.put(("log", attempt.chunk, event.log_id))
+                elif event.kind == "nothing":
+                    attempt.nothing = True
 
         def read_stderr():
             reader = LogReader()
             for raw in process.stderr:
+                attempt.last_progress = time.monotonic()
                 line = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
                 attempt.tail.append(line.rstrip("\n"))
                 del attempt.tail[:-STDERR_TAIL]
@@ -235,9 +261,12 @@ class Driver:
 
         err_thread = threading.Thread(target=read_stderr, daemon=True)
         err_thread.start()
-        lines = (raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
-                 for raw in process.stdout)
-        for result in parse_results(lines):
+        def lines():
+            for raw in process.stdout:
+                attempt.last_progress = time.monotonic()
+                yield raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+
+        for result in parse_results(lines()):
             self._events.put(("result", attempt.chunk, result))
         err_thread.join()
         self._events.put(("exit", attempt.chunk, process.wait()))
@@ -245,56 +274,97 @@ class Driver:
     # --- events ---
     def _handle(self, events: list) -> list:
         """Journal the results among `events` in one commit; the attempts that ended."""
-        fresh, ended = [], []
+        fresh, logs, ended = [], [], []
         for kind, chunk, value in events:
             attempt = self._active.get(chunk)
             if attempt is None or attempt.ended:
                 continue
             if kind == "result":
                 attempt.results.append(value)
-                fresh.append((chunk, value))
+                fresh.append((attempt, value))
+            elif kind == "log":
+                logs.append((attempt.name, "log", value))
             elif kind == "exit":
                 attempt.rc, attempt.ended = value, True
                 ended.append(attempt)
+        if fresh or logs:
+            with self.jobs.journal.transaction():
+                self.jobs.add_results([(a.chunk, r) for a, r in fresh])
+                self.jobs.announce(logs + [(a.name, "fileset", r.fileset_id) for a, r in fresh])
         if fresh:
-            self.jobs.add_results(fresh)
+            self._map_results(fresh)
         return ended
+
+    def _map_results(self, fresh: list) -> None:
+        """Each result's Fileset matched to its planned fileset by the client paths the server
+        stores (one query per batch), recorded done at once (per-fileset progress)."""
+        known = self.port.filesets([r.fileset_id for _, r in fresh], image_counts=False)
+        outcomes = []
+        for attempt, result in fresh:
+            by_main = {client_path(fs.main): fs for fs in attempt.filesets}
+            fileset = known.get(result.fileset_id)
+            paths = [e.client_path for e in fileset.entries] if fileset else []
+            fs = next((by_main[p] for p in paths if p in by_main), None)
+            if fs is None or fs.idx in attempt.mapped:
+                continue
+            attempt.mapped.add(fs.idx)
+            outcomes.append((fs.idx, "done", result.fileset_id, result.images, result.plates,
+                             None))
+            self._report_fileset(fs, "done", result.fileset_id, result.images, result.plates)
+        self.jobs.mark(outcomes)
+        self.summary.imported += len(outcomes)
 
     def _finish(self, attempt: _Attempt) -> None:
         """Map results to planned filesets (the server names each Fileset's client paths), settle
         the rest with the server, then release or retry the chunk. Until then the chunk stays
         active (its lease kept, given back by _abort)."""
-        by_main = {client_path(fs.main): fs for fs in attempt.filesets}
-        outcomes, mapped = [], set()
-        if attempt.results:
-            known = self.port.filesets([r.fileset_id for r in attempt.results])
-            for result in attempt.results:
-                fileset = known.get(result.fileset_id)
-                paths = [e.client_path for e in fileset.entries] if fileset else []
-                fs = next((by_main[p] for p in paths if p in by_main), None)
-                if fs is None or fs.idx in mapped:
-                    continue
-                mapped.add(fs.idx)
-                outcomes.append((fs.idx, "done", result.fileset_id, result.images, result.plates,
-                                 None))
-                self._report_fileset(fs, "done", result.fileset_id, result.images, result.plates)
-        self.jobs.mark(outcomes)
-        self.summary.imported += len(outcomes)
-        rest = [fs for fs in attempt.filesets if fs.idx not in mapped]
-        clean_exit = attempt.rc == 0
-        reported = {fs.idx: attempt.failures[fs.main] for fs in rest if fs.main in attempt.failures}
+        self.jobs.end_attempt(attempt.name, self._server_now(), attempt.rc)
+        rest = [fs for fs in attempt.filesets if fs.idx not in attempt.mapped]
+        clean_exit = (attempt.rc == 0 or attempt.nothing) and not attempt.timed_out
+        reported = {}
+        for fs in rest:     # a failure names the main file or any used file (FILE_EXCEPTION)
+            message = next((attempt.failures[f] for f in (fs.main, *fs.files)
+                            if f in attempt.failures), None)
+            if message is None and attempt.nothing:
+                message = ("the importer found nothing to import (No imports found): were the "
+                           "files moved or deleted since the plan?")
+            if message is not None:
+                reported[fs.idx] = message
         decision = self._settle(rest, final=clean_exit, reported=reported) if rest else Decision()
-        if clean_exit or not (decision.replan or decision.waiting):
+        if decision.waiting and not decision.replan:
+            self._wait_for_server(attempt.chunk, decision.waiting)
+        elif clean_exit or not (decision.replan or decision.waiting):
             self.jobs.release(attempt.chunk, self.host, self.pid)
         else:
             self._retry_later(attempt)
         del self._active[attempt.chunk]
 
+    def _wait_for_server(self, chunk: int, waiting: list) -> None:
+        """The server may still be importing filesets of this chunk: look again later (backoff),
+        at most --retries times in this run, saying so each time."""
+        waits = self._waits[chunk] = self._waits.get(chunk, 0) + 1
+        reason = (f"{len(waiting)} fileset(s) not settled: {waiting[0][1]}"
+                  + (f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""))
+        if waits > self.settings.retries:
+            self.summary.gave_up.append(chunk)
+            self.summary.waiting += waiting
+            self.jobs.release(chunk, self.host, self.pid, message=reason)
+            self.report("gave_up", chunk=chunk, reason=reason)
+            return
+        delay = backoff(waits, self.settings)
+        self.jobs.release(chunk, self.host, self.pid, delay, reason)
+        self.report("wait", chunk=chunk, attempt=waits, delay=delay, reason=reason)
+
     def _retry_later(self, attempt: _Attempt) -> None:
         """A transient failure: give the chunk back with a backoff, or give up after --retries."""
         failures = self._count_failure(attempt.chunk)
-        reason = (f"importer exited with {attempt.rc}" if attempt.rc is not None
-                  else "importer did not start") + (": " + attempt.tail[-1] if attempt.tail else "")
+        if attempt.timed_out:
+            reason = (f"importer killed: no output and no upload progress for "
+                      f"{self.settings.importer_timeout:.0f} s (--importer-timeout)")
+        else:
+            reason = (f"importer exited with {attempt.rc}" if attempt.rc is not None
+                      else "importer did not start") + (": " + attempt.tail[-1] if attempt.tail
+                                                        else "")
         if failures > self.settings.retries:
             self.summary.gave_up.append(attempt.chunk)
             self.jobs.release(attempt.chunk, self.host, self.pid, message=reason)
@@ -309,12 +379,20 @@ class Driver:
         """Reconcile with the server and record the decision."""
         if not doubtful:
             return Decision()
-        raw = self.jobs.raw_results({fs.chunk for fs in doubtful})
-        decision = reconcile(self.port, self.owner_id, doubtful, foreign=self._foreign,
-                             clean_ghosts=self.settings.clean_ghosts, raw_results=raw,
-                             reported=reported, final=final,
-                             active_within=self.settings.lease_seconds)
+        chunks = {fs.chunk for fs in doubtful}
+        raw = self.jobs.raw_results(chunks)
+        decision = reconcile(
+            self.port, self.owner_id, self.settings.group_id, doubtful,
+            ownership=self.jobs.ownership(chunks), clean_ghosts=self.settings.clean_ghosts,
+            server_now=self.port.server_time(), raw_results=raw, reported=reported, final=final,
+            limits=Limits(self.settings.lease_seconds, self.settings.server_step_timeout),
+            target_filesets=self._target_filesets)
         by_idx = {fs.idx: fs for fs in doubtful}
+        decision.done = self._with_ids(decision.done)
+        for idx, fid, complete, containers in decision.foreign:
+            self.report("foreign", idx=idx, main=by_idx[idx].main, fileset_id=fid,
+                        complete=complete, containers=list(containers))
+        self.summary.foreign += decision.foreign
         outcomes = []
         for idx, fid, images, plates, note in decision.done:
             outcomes.append((idx, "done", fid, images, plates, note))
@@ -322,9 +400,10 @@ class Driver:
         for idx, message in decision.failed:
             outcomes.append((idx, "failed", None, None, None, message))
             self._report_fileset(by_idx[idx], "failed", None, None, None, message)
-        for idx, ghosts in decision.blocked:
-            message = ("ghost fileset %s of this job on the server: rerun with --clean-ghosts "
-                       "to delete and re-import it" % ", ".join(map(str, ghosts)))
+        for idx, ghosts, why in decision.blocked:
+            message = ("ghost fileset %s of this job on the server (%s): rerun with "
+                       "--clean-ghosts to delete and re-import it" % (", ".join(map(str, ghosts)),
+                                                                      why))
             outcomes.append((idx, "ghost", ghosts[0], None, None, message))
             self._report_fileset(by_idx[idx], "ghost", ghosts[0], None, None, message)
         outcomes += [(idx, "planned", None, None, None, None) for idx in decision.replan]
@@ -339,6 +418,57 @@ class Driver:
         self.summary.ghosts_left += [fid for fid, _ in decision.ghosts_left]
         self.summary.duplicates += decision.duplicates
         return decision
+
+    def _with_ids(self, done: list) -> list:
+        """Image and Plate ids of filesets found complete without their importer's result."""
+        missing = [fid for _, fid, images, _, _ in done if images is None]
+        if not missing:
+            return done
+        images, plates = self.port.images_of(missing), self.port.plates_of(missing)
+        return [(idx, fid, imgs if imgs is not None else images.get(fid, ()),
+                 pls if pls is not None else plates.get(fid, ()), note)
+                for idx, fid, imgs, pls, note in done]
+
+    def _target_filesets(self) -> set:
+        if self.settings.target is None:
+            return set()
+        return set(self.port.filesets_of([self.settings.target]).get(self.settings.target, ()))
+
+    # --- clocks and liveness ---
+    def _server_now(self) -> _dt.datetime:
+        """The server's clock, estimated from the offset measured when the run started."""
+        return store.utc_now() + self._clock_offset
+
+    def _progress_time(self) -> _dt.datetime:
+        """When the importers last made progress (now when none runs: the driver itself is
+        then deciding or waiting, and says so)."""
+        running = [a for a in self._active.values() if not a.ended and a.process is not None]
+        if not running:
+            return store.utc_now()
+        idle = time.monotonic() - max(a.last_progress for a in running)
+        return store.utc_now() - _dt.timedelta(seconds=idle)
+
+    def _watchdog(self) -> None:
+        """Kill importers with no output line and no upload byte for --importer-timeout; their
+        chunk is retried (transient failure)."""
+        limit = self.settings.importer_timeout
+        now = time.monotonic()
+        quiet = [a for a in self._active.values() if not a.ended and a.process is not None
+                 and not a.timed_out and now - a.last_progress >= limit]
+        if not quiet:
+            return
+        uploaded = sum(sum(r.upload_offsets) for r in self.port.running_imports())
+        for attempt in quiet:
+            if attempt.offsets is not None and uploaded != attempt.offsets:
+                attempt.offsets, attempt.last_progress = uploaded, now   # bytes still arrive
+                continue
+            if attempt.offsets is None and uploaded:
+                attempt.offsets, attempt.last_progress = uploaded, now
+                continue
+            attempt.timed_out = True
+            self.summary.timed_out += 1
+            if attempt.process.poll() is None:
+                attempt.process.kill()
 
     def _report_fileset(self, fs, state, fid, images, plates, message=None) -> None:
         self.report("fileset", idx=fs.idx, main=fs.main, state=state, fileset_id=fid,
@@ -363,6 +493,8 @@ class Driver:
                 except subprocess.TimeoutExpired:
                     attempt.process.kill()
                     attempt.process.wait()
+            if attempt.process is not None:
+                self.jobs.end_attempt(attempt.name, self._server_now(), attempt.process.returncode)
             self.jobs.release(attempt.chunk, self.host, self.pid, message="interrupted")
         self._active.clear()
 

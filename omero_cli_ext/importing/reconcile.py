@@ -1,26 +1,39 @@
 """The server decides what happened to filesets in doubt (an attempt died, or gave no result).
 
-For every doubtful fileset, the owner's server filesets that use all of its files (clientPath)
-are its candidates; those the job found on the server before it imported anything (`foreign`)
-are never its own and never touched. Of the job's own candidates:
-- one with images means the fileset is imported (its ids are recorded);
-- an uploaded, image-less one whose import process is still live and was active within the
-  lease is still being imported by the server: wait;
-- any other image-less or half-uploaded one (UploadJob not Finished) is a ghost: deleted and the
-  fileset re-imported with `clean_ghosts`, reported (fileset state `ghost`) otherwise.
-Three batched server calls at most (client paths, activity, running imports) and one delete,
+Ownership is proven, never assumed. A server fileset using all of a doubtful fileset's files
+(clientPath, owner) is this job's only when one of the job's importer attempts announced it (its
+Fileset id in a result, its import log id in `IMPORT_STARTED`), or when it was created in the
+session an attempt of its chunk joined, within that attempt's span on the server's clock, in the
+job's group. Every other candidate is **foreign**: reported with its containers, never deleted,
+and counted done only when it is complete and already in the job's target.
+
+Of the job's own candidates:
+- one with images: the fileset is imported (its ids are recorded);
+- upload verified, no images: the server's metadata step may run for hours without a visible
+  process, an EventLog or an import log update (DESIGN.md §3), so it is **server processing**
+  (wait) until the import log shows an error, the UploadJob is `Error`/`Cancelled`, or
+  `server_step_timeout` passed since the last sign of it; only then dead;
+- upload not verified: dead when the UploadJob is `Error`/`Cancelled` or nothing of it moved for
+  `lease` on the server's clock; waiting before that;
+- dead ones are ghosts: deleted (and the fileset re-imported) with `clean_ghosts`, reported
+  (state `ghost`) otherwise.
+All ages are on the server's clock (`server_now`). A bounded number of batched server calls,
 whatever the number of filesets.
 """
 from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from omero_cli_ext.importing.plan import client_path
+from omero_cli_ext.importing.store import Ownership
 
 UPLOAD_JOB = "UploadJob"
 FINISHED = "Finished"
+DEAD_JOB_STATUSES = ("Error", "Cancelled")
+SPAN_MARGIN = _dt.timedelta(seconds=5)   # the driver's estimate of the server clock may lag this
+LOG_TAIL = 64 * 1024                     # bytes of an import log read for an error
 
 
 @dataclass
@@ -32,31 +45,61 @@ class Decision:
     blocked: list = field(default_factory=list)     # (idx, ghost ids): waits for --clean-ghosts
     ghosts_left: list = field(default_factory=list)  # (fileset_id, idx) ghosts not deleted
     deleted: list = field(default_factory=list)     # (fileset_id, idx) deleted ghosts
-    waiting: list = field(default_factory=list)     # idx: the server is still importing it
+    waiting: list = field(default_factory=list)     # (idx, reason): the server may still import it
     duplicates: list = field(default_factory=list)  # (idx, (extra fileset ids with images...))
+    foreign: list = field(default_factory=list)     # (idx, fileset id, complete, containers)
 
 
-def _uploaded(activity) -> bool:
-    return any(job.kind == UPLOAD_JOB and job.status == FINISHED for job in activity.jobs)
+@dataclass(frozen=True)
+class Limits:
+    lease: float = 600.0                   # seconds without upload progress: a dead upload
+    server_step_timeout: float = 12 * 3600  # seconds a verified, image-less fileset may take
 
 
-def reconcile(port, owner_id: int, doubtful: Sequence, *, foreign: set, clean_ghosts: bool,
+def _aware(when: Optional[_dt.datetime]) -> Optional[_dt.datetime]:
+    if when is not None and when.tzinfo is None:
+        return when.replace(tzinfo=_dt.timezone.utc)
+    return when
+
+
+def _upload_job(activity):
+    return next((job for job in activity.jobs if job.kind == UPLOAD_JOB), None)
+
+
+def log_says_error(text: str) -> bool:
+    """An import log with an ERROR line (logback `%-5p`: the level between spaces)."""
+    return any(" ERROR " in line for line in text.splitlines())
+
+
+def read_log_tail(port, original_file_id: int) -> str:
+    reader = port.open_original_file(original_file_id)
+    try:
+        start = max(0, reader.size - LOG_TAIL)
+        return reader.read(start, reader.size - start).decode("utf-8", "replace")
+    finally:
+        reader.close()
+
+
+def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, *,
+              ownership: Ownership, clean_ghosts: bool, server_now: _dt.datetime,
+              limits: Limits = Limits(),
               raw_results: Optional[Mapping[int, tuple]] = None,
               reported: Optional[Mapping[int, str]] = None, final: bool = False,
-              now: Optional[_dt.datetime] = None, active_within: float = 600) -> Decision:
+              target_filesets: Optional[Callable[[], set]] = None) -> Decision:
     """Decide every doubtful PlannedFileset against the server.
 
     `raw_results`: importer results already journaled (fileset id -> (images, plates)).
     `reported`: idx -> message for filesets the importer said it failed (these end `failed`).
-    `final`: the importer ran to its end, so a fileset with no trace on the server failed, and a
-    complete fileset that existed before the job (skipped by `--exclude`) counts as done.
+    `final`: the importer ran to its end, so a fileset with no trace of this job on the server
+    failed (or, skipped by `--exclude`, is done when a complete foreign one is in the target).
+    `target_filesets()`: ids of the filesets already in the job's target (asked only when a
+    complete foreign fileset is found).
     """
     decision = Decision()
     if not doubtful:
         return decision
     raw_results = raw_results or {}
     reported = reported or {}
-    now = now or _dt.datetime.now(_dt.timezone.utc)
     paths = sorted({client_path(f) for fs in doubtful for f in fs.files})
     by_path = port.filesets_by_client_paths(paths, owner_id)
     candidates = {}
@@ -65,53 +108,117 @@ def reconcile(port, owner_id: int, doubtful: Sequence, *, foreign: set, clean_gh
         candidates[fs.idx] = set.intersection(*sets) if sets else set()
     everything = sorted(set().union(*candidates.values()))
     activity = port.activity(everything) if everything else {}
-    unsure = [fid for fid in everything if fid not in foreign and fid in activity
-              and not activity[fid].image_count and _uploaded(activity[fid])]
-    live = {r.fileset_id for r in port.running_imports()} if unsure else set()
+    unannounced = [fid for fid in everything if fid not in ownership.filesets]
+    info = port.filesets(unannounced, image_counts=False) if unannounced else {}
+    sessions = port.fileset_sessions(unannounced) if unannounced else {}
 
-    def still_importing(fid) -> bool:
-        act = activity[fid]
-        last = act.last_event or (act.log.updated if act.log else None)
-        if fid not in live or last is None:
+    def ours(fid: int, chunk: int) -> bool:
+        if fid in ownership.filesets:
+            return True
+        act = activity.get(fid)
+        if act is not None and act.log is not None and act.log.original_file_id in ownership.logs:
+            return True
+        fileset = info.get(fid)
+        if fileset is None or fid not in sessions or (group_id is not None
+                                                      and fileset.group_id != group_id):
             return False
-        if last.tzinfo is None:
-            last = last.replace(tzinfo=_dt.timezone.utc)
-        return (now - last).total_seconds() < active_within
+        created = _aware(fileset.created)
+        for attempt in ownership.attempts_of(chunk):
+            if attempt.session_id != sessions[fid] or created is None:
+                continue
+            end = attempt.server_end + SPAN_MARGIN if attempt.server_end else None
+            if attempt.server_start - SPAN_MARGIN <= created and (end is None or created <= end):
+                return True
+        return False
 
+    def quiet_for(act, *also) -> float:
+        stamps = [_aware(t) for t in (act.last_event, act.log.updated if act.log else None, *also)
+                  if t is not None]
+        return (server_now - max(stamps)).total_seconds() if stamps else float("inf")
+
+    log_errors: dict = {}
+
+    def server_failed(act) -> bool:
+        if act.log is None:
+            return False
+        if act.log.original_file_id not in log_errors:
+            try:
+                log_errors[act.log.original_file_id] = log_says_error(
+                    read_log_tail(port, act.log.original_file_id))
+            except Exception:      # an unreadable log proves nothing
+                log_errors[act.log.original_file_id] = False
+        return log_errors[act.log.original_file_id]
+
+    def dead(fid: int) -> tuple:
+        """(dead?, reason) for an image-less fileset of this job."""
+        act = activity[fid]
+        upload = _upload_job(act)
+        if upload is not None and upload.status in DEAD_JOB_STATUSES:
+            return True, f"its UploadJob is {upload.status}"
+        if upload is not None and upload.status == FINISHED:
+            if server_failed(act):
+                return True, "the server import failed (its import log has an ERROR)"
+            quiet = quiet_for(act, upload.finished)
+            if quiet >= limits.server_step_timeout:
+                return True, (f"no images {quiet / 3600:.1f} h after its upload was verified "
+                              "(--server-step-timeout)")
+            return False, "the server is still processing it (upload verified, no images yet)"
+        quiet = quiet_for(act, _aware(info[fid].created) if fid in info else None)
+        if quiet >= limits.lease:
+            return True, f"upload never verified and quiet for {quiet:.0f} s (--lease)"
+        return False, "its upload may still be in progress"
+
+    owned = {}
+    for fs in doubtful:
+        present = sorted(fid for fid in candidates[fs.idx] if fid in activity)
+        owned[fs.idx] = [fid for fid in present if ours(fid, fs.chunk)]
+        decision.foreign += [(fs.idx, fid, bool(activity[fid].image_count), ())
+                             for fid in present if fid not in owned[fs.idx]]
+    foreign_complete = sorted({fid for _, fid, complete, _ in decision.foreign if complete})
+    in_target = (target_filesets() & set(foreign_complete)
+                 if foreign_complete and target_filesets is not None else set())
     to_delete = []
     for fs in doubtful:
-        ours = sorted(fid for fid in candidates[fs.idx] if fid not in foreign and fid in activity)
-        complete = [fid for fid in ours if activity[fid].image_count]
-        busy = [fid for fid in ours if fid not in complete and still_importing(fid)]
-        ghosts = tuple(fid for fid in ours if fid not in complete and fid not in busy)
+        mine = owned[fs.idx]
+        complete = [fid for fid in mine if activity[fid].image_count]
+        ghosts, waits = [], []
+        for fid in mine:
+            if fid not in complete:
+                is_dead, reason = dead(fid)
+                (ghosts if is_dead else waits).append((fid, reason))
+        ghost_ids = tuple(fid for fid, _ in ghosts)
         if clean_ghosts:
-            to_delete += [(fid, fs.idx) for fid in ghosts]
+            to_delete += [(fid, fs.idx) for fid in ghost_ids]
         else:
-            decision.ghosts_left += [(fid, fs.idx) for fid in ghosts]
+            decision.ghosts_left += [(fid, fs.idx) for fid in ghost_ids]
+        theirs_in_target = [fid for idx, fid, c, _ in decision.foreign
+                            if idx == fs.idx and fid in in_target]
         message = reported.get(fs.idx)
         if complete:
             images, plates = raw_results.get(complete[0], (None, None))
             decision.done.append((fs.idx, complete[0], images, plates, None))
             if complete[1:]:
                 decision.duplicates.append((fs.idx, tuple(complete[1:])))
-        elif busy:
-            decision.waiting.append(fs.idx)
+        elif waits:
+            decision.waiting.append((fs.idx, f"Fileset {waits[0][0]}: {waits[0][1]}"))
         elif message is not None:
-            note = (f" (ghost fileset {', '.join(map(str, ghosts))} "
-                    f"{'deleted' if clean_ghosts else 'left on the server'})") if ghosts else ""
+            note = (f" (ghost fileset {', '.join(map(str, ghost_ids))} "
+                    f"{'deleted' if clean_ghosts else 'left on the server'})") if ghost_ids else ""
             decision.failed.append((fs.idx, message + note))
-        elif ghosts and not clean_ghosts:
-            decision.blocked.append((fs.idx, ghosts))
+        elif ghost_ids and not clean_ghosts:
+            decision.blocked.append((fs.idx, ghost_ids, ghosts[0][1]))
+        elif theirs_in_target:
+            decision.done.append((fs.idx, theirs_in_target[0], None, None,
+                                  f"already in the target as Fileset {theirs_in_target[0]}, "
+                                  "imported by another client"))
         elif final:
-            theirs = sorted(fid for fid in candidates[fs.idx] if fid in foreign
-                            and fid in activity and activity[fid].image_count)
-            if theirs:
-                decision.done.append((fs.idx, theirs[0], None, None,
-                                      f"already imported before this job as Fileset {theirs[0]}"))
-            else:
-                decision.failed.append((fs.idx, "the importer reported no result for it"))
+            decision.failed.append((fs.idx, "the importer reported no result for it"))
         else:
             decision.replan.append(fs.idx)
+    if foreign_complete:
+        containers = port.containers_of(foreign_complete)
+        decision.foreign = [(idx, fid, c, containers.get(fid, ()) if c else ())
+                            for idx, fid, c, _ in decision.foreign]
     if to_delete:
         port.delete_filesets(sorted({fid for fid, _ in to_delete}))
         decision.deleted = to_delete

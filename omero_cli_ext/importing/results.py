@@ -14,7 +14,9 @@ from typing import Iterable, Iterator, Optional
 _KEY = re.compile(r"^-?\s*(Fileset|Image|Plate)\s*:\s*(.*)$")
 _UPLOADED = re.compile(r"FILE_UPLOAD_COMPLETE: (.+)$")
 _IMPORTED = re.compile(r"IMPORT_DONE Imported file: (.+)$")
-_FAILED = re.compile(r"\b([A-Z][A-Z_]*(?:EXCEPTION|FORMAT|FAILURE|ERROR|FILE)): (/.*)$")
+_FAILED = re.compile(r"\b([A-Z][A-Z_]*(?:EXCEPTION|FORMAT|FAILURE|ERROR|FILE|LIBRARY)): (/.*)$")
+_STARTED = re.compile(r"\bIMPORT_STARTED\b.*?Logfile: (\d+)")
+_NOTHING = "No imports found"
 _EXCEPTION_LINE = re.compile(r"^[\w$]+(?:\.[\w$]+)+(?:Exception|Error)\b.*")
 _SUMMARY = re.compile(r"(\d+) errors? in (\d+):(\d\d):(\d\d)\.(\d{3})")
 
@@ -28,12 +30,15 @@ class ImportResult:
 
 @dataclass(frozen=True)
 class LogEvent:
-    """kind: "uploaded" (path), "imported" (path), "failed" (path, message), "summary" (errors)."""
+    """kind: "uploaded" (path), "imported" (path), "failed" (path, message), "summary" (errors),
+    "started" (log_id: the import log OriginalFile, after the upload is verified), "nothing"
+    (the importer found no importable file among its paths)."""
     kind: str
     path: str = ""
     message: str = ""
     errors: int = 0
     seconds: float = 0.0
+    log_id: int = 0
 
 
 def _ids(text: str) -> tuple:
@@ -86,6 +91,13 @@ class LogReader:
         match = _FAILED.search(line)
         if match:
             self._pending = LogEvent("failed", match.group(2), match.group(1))
+            return events
+        match = _STARTED.search(line)
+        if match:
+            events.append(LogEvent("started", log_id=int(match.group(1))))
+            return events
+        if line.strip() == _NOTHING:
+            events.append(LogEvent("nothing"))
             return events
         for kind, pattern in (("uploaded", _UPLOADED), ("imported", _IMPORTED)):
             match = pattern.search(line)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 COMPONENT = "import"
-VERSION = 1
+VERSION = 2
 
 STATEMENTS = (
     "CREATE TABLE import_job ("
@@ -56,6 +56,24 @@ STATEMENTS = (
     " heartbeat TEXT NOT NULL, workers INTEGER NOT NULL, stopped TEXT,"
     " PRIMARY KEY (job, host, pid, started))",
 )
+
+# schema 2: the job's identity (server, user, group, result-changing options), every importer
+# attempt (session, server times) and the objects each attempt announced (ownership proofs),
+# the importer's last progress per driver process (liveness)
+_V2 = (
+    "ALTER TABLE import_job ADD COLUMN identity TEXT",
+    "ALTER TABLE import_worker ADD COLUMN progress TEXT",
+    "CREATE TABLE import_attempt ("
+    " job TEXT NOT NULL, attempt TEXT NOT NULL, chunk INTEGER NOT NULL, host TEXT NOT NULL,"
+    " pid INTEGER NOT NULL, session_id INTEGER, server_start TEXT NOT NULL, server_end TEXT,"
+    " rc INTEGER, PRIMARY KEY (job, attempt))",
+    "CREATE INDEX import_attempt_chunk ON import_attempt (job, chunk)",
+    "CREATE TABLE import_announced ("
+    " job TEXT NOT NULL, kind TEXT NOT NULL, object_id INTEGER NOT NULL, attempt TEXT NOT NULL,"
+    " PRIMARY KEY (job, kind, object_id))",
+)
+STATEMENTS = STATEMENTS + _V2
+UPGRADES = {1: _V2}
 
 FILESET_STATES = ("planned", "running", "done", "failed", "ghost")
 UNRESOLVED = ("planned", "running")
@@ -100,6 +118,30 @@ class JobRecord:
     filesets: int
     bytes: int
     chunks: int
+    identity: Optional[dict] = None   # None: planned before schema 2 (bound on its next run)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One importer run of a chunk: the session its importer joined and its span on the server's
+    clock (end None: the driver died before the importer ended)."""
+    attempt: str
+    chunk: int
+    session_id: Optional[int]
+    server_start: _dt.datetime
+    server_end: Optional[_dt.datetime]
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """What proves a server fileset is this job's: ids its importers announced (Fileset ids from
+    the results, import log ids from IMPORT_STARTED) and its attempts (session and time span)."""
+    filesets: frozenset = frozenset()
+    logs: frozenset = frozenset()
+    attempts: tuple = ()      # tuple[Attempt]
+
+    def attempts_of(self, chunk: int) -> list:
+        return [a for a in self.attempts if a.chunk == chunk]
 
 
 @dataclass(frozen=True)
@@ -112,7 +154,7 @@ class Claim:
 
 
 def ensure_schema(journal) -> None:
-    journal.ensure_schema(COMPONENT, VERSION, STATEMENTS)
+    journal.ensure_schema(COMPONENT, VERSION, STATEMENTS, UPGRADES)
 
 
 def job_names(journal) -> list:
@@ -140,14 +182,20 @@ class JobStore:
     def load(self) -> Optional[JobRecord]:
         row = self.journal.query_one(
             "SELECT job, created, user_name, owner_id, paths, target, options, command, "
-            "chunk_size, chunk_bytes, filesets, bytes, chunks FROM import_job WHERE job = ?",
-            (self.job,))
+            "chunk_size, chunk_bytes, filesets, bytes, chunks, identity FROM import_job "
+            "WHERE job = ?", (self.job,))
         if row is None:
             return None
         values = list(row)
         values[4] = tuple(json.loads(values[4]))
         values[6] = tuple(json.loads(values[6]))
+        values[13] = json.loads(values[13]) if values[13] else None
         return JobRecord(*values)
+
+    def bind_identity(self, identity: dict) -> None:
+        """Record the identity of a job planned before schema 2 (its first run since)."""
+        self.journal.execute("UPDATE import_job SET identity = ? WHERE job = ? AND identity IS NULL",
+                             (json.dumps(identity, sort_keys=True), self.job))
 
     def create(self, record: JobRecord, filesets: Sequence[PlannedFileset],
                foreign_ids: Iterable[int]) -> None:
@@ -160,12 +208,13 @@ class JobStore:
         with self.journal.transaction():
             self.journal.execute(
                 "INSERT INTO import_job (job, created, user_name, owner_id, paths, target, "
-                "options, command, chunk_size, chunk_bytes, filesets, bytes, chunks) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "options, command, chunk_size, chunk_bytes, filesets, bytes, chunks, identity) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.job, record.created, record.user_name, record.owner_id,
                  json.dumps(list(record.paths)), record.target, json.dumps(list(record.options)),
                  record.command, record.chunk_size, record.chunk_bytes, record.filesets,
-                 record.bytes, record.chunks))
+                 record.bytes, record.chunks,
+                 json.dumps(record.identity, sort_keys=True) if record.identity else None))
             self.journal.executemany(
                 "INSERT INTO import_fileset (job, idx, chunk, main, files, nfiles, size, reader, "
                 "spw, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
@@ -200,12 +249,15 @@ class JobStore:
             "VALUES (?, ?, ?, ?, ?, ?)", (self.job, host, pid, started, started, workers))
 
     def heartbeat(self, host: str, pid: int, started: str, chunks: Sequence[int],
-                  lease_seconds: float) -> None:
+                  lease_seconds: float, progress: Optional[_dt.datetime] = None) -> None:
+        """The driver is alive (heartbeat) and its importers last made progress at `progress`
+        (their last output line or upload byte; now when no importer runs)."""
         now = utc_now()
         with self.journal.transaction():
             self.journal.execute(
-                "UPDATE import_worker SET heartbeat = ? WHERE job = ? AND host = ? AND pid = ? "
-                "AND started = ?", (iso(now), self.job, host, pid, started))
+                "UPDATE import_worker SET heartbeat = ?, progress = ? WHERE job = ? AND host = ? "
+                "AND pid = ? AND started = ?",
+                (iso(now), iso(progress or now), self.job, host, pid, started))
             if chunks:
                 self.journal.executemany(
                     "UPDATE import_chunk SET lease_until = ? WHERE job = ? AND chunk = ? "
@@ -304,6 +356,49 @@ class JobStore:
                 self.journal.execute(
                     "UPDATE import_chunk SET state = 'done', lease_until = NULL, finished = ?, "
                     "message = ? WHERE job = ? AND chunk = ?", (iso(now), message, self.job, chunk))
+
+    # --- attempts and what they announced ---
+    def begin_attempt(self, attempt: str, chunk: int, host: str, pid: int,
+                      session_id: Optional[int], server_start: _dt.datetime) -> None:
+        """Journaled before the importer starts: whatever it creates falls in this span."""
+        self.journal.execute(
+            "INSERT INTO import_attempt (job, attempt, chunk, host, pid, session_id, server_start) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.job, attempt, chunk, host, pid, session_id, iso(server_start)))
+
+    def end_attempt(self, attempt: str, server_end: _dt.datetime, rc: Optional[int]) -> None:
+        self.journal.execute("UPDATE import_attempt SET server_end = ?, rc = ? WHERE job = ? "
+                             "AND attempt = ?", (iso(server_end), rc, self.job, attempt))
+
+    def announce(self, items: Sequence) -> None:
+        """(attempt, kind, object id): "fileset" (a result's Fileset) or "log" (IMPORT_STARTED's
+        import log OriginalFile)."""
+        self.journal.executemany(
+            "INSERT INTO import_announced (job, kind, object_id, attempt) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (job, kind, object_id) DO NOTHING",
+            [(self.job, kind, oid, attempt) for attempt, kind, oid in items])
+
+    def ownership(self, chunks: Iterable[int]) -> Ownership:
+        """The proofs for filesets of these chunks (results of schema 1 jobs count as announced)."""
+        wanted = sorted(set(chunks))
+        attempts, fids, logs = [], set(), set()
+        for start in range(0, len(wanted), 500):
+            page = wanted[start:start + 500]
+            marks = ",".join("?" * len(page))
+            attempts += [Attempt(a, c, sid, parse_iso(s), parse_iso(e)) for a, c, sid, s, e in
+                         self.journal.query(
+                             "SELECT attempt, chunk, session_id, server_start, server_end FROM "
+                             f"import_attempt WHERE job = ? AND chunk IN ({marks})",
+                             (self.job, *page))]
+            fids.update(r[0] for r in self.journal.query(
+                f"SELECT fileset_id FROM import_result WHERE job = ? AND chunk IN ({marks})",
+                (self.job, *page)))
+            for kind, oid in self.journal.query(
+                    "SELECT n.kind, n.object_id FROM import_announced n JOIN import_attempt a "
+                    "ON a.job = n.job AND a.attempt = n.attempt WHERE n.job = ? "
+                    f"AND a.chunk IN ({marks})", (self.job, *page)):
+                (fids if kind == "fileset" else logs).add(oid)
+        return Ownership(frozenset(fids), frozenset(logs), tuple(attempts))
 
     # --- results ---
     def add_results(self, results: Sequence) -> None:

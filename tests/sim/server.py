@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS GroupExperimenterMap (
     owner INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS Event (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, experimenter INTEGER,
-    experimenterGroup INTEGER, type TEXT NOT NULL);
+    experimenterGroup INTEGER, type TEXT NOT NULL, session INTEGER);
 CREATE TABLE IF NOT EXISTS EventLog (
     id INTEGER PRIMARY KEY AUTOINCREMENT, entityType TEXT NOT NULL, entityId INTEGER NOT NULL,
     action TEXT NOT NULL, event INTEGER NOT NULL);
@@ -308,10 +308,12 @@ class SimServer:
                              "WHERE key = 'round_trips'", (n,))
 
     # --- events --------------------------------------------------------------------------------
-    def _event(self, user_id: Optional[int], group_id: Optional[int], type_: str = "User") -> int:
+    def _event(self, user_id: Optional[int], group_id: Optional[int], type_: str = "User",
+               session: Optional[int] = None) -> int:
+        """An Event; `session` is the Session it happened in (Event.session, meta.ome.xml)."""
         return self._db.execute(
-            "INSERT INTO Event (time, experimenter, experimenterGroup, type) VALUES (?, ?, ?, ?)",
-            (_fmt(self.now()), user_id, group_id, type_)).lastrowid
+            "INSERT INTO Event (time, experimenter, experimenterGroup, type, session) "
+            "VALUES (?, ?, ?, ?, ?)", (_fmt(self.now()), user_id, group_id, type_, session)).lastrowid
 
     def _log(self, event: int, kind: str, ids: Iterable[int], action: str) -> None:
         self._db.executemany(
@@ -447,7 +449,8 @@ class SimServer:
                       thumbnails: bool = True, session: Optional[str] = None) -> int:
         """ManagedRepository.importFileset: every row exists before any byte is sent; an
         ImportProcess is registered in the importer's `session` (None: a new session of the
-        owner) and added to the process container. Returns the fileset id."""
+        owner) and added to the process container; the Fileset's creation Event happens in that
+        session (Event.session). Returns the fileset id."""
         if transfer not in TRANSFERS:
             raise ValueError("transfer must be one of %s" % (TRANSFERS,))
         if not files:
@@ -460,7 +463,9 @@ class SimServer:
             client_paths = [_db_text(client_path_of(f)) for f in files]
             prefix = self._template_prefix(owner, uid)
             rel_paths = [sanitize_repo_path(r) for r in _paths_below_common_root(client_paths)]
-            ev = self._event(uid, gid, "Import")
+            if session is None:
+                session = self.open_session(owner, group)
+            ev = self._event(uid, gid, "Import", self.session_number(session))
             fid = self._db.execute(
                 "INSERT INTO Fileset (templatePrefix, owner_id, group_id, creation_id) "
                 "VALUES (?, ?, ?, ?)", (prefix, uid, gid, ev)).lastrowid
@@ -505,8 +510,6 @@ class SimServer:
                 "spw, target_type, target_id, uploaded) VALUES (?, ?, 'ok', 0, ?, ?, ?, ?, 0)",
                 (fid, transfer, images, int(spw), target[0] if target else None,
                  target[1] if target else None))
-            if session is None:
-                session = self.open_session(owner, group)
             self._db.execute("INSERT INTO sim_process (fileset, session, group_id) VALUES (?, ?, ?)",
                              (fid, session, gid))
             return fid
@@ -766,6 +769,10 @@ class SimServer:
             "SELECT DISTINCT w.plate FROM Image i JOIN WellSample ws ON ws.image = i.id "
             "JOIN Well w ON w.id = ws.well WHERE i.fileset = ? ORDER BY w.plate", (fileset_id,))]
         return {"Plate": plates, "Image": images} if plates else {"Image": images}
+
+    def session_number(self, uuid: str) -> int:
+        """The id of the session `uuid` (EventContext.sessionId, Event.session): its row id."""
+        return self._db.execute("SELECT rowid FROM sim_session WHERE uuid = ?", (uuid,)).fetchone()[0]
 
     def open_session(self, user: str, group: Optional[str] = None) -> str:
         """A new session of `user` (a login): its uuid, the category of every servant it owns."""
@@ -1318,6 +1325,19 @@ class SimPort:
                 result[fid] = tuple(images.get(fid, ()))
         return result
 
+    def plates_of(self, fileset_ids: Iterable[int]) -> Mapping[int, tuple]:
+        self._check_open()
+        ids = list(fileset_ids)
+        self._server._count(_pages(len(ids)))
+        result: dict = {}
+        for page in self._readable_pages(ids):
+            for fid, plate in self._db.execute(
+                    "SELECT DISTINCT i.fileset, w.plate FROM WellSample ws JOIN Image i "
+                    "ON i.id = ws.image JOIN Well w ON w.id = ws.well WHERE i.fileset IN (%s) "
+                    "ORDER BY i.fileset, w.plate" % self._PAGE_IDS, (json.dumps(page),)):
+                result[fid] = result.get(fid, ()) + (plate,)
+        return result
+
     # --- files ---------------------------------------------------------------------------------
     def files_by_repo_paths(self, repo_paths: Sequence[str]) -> Mapping[str, tuple]:
         self._check_open()
@@ -1427,6 +1447,24 @@ class SimPort:
         """The simulated session: the fake importer joins it with `-k` (host and port unused)."""
         self._check_open()
         return ("sim", "4064", self._session)
+
+    def session_id(self) -> int:
+        """EventContext.sessionId of this port's session."""
+        self._check_open()
+        self._server._count(1)
+        return self._server.session_number(self._session)
+
+    def fileset_sessions(self, fileset_ids: Iterable[int]) -> Mapping[int, int]:
+        """Per readable fileset, the Session its creation Event happened in."""
+        self._check_open()
+        found = {}
+        for page in self._readable_pages(fileset_ids):
+            self._server._count(1)
+            found.update(self._db.execute(
+                "SELECT f.id, e.session FROM Fileset f JOIN Event e ON e.id = f.creation_id "
+                "WHERE f.id IN (%s) AND e.session IS NOT NULL" % self._PAGE_IDS,
+                (json.dumps(page),)))
+        return found
 
     def can_link(self, refs: Sequence[tuple]) -> Mapping[tuple, bool]:
         """Readable containers; linkable by admins, owners and read-write group members."""
