@@ -7,7 +7,7 @@ import os
 import pytest
 
 from omero_cli_ext.importing import plan, reconcile, results, store
-from omero_cli_ext.server import FilesetActivity, Job, RunningImport
+from omero_cli_ext.server import Fileset, FilesetActivity, ImportLog, Job
 
 LISTING = """Previously logged in to localhost:4064 as root
 ---
@@ -57,11 +57,6 @@ def test_bad_sizes_are_refused(text):
         plan.parse_size(text)
 
 
-def test_client_path_is_stored_without_leading_slash_and_undecodable_bytes_replaced():
-    assert plan.client_path("/data/x.fake") == "data/x.fake"
-    assert plan.client_path(os.fsdecode(b"/d/\xff.fake")) == "d/\ufffd.fake"
-
-
 def test_results_are_parsed_in_any_key_order_after_chatter():
     out = ["Previously logged in to x", "---", "- Fileset: 7", "  Plate: [3]",
            "  Image: [10,11]", "---", "- Fileset: 8", "  Image: [12]"]
@@ -87,11 +82,20 @@ def test_log_reader_finds_failures_with_their_exception_and_the_summary():
 
 # --- reconciliation ---------------------------------------------------------------------------
 
-class FakePort:
-    """The three calls reconcile makes, with counters (each is one batched server call)."""
+NOW = _dt.datetime(2024, 5, 1, 12, 0, tzinfo=_dt.timezone.utc)
+HOUR = _dt.timedelta(hours=1)
+SESSION, OTHER_SESSION, GROUP = 70, 71, 3
 
-    def __init__(self, by_path, activity, live=()):
-        self.by_path, self._activity, self.live = by_path, activity, live
+
+class FakePort:
+    """The batched calls reconcile makes, with a log of them."""
+
+    def __init__(self, by_path, activity, sessions=None, created=None, groups=None, logs=None,
+                 target=(), containers=None):
+        self.by_path, self._activity = by_path, activity
+        self.sessions, self.created = sessions or {}, created or {}
+        self.groups, self.logs, self.target = groups or {}, logs or {}, tuple(target)
+        self.containers = containers or {}
         self.calls, self.deleted = [], []
 
     def filesets_by_client_paths(self, paths, owner_id):
@@ -102,74 +106,160 @@ class FakePort:
         self.calls.append("activity")
         return {i: self._activity[i] for i in ids if i in self._activity}
 
-    def running_imports(self):
-        self.calls.append("running")
-        return [RunningImport(fileset_id=i) for i in self.live]
+    def filesets(self, ids, image_counts=True):
+        self.calls.append("filesets")
+        return {i: Fileset(id=i, template_prefix="u/", owner_id=9, owner_name="u",
+                           group_id=self.groups.get(i, GROUP), group_name="g",
+                           group_perms="rw----", created=self.created.get(i, NOW - HOUR))
+                for i in ids if i in self._activity}
+
+    def fileset_sessions(self, ids):
+        self.calls.append("sessions")
+        return {i: self.sessions[i] for i in ids if i in self.sessions}
+
+    def open_original_file(self, of_id):
+        self.calls.append("log")
+        data = self.logs.get(of_id, b"")
+
+        class Reader:
+            size = len(data)
+
+            def read(self, offset, length):
+                return data[offset:offset + length]
+
+            def close(self):
+                pass
+        return Reader()
+
+    def filesets_of(self, refs):
+        self.calls.append("target")
+        return {refs[0]: self.target}
+
+    def containers_of(self, ids):
+        self.calls.append("containers")
+        return {i: self.containers.get(i, ()) for i in ids}
 
     def delete_filesets(self, ids):
         self.calls.append("delete")
         self.deleted += list(ids)
 
 
-NOW = _dt.datetime(2024, 5, 1, 12, 0, tzinfo=_dt.timezone.utc)
-
-
-def act(fid, images=0, uploaded=True, last=None):
-    jobs = (Job(id=fid * 10, fileset_id=fid, kind="UploadJob",
-                status="Finished" if uploaded else "Running"),
+def act(fid, images=0, upload="Finished", last=None, verified_at=None):
+    jobs = (Job(id=fid * 10, fileset_id=fid, kind="UploadJob", status=upload,
+                finished=verified_at if upload == "Finished" else None),
             Job(id=fid * 10 + 1, fileset_id=fid, kind="MetadataImportJob", status="Submitted"))
-    return FilesetActivity(fileset_id=fid, jobs=jobs, image_count=images, last_event=last)
+    return FilesetActivity(fileset_id=fid, jobs=jobs, image_count=images, last_event=last,
+                           log=ImportLog(fileset_id=fid, original_file_id=1000 + fid, size=0))
 
 
-def fs(idx, *files):
-    return store.PlannedFileset(idx=idx, main=files[0], files=files, size=1)
+def fs(idx, *files, chunk=0):
+    return store.PlannedFileset(idx=idx, main=files[0], files=files, size=1, chunk=chunk)
 
 
-def scenario():
-    doubtful = [fs(0, "/d/done.fake"), fs(1, "/d/half.fake"), fs(2, "/d/ghost.fake"),
-                fs(3, "/d/none.fake"), fs(4, "/d/foreign.fake"), fs(5, "/d/busy.fake"),
-                fs(6, "/d/multi.fake", "/d/multi.fake.ini")]
-    by_path = {"d/done.fake": (1,), "d/half.fake": (2,), "d/ghost.fake": (3,),
-               "d/foreign.fake": (4,), "d/busy.fake": (5,),
-               "d/multi.fake": (6, 7), "d/multi.fake.ini": (7,)}
-    activity = {1: act(1, images=2), 2: act(2, uploaded=False), 3: act(3), 4: act(4),
-                5: act(5, last=NOW - _dt.timedelta(seconds=30)), 6: act(6), 7: act(7, images=1)}
-    return doubtful, FakePort(by_path, activity, live=(5,))
+ATTEMPT = store.Attempt("0.1", 0, SESSION, NOW - 2 * HOUR, NOW - 30 * 60 * _dt.timedelta(seconds=1))
+OURS = store.Ownership(attempts=(ATTEMPT,))
 
 
-def test_reconcile_with_clean_ghosts_deletes_only_this_jobs_ghosts_in_one_batch():
-    doubtful, port = scenario()
-    decision = reconcile.reconcile(port, 9, doubtful, foreign={4}, clean_ghosts=True,
-                                   raw_results={1: ((11, 12), ())}, now=NOW)
-    assert [d[:4] for d in decision.done] == [(0, 1, (11, 12), ()), (6, 7, None, None)]
-    assert sorted(decision.replan) == [1, 2, 3, 4]
-    assert decision.waiting == [5]
-    # never 4 (foreign), 5 (still importing) or 6 (lacks one of the fileset's files)
-    assert port.deleted == [2, 3]
-    assert port.calls == ["paths", "activity", "running", "delete"]
+def decide(port, doubtful, ownership=OURS, **kwargs):
+    kwargs.setdefault("clean_ghosts", True)
+    return reconcile.reconcile(port, 9, GROUP, doubtful, ownership=ownership, server_now=NOW,
+                               limits=reconcile.Limits(lease=600, server_step_timeout=12 * 3600),
+                               target_filesets=lambda: set(port.filesets_of([("Dataset", 5)])[
+                                   ("Dataset", 5)]), **kwargs)
 
 
-def test_reconcile_without_clean_ghosts_reports_and_deletes_nothing():
-    doubtful, port = scenario()
-    decision = reconcile.reconcile(port, 9, doubtful, foreign={4}, clean_ghosts=False, now=NOW)
-    assert sorted(idx for idx, _ in decision.blocked) == [1, 2]
-    assert sorted(fid for fid, _ in decision.ghosts_left) == [2, 3]
-    assert sorted(decision.replan) == [3, 4]
+def test_only_filesets_proven_ours_and_proven_dead_are_deleted_in_one_batch():
+    quiet = NOW - HOUR
+    doubtful = [fs(i, f"/d/{i}.fake") for i in range(8)]
+    by_path = {f"d/{i}.fake": (10 + i,) for i in range(8)}
+    activity = {
+        10: act(10, images=2, last=quiet),                        # ours, complete
+        11: act(11, upload="Running", last=quiet),                 # ours, upload dead (lease)
+        12: act(12, upload="Running", last=NOW - _dt.timedelta(seconds=60)),  # ours, uploading
+        13: act(13, last=quiet, verified_at=quiet),                # ours, metadata step (1 h)
+        14: act(14, last=quiet, verified_at=quiet),                # ours, log has an ERROR
+        15: act(15, upload="Running", last=quiet),                 # other session: foreign
+        16: act(16, upload="Error", last=quiet),                   # ours, UploadJob Error
+        17: act(17, last=NOW - 13 * HOUR, verified_at=NOW - 13 * HOUR),  # ours, step timed out
+    }
+    sessions = {fid: SESSION for fid in activity}
+    sessions[15] = OTHER_SESSION
+    port = FakePort(by_path, activity, sessions=sessions, created={17: NOW - 14 * HOUR + HOUR},
+                    logs={1014: b"2024-05-01 10:00:00,000 ERROR [ome.services.blitz.repo."
+                                b"ManagedImportRequestI] Failure response on import!\n"})
+    # fileset 17 was created before the attempt's span: the attempt must cover it to own it
+    ownership = store.Ownership(attempts=(ATTEMPT, store.Attempt(
+        "0.0", 0, SESSION, NOW - 15 * HOUR, NOW - 13 * HOUR)))
+    decision = decide(port, doubtful, ownership)
+    assert [d[:2] for d in decision.done] == [(0, 10)]
+    assert sorted(port.deleted) == [11, 14, 16, 17]
+    assert [idx for idx, _ in decision.waiting] == [2, 3]
+    assert "still processing" in dict(decision.waiting)[3]
+    assert [(idx, fid) for idx, fid, _, _ in decision.foreign] == [(5, 15)]
+    assert sorted(decision.replan) == [1, 4, 5, 6, 7]
+    assert port.calls.count("delete") == 1
+
+
+def test_without_clean_ghosts_nothing_is_deleted_and_the_reason_is_given():
+    port = FakePort({"d/a.fake": (11,)}, {11: act(11, upload="Running", last=NOW - HOUR)},
+                    sessions={11: SESSION})
+    decision = decide(port, [fs(0, "/d/a.fake")], clean_ghosts=False)
     assert port.deleted == [] and "delete" not in port.calls
+    assert decision.blocked == [(0, (11,), decision.blocked[0][2])]
+    assert "never verified" in decision.blocked[0][2]
 
 
-def test_reconcile_after_a_clean_importer_exit_fails_silent_filesets_and_accepts_excluded_ones():
-    doubtful = [fs(0, "/d/gone.fake"), fs(1, "/d/old.fake"), fs(2, "/d/bad.fake")]
-    port = FakePort({"d/old.fake": (4,), "d/bad.fake": (5,)}, {4: act(4, images=1), 5: act(5)})
-    decision = reconcile.reconcile(port, 9, doubtful, foreign={4}, clean_ghosts=True, final=True,
-                                   reported={2: "INTERNAL_EXCEPTION"}, now=NOW)
-    assert decision.failed[0] == (0, "the importer reported no result for it")
-    assert decision.done[0][:2] == (1, 4) and "before this job" in decision.done[0][4]
-    assert decision.failed[1][0] == 2 and "ghost fileset 5 deleted" in decision.failed[1][1]
+@pytest.mark.parametrize("why, ownership, sessions, groups, created", [
+    ("other session", OURS, {11: OTHER_SESSION}, {}, {}),
+    ("before the attempt", OURS, {11: SESSION}, {}, {11: NOW - 3 * HOUR}),
+    ("after the attempt ended", OURS, {11: SESSION}, {}, {11: NOW - 10 * 60 * _dt.timedelta(seconds=1)}),
+    ("other group", OURS, {11: SESSION}, {11: GROUP + 1}, {}),
+    ("attempt of another chunk", store.Ownership(attempts=(store.Attempt(
+        "1.1", 1, SESSION, NOW - 2 * HOUR, None),)), {11: SESSION}, {}, {}),
+])
+def test_a_dead_looking_fileset_not_proven_ours_is_foreign_and_never_deleted(
+        why, ownership, sessions, groups, created):
+    port = FakePort({"d/a.fake": (11,)}, {11: act(11, upload="Running", last=NOW - 5 * HOUR)},
+                    sessions=sessions, groups=groups, created=created)
+    decision = decide(port, [fs(0, "/d/a.fake")], ownership)
+    assert port.deleted == [], why
+    assert [fid for _, fid, _, _ in decision.foreign] == [11]
+    assert decision.replan == [0]
+
+
+def test_announced_filesets_and_import_logs_prove_ownership_without_a_session():
+    port = FakePort({"d/a.fake": (11,), "d/b.fake": (12,)},
+                    {11: act(11, last=NOW - 13 * HOUR, verified_at=NOW - 13 * HOUR),
+                     12: act(12, images=1)})
+    ownership = store.Ownership(filesets=frozenset({12}), logs=frozenset({1011}))
+    decision = decide(port, [fs(0, "/d/a.fake"), fs(1, "/d/b.fake")], ownership)
+    assert port.deleted == [11]
+    assert [d[:2] for d in decision.done] == [(1, 12)]
+
+
+def test_a_complete_foreign_fileset_is_done_only_when_in_the_target():
+    activity = {11: act(11, images=1), 12: act(12, images=1)}
+    port = FakePort({"d/a.fake": (11,), "d/b.fake": (12,)}, activity,
+                    sessions={11: OTHER_SESSION, 12: OTHER_SESSION}, target=(11,),
+                    containers={12: ("Project", "P", "Dataset", "elsewhere")})
+    decision = decide(port, [fs(0, "/d/a.fake"), fs(1, "/d/b.fake")], final=True)
+    assert [d[:2] for d in decision.done] == [(0, 11)]
+    assert "another client" in decision.done[0][4]
+    assert decision.failed == [(1, "the importer reported no result for it")]
+    assert (1, 12, True, ("Project", "P", "Dataset", "elsewhere")) in decision.foreign
+    assert port.deleted == []
+
+
+def test_after_a_clean_exit_a_reported_failure_names_its_deleted_ghost():
+    port = FakePort({"d/bad.fake": (5,)}, {5: act(5, last=NOW - HOUR, verified_at=NOW - HOUR)},
+                    sessions={5: SESSION}, logs={1005: b"x ERROR y\n"})
+    decision = decide(port, [fs(0, "/d/bad.fake")], final=True,
+                      reported={0: "INTERNAL_EXCEPTION"})
+    assert decision.failed[0][0] == 0 and "ghost fileset 5 deleted" in decision.failed[0][1]
     assert port.deleted == [5]
 
 
 def test_nothing_in_doubt_asks_the_server_nothing():
     port = FakePort({}, {})
-    assert reconcile.reconcile(port, 9, [], foreign=set(), clean_ghosts=True).replan == []
+    assert decide(port, []).replan == []
     assert port.calls == []

@@ -20,7 +20,8 @@ command. See docs/import.md.
 
 # argparse dests that only mean something with --resume (never passed to the Java importer)
 RESUME_ONLY = ("job", "journal", "chunk_size", "chunk_bytes", "workers", "retries",
-               "clean_ghosts", "dry_run", "json", "lease")
+               "clean_ghosts", "dry_run", "json", "lease", "importer_timeout",
+               "server_step_timeout", "results", "retry_failed", "rescan")
 
 
 class ImportControl(BuiltinImportControl):
@@ -41,6 +42,14 @@ class ImportControl(BuiltinImportControl):
                 flags = ", ".join("--" + name.replace("_", "-") for name in given)
                 self.ctx.die(2, f"{flags} only apply to resumable imports: add --resume")
             return self.importer(args)
+        if getattr(args, "fetch_jars", None) or getattr(args, "advanced_help", False) \
+                or getattr(args, "javahelp", False):
+            # the built-in's own actions (download jars, print the Java help) run as without --resume
+            import argparse
+            plain = argparse.Namespace(**vars(args))
+            for name in ("resume",) + RESUME_ONLY:
+                setattr(plain, name, None)
+            return self.importer(plain)
         from omero_cli_ext.cli.import_resume import run_resume
         return run_resume(self, args)
 
@@ -65,9 +74,23 @@ def add_resume_arguments(group) -> None:
     group.add_argument("--retries", type=int, metavar="N",
                        help="retries of a chunk after a transient failure, with exponential backoff (default 3)")
     group.add_argument("--clean-ghosts", action="store_true",
-                       help="on resume, delete this job's half-uploaded or image-less filesets and re-import them")
+                       help="on resume, delete the filesets proven to be this job's and proven dead "
+                            "(see docs/import.md) and re-import them; other filesets are never deleted")
     group.add_argument("--lease", type=positive_int, metavar="SECONDS",
-                       help="shared journals: a chunk claim expires after this long without a heartbeat (default 600)")
+                       help="a chunk claim expires after this long without a heartbeat, and a half-uploaded "
+                            "fileset of this job with no upload progress for this long is dead (default 600)")
+    group.add_argument("--importer-timeout", metavar="DURATION",
+                       help="kill and retry an importer with no output line and no upload byte for this long "
+                            "(default 1h; e.g. 900, 30m, 2h)")
+    group.add_argument("--server-step-timeout", metavar="DURATION",
+                       help="an uploaded fileset of this job with no images is still being imported by the "
+                            "server until this long after its last sign of life (default 12h)")
+    group.add_argument("--results", action="store_true",
+                       help="re-print the results of a job (one line per fileset with its ids) and exit")
+    group.add_argument("--retry-failed", action="store_true",
+                       help="plan the job's failed filesets again and import them")
+    group.add_argument("--rescan", action="store_true",
+                       help="list the job's paths again and add files that appeared since the plan")
     add_dry_run_argument(group)
     add_json_argument(group)
 

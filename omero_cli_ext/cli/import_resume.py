@@ -13,10 +13,11 @@ import threading
 
 from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_PERMISSION, open_port, output_for, server_errors
 from omero_cli_ext.cli.import_ext import RESUME_ONLY
-from omero_cli_ext.importing import progress, store
+from omero_cli_ext.importing import identity, progress, store
 from omero_cli_ext.importing.driver import Driver, Settings
 from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, chunk_filesets,
-                                          client_path, file_sizes, parse_groups, parse_size)
+                                          file_sizes, parse_duration, parse_groups, parse_size)
+from omero_cli_ext.pathrules import client_path
 from omero_cli_ext.journal import (JournalCorrupt, JournalError, JournalIntegrityError,
                                    JournalLocked, open_journal)
 from omero_cli_ext.output import printable
@@ -35,10 +36,14 @@ EXIT_JOURNAL_CORRUPT = 15   # the journal file is not a journal
 EXIT_JOURNAL = 16           # the journal cannot be opened (PostgreSQL unreachable, no access, ...)
 EXIT_NO_IMPORTER = 17       # no Java or no importer jars
 EXIT_IMPORTER_FAILED = 18   # the importer could not list the files (-f failed otherwise)
+EXIT_IDENTITY = 19          # the job belongs to another server, user or group
 
 DEFAULT_CHUNK_SIZE = 50
 DEFAULT_RETRIES = 3
 DEFAULT_LEASE = 600
+DEFAULT_IMPORTER_TIMEOUT = 3600        # seconds without an importer line or upload byte
+DEFAULT_SERVER_STEP_TIMEOUT = 12 * 3600
+MAX_WORKERS = 32
 
 
 class _Session:
@@ -110,7 +115,7 @@ def java_launch(control, args):
     from omero.cli import NonZeroReturnCode
     from omero.util.temp_files import gettempdir
 
-    from omero_cli_ext.importing.importer import JavaLaunch
+    from omero_cli_ext.importing.importer import JAVA_UTF8, JavaLaunch
 
     fetch = "run `omero import --fetch-jars latest` (or pass --clientdir DIR)"
     try:
@@ -121,7 +126,7 @@ def java_launch(control, args):
         return JavaLaunch(problem=f"no OMERO.java importer jars found: {fetch}")
     if shutil.which("java") is None:
         return JavaLaunch(problem="no `java` on PATH: install a Java runtime (11 or later)")
-    xargs = [logback, "-Djava.io.tmpdir=%s" % gettempdir(), "-Xmx1024M",
+    xargs = [logback, "-Djava.io.tmpdir=%s" % gettempdir(), "-Xmx1024M", *JAVA_UTF8,
              "-cp", os.pathsep.join(str(p) for p in classpath),
              "-Domero.import.depth=%s" % args.depth]
     return JavaLaunch(prefix=tuple(omero.java.cmd(list(control.COMMAND), xargs=xargs)))
@@ -142,7 +147,24 @@ def run_resume(control, args) -> None:
     exists = _journal_exists(location)
     if not paths and not exists:
         ctx.die(EXIT_UNKNOWN_JOB, _unknown_job(job, location))
+    if args.results:
+        if not exists:
+            ctx.die(EXIT_UNKNOWN_JOB, _unknown_job(job, location))
+        with _journal_errors(ctx):
+            journal = _open(ctx, location)
+            try:
+                ctx.rv = _report(ctx, out, journal, job, args)
+            finally:
+                journal.close()
+        return
     java = java_launch(control, args)
+    if args.dry_run and target and not exists:
+        port = open_port(ctx, args)
+        try:
+            with server_errors(ctx):
+                _check_target(ctx, port, target)
+        finally:
+            port.close()
     if args.dry_run:
         if exists:
             with _journal_errors(ctx):
@@ -200,7 +222,10 @@ class _JobRun:
             job, paths, target, chunk_bytes, java
         self.user = port.current_user()
         self.login = port.session_login()
-        self.options = _importer_options(control, args, self.login) if paths else None
+        self.options = _importer_options(control, args, self.login)
+        self.identity = identity.make_identity(
+            self.login[0], self.login[1], port.repository().uuid, self.user.id, self.user.name,
+            self.user.group_id, self.user.group_name, paths, target, self.options)
         self.plan = None
 
     def prepare(self) -> None:
@@ -216,41 +241,70 @@ class _JobRun:
         if record is None and not paths:
             ctx.die(EXIT_UNKNOWN_JOB, _unknown_job(job, journal.location, store.job_names(journal)
                                                    if _has_import_schema(journal) else []))
-        if record is not None and paths and (sorted(record.paths) != sorted(paths)
-                                             or record.target != (target or "")):
-            ctx.die(EXIT_PLAN_MISMATCH,
-                    f"job {job} was planned for {' '.join(map(printable, record.paths))}"
-                    f"{' into ' + record.target if record.target else ''}; this command names "
-                    f"{' '.join(map(printable, paths))}"
-                    f"{' into ' + target if target else ''}. Rerun with the job's paths and "
-                    f"target, resume it with --job {job} alone, or start another job with "
-                    "--job NEW_NAME")
+        if record is not None:
+            self._check_identity(journal, record)
         if record is None:
             if self.plan is None:
                 self.prepare()
             try:
                 record = _create_job(journal, job, self.user, paths, target, self.options,
-                                     self.plan, self.args, self.port)
+                                     self.plan, self.args, self.port, self.identity)
             except JournalIntegrityError:     # another host planned the shared job first
                 return self.run(journal)
             self.out.info(f"job {job}: {record.filesets} filesets, {_human(record.bytes)} in "
                           f"{record.chunks} chunks (journal {journal.location})")
         self.out.emit("job", job=job, journal=journal.location, filesets=record.filesets,
                       bytes=record.bytes, chunks=record.chunks)
-        options = self.options if self.options is not None else list(record.options)
+        jobs = store.JobStore(journal, job)
+        if self.args.retry_failed:
+            again = jobs.retry_failed()
+            self.out.info(f"job {job}: {again} failed filesets planned again (--retry-failed)")
         login = ["-s", str(self.login[0]), "-p", str(self.login[1]), "-k", str(self.login[2])]
-        return _drive(self.ctx, self.args, self.out, store.JobStore(journal, job), self.port,
-                      self.user, self.java, login + options, record)
+        return _drive(self.ctx, self.args, self.out, jobs, self.port, self.user, self.java,
+                      login + list(record.options), record)
+
+    def _check_identity(self, journal, record) -> None:
+        """Refuse to continue a job for another server, user, group, paths, target or importer
+        options (nothing may be reported done that was not imported for this identity)."""
+        ctx, job = self.ctx, self.job
+        bound = record.identity
+        if bound is None:       # planned before identities were recorded: bind it now
+            bound = dict(self.identity, paths=sorted(record.paths), target=record.target,
+                         options=identity.result_options(record.options))
+            if record.owner_id != self.user.id:
+                bound["user"] = {"id": record.owner_id, "name": record.user_name}
+            store.JobStore(journal, job).bind_identity(bound)
+        why = identity.server_mismatch(bound, self.identity)
+        if why:
+            ctx.die(EXIT_IDENTITY, f"job {job} cannot be continued here: {why}. Start a separate "
+                                   f"job with --job NEW_NAME (and the paths), or continue it as "
+                                   f"{identity.describe(bound)}")
+        given_options = self.options if (self.paths or identity.result_options(self.options)) \
+            else None
+        why = identity.plan_mismatch(bound, self.paths, self.target if (self.paths or self.target)
+                                     else None, given_options)
+        if why:
+            ctx.die(EXIT_PLAN_MISMATCH,
+                    f"job {job} differs from this command: {why}. Rerun with the job's paths, "
+                    f"target and importer options, resume it with --job {job} alone, or start "
+                    "a separate job with --job NEW_NAME")
 
 
 def _drive(ctx, args, out, jobs, port, user, java, options, record) -> int:
     from omero_cli_ext.importing import importer
     from omero_cli_ext.workers import die_with_parent
 
+    target = record.identity["target"] if record.identity else record.target
+    kind, target_id, _ = identity.parse_target(target) if target else (None, None, None)
     settings = Settings(workers=args.workers or 1,
                         retries=DEFAULT_RETRIES if args.retries is None else max(0, args.retries),
                         lease_seconds=float(args.lease or DEFAULT_LEASE),
-                        clean_ghosts=bool(args.clean_ghosts))
+                        clean_ghosts=bool(args.clean_ghosts),
+                        importer_timeout=float(args.importer_timeout or DEFAULT_IMPORTER_TIMEOUT),
+                        server_step_timeout=float(args.server_step_timeout
+                                                  or DEFAULT_SERVER_STEP_TIMEOUT),
+                        group_id=user.group_id,
+                        target=(kind, target_id) if target_id is not None else None)
     run_options = [o for o in options if not o.startswith("--output")]
     if "-c" not in run_options:
         run_options.append("-c")
@@ -259,12 +313,14 @@ def _drive(ctx, args, out, jobs, port, user, java, options, record) -> int:
     def launch(filesets):
         return importer.spawn([*run_options, *(fs.main for fs in filesets)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, java=java,
-                              preexec_fn=die_with_parent())
+                              env=importer.utf8_environment(), preexec_fn=die_with_parent())
 
     counts = jobs.counts()
     done_before = counts.get("done", (0, 0))
     view = _View(out, jobs.job, record, done_before)
-    driver = Driver(jobs, port, user.id, launch, settings, view.report)
+    driver = Driver(jobs, port, user.id, launch, settings, view.report,
+                    session_id=port.session_id())
+    view.on_closed = driver.stop
     previous = signal.signal(signal.SIGTERM, lambda *_: driver.stop()) \
         if threading.current_thread() is threading.main_thread() else None
     try:
@@ -273,7 +329,23 @@ def _drive(ctx, args, out, jobs, port, user, java, options, record) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return _conclude(out, jobs, summary, args, record)
+    try:
+        return _conclude(out, jobs, summary, args, record)
+    except BrokenPipeError:
+        _drop_stdout(out)
+        return _conclude(out, jobs, summary, args, record)
+
+
+def _job_exit_code(counts, interrupted: bool, ghosts_left: int) -> int:
+    def n(*states):
+        return sum(counts.get(s, (0, 0))[0] for s in states)
+    if interrupted or n("planned", "running"):
+        return EXIT_INTERRUPTED
+    if n("ghost") or ghosts_left:
+        return EXIT_GHOSTS
+    if n("failed"):
+        return EXIT_FAILED_FILESETS
+    return 0
 
 
 def _conclude(out, jobs, summary, args, record) -> int:
@@ -285,21 +357,20 @@ def _conclude(out, jobs, summary, args, record) -> int:
     remaining, failed, ghosts = n("planned", "running"), n("failed"), n("ghost")
     ghosts_left = len(jobs.ghosts("left")) if not args.clean_ghosts else 0
     rerun = _rerun_command(args, jobs)
-    if summary.interrupted or remaining:
-        rc = EXIT_INTERRUPTED
-    elif ghosts or ghosts_left:
-        rc = EXIT_GHOSTS
-    elif failed:
-        rc = EXIT_FAILED_FILESETS
-    else:
-        rc = 0
+    rc = _job_exit_code(counts, summary.interrupted, ghosts_left)
+    foreign = [{"path_index": idx, "fileset": fid, "complete": complete,
+                "containers": list(containers)} for idx, fid, complete, containers
+               in summary.foreign]
     out.emit("summary", job=jobs.job, journal=jobs.journal.location,
              filesets_total=record.filesets, done=n("done"), failed=failed, ghosts=ghosts,
              remaining=remaining, bytes_total=record.bytes,
              bytes_done=counts.get("done", (0, 0))[1],
              imported_this_run=summary.imported, retried=summary.retried,
+             importers_timed_out=summary.timed_out,
              deleted_ghosts=summary.deleted_ghosts, ghosts_left=summary.ghosts_left,
              duplicates=[{"path_index": i, "filesets": list(ids)} for i, ids in summary.duplicates],
+             foreign=foreign,
+             server_processing=[{"path_index": i, "reason": r} for i, r in summary.waiting],
              exit_code=rc, rerun=rerun if rc in (EXIT_INTERRUPTED, EXIT_GHOSTS) else None)
     out.info(f"job {jobs.job}: {n('done')}/{record.filesets} filesets done, {failed} failed, "
              f"{ghosts} waiting for --clean-ghosts, {remaining} remaining")
@@ -309,14 +380,42 @@ def _conclude(out, jobs, summary, args, record) -> int:
     if summary.deleted_ghosts:
         out.info("deleted ghost filesets of this job: "
                  + ", ".join(map(str, summary.deleted_ghosts)))
+    if summary.waiting:
+        out.warn(f"{len(summary.waiting)} filesets may still be being imported by the server "
+                 f"(first: {summary.waiting[0][1]}); rerun later")
     if rc == EXIT_INTERRUPTED:
         out.warn(f"job {jobs.job} is not finished; rerun to resume:\n  {rerun}")
     elif rc == EXIT_GHOSTS:
         out.warn(f"job {jobs.job} left ghost filesets on the server; delete them and re-import "
                  f"with:\n  {rerun if args.clean_ghosts else rerun + ' --clean-ghosts'}")
     elif rc == EXIT_FAILED_FILESETS:
-        out.warn(f"job {jobs.job}: {failed} filesets failed (the importer's messages are in the "
-                 "journal; --json lists them)")
+        out.warn(f"job {jobs.job}: {failed} filesets failed (`--results --json` lists them; "
+                 "`--retry-failed` imports them again)")
+    return rc
+
+
+def _report(ctx, out, journal, job, args) -> int:
+    """--results: one line per settled fileset of the job (ids included) and the summary, from
+    the journal alone (no server, no importer)."""
+    record = _existing_job(journal, job)
+    if record is None:
+        ctx.die(EXIT_UNKNOWN_JOB, _unknown_job(job, journal.location, store.job_names(journal)
+                                               if _has_import_schema(journal) else []))
+    jobs = store.JobStore(journal, job)
+    view = _View(out, job, record, (0, 0))
+    for row in jobs.settled():
+        view.report("fileset", **row)
+    counts = jobs.counts()
+    rc = _job_exit_code(counts, False, len(jobs.ghosts("left")))
+
+    def n(*states):
+        return sum(counts.get(s, (0, 0))[0] for s in states)
+    out.emit("summary", job=job, journal=journal.location, filesets_total=record.filesets,
+             done=n("done"), failed=n("failed"), ghosts=n("ghost"),
+             remaining=n("planned", "running"), bytes_total=record.bytes,
+             bytes_done=counts.get("done", (0, 0))[1], exit_code=rc, report=True)
+    out.info(f"job {job}: {n('done')}/{record.filesets} filesets done, {n('failed')} failed, "
+             f"{n('ghost')} ghosts, {n('planned', 'running')} remaining")
     return rc
 
 
@@ -325,9 +424,10 @@ def _rerun_command(args, jobs) -> str:
     if args.journal:
         parts += ["--journal", args.journal]
     for flag, value in (("--workers", args.workers), ("--retries", args.retries),
-                        ("--lease", args.lease)):
+                        ("--lease", args.lease), ("--importer-timeout", args.importer_timeout),
+                        ("--server-step-timeout", args.server_step_timeout)):
         if value is not None:
-            parts += [flag, str(value)]
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     if args.clean_ghosts:
         parts.append("--clean-ghosts")
     return shlex.join(parts)
@@ -335,7 +435,8 @@ def _rerun_command(args, jobs) -> str:
 
 class _View:
     """Driver reports rendered: a rich bar (filesets, bytes, rate, ETA) on a TTY, plain lines
-    otherwise, one JSON object per fileset with --json."""
+    otherwise, one JSON object per fileset with --json. A closed stdout (`| head`) stops the
+    job like Ctrl-C (`on_closed`); the rest of the output is dropped."""
 
     def __init__(self, out, job, record, done_before):
         self.out = out
@@ -345,6 +446,7 @@ class _View:
         self.failed = 0
         self._bar = None
         self._done_bytes = done_before[1]
+        self.on_closed = lambda: None
 
     @contextlib.contextmanager
     def progress(self):
@@ -358,6 +460,13 @@ class _View:
                 + (f", {self.failed} failed" if self.failed else ""))
 
     def report(self, kind, **fields) -> None:
+        try:
+            self._report(kind, **fields)
+        except BrokenPipeError:
+            _drop_stdout(self.out)
+            self.on_closed()
+
+    def _report(self, kind, **fields) -> None:
         out = self.out
         if kind == "fileset":
             state = fields["state"]
@@ -379,14 +488,36 @@ class _View:
             if self._bar is not None:
                 self._bar.advance(fields["size"])
                 self._bar.update(description=self._describe())
-        elif kind == "retry":
-            out.warn(f"chunk {fields['chunk']}: {fields['reason']}; retry {fields['attempt']} in "
+        elif kind == "foreign":
+            where = " / ".join(map(str, fields["containers"])) or "no container"
+            out.emit("foreign", job=self.job, index=fields["idx"], path=fields["main"],
+                     fileset=fields["fileset_id"], complete=fields["complete"],
+                     containers=fields["containers"])
+            out.warn(f"foreign: Fileset {fields['fileset_id']} ({where}, "
+                     f"{'complete' if fields['complete'] else 'incomplete'}) uses "
+                     f"{printable(fields['main'])} but was not created by this job: left alone")
+        elif kind in ("retry", "wait"):
+            out.warn(f"chunk {fields['chunk']}: {fields['reason']}; "
+                     f"{'retry' if kind == 'retry' else 'look again'} {fields['attempt']} in "
                      f"{fields['delay']:.0f} s")
         elif kind == "gave_up":
             out.warn(f"chunk {fields['chunk']}: {fields['reason']}; giving up for this run")
         elif kind == "chunk" and out.mode == "plain":
             out.info(f"chunk {fields['chunk']}: importing {fields['filesets']} filesets "
                      f"(attempt {fields['attempt']})")
+
+
+def _drop_stdout(out) -> None:
+    """stdout's reader is gone: send the rest to /dev/null (no second BrokenPipeError, none at
+    interpreter exit either)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, out.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    finally:
+        os.close(devnull)
+    out._stdout = open(os.devnull, "w")
 
 
 # --- checks and planning -----------------------------------------------------------------------
@@ -410,6 +541,20 @@ def _check_arguments(ctx, args):
             ctx.die(EXIT_BAD_INPUT, f"--chunk-bytes: {err}")
     if args.retries is not None and args.retries < 0:
         ctx.die(EXIT_BAD_INPUT, f"--retries must be 0 or more, got {args.retries}")
+    if args.workers is not None and args.workers > MAX_WORKERS:
+        ctx.die(EXIT_BAD_INPUT, f"--workers {args.workers} is more than {MAX_WORKERS}: each "
+                                "worker is a JVM and a database connection on the server; 1-4 "
+                                "is usually fastest (docs/import.md, Chunking advice)")
+    for flag in ("importer_timeout", "server_step_timeout"):
+        value = getattr(args, flag)
+        if value is not None:
+            try:
+                setattr(args, flag, parse_duration(value))
+            except ValueError as err:
+                ctx.die(EXIT_BAD_INPUT, f"--{flag.replace('_', '-')}: {err}")
+    if args.results and (args.retry_failed or args.rescan or args.clean_ghosts or args.dry_run):
+        ctx.die(EXIT_BAD_INPUT, "--results only re-prints a job's results: it combines with "
+                                "--job, --journal and --json, not with options that change it")
     paths = []
     for given in args.path or []:
         path = os.path.abspath(given)
@@ -418,7 +563,13 @@ def _check_arguments(ctx, args):
         if not os.access(path, os.R_OK) or (os.path.isdir(path) and not os.access(path, os.X_OK)):
             ctx.die(EXIT_BAD_INPUT, f"cannot read {printable(given)} (permission denied)")
         paths.append(path)
-    return paths, _target(ctx, args), chunk_bytes
+    target = _target(ctx, args)
+    if target:
+        try:
+            identity.parse_target(target)
+        except ValueError as err:
+            ctx.die(EXIT_BAD_INPUT, str(err))
+    return paths, target, chunk_bytes
 
 
 def _target(ctx, args) -> str:
@@ -436,13 +587,9 @@ def _check_target(ctx, port, target: str) -> None:
     """An id target must exist and be linkable by the user (a name target is created on demand)."""
     if not target:
         return
-    parts = target.split(":")
-    if len(parts) == 2 or (len(parts) == 3 and parts[1] == "id"):
-        kind, ident = parts[0], parts[-1]
-        if kind not in ("Dataset", "Screen", "Project", "Plate") or not ident.isdigit():
-            ctx.die(EXIT_BAD_INPUT, f"not an import target: {target} (use Dataset:ID, "
-                                    "Screen:ID or Dataset:name:NAME)")
-        ref = (kind, int(ident))
+    kind, ident, _ = identity.parse_target(target)
+    if ident is not None:
+        ref = (kind, ident)
         linkable = port.can_link([ref])
         if ref not in linkable:
             ctx.die(EXIT_NOT_FOUND, f"target {kind}:{ident} not found (or not readable by you)")
@@ -479,7 +626,7 @@ def _plan(ctx, paths, java, chunk_size, chunk_bytes, options):
     return chunk_filesets(groups, sizes, chunk_size, chunk_bytes)
 
 
-def _create_job(journal, job, user, paths, target, options, plan, args, port):
+def _create_job(journal, job, user, paths, target, options, plan, args, port, ident):
     """Record the plan, with the filesets that already use these paths (never this job's)."""
     mains = sorted({client_path(fs.main) for fs in plan})
     existing = port.filesets_by_client_paths(mains, user.id)
@@ -491,7 +638,7 @@ def _create_job(journal, job, user, paths, target, options, plan, args, port):
         chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE,
         chunk_bytes=parse_size(args.chunk_bytes) if args.chunk_bytes else None,
         filesets=len(plan), bytes=sum(fs.size for fs in plan),
-        chunks=len({fs.chunk for fs in plan}))
+        chunks=len({fs.chunk for fs in plan}), identity=ident)
     store.ensure_schema(journal)
     store.JobStore(journal, job).create(record, plan, foreign)
     return record

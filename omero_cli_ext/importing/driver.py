@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 from omero_cli_ext.fsops import process_alive
 from omero_cli_ext.importing import store
-from omero_cli_ext.importing.plan import client_path
+from omero_cli_ext.pathrules import client_path
 from omero_cli_ext.importing.reconcile import Decision, Limits, reconcile
 from omero_cli_ext.importing.results import LogReader, parse_results
 

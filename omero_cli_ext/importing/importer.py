@@ -5,6 +5,8 @@ starts the simulated server's fake importer with the same CommandLineImporter ar
 """
 from __future__ import annotations
 
+import codecs
+import os
 import subprocess
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -22,6 +24,25 @@ class JavaLaunch:
     (omero.java.cmd with its JVM options and START_CLASS), or the `problem` that prevents it."""
     prefix: tuple = ()
     problem: str = ""
+
+
+# JVM options that make it read and print file names as UTF-8 (with a UTF-8 locale, below)
+JAVA_UTF8 = ("-Dfile.encoding=UTF-8", "-Dsun.jnu.encoding=UTF-8")
+
+
+def utf8_environment(environ=None) -> dict:
+    """The environment for the importer: the caller's, with a UTF-8 locale when the caller's
+    is not (under C/POSIX the JVM decodes non-ASCII file names as `?` and cannot open them)."""
+    env = dict(os.environ if environ is None else environ)
+    current = env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or ""
+    encoding = current.rsplit(".", 1)[1].split("@")[0] if "." in current else ""
+    try:
+        utf8 = codecs.lookup(encoding).name == "utf-8" if encoding else False
+    except LookupError:
+        utf8 = False
+    if not utf8:
+        env["LC_ALL"] = "C.UTF-8"
+    return env
 
 
 def spawn(argv: Sequence[str], stdout, stderr, env=None, java: Optional[JavaLaunch] = None,

@@ -43,6 +43,18 @@ def parse_size(text: str) -> int:
     return value
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.I)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text) -> float:
+    """`90`, `90s`, `30m`, `12h`, `2d` -> seconds (more than 0)."""
+    match = _DURATION.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 900, 30m, 12h)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
 def parse_groups(lines: Iterable[str]) -> list:
     """Groups from the `-f --output=yaml` listing."""
     groups: list = []
@@ -110,9 +122,3 @@ def chunk_filesets(groups: Sequence[Group], sizes: dict, chunk_size: Optional[in
         count, total = count + 1, total + size
     return planned
 
-
-def client_path(path: str) -> str:
-    """The clientPath OMERO stores for a local absolute path: `/`-separated, no leading `/`;
-    bytes that are not UTF-8 arrive as U+FFFD (the JVM decodes the name)."""
-    text = path.replace(os.sep, "/").lstrip("/")
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

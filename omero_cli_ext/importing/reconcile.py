@@ -26,7 +26,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
-from omero_cli_ext.importing.plan import client_path
+from omero_cli_ext.pathrules import client_path
 from omero_cli_ext.importing.store import Ownership
 
 UPLOAD_JOB = "UploadJob"

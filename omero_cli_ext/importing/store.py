@@ -466,6 +466,31 @@ class JobStore:
             "AND g.state = 'left')) ORDER BY idx", (self.job,))
         return [_fileset(r) for r in rows]
 
+    def retry_failed(self) -> int:
+        """Plan the failed filesets again (their chunks pending); how many."""
+        with self.journal.transaction():
+            chunks = [r[0] for r in self.journal.query(
+                "SELECT DISTINCT chunk FROM import_fileset WHERE job = ? AND state = 'failed'",
+                (self.job,))]
+            n = self.journal.query_one("SELECT count(*) FROM import_fileset WHERE job = ? "
+                                       "AND state = 'failed'", (self.job,))[0]
+            self.journal.execute("UPDATE import_fileset SET state = 'planned', message = NULL, "
+                                 "updated = ? WHERE job = ? AND state = 'failed'",
+                                 (iso(utc_now()), self.job))
+            self.reopen_chunks(chunks)
+        return n
+
+    def settled(self) -> list:
+        """Report fields of every done, failed or ghost fileset, in plan order."""
+        rows = self.journal.query(
+            "SELECT idx, main, state, fileset_id, images, plates, message, size FROM "
+            "import_fileset WHERE job = ? AND state IN ('done', 'failed', 'ghost') ORDER BY idx",
+            (self.job,))
+        return [{"idx": idx, "main": main, "state": state, "fileset_id": fid,
+                 "images": json.loads(images) if images else None,
+                 "plates": json.loads(plates) if plates else None, "message": message,
+                 "size": size} for idx, main, state, fid, images, plates, message, size in rows]
+
     def counts(self) -> dict:
         """state -> (filesets, bytes)."""
         return {state: (n, size or 0) for state, n, size in self.journal.query(

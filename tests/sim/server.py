@@ -23,6 +23,7 @@ import uuid as _uuid
 from contextlib import contextmanager
 from typing import Iterable, Mapping, Optional, Sequence
 
+from omero_cli_ext import pathrules
 from omero_cli_ext import server as port_api
 from omero_cli_ext.server import (
     FilesetActivity, FilesetQuery, ImportLog, Job, NotFound, PermissionDenied, Repository,
@@ -192,8 +193,9 @@ def file_hash(path: str, hasher: str = "SHA1-160") -> str:
 
 
 def client_path_of(path: str) -> str:
-    """FilesetEntry.clientPath: the client's absolute (not canonical) path without the leading '/'."""
-    return os.path.abspath(path).lstrip("/")
+    """FilesetEntry.clientPath: the client's absolute (not canonical) path without the leading '/',
+    every component sanitised by the repository path rules (omero_cli_ext.pathrules)."""
+    return pathrules.client_path(path)
 
 
 class SimServer:
