@@ -85,7 +85,10 @@ def job_progress(journal, job: str, now: Optional[_dt.datetime] = None,
     started = store.parse_iso(first[0]) if first and first[0] else store.parse_iso(record.created)
     last = journal.query_one("SELECT max(updated) FROM import_fileset WHERE job = ? "
                              "AND state != 'planned'", (job,))
-    beat = journal.query_one("SELECT max(heartbeat) FROM import_worker WHERE job = ?", (job,))
+    # the importers' last progress (an output line, an upload byte), not the driver's heartbeat:
+    # a driver alive beside a frozen importer is a stalled job
+    beat = journal.query_one("SELECT max(coalesce(progress, heartbeat)) FROM import_worker "
+                             "WHERE job = ?", (job,))
     stamps = [store.parse_iso(t) for t in (last[0] if last else None,
                                            beat[0] if beat else None) if t]
     last_activity = max(stamps) if stamps else None

@@ -27,7 +27,8 @@ class JobStatus:
 
 
 def job_status(progress, now: _dt.datetime, stalled_after: float) -> JobStatus:
-    """running → active, or stalled when the journal saw nothing for `stalled_after`."""
+    """running → active, or stalled when its importers made no progress (no output line, no
+    upload byte, no fileset settled) for `stalled_after`, even while the driver is alive."""
     last = progress.last_activity
     idle = max(0.0, (now - last).total_seconds()) if last is not None else None
     if progress.state == "failed":
@@ -38,7 +39,8 @@ def job_status(progress, now: _dt.datetime, stalled_after: float) -> JobStatus:
         return JobStatus(progress, INTERRUPTED, "its process is gone: resume it with "
                                                 "`omero import --resume`", idle)
     if idle is not None and idle >= stalled_after:
-        return JobStatus(progress, STALLED, "no journal activity for %s" % duration_text(idle), idle)
+        return JobStatus(progress, STALLED, "no importer progress for %s" % duration_text(idle),
+                         idle)
     if progress.filesets_failed:
         return JobStatus(progress, ACTIVE, "running, %d filesets failed so far"
                          % progress.filesets_failed, idle)

@@ -1,0 +1,247 @@
+"""`omero import --resume` beside other clients, servers and users, and with a frozen importer:
+nothing that is not the job's is ever deleted or counted done, a job never continues for another
+identity, and a hung importer is killed, retried and shown stalled."""
+from __future__ import annotations
+
+import datetime as _dt
+import glob
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sim.launcher import run_cli
+from sim.server import SimServer
+
+from omero_cli_ext.importing import progress
+from omero_cli_ext.status.jobs import job_status
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMERO_USERDIR", str(tmp_path / "userdir"))
+    for name in ("CRASH_AFTER", "HANG", "FAIL_PATTERN", "SECONDS_PER_FILESET"):
+        monkeypatch.delenv("OMERO_CLI_EXT_SIM_" + name, raising=False)
+    sim = SimServer(str(tmp_path / "sim"))
+    sim.add_group("lab", "rwr---")
+    sim.add_user("alice", ["lab"])
+    sim.add_user("bob", ["lab"])
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"img{i:03d}.fake").write_bytes(b"x" * (100 + i))
+    return sim, src, tmp_path
+
+
+def imp(sim, *argv, user="alice"):
+    return run_cli(sim.root, ["import", "--resume", *argv], user=user)
+
+
+def journal_path(tmp_path):
+    [path] = glob.glob(str(tmp_path / "userdir" / progress.JOURNAL_SUBDIR / "*.sqlite"))
+    return path
+
+
+def journal(tmp_path, sql, params=()):
+    with sqlite3.connect(journal_path(tmp_path)) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def wait_for(condition, timeout=60.0):
+    """Poll a condition of another process's progress (not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in %.0f s" % timeout)
+
+
+def spawn_driver(sim, tmp_path, *argv, **env):
+    pythonpath = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH"))
+                                 if p)
+    environ = dict(os.environ, PYTHONPATH=pythonpath, OMERO_USERDIR=str(tmp_path / "userdir"),
+                   **{"OMERO_CLI_EXT_SIM_" + k: v for k, v in env.items()})
+    return subprocess.Popen([sys.executable, LAUNCHER, "--sim-root", sim.root, "--sim-user",
+                             "alice", "import", "--resume", *argv], env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def kill_driver_after_first_fileset(sim, src, tmp_path):
+    """Start a job whose importer hangs after its first fileset, then kill -9 the driver (its
+    importer dies with it): every other fileset stays in doubt. Returns the attempt's session."""
+    driver = spawn_driver(sim, tmp_path, "--chunk-size", "20", str(src), HANG="1")
+    try:
+        wait_for(lambda: os.path.exists(str(tmp_path / "userdir")) and glob.glob(
+            str(tmp_path / "userdir" / progress.JOURNAL_SUBDIR / "*.sqlite"))
+            and sim.query("SELECT count(*) FROM Image")[0][0] >= 1)
+    finally:
+        driver.kill()
+        driver.wait()
+    [(session_id,)] = journal(tmp_path, "SELECT session_id FROM import_attempt")
+    [(uuid,)] = sim.query("SELECT uuid FROM sim_session WHERE rowid = ?", (session_id,))
+    return uuid
+
+
+def paths_of(sim, fileset_ids):
+    return {fid: path for fid, path in sim.query(
+        "SELECT fileset, clientPath FROM FilesetEntry") if fid in fileset_ids}
+
+
+def test_clean_ghosts_deletes_only_the_jobs_dead_filesets_beside_another_client(world):
+    sim, src, tmp_path = world
+    elsewhere = sim.add_dataset("elsewhere", "alice")
+    files = sorted(str(p) for p in src.iterdir())
+    session = kill_driver_after_first_fileset(sim, src, tmp_path)
+    # the job's own importer (its session, inside its attempt): a server-side failure and a
+    # client death mid-upload
+    real_ghost = sim.import_fileset("alice", [files[1]], outcome="server-failure", session=session)
+    half = sim.import_fileset("alice", [files[2]], outcome="client-death", session=session)
+    # another client of the same user (its own session): a live upload, a metadata step with no
+    # visible process, a finished import into another dataset
+    live = sim.create_import("alice", [files[3]])
+    sim.store_file(live, 0, partial=True)
+    metadata = sim.import_fileset("alice", [files[4]], steps=0)
+    sim.end_import_process(metadata)
+    finished = sim.import_fileset("alice", [files[5]], target=("Dataset", elsewhere))
+    sim.advance(3600)       # an hour on the server's clock: longer than --lease
+    others = {live, metadata, finished}
+
+    rc, out, err = imp(sim, "--json", "--chunk-size", "20", str(src))
+    assert rc == 5, err     # the job's ghosts are reported, nothing deleted
+    assert {real_ghost, half} <= {r[0] for r in sim.query("SELECT id FROM Fileset")}
+    records = [json.loads(line) for line in out.splitlines()]
+    foreign = {f["fileset"]: f for f in records[-1]["foreign"]}
+    assert set(foreign) == others
+    assert foreign[finished]["complete"] and "elsewhere" in foreign[finished]["containers"]
+    assert {r["fileset"] for r in records if r["type"] == "foreign"} == others
+    rc, out, err = imp(sim, "--json", "--chunk-size", "20", "--clean-ghosts", str(src))
+    assert rc == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    summary = records[-1]
+    assert sorted(summary["deleted_ghosts"]) == sorted([real_ghost, half])
+    left = {r[0] for r in sim.query("SELECT id FROM Fileset")}
+    assert others <= left and not ({real_ghost, half} & left)
+    # every planned file has exactly one fileset of the job, with its ids in the JSON lines
+    done = {r["path"]: r for r in records if r["type"] == "fileset" and r["state"] == "done"}
+    rows = journal(tmp_path, "SELECT main, state, fileset_id, images FROM import_fileset")
+    assert {state for _, state, _, _ in rows} == {"done"} and len(rows) == len(files)
+    assert all(json.loads(images) for _, _, _, images in rows)
+    job_filesets = {fid for _, _, fid, _ in rows}
+    assert not (job_filesets & others)
+    assert all(done[p]["images"] for p in done)
+    # --results re-prints every fileset line with its ids, from the journal alone
+    rc, again, err = imp(sim, "--json", "--results", str(src))
+    assert rc == 0, err
+    lines = [json.loads(line) for line in again.splitlines() if '"fileset"' in line]
+    reprinted = {r["path"]: r for r in lines if r["type"] == "fileset"}
+    assert len(reprinted) == len(files)
+    assert all(r["images"] and r["fileset"] in job_filesets for r in reprinted.values())
+
+
+def test_the_jobs_own_metadata_step_is_server_processing_until_the_step_timeout(world):
+    sim, src, tmp_path = world
+    files = sorted(str(p) for p in src.iterdir())
+    session = kill_driver_after_first_fileset(sim, src, tmp_path)
+    busy = sim.import_fileset("alice", [files[1]], steps=0, session=session)
+    sim.end_import_process(busy)    # the importer closes its process after verifyUpload
+    sim.advance(3600)
+    rc, out, err = imp(sim, "--clean-ghosts", "--retries", "0", "--chunk-size", "20", str(src))
+    assert rc == 4, err
+    assert "still processing" in err and busy in {r[0] for r in sim.query("SELECT id FROM Fileset")}
+    sim.advance(12 * 3600)          # past --server-step-timeout (default 12h): dead
+    rc, out, err = imp(sim, "--clean-ghosts", "--chunk-size", "20", str(src))
+    assert rc == 0, err
+    assert busy not in {r[0] for r in sim.query("SELECT id FROM Fileset")}
+    assert len(sim.query("SELECT DISTINCT clientPath FROM FilesetEntry")) == len(files)
+
+
+# --- identity -----------------------------------------------------------------------------------
+
+def test_another_server_is_refused_and_never_reported_done(world, tmp_path):
+    sim, src, _ = world
+    assert imp(sim, "--chunk-size", "4", str(src))[0] == 0
+    other = SimServer(str(tmp_path / "other"))
+    other.add_group("lab", "rwr---")
+    other.add_user("alice", ["lab"])
+    rc, out, err = imp(other, "--chunk-size", "4", str(src))
+    assert rc == 19, err
+    assert "another server" in err and "--job NEW_NAME" in err
+    assert other.query("SELECT count(*) FROM Fileset") == [(0,)]
+    rc, out, err = imp(other, "--job", "on-other", str(src))
+    assert rc == 0, err     # a separate job, on request
+    assert other.query("SELECT count(*) FROM Fileset") == [(8,)]
+
+
+def test_another_user_cannot_continue_a_job_in_a_shared_journal(world, tmp_path):
+    sim, src, _ = world
+    shared = str(tmp_path / "shared.sqlite")
+    rc, _, err = imp(sim, "--journal", shared, "--job", "run3", str(src))
+    assert rc == 0, err
+    rc, out, err = imp(sim, "--journal", shared, "--job", "run3", str(src), user="bob")
+    assert rc == 19 and "belongs to user alice" in err, err
+    assert sim.query("SELECT count(*) FROM Fileset f JOIN Experimenter e ON e.id = f.owner_id "
+                     "WHERE e.omeName = 'bob'") == [(0,)]
+
+
+@pytest.mark.parametrize("first, second", [
+    (["--transfer=ln_s"], []),
+    ([], ["--transfer=ln_s"]),
+    (["--checksum-algorithm=MD5-128"], []),
+])
+def test_changed_importer_options_are_refused(world, first, second):
+    sim, src, tmp_path = world
+    rc, _, err = imp(sim, "--job", "j1", "--retries", "0", *first, str(src),
+                     **{})
+    assert rc == 0, err
+    rc, _, err = imp(sim, "--job", "j1", *second, str(src))
+    assert rc == 12 and "importer options" in err, err
+
+
+def test_neutral_options_and_a_bare_job_name_continue_the_job(world):
+    sim, src, tmp_path = world
+    did = sim.add_dataset("d", "alice")
+    assert imp(sim, "--job", "j1", "-d", str(did), "--transfer=ln_s", str(src))[0] == 0
+    rc, out, err = imp(sim, "--job", "j1", "--parallel-upload", "4")
+    assert rc == 0, err
+    rc, _, err = imp(sim, "--job", "j1", "-d", "999")
+    assert rc == 12 and "its target is Dataset:" in err, err
+
+
+# --- a frozen importer --------------------------------------------------------------------------
+
+def test_a_hung_importer_is_shown_stalled_then_killed_and_retried(world):
+    sim, src, tmp_path = world
+    driver = spawn_driver(sim, tmp_path, "--chunk-size", "20", "--lease", "1", "--retries", "1",
+                          "--importer-timeout", "4", str(src), HANG="1")
+    try:
+        def stalled():
+            rows = journal(tmp_path, "SELECT heartbeat, progress FROM import_worker "
+                                     "WHERE stopped IS NULL") \
+                if glob.glob(str(tmp_path / "userdir" / progress.JOURNAL_SUBDIR / "*.sqlite")) \
+                else []
+            return [r for r in rows if r[1] and (_dt.datetime.fromisoformat(r[0])
+                                                 - _dt.datetime.fromisoformat(r[1])).total_seconds() >= 1.5]
+        [(beat, _)] = wait_for(stalled)
+        [job] = progress.read_jobs(journal_path(tmp_path))
+        status = job_status(job, _dt.datetime.fromisoformat(beat), stalled_after=1.0)
+        assert (job.state, status.state) == ("running", "stalled")
+        assert "no importer progress" in status.reason
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.send_signal(signal.SIGKILL)
+            driver.wait()
+    err = err.decode()
+    assert driver.returncode == 4, err
+    assert err.count("importer killed: no output and no upload progress") == 2
+    assert "giving up for this run" in err
