@@ -58,6 +58,58 @@ class ImageFailed(Exception):
     pass
 
 
+class _Readers:
+    """One RawPixelsStore per worker thread for one image (at most `workers` open at once);
+    port calls are serialised (the port is one session, not meant for concurrent calls)."""
+
+    def __init__(self, port, image_id: int, first):
+        self._port = port
+        self._image_id = image_id
+        self._spare = [first]
+        self._open = [first]
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def get(self):
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            with self._lock:
+                reader = self._spare.pop() if self._spare else None
+                if reader is None:
+                    try:
+                        reader = self._port.open_pixels(self._image_id)
+                    except (NotFound, PermissionDenied) as err:
+                        raise ImageFailed("pixels no longer readable: %s" % err) from None
+                    except ServerError as err:
+                        raise ImageFailed("cannot open the pixels: %s" % err) from None
+                    self._open.append(reader)
+            self._local.reader = reader
+        return reader
+
+    def drop(self) -> None:
+        """Close this thread's reader (after an error); the next get() opens a new one."""
+        reader = getattr(self._local, "reader", None)
+        self._local.reader = None
+        if reader is not None:
+            with self._lock:
+                self._open.remove(reader)
+            _close_quietly(reader)
+
+    def close_all(self) -> None:
+        with self._lock:
+            readers, self._open, self._spare = self._open, [], []
+        for reader in readers:
+            _close_quietly(reader)
+        self._local = threading.local()
+
+
+def _close_quietly(reader) -> None:
+    try:
+        reader.close()
+    except ServerError:
+        pass
+
+
 class Writer:
     def __init__(self, port, dest_fd: Optional[int], options: Options, emit: Callable,
                  progress: Callable = lambda n: None, sleep: Callable = time.sleep):
@@ -247,21 +299,7 @@ class Writer:
         dtype = ngff.dtype_of(job.info.pixel_type)
         image_fd = store.open_path(self.dest_fd, job.path.split("/"), True, mode)
         level_fds = []
-        readers = [first_reader]
-        spare = [first_reader]
-        lock = threading.Lock()
-        local = threading.local()
-
-        def reader():
-            if getattr(local, "reader", None) is None:
-                with lock:
-                    local.reader = spare.pop() if spare else None
-                if local.reader is None:
-                    local.reader = self.port.open_pixels(job.image_id)
-                    with lock:
-                        readers.append(local.reader)
-            return local.reader
-
+        readers = _Readers(self.port, job.image_id, first_reader)
         try:
             store.remove_stale_temps(image_fd)
             store.write_json(image_fd, ".zgroup", {"zarr_format": 2})
@@ -273,13 +311,11 @@ class Writer:
             written = nbytes = 0
 
             def base_chunk(index):
-                return self._base_chunk(job, dtype, level_fds[0], index, reader, local)
+                return self._base_chunk(job, dtype, level_fds[0], index, readers)
             n, b = self._parallel(base_chunk, ngff.chunk_grid(job.shapes[0], job.chunks[0]))
             written += n
             nbytes += b
-            for r in list(readers):
-                r.close()
-            readers.clear()
+            readers.close_all()
             for level in range(1, len(job.shapes)):
                 def down_chunk(index, level=level):
                     return self._down_chunk(job, dtype, level_fds[level - 1], level_fds[level],
@@ -291,8 +327,7 @@ class Writer:
             store.write_json(image_fd, ".zattrs", attrs)
             return written, nbytes
         finally:
-            for r in readers:
-                r.close()
+            readers.close_all()
             for fd in level_fds:
                 os.close(fd)
             os.close(image_fd)
@@ -356,7 +391,7 @@ class Writer:
         store.write_file(fd, name, bytes(data))
         return len(data)
 
-    def _base_chunk(self, job, dtype, level_fd, index, reader, local) -> tuple:
+    def _base_chunk(self, job, dtype, level_fd, index, readers) -> tuple:
         shape, chunks = job.shapes[0], job.chunks[0]
         y, x, h, w = self._region(shape, chunks, index)
         raw = h * w * dtype.itemsize
@@ -369,29 +404,25 @@ class Writer:
             for ty in range(0, h, READ_TILE):
                 for tx in range(0, w, READ_TILE):
                     th, tw = min(READ_TILE, h - ty), min(READ_TILE, w - tx)
-                    data = self._read_tile(job, reader, local, (z, c, t, x + tx, y + ty, tw, th))
+                    data = self._read_tile(job, readers, (z, c, t, x + tx, y + ty, tw, th))
                     block[ty:ty + th, tx:tx + tw] = np.frombuffer(
                         data, dtype=dtype.newbyteorder(">")).reshape(th, tw)
             return raw, self._store_chunk(fd, name, block, chunks)
         finally:
             os.close(fd)
 
-    def _read_tile(self, job, reader, local, args) -> bytes:
+    def _read_tile(self, job, readers, args) -> bytes:
         delay = self.options.backoff
         for attempt in range(self.options.retries + 1):
             try:
-                data = reader().tile(*args)
+                data = readers.get().tile(*args)
             except (NotFound, PermissionDenied) as err:
                 raise ImageFailed("pixels no longer readable: %s" % err) from None
             except ServerError as err:
                 if attempt == self.options.retries:
                     raise ImageFailed("tile %s failed %d times: %s"
                                       % (args, attempt + 1, err)) from None
-                try:
-                    local.reader.close()
-                except ServerError:
-                    pass
-                local.reader = None         # a new RawPixelsStore for the next attempt
+                readers.drop()              # a new RawPixelsStore for the next attempt
                 self.sleep(delay)
                 delay *= 2
                 continue
