@@ -46,13 +46,13 @@ def test_unexpected_sources_fail_with_a_message(tmp_path):
 
 
 def test_wrong_python_is_refused_with_advice(tmp_path):
-    candidates = [os.path.expanduser(f"~/.pyenv/versions/{v}/bin/python") for v in ("3.9.18", "3.13.0")]
+    candidates = [os.path.expanduser(f"~/.pyenv/versions/{v}/bin/python") for v in ("3.8.18", "3.13.0")]
     old = next((c for c in candidates if os.path.exists(c)), None)
     if old is None:
         pytest.skip("no unsupported interpreter on this machine to try")
     out = run_tool("install.py", "--python", old, "--venv", str(tmp_path / "v"))
     assert out.returncode == 3
-    assert "use 3.10, 3.11 or 3.12" in out.stderr
+    assert "use 3.9, 3.10, 3.11 or 3.12" in out.stderr
     assert not (tmp_path / "v").exists()
 
 

@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 
 ICE_VERSION = "3.6.5"
-SUPPORTED = ((3, 10), (3, 11), (3, 12))
+SUPPORTED = ((3, 9), (3, 10), (3, 11), (3, 12))
 DEBIAN_PACKAGES = {"openssl/ssl.h": "libssl-dev", "bzlib.h": "libbz2-dev"}
 
 # (file, old text, new text, first Python version that needs the fix)
@@ -146,7 +146,7 @@ def build_wheel(python, version, cache):
 def ensure_ice(python, cache):
     version = target_version(python)
     if version not in SUPPORTED:
-        raise BuildError(3, "omero-cli-ext supports Python 3.10, 3.11 and 3.12; "
+        raise BuildError(3, "omero-cli-ext supports Python 3.9, 3.10, 3.11 and 3.12; "
                          f"{python} is {version[0]}.{version[1]}. Create the virtualenv with one of those.")
     if ice_importable(python):
         print("build_ice: zeroc-ice 3.6 already installed", flush=True)

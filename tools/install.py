@@ -37,7 +37,7 @@ def create_venv(python, venv):
     except build_ice.BuildError as err:
         fail(err.code, str(err))
     if version not in build_ice.SUPPORTED:
-        fail(3, f"{python} is Python {version[0]}.{version[1]}; use 3.10, 3.11 or 3.12 "
+        fail(3, f"{python} is Python {version[0]}.{version[1]}; use 3.9, 3.10, 3.11 or 3.12 "
                 "(e.g. --python python3.11)")
     out = subprocess.run([python, "-m", "venv", venv], capture_output=True, text=True)
     if out.returncode != 0:

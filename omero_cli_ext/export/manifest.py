@@ -24,6 +24,7 @@ from typing import Iterable, Optional
 
 from omero_cli_ext import fsops
 from omero_cli_ext.export.paths import RESERVED_PREFIX, is_safe_relpath
+from omero_cli_ext.compat import DATACLASS_SLOTS
 
 MANIFEST_NAME = RESERVED_PREFIX + "-export.json"
 JOURNAL_NAME = RESERVED_PREFIX + "-export.journal"
@@ -41,7 +42,7 @@ class ManifestError(Exception):
     """The manifest cannot be read or belongs to another export (message says which)."""
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class ManifestEntry:
     path: str
     fileset: int

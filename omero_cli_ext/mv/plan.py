@@ -28,6 +28,7 @@ from omero_cli_ext.mv.preflight import check_space, check_writable
 from omero_cli_ext.mv.tree import (Node, below, canonical, is_under, show, split_tree,
                                    walk_links, walk_tree)
 from omero_cli_ext.workers import parallel_map
+from omero_cli_ext.compat import DATACLASS_SLOTS
 
 # step kind -> phase; steps run in phase order, each phase finished and journaled before the next
 PHASES = {"mkdir": 0, "place": 1, "place_link": 1, "dirmeta": 2, "retarget": 3, "swap": 3,
@@ -36,7 +37,7 @@ MODES = ("move", "links-only", "offload", "inline", "repair")
 DEFAULT_HASHER = "SHA1-160"
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class Step:
     """One idempotent change. `path` is what it changes; `other` the file it depends on (the
     source of a copy, the copy a source may be removed after, the file a link resolved to).
