@@ -124,8 +124,8 @@ def imports_check(port):
     """Which of some filesets the server is still importing, as plan_for's `unfinished`: the
     stage `omero status imports` would show (omero_cli_ext.status.classify: the UploadJob not
     Finished, or fewer than three import-log updates), for any owner."""
-    from omero_cli_ext.status.classify import METADATA, PIXEL_DATA, THUMBNAILS, UPLOADING, classify
-    running_stages = (UPLOADING, METADATA, PIXEL_DATA, THUMBNAILS)
+    from omero_cli_ext.status.classify import DONE, FAILED, STAGES, classify
+    running_stages = tuple(stage for stage in STAGES if stage not in (DONE, FAILED))
 
     def unfinished(fileset_ids):
         filesets = port.filesets(fileset_ids, image_counts=True)
