@@ -103,7 +103,8 @@ def main(argv=None) -> int:
             sim.reset_round_trips()
             seconds, proc = timed(omero(sim.root, "export", "--originals",
                                         os.path.join(work, f"dest{run}"), f"Dataset:{dataset}",
-                                        "--link", "hard", "--owner", "root"))
+                                        "--link", "hard", "--owner", "root",
+                                        "--state-dir", os.path.join(work, "state")))
             if proc.returncode != 0:
                 print(proc.stderr, file=sys.stderr)
                 return proc.returncode

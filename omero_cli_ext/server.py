@@ -49,6 +49,12 @@ class PermissionDenied(ServerError):
     """The current user lacks a privilege or right the call needs."""
 
 
+class FileMissing(ServerError):
+    """The OriginalFile's bytes are missing or unreadable in the server's repository (a real
+    RawFileStore raises SecurityViolation "FileNotFound"/"FileNotAccessible" for it): not a
+    permission the user lacks."""
+
+
 @dataclass(frozen=True)
 class Repository:
     """The managed repository: its root directory on the server host and its UUID."""

@@ -15,17 +15,20 @@ from omero_cli_ext.export import manifest as manifest_io
 from omero_cli_ext.export.manifest import MANIFEST_NAME
 from sim.builder import build_uploaded
 from sim.server import SimServer
-from test_export_world import manifest
+from test_export_world import manifest, state_dir, state_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# tests/sim/launcher.py with 10 ms of latency per RawFileStore read, as over a network, so that
-# kills land inside downloads too
+# tests/sim/launcher.py with 10 ms of latency per RawFileStore read, as over a network, and per
+# hard link, so that kills land inside downloads and between links too
 SLOW_LAUNCHER = """
 import sys, time
 sys.path[:0] = [{root!r}, {tests!r}]
 import sim.server
 read = sim.server._Reader.read
 sim.server._Reader.read = lambda self, offset, length: (time.sleep(0.01), read(self, offset, length))[1]
+import omero_cli_ext.export.execute as execute
+link = execute.Exporter._hard_link
+execute.Exporter._hard_link = lambda self, *args: (time.sleep(0.01), link(self, *args))[1]
 from sim.launcher import main
 sys.exit(main(sys.argv[1:]))
 """.format(root=ROOT, tests=os.path.join(ROOT, "tests"))
@@ -35,7 +38,8 @@ def start(sim_root, dest, dataset, link):
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.Popen(
         [sys.executable, "-c", SLOW_LAUNCHER, "--sim-root", sim_root, "--sim-user", "alice", "export",
-         "--originals", dest, f"Dataset:{dataset}", "--owner", "root", "--link", link, "--sync"],
+         "--originals", dest, f"Dataset:{dataset}", "--owner", "root", "--link", link, "--sync",
+         "--state-dir", state_root(sim_root)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -68,10 +72,14 @@ def check_consistent(dest, originals: dict) -> int:
                 finals[rel] = stream.read()
     for rel, data in finals.items():
         assert data == originals[rel], f"partial or wrong file under its final name: {rel}"
-    if not os.path.exists(os.path.join(dest, MANIFEST_NAME)):
+    try:
+        state = state_dir(dest)
+    except FileNotFoundError:
+        state = None
+    if state is None or not os.path.exists(os.path.join(state, MANIFEST_NAME)):
         assert finals == {}, "files made before the manifest existed"
         return 0
-    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(state, os.O_RDONLY | os.O_DIRECTORY)
     try:
         known = manifest_io.load(fd).entries
     finally:
@@ -85,7 +93,7 @@ def check_consistent(dest, originals: dict) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("link", ["copy", "download"])
+@pytest.mark.parametrize("link", ["copy", "download", "hard"])
 def test_kill_9_then_sync_completes(tmp_path, link):
     sim = SimServer(str(tmp_path / "sim"))
     sim.add_group("lab", "rwr---")
@@ -113,8 +121,11 @@ def test_kill_9_then_sync_completes(tmp_path, link):
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     assert check_consistent(dest, originals) == len(originals)
     leftovers = [n for _, _, names in os.walk(dest) for n in names
-                 if n.startswith(".omero-cli-ext") and n != MANIFEST_NAME]
+                 if n.startswith(".omero-cli-ext")]
     assert leftovers == []
     doc = manifest(dest)
     assert sorted(e["path"] for e in doc["entries"]) == sorted(originals)
     assert {e["state"] for e in doc["entries"]} == {"done"}
+    on_disk = {os.path.relpath(os.path.join(d, n), dest) for d, names, _ in os.walk(dest)
+               for n in names}
+    assert set(doc["directories"]) == on_disk     # every directory a killed run made is known

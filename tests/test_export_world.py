@@ -10,6 +10,7 @@ from sim.builder import build_inplace_tree, build_uploaded
 from sim.launcher import run_cli
 from sim.server import SimServer
 
+from omero_cli_ext.export import state
 from omero_cli_ext.export.manifest import MANIFEST_NAME
 
 
@@ -40,13 +41,35 @@ def make_world(tmp_path, n_inplace: int = 3, n_uploaded: int = 2, files: int = 2
     return World(root, sim, project, dataset, inplace, uploaded)
 
 
+def state_root(sim_root) -> str:
+    """The --state-dir the tests give (beside the simulated server, never /var/lib)."""
+    return str(sim_root).rstrip("/") + ".state"
+
+
 def export(world_or_root, dest, *objects, user="alice", extra=(), owner="root"):
     """Run `omero export --originals DEST OBJ...` in-process; returns (rc, stdout, stderr)."""
     root = world_or_root.root if isinstance(world_or_root, World) else world_or_root
     argv = ["export", "--originals", str(dest), *objects]
     if owner:
         argv += ["--owner", owner]
+    if "--state-dir" not in extra:
+        argv += ["--state-dir", state_root(root)]
     return run_cli(root, argv + list(extra), user=user)
+
+
+def state_dir(dest, root=None) -> str:
+    """The state directory of DEST: under `root` (a --state-dir), or found under any test state
+    root beside DEST's test directory."""
+    key = state.key(os.stat(str(dest)))
+    if root is None:
+        base = os.path.dirname(os.path.abspath(str(dest)))
+        while base != "/":
+            for name in os.listdir(base):
+                if name.endswith(".state") and os.path.isdir(os.path.join(base, name, key)):
+                    return os.path.join(base, name, key)
+            base = os.path.dirname(base)
+        raise FileNotFoundError(f"no state directory for {dest}")
+    return os.path.join(str(root), key)
 
 
 def records(stdout: str, kind: str = None) -> list:
@@ -86,7 +109,7 @@ def exported_files(dest) -> dict:
 
 def manifest(dest) -> dict:
     """DEST's manifest document, its entry rows as dicts by column name."""
-    with open(os.path.join(str(dest), MANIFEST_NAME), encoding="utf-8") as stream:
+    with open(os.path.join(state_dir(dest), MANIFEST_NAME), encoding="utf-8") as stream:
         doc = json.load(stream)
     doc["entries"] = [dict(zip(doc["columns"], row)) for row in doc["entries"]]
     return doc

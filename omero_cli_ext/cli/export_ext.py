@@ -88,14 +88,22 @@ def add_originals_arguments(group) -> None:
                        help="admins with Sudo: export what NAME may read, in a session of NAME")
     group.add_argument("--repo", metavar="DIR",
                        help="where the ManagedRepository is mounted on this host (default: the server's path)")
-    group.add_argument("--dir-mode", type=octal_mode, default=0o750, metavar="MODE",
-                       help="mode of the directories created in DEST (default 0750)")
+    group.add_argument("--dir-mode", type=octal_mode, default=0o700, metavar="MODE",
+                       help="mode of the directories created in DEST (default 0700: the owner "
+                            "only; a mode that lets a shared group in is warned about)")
     group.add_argument("--owner", metavar="USER",
                        help="as root: POSIX owner of created directories (default: the OMERO user's name)")
     group.add_argument("--owner-map", metavar="FILE",
                        help="as root: file of 'omero_name posix_name' lines for sites where names differ")
     group.add_argument("--sync", action="store_true",
                        help="bring DEST up to date: add new entries, remove those no longer readable or deleted")
+    group.add_argument("--state-dir", metavar="DIR",
+                       help="where the manifest, journal and lock are kept, out of DEST "
+                            "(default /var/lib/omero-cli-ext/exports as root, else "
+                            "~/.local/state/omero-cli-ext/exports)")
+    group.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="when another run holds DEST, wait this long for it (default: exit 9 "
+                            "at once)")
     group.add_argument("--verify", action="store_true",
                        help="check every entry against the OriginalFile size and hash")
     add_dry_run_argument(group)

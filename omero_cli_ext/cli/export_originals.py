@@ -1,23 +1,27 @@
 """The control glue of `omero export --originals` (its options are defined in export_ext).
 
-Checks everything that can be checked before the first change to disk (objects, owner, DEST,
-manifest), then hands the plan to `omero_cli_ext.export.execute.Exporter` and renders its events.
-Exit codes (docs/export.md): 0 done; 2 bad arguments; 3 DEST unusable; 4 POSIX owner unknown or
-not settable; 5 some objects unknown or unreadable (the others exported); 6 DEST full; 7 some
-files not exported (failed or left alone); 8 --verify found a mismatch; 20/21/22 shared.
+Checks everything that can be checked before the first change to disk (objects, acting user,
+owner, DEST, state directory and lock, manifest), then hands the plan to
+`omero_cli_ext.export.execute.Exporter` and renders its events. Exit codes (docs/export.md):
+0 done; 2 bad arguments; 3 DEST unusable; 4 owner unknown, not settable, or not the acting
+user; 5 some objects unknown or unreadable (the others exported); 6 DEST full; 7 some files not
+exported (failed or left alone); 8 --verify found a mismatch; 9 another run holds DEST;
+20/21/22 shared.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pwd
+import sys
 
 from omero_cli_ext import fsops
 from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, collector_paused, open_port,
-                                    output_for, server_errors)
-from omero_cli_ext.export import manifest as manifest_io
+                                    server_errors)
+from omero_cli_ext.export import asuser, dest as dest_io, manifest as manifest_io, state
 from omero_cli_ext.export.execute import Exporter, Options
 from omero_cli_ext.export.plan import BadObject, format_ref, parse_objects, plan_layout, resolve
-from omero_cli_ext.output import printable
+from omero_cli_ext.output import Output, printable
 
 EXIT_DEST = 3
 EXIT_OWNER = 4
@@ -25,6 +29,43 @@ EXIT_SOME_MISSING = 5
 EXIT_FULL = 6
 EXIT_NOT_EXPORTED = 7
 EXIT_VERIFY = 8
+EXIT_BUSY = 9
+
+
+class _QuietPipe:
+    """stdout that a closed reader (`| head`) cannot stop: the run goes on to its own end and
+    exit code; what it would still print goes to /dev/null."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def write(self, text):
+        if not self.closed_by_reader:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._closed()
+        return len(text)
+
+    def flush(self):
+        if not self.closed_by_reader:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._closed()
+
+    def _closed(self):
+        self.closed_by_reader = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 # --------------------------------------------------------------------------- checks before any change
@@ -47,89 +88,137 @@ def read_owner_map(ctx, path: str) -> dict:
     return mapping
 
 
-def resolve_owner(ctx, args, omero_name: str, owner_map: dict):
-    """(owner (uid, gid) for directories, reader (uid, gids)) when root; (None, None) otherwise."""
-    name = args.owner or owner_map.get(omero_name, omero_name)
+def _posix_user(ctx, name: str, how: str):
     try:
-        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
     except KeyError:
-        how = "--owner" if args.owner else ("the owner map" if omero_name in owner_map
-                                            else "the OMERO user's name")
         ctx.die(EXIT_OWNER, f"no POSIX user {name!r} (from {how}); give --owner or --owner-map")
+
+
+def resolve_owner(ctx, args, omero_name: str, owner_map: dict):
+    """The DEST owner's passwd entry, checked against the acting OMERO user: as root, a DEST
+    owned by someone else than the acting user's POSIX account (root excepted) needs --as-user
+    (exit 4), so a DEST never shows one user the view of another."""
+    name = args.owner or owner_map.get(omero_name, omero_name)
+    how = "--owner" if args.owner else ("the owner map" if omero_name in owner_map
+                                        else "the OMERO user's name")
+    entry = _posix_user(ctx, name, how)
     if os.geteuid() != 0:
         if (args.owner or args.owner_map) and entry.pw_uid != os.geteuid():
             ctx.die(EXIT_OWNER, f"only root can give DEST's directories to {name!r}")
-        return None, None
-    return (entry.pw_uid, entry.pw_gid), (entry.pw_uid, set(os.getgrouplist(entry.pw_name,
-                                                                             entry.pw_gid)))
+        return entry
+    acting = owner_map.get(omero_name, omero_name)
+    try:
+        acting_uid = pwd.getpwnam(acting).pw_uid
+    except KeyError:
+        acting_uid = None
+    if entry.pw_uid not in (0, acting_uid):
+        omero_owner = next((o for o, p in owner_map.items() if p == entry.pw_name), entry.pw_name)
+        hint = (f"rerun with --as-user {omero_owner}" if not args.as_user else
+                f"use --as-user {omero_owner}, or --owner {acting}")
+        ctx.die(EXIT_OWNER, f"DEST's owner {entry.pw_name!r} is not the acting OMERO user "
+                            f"{omero_name!r}: the export would show {entry.pw_name!r} what "
+                            f"{omero_name!r} may read; {hint}")
+    return entry
 
 
-def _inside(path: str, root: str) -> bool:
-    root = os.path.realpath(root)
-    path = os.path.realpath(path)
-    return path == root or path.startswith(root.rstrip("/") + "/")
+def open_existing_dest(ctx, dest: str, strict):
+    """DEST's descriptor when it exists (None otherwise), resolved without following symlinks."""
+    try:
+        return dest_io.open_dest(dest, create=False, strict=strict)[0]
+    except dest_io.DestMissing:
+        return None
+    except dest_io.DestError as err:
+        ctx.die(EXIT_DEST, f"DEST unusable: {err}")
 
 
-def check_dest(ctx, dest: str, repo_roots) -> None:
-    if os.path.lexists(dest) and not os.path.isdir(dest):
-        ctx.die(EXIT_DEST, f"DEST {printable(dest)} exists and is not a directory")
+def check_apart(ctx, dest_fd: int, dest: str, repo_roots, inside_only: bool = False) -> None:
     for root in repo_roots:
-        if _inside(dest, root):
-            ctx.die(EXIT_DEST, f"DEST {printable(dest)} is inside the ManagedRepository "
-                               f"({printable(root)}); choose a directory outside it")
-    if not os.path.isdir(os.path.dirname(dest)):
-        ctx.die(EXIT_DEST, f"the parent of DEST {printable(dest)} is not a directory")
-
-
-def open_dest(ctx, dest: str, dir_mode: int, owner, repo_roots):
-    """DEST as a directory descriptor, created (mode, owner) when missing; re-checked through the
-    descriptor so that a swap after check_dest cannot point us into the repository."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    try:
         try:
-            fd = os.open(dest, flags)
-        except FileNotFoundError:
-            os.mkdir(dest, 0o700)
-            fd = os.open(dest, flags | os.O_NOFOLLOW)
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, dir_mode)
-    except OSError as err:
-        ctx.die(EXIT_DEST, f"cannot open DEST {printable(dest)}: {err.strerror}")
-    real = os.readlink(manifest_io.fd_path(fd))
-    if any(_inside(real, root) for root in repo_roots):
-        os.close(fd)
-        ctx.die(EXIT_DEST, f"DEST {printable(dest)} resolves into the ManagedRepository")
-    return fd
+            repo_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue     # not mounted on this host: nothing of it can be reached from DEST
+        try:
+            dest_io.check_apart(dest_fd, printable(dest), repo_fd, printable(root), inside_only)
+        except dest_io.DestError as err:
+            ctx.die(EXIT_DEST, str(err))
+        finally:
+            os.close(repo_fd)
 
 
-def load_manifest(ctx, fd, args, repository: str, user: str):
-    try:
-        found = manifest_io.load(fd) if fd is not None else None
-    except (manifest_io.ManifestError, OSError) as err:
-        ctx.die(EXIT_DEST, f"DEST's manifest {manifest_io.MANIFEST_NAME}: {err}")
-    if found is None:
-        return manifest_io.Manifest(repository=repository, user=user, layout=args.layout), {}
-    if not args.sync:
-        ctx.die(EXIT_DEST, f"DEST already holds an export ({manifest_io.MANIFEST_NAME}); "
-                           "rerun with --sync to update it")
-    if (found.repository, found.user) != (repository, user):
-        ctx.die(EXIT_DEST, f"DEST holds the export of {found.user!r} from repository "
-                           f"{found.repository}, not of {user!r} from {repository}; "
-                           "choose another DEST")
-    keep = {}
-    if found.layout == args.layout:
-        keep = {m.original_file: m.path for m in found.entries.values()
-                if m.state == manifest_io.DONE}
-    found.layout = args.layout
-    return found, keep
+class _Control:
+    """The state directory, lock and manifest of one DEST."""
+
+    def __init__(self, ctx, args):
+        self.ctx, self.args = ctx, args
+        self.root_fd = self.state_fd = None
+        self.lock = None
+        self.migrated = None
+
+    def open(self, dest_fd: int, create: bool) -> None:
+        ctx = self.ctx
+        root = self.args.state_dir or state.default_root()
+        try:
+            if self.root_fd is None:
+                self.root_fd = state.open_root(root)
+            self.state_fd = state.open_for(self.root_fd, os.fstat(dest_fd), create)
+        except state.StateError as err:
+            ctx.die(EXIT_DEST, f"the export's state directory: {err}")
+        if self.state_fd is None:
+            return
+        try:
+            self.lock = state.Lock(self.state_fd, self.args.wait)
+        except state.Busy:
+            ctx.die(EXIT_BUSY, "another export is running on this DEST; try later or give "
+                               "--wait SECONDS")
+        if not self.args.dry_run:
+            self.migrated = manifest_io.migrate(dest_fd, self.state_fd)
+
+    def load(self, repository: str, user: str):
+        ctx, args = self.ctx, self.args
+        try:
+            found = manifest_io.load(self.state_fd) if self.state_fd is not None else None
+        except (manifest_io.ManifestError, OSError) as err:
+            ctx.die(EXIT_DEST, f"the export's manifest: {err}")
+        if found is None:
+            return None
+        if not args.sync:
+            ctx.die(EXIT_DEST, "DEST already holds an export; rerun with --sync to update it")
+        if (found.repository, found.user) != (repository, user):
+            ctx.die(EXIT_DEST, f"DEST holds the export of {found.user!r} from repository "
+                               f"{found.repository}, not of {user!r} from {repository}; "
+                               "choose another DEST")
+        return found
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        for fd in (self.state_fd, self.root_fd):
+            if fd is not None:
+                os.close(fd)
+
+
+def dir_mode_warning(out, args, owner) -> int:
+    """Warn (and count) when --dir-mode lets others than the DEST owner in."""
+    mode = args.dir_mode
+    gid, name = (owner.pw_gid, owner.pw_name) if owner else (os.getegid(), "")
+    if mode & 0o007:
+        out.warn(f"warning: --dir-mode {mode:04o} lets every user on this host into the export")
+        return 1
+    if mode & 0o070:
+        others = asuser.others_in_group(gid, name)
+        if others:
+            out.warn(f"warning: --dir-mode {mode:04o} lets group {gid}'s other members into the "
+                     f"export ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})")
+            return 1
+    return 0
 
 
 # --------------------------------------------------------------------------- the command
 
 def run_export(control, args):
     ctx = control.ctx
-    out = output_for(args)
+    out = Output(json_mode=bool(args.json), stdout=_QuietPipe(sys.stdout))
     try:
         refs = parse_objects(args.obj)
     except BadObject as err:
@@ -139,55 +228,125 @@ def run_export(control, args):
     port = open_port(ctx, args)
     acting = port
     dest_fd = None
+    reader = None
+    control_files = _Control(ctx, args)
     try:
         with server_errors(ctx), collector_paused():
             if args.as_user:
                 acting = port.sudo(args.as_user)
             user = acting.current_user()
             repository = acting.repository()
-            roots = [repository.root] + ([args.repo] if args.repo else [])
-            check_dest(ctx, dest, roots)
-            owner, reader = resolve_owner(ctx, args, user.name, owner_map)
+            roots = sorted({repository.root} | ({args.repo} if args.repo else set()))
+            entry = resolve_owner(ctx, args, user.name, owner_map)
+            root_run = os.geteuid() == 0
+            owner = (entry.pw_uid, entry.pw_gid) if root_run else None
+            strict = {entry.pw_uid} if root_run else None
+            warnings = dir_mode_warning(out, args, entry)
+            dest_fd = open_existing_dest(ctx, dest, strict)
+            if dest_fd is not None:
+                check_apart(ctx, dest_fd, dest, roots)
+                control_files.open(dest_fd, create=not args.dry_run)
+            manifest = control_files.load(repository.uuid, user.name)
             resolution = resolve(acting, refs)
             for ref in resolution.missing:
                 out.emit("object_missing", object=format_ref(ref))
-            if len(resolution.missing) == len(refs):
+            objects = [format_ref(r) for r in refs]
+            revoking = len(resolution.missing) == len(refs)
+            if revoking and not (manifest is not None and manifest.entries
+                                 and sorted(manifest.objects) == sorted(objects)):
                 ctx.die(EXIT_NOT_FOUND, "not found or not readable by %s: %s" % (
-                    user.name, ", ".join(map(format_ref, resolution.missing))))
+                    user.name, ", ".join(objects)))
             containers = (acting.containers_of(sorted(resolution.filesets))
                           if args.layout == "tree" and resolution.filesets else {})
-            if not args.dry_run or os.path.isdir(dest):
-                dest_fd = open_dest(ctx, dest, args.dir_mode, owner, roots)
-            manifest, keep = load_manifest(ctx, dest_fd, args, repository.uuid, user.name)
+            if dest_fd is None and not args.dry_run:
+                parent_fd = open_existing_dest(ctx, os.path.dirname(dest), strict)
+                if parent_fd is None:
+                    ctx.die(EXIT_DEST, f"the parent of DEST {printable(dest)} does not exist")
+                try:
+                    check_apart(ctx, parent_fd, dest, roots, inside_only=True)
+                finally:
+                    os.close(parent_fd)
+                dest_fd = _create_dest(ctx, dest, args, owner, strict)
+                check_apart(ctx, dest_fd, dest, roots)
+                control_files.open(dest_fd, create=True)
+            keep = {}
+            if manifest is None:
+                manifest = manifest_io.Manifest(repository=repository.uuid, user=user.name,
+                                                layout=args.layout)
+            elif manifest.layout == args.layout:
+                keep = {m.original_file: m.path for m in manifest.entries.values()
+                        if m.state == manifest_io.DONE}
+            manifest.layout, manifest.objects, manifest.dest = args.layout, objects, dest
             plan = plan_layout(resolution.filesets, args.layout, containers, keep)
             _report_plan(out, plan)
-            options = Options(link=args.link, dir_mode=args.dir_mode, owner=owner, reader=reader,
+            if control_files.migrated:
+                out.warn("note: " + control_files.migrated)
+            if root_run and entry.pw_uid != 0:
+                reader = _reader(ctx, entry)
+            options = Options(link=args.link, dir_mode=args.dir_mode, owner=owner,
+                              reader=(entry.pw_uid, _gids(entry)) if root_run else None,
                               sync=args.sync, dry_run=args.dry_run, verify=args.verify)
             with out.progress("Exporting", total=len(plan.entries)) as bar:
-                exporter = Exporter(acting, dest_fd, args.repo or repository.root, options,
-                                    emit=out.emit, progress=bar.advance)
+                exporter = Exporter(acting, dest_fd, control_files.state_fd,
+                                    args.repo or repository.root, options, emit=out.emit,
+                                    progress=bar.advance, opener=reader)
                 try:
                     result = exporter.run(plan, manifest)
                 except fsops.NoSpace as err:
-                    ctx.die(EXIT_FULL, f"{err}; free space and rerun with --sync")
+                    ctx.die(EXIT_FULL, f"DEST is full ({err.strerror}); what was exported is "
+                                       "recorded: free space and rerun with --sync")
+                except asuser.ReaderError as err:
+                    ctx.die(EXIT_OWNER, str(err))
                 except OSError as err:
-                    ctx.die(EXIT_DEST, f"cannot write in DEST: {err}")
+                    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                        ctx.die(EXIT_FULL, f"no space left ({err.strerror}); free space and "
+                                           "rerun with --sync")
+                    ctx.die(EXIT_DEST, f"cannot write in DEST: {err.strerror}")
     finally:
+        if reader is not None:
+            reader.close()
+        control_files.close()
         if dest_fd is not None:
             os.close(dest_fd)
         if acting is not port:
             acting.close()
         port.close()
-    rc, message = _exit_code(result, resolution)
-    _report_result(out, dest, args, plan, resolution, result, rc)
+    rc, message = _exit_code(result, resolution, revoking)
+    _report_result(out, dest, args, plan, resolution, result, rc, warnings)
     if rc:
         ctx.die(rc, message)
 
 
-def _exit_code(result, resolution) -> tuple:
+def _gids(entry) -> set:
+    return set(os.getgrouplist(entry.pw_name, entry.pw_gid))
+
+
+def _reader(ctx, entry):
+    try:
+        return asuser.ReaderProcess(entry.pw_uid, entry.pw_gid, _gids(entry))
+    except asuser.ReaderError as err:
+        ctx.die(EXIT_OWNER, str(err))
+
+
+def _create_dest(ctx, dest, args, owner, strict) -> int:
+    try:
+        return dest_io.open_dest(dest, create=True, mode=args.dir_mode, owner=owner,
+                                 strict=strict)[0]
+    except dest_io.DestError as err:
+        ctx.die(EXIT_DEST, f"DEST unusable: {err}")
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            ctx.die(EXIT_FULL, f"no space left to create DEST ({err.strerror})")
+        ctx.die(EXIT_DEST, f"cannot create DEST: {err.strerror}")
+
+
+def _exit_code(result, resolution, revoking: bool) -> tuple:
     if result.full:
         return EXIT_FULL, (f"{result.full}; what was exported is recorded in the manifest: free "
                            "space and rerun with --sync")
+    if revoking:
+        return EXIT_NOT_FOUND, ("no object is readable any more: the export's entries were "
+                                "removed (%d)" % result.removed)
     if resolution.missing:
         return EXIT_SOME_MISSING, "not found or not readable: " + ", ".join(
             map(format_ref, resolution.missing))
@@ -209,7 +368,7 @@ def _report_plan(out, plan) -> None:
                  wanted=renamed.wanted, path=renamed.path, reasons=list(renamed.reasons))
 
 
-def _report_result(out, dest, args, plan, resolution, result, rc) -> None:
+def _report_result(out, dest, args, plan, resolution, result, rc, warnings) -> None:
     missing = [format_ref(r) for r in resolution.missing]
     out.emit("summary", dest=dest, dry_run=args.dry_run, link=args.link, layout=args.layout,
              filesets=len(resolution.filesets), entries=len(plan.entries), added=result.added,
@@ -218,7 +377,8 @@ def _report_result(out, dest, args, plan, resolution, result, rc) -> None:
              skipped=len(plan.skipped), renamed=len(plan.renamed), failed=len(result.failed),
              left_alone=len(result.left_alone), missing_objects=missing,
              writable_sources=len(result.writable), verified=result.verified,
-             verify_failures=len(result.verify_failures), exit_code=rc)
+             verify_failures=len(result.verify_failures), dir_mode_warnings=warnings,
+             exit_code=rc)
     if result.writable:
         out.warn("warning: %d managed file(s) are writable by group or others (hard links share "
                  "that mode), e.g. %s" % (len(result.writable), printable(result.writable[0])))

@@ -3,12 +3,21 @@
 Every directory below DEST is opened with O_DIRECTORY|O_NOFOLLOW relative to its parent's
 descriptor, and every entry is created, checked or removed with `dir_fd=`: a symlink (or a file)
 planted where a directory should be stops that entry instead of being followed, whoever planted
-it and whenever. Entries appear under their final name in one step (link(2), symlink(2), or a
-verified temporary renamed into place), so no partial file is ever visible under a final name.
+it and whenever. Entries appear under their final name in one step (link(2) of the source's
+open descriptor, symlink(2), or a verified temporary, made O_CREAT|O_EXCL|O_NOFOLLOW, linked to
+its final name — link(2) never replaces what a user put there), so no partial file is ever
+visible under a final name.
+
+Sources are opened, never named twice: a repository entry that is a symlink is an in-place
+import whatever its annotations say, and its target is opened by the DEST owner (asuser.py);
+the exporter then links, clones or copies exactly the inode she opened, after checking it
+(a regular file, no set-uid/set-gid, OMERO's size; for in-place targets OMERO's hash before a
+hard link, and a hard link only when she could have made it herself).
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import stat
@@ -19,11 +28,12 @@ from typing import Callable, Optional
 
 from omero_cli_ext import fsops
 from omero_cli_ext.export import CHAINS
-from omero_cli_ext.export.manifest import (DONE, JOURNAL_NAME, PENDING, Journal, Manifest,
-                                           ManifestEntry, fd_path, save)
+from omero_cli_ext.export.asuser import OPEN_FLAGS, SelfOpener
+from omero_cli_ext.export.manifest import (DONE, PENDING, Journal, Manifest, ManifestEntry,
+                                           fd_path, save)
 from omero_cli_ext.export.paths import RESERVED_PREFIX
 from omero_cli_ext.export.plan import path_order
-from omero_cli_ext.server import NotFound, PermissionDenied, ServerError
+from omero_cli_ext.server import FileMissing, NotFound, PermissionDenied, ServerError
 
 # The order `--link auto` tries (DESIGN: hard link, then reflink, then copy, then download)
 PART_PREFIX = RESERVED_PREFIX + ".part."    # a download in progress: .omero-cli-ext.part.<id>
@@ -31,6 +41,9 @@ CHUNK = 1 << 20
 BATCH = 10_000               # entries journaled as pending at once (one fsync each)
 CHECKPOINT_SECONDS = 10.0    # longest time between two journal records of entries made
 _CLIMBS = re.compile(r"(^|/)\.\.(/|$)")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+DOWNLOAD_MODE = 0o644        # downloads and copies (0755 when the source is executable)
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _REFUSED = {errno.EXDEV: "source and DEST are on different filesystems",
             errno.EPERM: "the kernel refused (fs.protected_hardlinks or no hard links here)",
             errno.EMLINK: "the repository file has too many links",
@@ -56,9 +69,9 @@ class DestinationFull(Exception):
 @dataclass
 class Options:
     link: str = "auto"
-    dir_mode: int = 0o750
-    owner: Optional[tuple] = None    # (uid, gid) for directories we create (when root)
-    reader: Optional[tuple] = None   # (uid, gids): when root, in-place targets must be readable by it
+    dir_mode: int = 0o700
+    owner: Optional[tuple] = None    # (uid, gid) of what we create (when root)
+    reader: Optional[tuple] = None   # (uid, gids) of the DEST owner, when root exports for her
     sync: bool = False
     dry_run: bool = False
     verify: bool = False
@@ -87,14 +100,31 @@ def _syncfs(fd: int) -> None:
         os.sync()
 
 
-def posix_readable(st: os.stat_result, uid: int, gids) -> bool:
-    """Would the mode bits of `st` let (uid, gids) read the file? (root's own check for the
-    targets of in-place imports, which the importing user controls)."""
+def may_link(st: os.stat_result, uid: int, gids) -> bool:
+    """Could (uid, gids) hard-link this file herself under fs.protected_hardlinks? Her own file,
+    or a regular file without set-uid/set-gid that she may both read and write."""
     if st.st_uid == uid:
-        return bool(st.st_mode & stat.S_IRUSR)
+        return True
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        return False
     if st.st_gid in gids:
-        return bool(st.st_mode & stat.S_IRGRP)
-    return bool(st.st_mode & stat.S_IROTH)
+        need = stat.S_IRGRP | stat.S_IWGRP
+    else:
+        need = stat.S_IROTH | stat.S_IWOTH
+    return st.st_mode & need == need
+
+
+class Source:
+    """A repository file open for reading: its descriptor, its fstat, whether it is the target
+    of an in-place import (opened by the DEST owner)."""
+    __slots__ = ("fd", "st", "in_place")
+
+    def __init__(self, fd: int, st: os.stat_result, in_place: bool):
+        self.fd, self.st, self.in_place = fd, st, in_place
+
+    @property
+    def path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
 
 
 class DestDir:
@@ -102,14 +132,18 @@ class DestDir:
     following a symlink. Descriptors along the current path are kept, so a sorted walk opens
     each directory once."""
 
-    def __init__(self, root_fd: int, dir_mode: int = 0o750, owner: Optional[tuple] = None,
+    def __init__(self, root_fd: int, dir_mode: int = 0o700, owner: Optional[tuple] = None,
                  on_mkdir: Callable[[str], None] = lambda rel: None,
-                 on_open: Callable[[int, str], None] = lambda fd, rel: None):
+                 on_open: Callable[[int, str], None] = lambda fd, rel: None,
+                 before_mkdir: Callable[[str], None] = lambda rel: None,
+                 not_made: Callable[[str], None] = lambda rel: None):
         self.root = root_fd
         self._mode = dir_mode
         self._owner = owner
         self._on_mkdir = on_mkdir
         self._on_open = on_open
+        self._before_mkdir = before_mkdir
+        self._not_made = not_made
         self._stack: list = []   # (name, fd, made by us in this run)
         self._current: Optional[str] = ""   # the stack as a "/"-joined path (None: unknown)
 
@@ -162,11 +196,19 @@ class DestDir:
         return fd, False
 
     def _mkdir(self, parent: int, name: str, rel: str) -> Optional[int]:
-        """The new directory open, its owner and mode set; None if the name exists."""
+        """The new directory open, its owner and mode set; None if the name exists. Its name is
+        journaled first, so that a killed run's directories are known (and removed when empty)."""
+        self._before_mkdir(rel)
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
         except FileExistsError:
+            self._not_made(rel)
             return None
+        except OSError as err:
+            if err.errno in _NO_SPACE:
+                raise fsops.NoSpace(err.errno, "no space left in DEST for a directory",
+                                    rel) from None
+            raise
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=parent)
         try:
@@ -210,14 +252,18 @@ def diff(plan, manifest: Manifest) -> tuple:
 
 
 class Exporter:
-    """Brings DEST (open as `dest_fd`) to `plan`, recording everything in `manifest`."""
+    """Brings DEST (open as `dest_fd`) to `plan`, recording everything in `manifest`, which is
+    kept in the state directory open as `state_fd`. `opener` opens in-place targets as the DEST
+    owner (asuser.py)."""
 
-    def __init__(self, port, dest_fd: int, repo_root: str, options: Options,
+    def __init__(self, port, dest_fd: int, state_fd: int, repo_root: str, options: Options,
                  emit: Callable[..., None] = lambda kind, **fields: None,
                  progress: Callable[[int], None] = lambda n: None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, opener=None):
         self.port = port
         self.dest_fd = dest_fd
+        self.state_fd = state_fd
+        self.opener = opener if opener is not None else SelfOpener()
         self.repo_root = os.path.abspath(repo_root)
         self._repo_prefix = self.repo_root.rstrip("/") + "/"
         self.options = options
@@ -227,11 +273,11 @@ class Exporter:
         self.result = Result()
         self._noted: set = set()
         self._active_parts: set = set()
-        self._new_dirs: list = []    # directories made since the journal last recorded any
+        self._journal: Optional[Journal] = None
         self.manifest: Optional[Manifest] = None
         self.dest = DestDir(dest_fd, options.dir_mode, options.owner, self._made_dir,
                             self._clean_dir if options.sync and not options.dry_run else
-                            (lambda fd, rel: None))
+                            (lambda fd, rel: None), self._making_dir, self._dir_not_made)
 
     # ----------------------------------------------------------------------------- the run
     def run(self, plan, manifest: Manifest) -> Result:
@@ -290,12 +336,31 @@ class Exporter:
             self.result.removed += 1
             self.emit("entry", action="would-remove", path=old.path, fileset=old.fileset,
                       original_file=old.original_file, size=old.size, method=old.method)
+        dest_dev = os.fstat(self.dest_fd).st_dev if self.dest_fd is not None else None
         for entry in to_add:
+            method = self._planned_method(entry, dest_dev)
             self.result.added += 1
             self.result.bytes_added += entry.size or 0
+            self.result.methods[method] += 1
             self.emit("entry", action="would-add", path=entry.path, fileset=entry.fileset_id,
-                      original_file=entry.original_file_id, size=entry.size,
-                      method=self.options.link)
+                      original_file=entry.original_file_id, size=entry.size, method=method)
+
+    def _planned_method(self, entry, dest_dev: Optional[int]) -> str:
+        """The method the chain would pick for this entry, judged from the repository file's
+        device (no link is tried): a link or clone on DEST's filesystem, else a copy, else
+        (the repository not readable here) a download."""
+        chain = CHAINS[self.options.link]
+        if len(chain) == 1:
+            return chain[0]
+        try:
+            src_dev = os.stat(self._source(entry.repo_path)).st_dev
+        except (OSError, EntryFailed):
+            return "download" if "download" in chain else chain[0]
+        for method in chain:
+            if method in ("hard", "reflink") and src_dev != dest_dev:
+                continue
+            return method
+        return chain[-1]
 
     # ----------------------------------------------------------------------------- removal
     def _remove(self, to_remove, plan) -> None:
@@ -320,7 +385,7 @@ class Exporter:
         if self.manifest.directories:
             self._remove_unneeded_dirs(set(plan.directories))
         if to_remove:
-            save(self.dest_fd, self.manifest)
+            save(self.state_fd, self.manifest)
 
     def _remove_unneeded_dirs(self, needed: set) -> None:
         """rmdir the directories we made that no entry needs any more; a directory holding
@@ -350,21 +415,36 @@ class Exporter:
 
     def _adoptable(self, size, hash_, hasher, st, fd, name, src) -> bool:
         """Is the file at `name` one a crashed run of ours made for this OriginalFile? (A hard link
-        of the repository file, a symlink to it, or a complete copy with the right hash.)"""
+        of the repository file or of the in-place target the DEST owner opens, a symlink to the
+        repository file, or a complete copy with the right hash.) Read through a descriptor
+        opened without following anything."""
         if stat.S_ISLNK(st.st_mode):
             return src is not None and os.readlink(name, dir_fd=fd) == src
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             return False
         if src is not None:
             try:
-                sst = os.stat(src)
-                if (sst.st_dev, sst.st_ino) == (st.st_dev, st.st_ino):
-                    return True
-            except OSError:
-                pass
+                source = self._open_source_fd(src)
+            except (EntryFailed, SourceUnavailable, OSError):
+                source = None
+            if source is not None:
+                try:
+                    if (source[1].st_dev, source[1].st_ino) == (st.st_dev, st.st_ino):
+                        return True
+                finally:
+                    os.close(source[0])
         if not (hash_ and hasher in fsops.HASHERS):
             return False
-        return fsops.checksum(fd_path(fd, name), hasher) == hash_.lower()
+        try:
+            efd = os.open(name, OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError:
+            return False
+        try:
+            est = os.fstat(efd)
+            return ((est.st_dev, est.st_ino) == (st.st_dev, st.st_ino)
+                    and _fd_checksum(efd, hasher) == hash_.lower())
+        finally:
+            os.close(efd)
 
     # ----------------------------------------------------------------------------- additions
     def _add(self, to_add) -> None:
@@ -372,8 +452,9 @@ class Exporter:
         (syncfs) and save the manifest once."""
         adoptable = {p for p, m in self.manifest.entries.items() if m.state == PENDING}
         if self.manifest.serial == 0 or self.manifest.replayed:
-            save(self.dest_fd, self.manifest)   # the journal extends a manifest on disk
+            save(self.state_fd, self.manifest)   # the journal extends a manifest on disk
         journal = self._open_journal() if to_add else None
+        self._journal = journal
         made: list = []
         last_record = self.clock()
         try:
@@ -394,9 +475,15 @@ class Exporter:
                     except PlantedLink as err:
                         self._failed(entry, f"{err.filename}: {err.strerror}")
                     except fsops.NoSpace as err:
-                        self.result.full = str(err)
+                        self.result.full = f"no space left in DEST ({err.strerror})"
                         self._failed(entry, "destination full")
                         break
+                    except OSError as err:
+                        if err.errno in _NO_SPACE:
+                            self.result.full = f"no space left in DEST ({err.strerror})"
+                            self._failed(entry, "destination full")
+                            break
+                        self._failed(entry, _describe(err))
                     self.progress(1)
                     if self.clock() - last_record >= CHECKPOINT_SECONDS:
                         self._record(journal, made)
@@ -412,9 +499,10 @@ class Exporter:
         self.dest.close()
         for path in [p for p, m in self.manifest.entries.items() if m.state == PENDING]:
             del self.manifest.entries[path]
+        self._journal = None
         _syncfs(self.dest_fd)
         try:
-            save(self.dest_fd, self.manifest)
+            save(self.state_fd, self.manifest)
         except OSError:
             if self.result.full is None:
                 raise
@@ -427,25 +515,25 @@ class Exporter:
 
     def _open_journal(self) -> Journal:
         try:
-            return Journal(self.dest_fd, self.manifest.serial)
+            return Journal(self.state_fd, self.manifest.serial)
         except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise fsops.NoSpace(err.errno, "no space left in DEST for the manifest's journal",
-                                    JOURNAL_NAME) from None
+            if err.errno in _NO_SPACE:
+                raise fsops.NoSpace(err.errno, "no space left for the export's journal",
+                                    "journal") from None
             raise
 
     def _record(self, journal, made: list, quietly: bool = False) -> None:
-        """Journal the entries made and directories created since the last record."""
-        if not (made or self._new_dirs):
+        """Journal the entries made since the last record (directories are journaled before
+        they are made)."""
+        if not made:
             return
         try:
-            journal.done(made, self._new_dirs)
+            journal.done(made, ())
         except OSError:
             if not quietly and self.result.full is None:
                 raise
             return   # unrecorded entries stay pending; the next run adopts them
         made.clear()
-        self._new_dirs.clear()
 
     def _failed(self, entry, reason: str) -> None:
         self.result.failed.append((entry.path, entry.fileset_id, entry.original_file_id, reason))
@@ -485,7 +573,7 @@ class Exporter:
         """The repository file's absolute path on this host (never outside the repository root,
         whatever OriginalFile.path says)."""
         if ".." in repo_path and _CLIMBS.search(repo_path):
-            raise EntryFailed(f"{repo_path!r} is outside the managed repository")
+            raise EntryFailed("the OriginalFile's path is outside the managed repository")
         return self._repo_prefix + repo_path.lstrip("/")
 
     def _note(self, key: tuple, text: str) -> None:
@@ -497,101 +585,198 @@ class Exporter:
     def _make(self, entry, src: str, fd: int, name: str) -> tuple:
         """Create `name` in `fd` by the first method of the chain that works: (method, identity)."""
         chain = CHAINS[self.options.link]
-        sst = None
+        source = None
         index = 0
-        while index < len(chain):
-            method = chain[index]
-            if method in ("reflink", "copy", "download") and _exists(fd, name):
-                raise FileExistsError(errno.EEXIST, "exists", name)   # these would replace it
-            try:
-                if method == "download":
-                    return method, self._download(entry, fd, name)
-                if method == "hard":
-                    return method, self._hard_link(entry, src, fd, name)
-                if sst is None:
-                    sst = self._checked_source(entry, src)
-                if method == "sym":
-                    os.symlink(src, name, dir_fd=fd)
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                    return method, (st.st_dev, st.st_ino)
-                target = fd_path(fd, name)
-                if method == "reflink":
-                    fsops.reflink(src, target)
-                else:
-                    known = bool(entry.hash and entry.hasher in fsops.HASHERS)
-                    fsops.copy_verified(src, target, hasher=entry.hasher if known else None,
-                                        expected_hash=entry.hash if known else None,
-                                        expected_size=entry.size)
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                return method, (st.st_dev, st.st_ino)
-            except fsops.LinkRefused as err:
-                if len(chain) == 1:
-                    raise EntryFailed(f"{method} link refused: {err.reason}") from None
-                self._note((method, err.reason),
-                           f"{method} link refused ({err.reason}); falling back to {chain[index + 1]}")
-            except SourceUnavailable as err:
-                if "download" not in chain[index + 1:]:
-                    raise EntryFailed(str(err)) from None
-                self._note(("download",), f"{err}; downloading through the server instead")
-                index = chain.index("download")
-                continue
-            except fsops.VerifyError as err:
-                raise EntryFailed(str(err)) from None
-            index += 1
+        try:
+            while index < len(chain):
+                method = chain[index]
+                try:
+                    if method == "download":
+                        if _exists(fd, name):
+                            raise FileExistsError(errno.EEXIST, "exists", name)
+                        return method, self._download(entry, fd, name)
+                    if method == "sym":
+                        if source is None:
+                            source = self._open_source(entry, src)
+                        os.symlink(src, name, dir_fd=fd)
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        return method, (st.st_dev, st.st_ino)
+                    if source is None:
+                        source = self._open_source(entry, src)
+                    if method == "hard":
+                        return method, self._hard_link(entry, source, fd, name)
+                    return method, self._copy(entry, source, fd, name, clone=method == "reflink")
+                except fsops.LinkRefused as err:
+                    if len(chain) == 1:
+                        raise EntryFailed(f"{method} link refused: {err.reason}") from None
+                    self._note((method, err.reason), f"{method} link refused ({err.reason}); "
+                               f"falling back to {chain[index + 1]}")
+                except SourceUnavailable as err:
+                    if "download" not in chain[index + 1:]:
+                        raise EntryFailed(str(err)) from None
+                    self._note(("download",), f"{err}; downloading through the server instead")
+                    index = chain.index("download")
+                    continue
+                index += 1
+        finally:
+            if source is not None:
+                os.close(source.fd)
         raise EntryFailed("no method could export this file")
 
-    def _checked_source(self, entry, src: str) -> os.stat_result:
-        """stat the repository file (following an in-place import's link) and check it."""
+    def _open_source_fd(self, src: str) -> tuple:
+        """(fd, fstat, in place) of the repository file: opened without following a symlink;
+        a symlink is an in-place import (whatever the annotations say), whose target is opened
+        by the DEST owner."""
         try:
-            sst = os.stat(src)
-        except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
-            raise SourceUnavailable(f"the repository file is not readable here ({err.strerror})") \
-                from None
-        self._check_source(entry, src, sst)
-        return sst
+            fd = os.open(src, OPEN_FLAGS | os.O_NOFOLLOW)
+            in_place = False
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                if err.errno in (errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.EPERM):
+                    raise SourceUnavailable(f"the repository file is not readable here "
+                                            f"({err.strerror})") from None
+                raise
+            fd = self._open_in_place(src)
+            in_place = True
+        return fd, os.fstat(fd), in_place
 
-    def _check_source(self, entry, src: str, sst: os.stat_result) -> None:
-        """Is `sst` the file OMERO describes, and — as root — could the DEST owner read it
-        anyway? (Notes a managed file writable by group or others.)"""
-        if not stat.S_ISREG(sst.st_mode):
-            raise EntryFailed(f"{src} is not a regular file")
-        if sst.st_size != entry.size:
-            raise EntryFailed(f"the repository file has {sst.st_size} bytes, OMERO records "
-                              f"{entry.size}")
-        if entry.in_place and self.options.reader is not None \
-                and not posix_readable(sst, *self.options.reader):
-            raise EntryFailed("the in-place import's target is not readable by the DEST owner; "
-                              "refusing to expose it")
-        if sst.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            self.result.writable.append(entry.path)
-
-    def _hard_link(self, entry, src: str, fd: int, name: str) -> tuple:
-        """Link first (following an in-place import's link), then check the inode linked: the
-        checks see exactly the file DEST now holds, with one stat, and no swap of an in-place
-        target between a check and the link can slip through. A file failing them is unlinked
-        again; it shares its inode, mode and owner with the repository file, so for that moment
-        it gave nobody access the repository did not."""
+    def _open_in_place(self, src: str) -> int:
         try:
-            os.link(src, name, dst_dir_fd=fd, follow_symlinks=True)
-        except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
-            if isinstance(err, PermissionError) and err.errno == errno.EPERM:
-                raise fsops.LinkRefused(err.errno, "hard", _REFUSED[err.errno], src, name) \
-                    from None
+            target = os.readlink(src)
+        except OSError as err:
             raise SourceUnavailable(f"the repository file is not readable here "
                                     f"({err.strerror})") from None
+        if not os.path.isabs(target):
+            target = os.path.join(os.path.dirname(src), target)
+        try:
+            return self.opener.open(target)
+        except OSError as err:
+            raise EntryFailed(f"the DEST owner cannot open the in-place import's target "
+                              f"({err.strerror}); not exported") from None
+
+    def _open_source(self, entry, src: str) -> Source:
+        fd, st, in_place = self._open_source_fd(src)
+        try:
+            self._check_source(entry, st)
+        except BaseException:
+            os.close(fd)
+            raise
+        return Source(fd, st, in_place)
+
+    def _check_source(self, entry, st: os.stat_result) -> None:
+        """Is `st` a file we may export, the size OMERO describes? (Notes a managed file writable
+        by group or others.)"""
+        if not stat.S_ISREG(st.st_mode):
+            raise EntryFailed("the source is not a regular file (a directory, device, fifo or "
+                              "socket); refused")
+        if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            raise EntryFailed("the source is a set-uid or set-gid file; refused")
+        if st.st_size != entry.size:
+            raise EntryFailed(f"the repository file has {st.st_size} bytes, OMERO records "
+                              f"{entry.size}")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            self.result.writable.append(entry.path)
+
+    def _check_content(self, entry, source: Source) -> None:
+        """An in-place target (which its owner may rewrite at any time) must hold what OMERO
+        recorded before it is linked."""
+        if entry.hash and entry.hasher in fsops.HASHERS \
+                and _fd_checksum(source.fd, entry.hasher) != entry.hash.lower():
+            raise EntryFailed(f"the in-place import's target differs from OMERO's {entry.hasher}; "
+                              "not exported")
+
+    def _hard_link(self, entry, source: Source, fd: int, name: str) -> tuple:
+        """Link the very inode opened (through its descriptor): nothing swapped since can be
+        linked instead. An in-place target is linked only if the DEST owner could have linked it
+        herself (fs.protected_hardlinks) and its content is OMERO's."""
+        if source.in_place:
+            reader = self.options.reader
+            if reader is not None and not may_link(source.st, *reader):
+                raise fsops.LinkRefused(errno.EPERM, "hard", "the DEST owner could not hard-link "
+                                        "this in-place target herself (fs.protected_hardlinks)",
+                                        "", name)
+            self._check_content(entry, source)
+        try:
+            os.link(source.path, name, dst_dir_fd=fd, follow_symlinks=True)
         except OSError as err:
             if err.errno in _REFUSED:
-                raise fsops.LinkRefused(err.errno, "hard", _REFUSED[err.errno], src, name) from None
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise fsops.LinkRefused(err.errno, "hard", _REFUSED[err.errno], "", name) \
+                    from None
+            if err.errno in _NO_SPACE:
                 raise fsops.NoSpace(err.errno, "no space left in DEST", name) from None
             raise
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != (source.st.st_dev, source.st.st_ino):
+            raise EntryFailed("a different file appeared under this name while linking; "
+                              "left alone")
+        return st.st_dev, st.st_ino
+
+    def _copy(self, entry, source: Source, fd: int, name: str, clone: bool) -> tuple:
+        """A verified copy (or a copy-on-write clone) of the open source: written to a fresh
+        temporary (O_CREAT|O_EXCL|O_NOFOLLOW, checked with fstat), owned by the DEST owner,
+        then linked to its final name (never replacing anything) and the temporary dropped."""
+        if source.in_place and clone:
+            self._check_content(entry, source)
+        tmp = os.path.basename(fsops.temp_path(name))
         try:
-            self._check_source(entry, src, st)
-        except EntryFailed:
-            os.unlink(name, dir_fd=fd)
+            tfd = os.open(tmp, _TEMP_FLAGS, 0o600, dir_fd=fd)
+        except OSError as err:
+            if err.errno in _NO_SPACE:
+                raise fsops.NoSpace(err.errno, "no space left in DEST", name) from None
+            raise
+        try:
+            try:
+                self._fill(entry, source, tfd, clone)
+                self._give(tfd, DOWNLOAD_MODE | (0o111 if source.st.st_mode & stat.S_IXUSR
+                                                 else 0))
+                os.fsync(tfd)
+                os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+                st = os.fstat(tfd)
+            finally:
+                os.close(tfd)
+                _unlink_quietly(fd, tmp)
+        except OSError as err:
+            if err.errno in _NO_SPACE:
+                raise fsops.NoSpace(err.errno, "no space left in DEST", name) from None
             raise
         return st.st_dev, st.st_ino
+
+    def _fill(self, entry, source: Source, tfd: int, clone: bool) -> None:
+        if clone:
+            try:
+                fcntl.ioctl(tfd, fsops._FICLONE, source.fd)
+            except OSError as err:
+                if err.errno in _NO_SPACE:
+                    raise
+                raise fsops.LinkRefused(err.errno, "reflink", "the filesystem cannot clone "
+                                        f"files ({err.strerror})", "", "") from None
+            if os.fstat(tfd).st_size != entry.size:
+                raise EntryFailed("the clone's size differs from OMERO's; removed")
+            return
+        known = bool(entry.hash and entry.hasher in fsops.HASHERS)
+        state = fsops.new_hasher(entry.hasher) if known else None
+        offset = 0
+        while True:
+            data = os.pread(source.fd, CHUNK, offset)
+            if not data:
+                break
+            if state is not None:
+                state.update(data)
+            fsops.write_all(tfd, data)
+            offset += len(data)
+            if offset > entry.size:
+                break
+        if offset != entry.size:
+            raise EntryFailed(f"the source changed while it was copied ({offset} bytes, OMERO "
+                              f"records {entry.size}); removed")
+        if state is not None and state.digest().hex() != entry.hash.lower():
+            raise EntryFailed(f"the copy differs from OMERO's {entry.hasher}; removed")
+
+    def _give(self, fd: int, mode: int) -> None:
+        """What we create for the DEST owner is hers (when root) with `mode`."""
+        if self.options.owner is not None:
+            os.fchown(fd, *self.options.owner)
+        os.fchmod(fd, mode)
 
     # ----------------------------------------------------------------------------- download
     def _download(self, entry, fd: int, name: str) -> tuple:
@@ -606,6 +791,9 @@ class Exporter:
             offset = self._resume_offset(pfd, entry.size, state)
             try:
                 reader = self.port.open_original_file(entry.original_file_id)
+            except FileMissing:
+                raise EntryFailed("the file is missing on the server (its repository file is "
+                                  "gone or unreadable there)") from None
             except PermissionDenied:
                 raise EntryFailed("download restricted by the server (BINARYACCESS)") from None
             except NotFound:
@@ -614,7 +802,12 @@ class Exporter:
                 raise EntryFailed(f"server error: {err}") from None
             try:
                 while offset < entry.size:
-                    data = reader.read(offset, min(CHUNK, entry.size - offset))
+                    try:
+                        data = reader.read(offset, min(CHUNK, entry.size - offset))
+                    except FileMissing:
+                        raise EntryFailed("the file is missing on the server") from None
+                    except ServerError as err:
+                        raise EntryFailed(f"server error: {err}") from None
                     if not data:
                         break
                     fsops.write_all(pfd, data)
@@ -629,10 +822,11 @@ class Exporter:
                 raise EntryFailed(f"the server sent {offset} bytes, OMERO records {entry.size}")
             if state is not None and state.digest().hex() != entry.hash.lower():
                 os.unlink(part, dir_fd=fd)
-                raise EntryFailed(f"{entry.hasher} of the download differs from OMERO's; removed")
+                raise EntryFailed(f"the download differs from OMERO's {entry.hasher}; removed")
+            self._give(pfd, DOWNLOAD_MODE)
             st = os.fstat(pfd)
         except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            if err.errno in _NO_SPACE:
                 self._unlink_part(fd, entry.original_file_id)
                 raise fsops.NoSpace(err.errno, "no space left in DEST while downloading", name) \
                     from None
@@ -648,21 +842,24 @@ class Exporter:
         return st.st_dev, st.st_ino
 
     def _open_part(self, fd: int, part: str) -> int:
-        """Our part file, or a fresh one if what has that name is not a plain file of ours."""
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        """Our part file to resume (a regular file, one link, ours, 0600: what we made), or a
+        fresh one (O_CREAT|O_EXCL|O_NOFOLLOW) when what has that name is anything else."""
         try:
-            pfd = os.open(part, flags, 0o644, dir_fd=fd)
+            pfd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                          dir_fd=fd)
         except OSError as err:
-            if err.errno != errno.ELOOP:
+            if err.errno not in (errno.ENOENT, errno.ELOOP, errno.EACCES, errno.EISDIR,
+                                 errno.ENXIO, errno.ETXTBSY, errno.EPERM):
                 raise
             pfd = None
         if pfd is not None:
             st = os.fstat(pfd)
-            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid():
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid() \
+                    and stat.S_IMODE(st.st_mode) == 0o600:
                 return pfd
             os.close(pfd)
-        os.unlink(part, dir_fd=fd)
-        return os.open(part, flags | os.O_EXCL, 0o644, dir_fd=fd)
+        _unlink_quietly(fd, part)
+        return os.open(part, _TEMP_FLAGS, 0o600, dir_fd=fd)
 
     @staticmethod
     def _resume_offset(pfd: int, size: int, state) -> int:
@@ -692,7 +889,14 @@ class Exporter:
     # ----------------------------------------------------------------------------- housekeeping
     def _made_dir(self, rel: str) -> None:
         self.manifest.directories.add(rel)
-        self._new_dirs.append(rel)
+
+    def _making_dir(self, rel: str) -> None:
+        if self._journal is not None:
+            self._journal.making(rel)
+
+    def _dir_not_made(self, rel: str) -> None:
+        if self._journal is not None:
+            self._journal.not_made(rel)
 
     def _clean_dir(self, fd: int, rel: str) -> None:
         """On --sync, drop what a killed run left in a directory we pass: fsops temporaries of
@@ -709,31 +913,68 @@ class Exporter:
 
     # ----------------------------------------------------------------------------- verify
     def _verify(self, plan) -> None:
-        """Every entry against its OriginalFile's size and hash (through the symlink for sym)."""
+        """Every entry against its OriginalFile's size and hash, read through a descriptor
+        opened without following anything (a sym entry: its target opened by the DEST owner).
+        A mismatch names the algorithm, never the digest of what DEST holds."""
         for entry in plan.entries:
             record = self.manifest.entries.get(entry.path)
             if record is None or record.state != DONE:
                 continue
             parts = entry.path.split("/")
             reason = None
+            efd = None
             try:
                 fd = self.dest.fd(parts[:-1])
-                st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=record.method == "sym")
+                if record.method == "sym":
+                    efd = self.opener.open(os.readlink(parts[-1], dir_fd=fd))
+                else:
+                    efd = os.open(parts[-1], OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                st = os.fstat(efd)
                 if not stat.S_ISREG(st.st_mode):
                     reason = "not a regular file"
                 elif st.st_size != entry.size:
                     reason = f"{st.st_size} bytes, OMERO records {entry.size}"
-                elif entry.hash and entry.hasher in fsops.HASHERS:
-                    digest = fsops.checksum(fd_path(fd, parts[-1]), entry.hasher)
-                    if digest != entry.hash.lower():
-                        reason = f"{entry.hasher} {digest}, OMERO records {entry.hash.lower()}"
+                elif entry.hash and entry.hasher in fsops.HASHERS \
+                        and _fd_checksum(efd, entry.hasher) != entry.hash.lower():
+                    reason = f"content differs from OMERO's {entry.hasher}"
             except (FileNotFoundError, PlantedLink):
                 reason = "missing"
+            except OSError as err:
+                reason = "not readable" if err.errno != errno.ELOOP else \
+                    "replaced by a symlink"
+            finally:
+                if efd is not None:
+                    os.close(efd)
             self.result.verified += 1
             if reason:
                 self.result.verify_failures.append((entry.path, reason))
             self.emit("verify", path=entry.path, original_file=entry.original_file_id,
                       ok=reason is None, reason=reason)
+
+
+def _fd_checksum(fd: int, hasher: str) -> str:
+    """OMERO's checksum of the file open as `fd` (read with pread: the offset is not moved)."""
+    state = fsops.new_hasher(hasher)
+    offset = 0
+    while True:
+        data = os.pread(fd, CHUNK, offset)
+        if not data:
+            break
+        state.update(data)
+        offset += len(data)
+    return state.digest().hex()
+
+
+def _unlink_quietly(fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+
+
+def _describe(err: OSError) -> str:
+    """An OSError for a user: its reason, never the /proc/self/fd path it went through."""
+    return err.strerror or type(err).__name__
 
 
 def _exists(fd: int, name: str) -> bool:

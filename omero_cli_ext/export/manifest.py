@@ -1,17 +1,22 @@
-"""The manifest in DEST: which entries (and directories) this export made, so that --sync adds,
-keeps and removes only its own, and a rerun after a crash can adopt what it half-did.
+"""The manifest: which entries (and directories) this export made, so that --sync adds, keeps
+and removes only its own, and a rerun after a crash can adopt what it half-did.
 
-Two files in DEST, both named with the reserved prefix:
+Two files in the export's private state directory (state.py; never in DEST, where its owner
+could rename a file over them):
 
-- `.omero-cli-ext-export.json`, the state after the last completed run: one JSON document with
-  one row per entry (columns named once), replaced atomically (temporary, fsync, rename, fsync
-  directory) at the end of a run — once, whatever the number of entries.
-- `.omero-cli-ext-export.journal`, the progress of the run since: before a batch of entries is
-  made their rows are appended as "pending" and fsynced; after, their identities (done) and the
-  directories made. A crash leaves the journal behind and the next load replays it over the
+- `manifest.json`, the state after the last completed run: one JSON document with one row per
+  entry (columns named once), replaced atomically (temporary, fsync, rename, fsync directory)
+  at the end of a run — once, whatever the number of entries.
+- `journal`, the progress of the run since: before a batch of entries is made their rows are
+  appended as "pending" and fsynced; before a directory is made, its name; after, the entries'
+  identities (done). A crash leaves the journal behind and the next load replays it over the
   manifest, so each entry is either absent or known (done, or pending: its file is checked and
-  adopted). The journal names the manifest serial it extends: one left over from a run that
-  crashed just after replacing the manifest is stale and ignored.
+  adopted), and each directory a run made is known. The journal names the manifest serial it
+  extends: one left over from a run that crashed just after replacing the manifest is stale
+  and ignored.
+
+Exports made before the state directory kept both in DEST (`.omero-cli-ext-export.json` and
+`.journal`); `migrate` moves them once.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import datetime as _dt
 import errno
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -26,11 +32,14 @@ from omero_cli_ext import fsops
 from omero_cli_ext.export.paths import RESERVED_PREFIX, is_safe_relpath
 from omero_cli_ext.compat import DATACLASS_SLOTS
 
-MANIFEST_NAME = RESERVED_PREFIX + "-export.json"
-JOURNAL_NAME = RESERVED_PREFIX + "-export.journal"
+MANIFEST_NAME = "manifest.json"
+JOURNAL_NAME = "journal"
+LEGACY_MANIFEST_NAME = RESERVED_PREFIX + "-export.json"     # in DEST, before version 3
+LEGACY_JOURNAL_NAME = RESERVED_PREFIX + "-export.journal"
 FORMAT = "omero-cli-ext originals export"
 JOURNAL_FORMAT = "omero-cli-ext originals export journal"
-VERSION = 2
+VERSION = 3
+READABLE_VERSIONS = (2, 3)
 DONE, PENDING = "done", "pending"
 # One row per entry, in this order (ManifestEntry's fields)
 COLUMNS = ("path", "fileset", "original_file", "size", "hash", "hasher", "method", "state",
@@ -68,6 +77,8 @@ class Manifest:
     created: str = ""
     updated: str = ""
     serial: int = 0              # bumped by every save; 0: never saved
+    objects: list = field(default_factory=list)   # the OBJ arguments ("Project:1") last exported
+    dest: str = ""               # DEST's path when last saved (the state is keyed by its inode)
     replayed: bool = False       # a killed run's journal was replayed into it (not yet saved)
 
     def to_bytes(self) -> bytes:
@@ -76,7 +87,8 @@ class Manifest:
         doc = {
             "format": FORMAT, "version": VERSION, "repository": self.repository,
             "user": self.user, "layout": self.layout, "created": self.created,
-            "updated": self.updated, "serial": self.serial,
+            "updated": self.updated, "serial": self.serial, "objects": list(self.objects),
+            "dest": self.dest,
             "directories": sorted(self.directories), "columns": list(COLUMNS), "entries": rows,
         }
         return _ENCODER.encode(doc).encode("utf-8") + b"\n"
@@ -85,13 +97,15 @@ class Manifest:
     def from_bytes(cls, data: bytes) -> "Manifest":
         try:
             doc = json.loads(data.decode("utf-8"))
-            if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+            if doc.get("format") != FORMAT or doc.get("version") not in READABLE_VERSIONS:
                 raise ManifestError(f"not an omero-cli-ext export manifest (version {VERSION})")
             if tuple(doc["columns"]) != COLUMNS:
                 raise ManifestError(f"unexpected columns {doc['columns']}")
             manifest = cls(repository=doc["repository"], user=doc["user"], layout=doc["layout"],
                            created=doc.get("created", ""), updated=doc.get("updated", ""),
-                           serial=int(doc["serial"]))
+                           serial=int(doc["serial"]),
+                           objects=[str(o) for o in doc.get("objects", [])],
+                           dest=str(doc.get("dest", "")))
             for row in doc["entries"]:
                 entry = ManifestEntry(*row)
                 _check_path(entry.path, "entry path")
@@ -114,7 +128,8 @@ class Manifest:
             header = json.loads(lines[0])
         except ValueError:
             return
-        if header != [JOURNAL_FORMAT, VERSION, self.serial]:
+        if len(header) != 3 or header[0] != JOURNAL_FORMAT or header[1] not in READABLE_VERSIONS \
+                or header[2] != self.serial:
             return
         try:
             for line in lines[1:]:
@@ -136,6 +151,11 @@ class Manifest:
                     for directory in rest[0]:
                         _check_path(directory, "journal directory")
                         self.directories.add(directory)
+                elif kind == "M":     # about to be made (rows: one directory)
+                    _check_path(rows, "journal directory")
+                    self.directories.add(rows)
+                elif kind == "X":     # was there already: not ours
+                    self.directories.discard(rows)
                 else:
                     raise ManifestError(f"unknown journal record {kind!r}")
         except ManifestError:
@@ -162,33 +182,38 @@ def fd_path(dir_fd: int, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
-def _read(dest_fd: int, name: str) -> Optional[bytes]:
+def _read(dir_fd: int, name: str, where: str) -> Optional[bytes]:
+    """The bytes of the regular file `name` (never through a symlink, never a fifo or device:
+    O_NOFOLLOW|O_NONBLOCK, then fstat), None when there is none."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dest_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise ManifestError(f"{name} in DEST is a symlink; not following it") from None
+            raise ManifestError(f"{name} in {where} is a symlink; not following it") from None
         raise
     with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ManifestError(f"{name} in {where} is not a regular file")
         return stream.read()
 
 
-def load(dest_fd: int) -> Optional[Manifest]:
-    """The manifest in the DEST directory open as `dest_fd` with its journal replayed, or None
-    when there is none."""
-    data = _read(dest_fd, MANIFEST_NAME)
+def load(state_fd: int) -> Optional[Manifest]:
+    """The manifest in the state directory open as `state_fd` with its journal replayed, or
+    None when there is none."""
+    data = _read(state_fd, MANIFEST_NAME, "the state directory")
     if data is None:
         return None
     manifest = Manifest.from_bytes(data)
-    journal = _read(dest_fd, JOURNAL_NAME)
+    journal = _read(state_fd, JOURNAL_NAME, "the state directory")
     if journal:
         manifest.replay(journal)
     return manifest
 
 
-def save(dest_fd: int, manifest: Manifest) -> None:
+def save(state_fd: int, manifest: Manifest) -> None:
     """Replace the manifest atomically (fsops.atomic_write: temporary, fsync, rename, fsync dir);
     it then holds everything a journal of the previous serial said."""
     manifest.updated = now_text()
@@ -196,28 +221,64 @@ def save(dest_fd: int, manifest: Manifest) -> None:
         manifest.created = manifest.updated
     manifest.serial += 1
     try:
-        fsops.atomic_write(fd_path(dest_fd, MANIFEST_NAME), manifest.to_bytes(), mode=0o644)
+        fsops.atomic_write(fd_path(state_fd, MANIFEST_NAME), manifest.to_bytes(), mode=0o600)
     except BaseException:
         manifest.serial -= 1
         raise
     manifest.replayed = False
 
 
-class Journal:
-    """The run's progress, appended to DEST's journal (module docstring). Created empty for the
-    serial of the manifest on disk, which must exist (save it first)."""
-
-    def __init__(self, dest_fd: int, serial: int):
-        self._dest_fd = dest_fd
-        self._fd = os.open(JOURNAL_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                           | os.O_CLOEXEC, 0o644, dir_fd=dest_fd)
+def migrate(dest_fd: int, state_fd: int) -> Optional[str]:
+    """Move a manifest (and journal) an older version kept in DEST into the state directory,
+    once; returns a note for the user, None when DEST holds none. What DEST holds under those
+    names is only read (as a regular file, never followed) and, once saved, unlinked: the DEST
+    owner controls it, and at worst describes her own files."""
+    try:
+        data = _read(dest_fd, LEGACY_MANIFEST_NAME, "DEST")
+        if data is None:
+            return None
+        manifest = Manifest.from_bytes(data)
+        journal = _read(dest_fd, LEGACY_JOURNAL_NAME, "DEST")
+        if journal:
+            manifest.replay(journal)
+    except (ManifestError, OSError) as err:
+        return f"DEST's old manifest {LEGACY_MANIFEST_NAME} was not migrated ({err}); left alone"
+    manifest.serial = 0
+    save(state_fd, manifest)
+    for name in (LEGACY_JOURNAL_NAME, LEGACY_MANIFEST_NAME):
         try:
+            os.unlink(name, dir_fd=dest_fd)
+        except FileNotFoundError:
+            pass
+    return (f"DEST's manifest ({LEGACY_MANIFEST_NAME}) moved to the export's state directory, "
+            "out of the DEST owner's reach")
+
+
+class Journal:
+    """The run's progress, appended to the state directory's journal (module docstring).
+    Created empty for the serial of the manifest on disk, which must exist (save it first)."""
+
+    def __init__(self, state_fd: int, serial: int):
+        self._state_fd = state_fd
+        self._fd = os.open(JOURNAL_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o600, dir_fd=state_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+                raise ManifestError(f"{JOURNAL_NAME} in the state directory is not a file")
             self._append([JOURNAL_FORMAT, VERSION, serial])
             os.fsync(self._fd)
-            fsops.fsync_dir(fd_path(dest_fd))
+            fsops.fsync_dir(fd_path(state_fd))
         except BaseException:
             os.close(self._fd)
             raise
+
+    def making(self, directory: str) -> None:
+        """A directory about to be made (written before mkdir; a kill -9 cannot lose it)."""
+        self._append(["M", directory])
+
+    def not_made(self, directory: str) -> None:
+        """The directory was there already: not ours."""
+        self._append(["X", directory])
 
     def pending(self, entries: Iterable) -> None:
         """Entries (plan.Entry) about to be made; durable before the first of them is."""
@@ -235,7 +296,7 @@ class Journal:
         """After the manifest that holds all of it was saved."""
         self.close()
         try:
-            os.unlink(JOURNAL_NAME, dir_fd=self._dest_fd)
+            os.unlink(JOURNAL_NAME, dir_fd=self._state_fd)
         except FileNotFoundError:
             pass
 

@@ -1,0 +1,227 @@
+"""DEST itself: opened from `/` one component at a time without following a symlink, its
+ancestors checked as sshd's StrictModes checks a home directory, and kept apart from the
+ManagedRepository by device and inode (bind mounts included), never by path spelling.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Iterable, Optional
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class DestError(Exception):
+    """DEST cannot be used (the message says which component and why)."""
+
+
+class DestMissing(DestError):
+    """DEST itself does not exist (its parent does)."""
+
+
+def ancestor_problem(st: os.stat_result, next_st: Optional[os.stat_result],
+                     trusted: Iterable[int]) -> Optional[str]:
+    """Why a directory above DEST lets someone other than root (or the DEST owner, `trusted`)
+    swap what lies below it, or None. A directory writable by group or others passes only under
+    the sticky-bit rule: sticky, and the next component owned by a trusted user (others may then
+    neither rename nor remove it)."""
+    trusted = set(trusted) | {0}
+    if st.st_uid not in trusted:
+        return f"owned by uid {st.st_uid}"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        sticky_ok = (st.st_mode & stat.S_ISVTX) and next_st is not None \
+            and next_st.st_uid in trusted
+        if not sticky_ok:
+            who = "group and others" if st.st_mode & stat.S_IWGRP and st.st_mode & stat.S_IWOTH \
+                else ("its group" if st.st_mode & stat.S_IWGRP else "others")
+            return f"writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def split(path: str) -> list:
+    if not os.path.isabs(path):
+        raise DestError(f"{path} is not an absolute path")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise DestError(f"{path}: '..' is not allowed in DEST")
+    if not parts:
+        raise DestError("DEST cannot be /")
+    return parts
+
+
+def open_dest(path: str, *, create: bool, mode: int = 0o700, owner: Optional[tuple] = None,
+              strict: Optional[Iterable[int]] = None) -> tuple:
+    """(fd, created) of the directory `path`, every component opened relative to its parent
+    with O_NOFOLLOW. `strict` (the trusted uids besides root; None: no check) checks each
+    ancestor with `ancestor_problem`. A missing DEST is made when `create` (0700, then `owner`
+    and `mode` through the descriptor); its parent must exist."""
+    parts = split(path)
+    trusted = None if strict is None else set(strict)
+    fd = os.open("/", _DIR_FLAGS)
+    created = False
+    try:
+        for depth, name in enumerate(parts):
+            here = "/" + "/".join(parts[:depth])
+            last = depth == len(parts) - 1
+            what = "/" + "/".join(parts[:depth + 1])
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not last:
+                    raise DestError(f"{what} does not exist (DEST's parent must exist)") \
+                        from None
+                if not create:
+                    raise DestMissing(f"{what} does not exist") from None
+                child = _make(fd, name, what, mode, owner)
+                created = True
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise DestError(f"{what} is a symlink or not a directory; DEST is resolved "
+                                    "without following symlinks") from None
+                raise DestError(f"cannot open {what}: {err.strerror}") from None
+            if trusted is not None:
+                problem = ancestor_problem(os.fstat(fd), os.fstat(child), trusted)
+                if problem:
+                    os.close(child)
+                    raise DestError(f"{here}, above DEST, is {problem}: its other users could "
+                                    "swap DEST; as root, DEST's ancestors must be writable only "
+                                    "by root (or the DEST owner), or sticky")
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, created
+
+
+def _make(parent: int, name: str, what: str, mode: int, owner: Optional[tuple]) -> int:
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DestError(f"cannot create {what}: {err.strerror}") from None
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# ------------------------------------------------------------------------- the repository
+
+def _mountinfo() -> list:
+    """(mount id, "major:minor", root within the filesystem, mount point) per mount."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as stream:
+            lines = stream.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        mounts.append((int(fields[0]), fields[2], _unescape(fields[3]), _unescape(fields[4])))
+    return mounts
+
+
+def _unescape(text: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    if "\\" not in text:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        digits = text[i + 1:i + 4]
+        if text[i] == "\\" and len(digits) == 3 and digits.isdigit():
+            out.append(chr(int(text[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _mount_id(fd: int) -> Optional[int]:
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def place(fd: int, mounts: list) -> Optional[tuple]:
+    """("major:minor", path within that filesystem) of the directory open as `fd`: the same for
+    every bind mount of one directory."""
+    mnt = _mount_id(fd)
+    seen = os.readlink(f"/proc/self/fd/{fd}")
+    for mount_id, device, root, point in mounts:
+        if mount_id == mnt and _within(seen, point):
+            rel = os.path.relpath(seen, point)
+            return device, os.path.normpath(os.path.join(root, rel)) if rel != "." else root
+    return None
+
+
+def _chain(fd: int) -> list:
+    """(dev, ino) of the directory open as `fd` and of each directory above it, up to `/`."""
+    chain = []
+    current = os.dup(fd)
+    try:
+        while True:
+            st = os.fstat(current)
+            ident = (st.st_dev, st.st_ino)
+            if chain and chain[-1] == ident:
+                return chain
+            chain.append(ident)
+            parent = os.open("..", _DIR_FLAGS, dir_fd=current)
+            os.close(current)
+            current = parent
+    finally:
+        os.close(current)
+
+
+def check_apart(dest_fd: int, dest_text: str, repo_fd: int, repo_text: str,
+                inside_only: bool = False) -> None:
+    """Refuse a DEST equal to, inside, or above the repository: compared by device and inode
+    along both ancestor chains, by filesystem-relative path (bind mounts of any directory of
+    the repository), and refusing any mount point below DEST. `inside_only` (for the parent of
+    a DEST not made yet): only refuse a directory equal to or inside the repository."""
+    dest_chain, repo_chain = _chain(dest_fd), _chain(repo_fd)
+    if repo_chain[0] in dest_chain:
+        raise DestError(f"DEST {dest_text} is inside the ManagedRepository ({repo_text}), "
+                        "or is its root; choose a directory outside it")
+    mounts = _mountinfo()
+    dest_place = place(dest_fd, mounts) if mounts else None
+    repo_place = place(repo_fd, mounts) if mounts else None
+    same_fs = dest_place and repo_place and dest_place[0] == repo_place[0]
+    if same_fs and _within(dest_place[1], repo_place[1]):
+        raise DestError(f"DEST {dest_text} is the ManagedRepository ({repo_text}) or a "
+                        "directory inside it, reached through a bind mount")
+    if inside_only:
+        return
+    if dest_chain[0] in repo_chain:
+        raise DestError(f"DEST {dest_text} contains the ManagedRepository ({repo_text}); "
+                        "choose a directory outside it")
+    if not mounts:
+        return
+    if same_fs and _within(repo_place[1], dest_place[1]):
+        raise DestError(f"DEST {dest_text} holds the ManagedRepository ({repo_text}) "
+                        "through a bind mount")
+    seen = os.readlink(f"/proc/self/fd/{dest_fd}")
+    below = sorted(point for _, _, _, point in mounts
+                   if point != seen and _within(point, seen))
+    if below:
+        raise DestError(f"DEST {dest_text} holds a mount point ({below[0]}); an export never "
+                        "crosses mounts: choose a DEST without mounts below it")
