@@ -27,14 +27,22 @@ from omero_sys_ParametersI import ParametersI
 from omero_cli_ext import server
 from omero_cli_ext.server import (
     MIMETYPE_IMPORT_LOG, NS_FILE_TRANSFER, Fileset, FilesetActivity, FilesetEntry, FilesetQuery,
-    ImportLog, Job, NotFound, OriginalFile, PermissionDenied, Repository, RunningImport, ServerError,
-    User, batched,
+    FileMissing, ImportLog, Job, NotFound, OriginalFile, PermissionDenied, Repository, RunningImport,
+    ServerError, User, batched,
 )
+# RawFileStore (PublicRepositoryI.checkId) on a repository file it cannot find or give
+FILE_MISSING_PREFIXES = ("FileNotFound", "FileNotAccessible")
 
 PAGE_SIZE = 500
 FILESET_PAGE_SIZE = 1000          # filesets(): one query per page (export: 1 per 500 filesets)
 ALL_GROUPS = {"omero.group": "-1"}
-SUDO_SESSION_TTL_MS = 10 * 60 * 1000
+# sudo sessions (SessionBean.createSessionWithTimeouts; SessionCache: a time to live of 0 never
+# ends the session, the idle timeout counts from the last call): no lifetime, an idle timeout,
+# and the client pings the session (omero.client.enableKeepAlive) so a long export that makes
+# no call for a while (hard links) keeps it
+SUDO_TIME_TO_LIVE_MS = 0
+SUDO_TIME_TO_IDLE_MS = server.SUDO_TIME_TO_IDLE_MS
+SUDO_KEEP_ALIVE_S = 60
 DELETE_POLL_MS = 500
 DELETE_POLL_LOOPS = 2400          # 20 minutes before a delete counts as "still running"
 UNKNOWN_FILESET = 0               # RunningImport.fileset_id of a process that is still uploading
@@ -462,9 +470,10 @@ class OmeroPort:
             raise NotFound(f"no user named {user_name!r}", missing=(user_name,))
         principal = omero.sys.Principal(user_name, user.group_name, "User")
         with _server_call(f"creating a session for {user_name} (needs the Sudo privilege)"):
-            session = self._sf.getSessionService().createSessionWithTimeout(
-                principal, SUDO_SESSION_TTL_MS)
+            session = self._sf.getSessionService().createSessionWithTimeouts(
+                principal, SUDO_TIME_TO_LIVE_MS, SUDO_TIME_TO_IDLE_MS)
             new_client = _join_session(self._client, session.getUuid().val)
+            new_client.enableKeepAlive(SUDO_KEEP_ALIVE_S)
         return OmeroPort(new_client, owns_client=True)
 
     # --- filesets ---
@@ -874,7 +883,13 @@ class OmeroPort:
             size = store.size()
         except omero.SecurityViolation as err:
             store.close()
+            if _message(err).startswith(FILE_MISSING_PREFIXES):
+                # PublicRepositoryI.checkId: no such repository file, or not accessible
+                raise FileMissing(f"{what}: missing on the server ({_message(err)})") from err
             raise PermissionDenied(f"{what}: download not allowed ({_message(err)})") from err
+        except omero.ResourceError as err:
+            store.close()      # RawFileBean: the bytes cannot be read on the server's disk
+            raise FileMissing(f"{what}: missing on the server ({_message(err)})") from err
         except (omero.ValidationException, omero.ApiUsageException) as err:
             store.close()
             raise NotFound(f"{what}: no such file or not readable", missing=(original_file_id,)) from err

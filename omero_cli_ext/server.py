@@ -29,6 +29,9 @@ GROUP_LEVELS = {"private": "rw----", "read-only": "rwr---",
 MIMETYPE_DIRECTORY = "Directory"
 MIMETYPE_REPOSITORY = "Repository"
 MIMETYPE_IMPORT_LOG = "application/omero-log-file"
+# `ServerPort.sudo` sessions have no lifetime and end after this long without a call (the
+# adapter keeps them alive while the command runs)
+SUDO_TIME_TO_IDLE_MS = 10 * 60 * 1000
 # CommentAnnotation namespace naming the transfer of an in-place import
 NS_FILE_TRANSFER = "openmicroscopy.org/omero/import/fileTransfer"
 

@@ -222,7 +222,7 @@ def test_sudo_creates_a_session_for_the_user_in_their_default_group(srv, monkeyp
     srv.answers[adapter.HQL_USERS] = lambda params: [alice]
     session = omero.model.SessionI(1, True)
     session.uuid = rstring("sess-uuid")
-    srv.sessions.createSessionWithTimeout.return_value = session
+    srv.sessions.createSessionWithTimeouts.return_value = session
     joined = {}
     new_client = mock.create_autospec(omero.clients.BaseClient, instance=True)
 
@@ -231,9 +231,13 @@ def test_sudo_creates_a_session_for_the_user_in_their_default_group(srv, monkeyp
         return new_client
     monkeypatch.setattr(adapter, "_join_session", join)
     port = srv.port.sudo("alice")
-    (principal, ttl), _ = srv.sessions.createSessionWithTimeout.call_args
+    (principal, ttl, idle), _ = srv.sessions.createSessionWithTimeouts.call_args
     assert (principal.name, principal.group, principal.eventType) == ("alice", "lab", "User")
-    assert ttl == adapter.SUDO_SESSION_TTL_MS
+    # no hard lifetime (createSessionWithTimeout's would end a long export), an idle timeout,
+    # and the session kept alive by the client
+    assert ttl == 0 and idle == adapter.SUDO_TIME_TO_IDLE_MS > 0
+    srv.sessions.createSessionWithTimeout.assert_not_called()
+    new_client.enableKeepAlive.assert_called_once_with(adapter.SUDO_KEEP_ALIVE_S)
     assert joined == {"client": srv.client, "uuid": "sess-uuid"}
     port.close()
     new_client.closeSession.assert_called_once_with()
@@ -244,7 +248,7 @@ def test_sudo_creates_a_session_for_the_user_in_their_default_group(srv, monkeyp
 def test_sudo_without_the_privilege_is_permission_denied(srv):
     srv.answers[adapter.HQL_USERS] = lambda params: [
         _with_groups(experimenter(7, "alice"), group(3, "lab"))]
-    srv.sessions.createSessionWithTimeout.side_effect = omero.SecurityViolation(message="Admin restrictions")
+    srv.sessions.createSessionWithTimeouts.side_effect = omero.SecurityViolation(message="Admin restrictions")
     with pytest.raises(PermissionDenied, match="Sudo privilege"):
         srv.port.sudo("alice")
 
@@ -254,7 +258,7 @@ def test_sudo_to_an_unknown_user_is_not_found(srv):
     with pytest.raises(NotFound) as err:
         srv.port.sudo("ghost")
     assert err.value.missing == ("ghost",)
-    srv.sessions.createSessionWithTimeout.assert_not_called()
+    srv.sessions.createSessionWithTimeouts.assert_not_called()
 
 
 # --- filesets ----------------------------------------------------------------------------------
@@ -621,6 +625,18 @@ def test_open_original_file_reads_through_the_raw_file_store(srv):
 def test_binary_restriction_is_permission_denied_and_closes_the_store(srv):
     srv.store.setFileId.side_effect = omero.SecurityViolation(message="RESTRICT-BINARY-ACCESS")
     with pytest.raises(PermissionDenied, match="download not allowed"):
+        srv.port.open_original_file(11)
+    srv.store.close.assert_called_once_with()
+
+
+@pytest.mark.parametrize("error", [omero.SecurityViolation(message="FileNotFound: 11"),
+                                   omero.SecurityViolation(message="FileNotAccessible: 11"),
+                                   omero.ResourceError(message="Cannot find path. Deleted?")])
+def test_a_repository_file_missing_on_the_server_is_named_so(srv, error):
+    """PublicRepositoryI.checkId raises SecurityViolation("FileNotFound"/"FileNotAccessible"),
+    RawFileBean ResourceError: the file is missing there, not restricted (BINARYACCESS)."""
+    srv.store.setFileId.side_effect = error
+    with pytest.raises(server.FileMissing, match="missing on the server"):
         srv.port.open_original_file(11)
     srv.store.close.assert_called_once_with()
 

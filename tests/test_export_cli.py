@@ -347,3 +347,27 @@ def test_an_original_file_path_outside_the_repository_is_refused(world, tmp_path
     assert len(failed) == 2
     assert all("outside the managed repository" in r["reason"] for r in failed)
     assert exported_files(tmp_path / "dest") == {}
+
+
+def test_an_export_outlives_the_old_ten_minute_sudo_lifetime(tmp_path, monkeypatch):
+    """--as-user sessions have no time to live, only an idle timeout that every call restarts:
+    a download of 12 chunks taking 4 simulated minutes each (48 minutes) completes."""
+    import sim.server
+    world = make_world(tmp_path, n_inplace=0, n_uploaded=0)
+    big = tmp_path / "big" / "slow.fake"
+    big.parent.mkdir()
+    content = os.urandom(12 * CHUNK)
+    big.write_bytes(content)
+    fid = world.sim.import_fileset("alice", [str(big)], target=("Dataset", world.dataset))
+    read = sim.server._Reader.read
+
+    def slow_read(self, offset, length):
+        self._server.advance(240)
+        return read(self, offset, length)
+    monkeypatch.setattr(sim.server._Reader, "read", slow_read)
+    before = world.sim.now()
+    rc, _, err = export(world, tmp_path / "dest", f"Fileset:{fid}", user="root",
+                        extra=["--as-user", "alice", "--link", "download"])
+    assert rc == 0, err
+    assert (world.sim.now() - before).total_seconds() >= 48 * 60
+    assert (tmp_path / "dest" / "big" / "slow.fake").read_bytes() == content

@@ -52,6 +52,13 @@ def test_long_names_are_shortened_and_stay_distinct():
     assert safe_component(a) != safe_component(b)
 
 
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=80))
+def test_every_safe_name_fits_in_name_max_bytes(name):
+    """NAME_MAX counts bytes: 64 four-byte characters (256 bytes) must be shortened too."""
+    assert len(safe_component(name).encode("utf-8", "surrogateescape")) <= 255
+    assert len(safe_component("\U0001F600" * 64).encode()) <= 255
+
+
 HOSTILE = ["../../etc/passwd", "/etc/passwd", "data/../../../../root/.ssh/authorized_keys",
            "a/./b/../../..", "nul\x00/x", "ctl\x01\x7f/y", "..", "", "/", "//..//..//",
            RESERVED_PREFIX + ".part.7", "data/" + RESERVED_PREFIX + "-export.json"]

@@ -285,7 +285,8 @@ def run_export(control, args):
                 reader = _reader(ctx, entry)
             options = Options(link=args.link, dir_mode=args.dir_mode, owner=owner,
                               reader=(entry.pw_uid, _gids(entry)) if root_run else None,
-                              sync=args.sync, dry_run=args.dry_run, verify=args.verify)
+                              sync=args.sync, dry_run=args.dry_run, verify=args.verify,
+                              dest_dev=_device_of(dest))
             with out.progress("Exporting", total=len(plan.entries)) as bar:
                 exporter = Exporter(acting, dest_fd, control_files.state_fd,
                                     args.repo or repository.root, options, emit=out.emit,
@@ -315,6 +316,17 @@ def run_export(control, args):
     _report_result(out, dest, args, plan, resolution, result, rc, warnings)
     if rc:
         ctx.die(rc, message)
+
+
+def _device_of(path: str):
+    """The device of `path`, or of its nearest existing ancestor (a DEST not made yet)."""
+    while True:
+        try:
+            return os.stat(path).st_dev
+        except OSError:
+            if path == os.path.dirname(path):
+                return None
+            path = os.path.dirname(path)
 
 
 def _gids(entry) -> set:

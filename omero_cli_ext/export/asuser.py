@@ -1,7 +1,7 @@
 """Open files as the DEST owner: what she could open herself decides, never root's rights.
 
-`ReaderProcess` starts one small child with her uid, primary gid and supplementary groups (no
-capabilities); for each path it is sent, the child opens it (O_RDONLY|O_NONBLOCK|O_NOCTTY,
+`ReaderProcess` forks one small child that drops to her uid, primary gid and supplementary
+groups (no capabilities left); for each path it is sent, the child opens it (O_RDONLY|O_NONBLOCK|O_NOCTTY,
 following symlinks as the kernel does for her) and passes the open descriptor back over a
 Unix socket (SCM_RIGHTS). The exporter then works on that very descriptor — it links,
 clones or copies the inode she opened, so nothing swapped between a check and the use can
@@ -11,30 +11,9 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _MAX_PATH = 4096 + 16
-
-# The child: stdlib only, started with -I -S (no site, no environment), as the user.
-_CHILD = r"""
-import os, socket, sys
-s = socket.socket(fileno=int(sys.argv[1]))
-flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-while True:
-    path = s.recv(8192)
-    if not path:
-        break
-    try:
-        fd = os.open(path, flags)
-    except OSError as err:
-        s.send(b"E%d" % err.errno)
-        continue
-    socket.send_fds(s, [b"F"], [fd])
-    os.close(fd)
-"""
-
 
 class ReaderError(Exception):
     """The reader child could not be started or stopped answering."""
@@ -51,26 +30,48 @@ class SelfOpener:
 
 
 class ReaderProcess:
-    """Opens as (uid, gid, gids): a child process with exactly those credentials."""
+    """Opens as (uid, gid, gids): a forked child that drops to exactly those credentials (no
+    exec, so no interpreter the user must be able to run) and keeps no other descriptor."""
 
-    def __init__(self, uid: int, gid: int, gids, python: str = sys.executable):
+    def __init__(self, uid: int, gid: int, gids):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._sock = parent
+        gids = sorted(set(gids))
         try:
-            self._proc = subprocess.Popen(
-                [os.path.realpath(python), "-I", "-S", "-c", _CHILD, str(child.fileno())],
-                user=uid, group=gid, extra_groups=sorted(set(gids)), pass_fds=[child.fileno()],
-                cwd="/", env={}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                umask=0o077)
-        except (OSError, subprocess.SubprocessError) as err:
+            pid = os.fork()
+        except OSError as err:
             parent.close()
-            raise ReaderError(f"cannot start a reader process as uid {uid}: {err}") from None
-        finally:
             child.close()
+            raise ReaderError(f"cannot start a reader process as uid {uid}: {err.strerror}") \
+                from None
+        if pid == 0:                       # the child: never returns
+            code = 1
+            try:
+                keep = child.fileno()
+                os.closerange(3, keep)
+                os.closerange(keep + 1, 1 << 16)
+                os.setgroups(gids)
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+                os.chdir("/")
+                _serve(child)
+                code = 0
+            finally:
+                os._exit(code)
+        child.close()
+        self._sock = parent
+        self._pid = pid
+        try:
+            self._sock.send(b"\0")         # the child answers once it runs as the user
+            message = self._sock.recv(16)
+        except OSError:
+            message = b""
+        if message != b"R":
+            self.close()
+            raise ReaderError(f"cannot start a reader process as uid {uid}")
 
     def open(self, path) -> int:
         data = os.fsencode(path)
-        if b"\0" in data or len(data) > _MAX_PATH:
+        if b"\0" in data or not data or len(data) > _MAX_PATH:
             raise OSError(22, "not a valid path", os.fsdecode(data))
         try:
             self._sock.send(data)
@@ -88,11 +89,24 @@ class ReaderProcess:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            os.waitpid(self._pid, 0)
+
+
+def _serve(sock) -> None:
+    """The child's loop: a path in, an open descriptor (or an errno) out."""
+    sock.recv(16)
+    sock.send(b"R")
+    while True:
+        path = sock.recv(_MAX_PATH)
+        if not path:
+            return
+        try:
+            fd = os.open(path, OPEN_FLAGS)
+        except OSError as err:
+            sock.send(b"E%d" % err.errno)
+            continue
+        socket.send_fds(sock, [b"F"], [fd])
+        os.close(fd)
 
 
 def others_in_group(gid: int, owner_name: str) -> list:

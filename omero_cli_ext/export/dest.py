@@ -20,7 +20,7 @@ class DestMissing(DestError):
     """DEST itself does not exist (its parent does)."""
 
 
-def ancestor_problem(st: os.stat_result, next_st: Optional[os.stat_result],
+def ancestor_problem(st: os.stat_result, next_uid: Optional[int],
                      trusted: Iterable[int]) -> Optional[str]:
     """Why a directory above DEST lets someone other than root (or the DEST owner, `trusted`)
     swap what lies below it, or None. A directory writable by group or others passes only under
@@ -30,8 +30,7 @@ def ancestor_problem(st: os.stat_result, next_st: Optional[os.stat_result],
     if st.st_uid not in trusted:
         return f"owned by uid {st.st_uid}"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        sticky_ok = (st.st_mode & stat.S_ISVTX) and next_st is not None \
-            and next_st.st_uid in trusted
+        sticky_ok = (st.st_mode & stat.S_ISVTX) and next_uid in trusted
         if not sticky_ok:
             who = "group and others" if st.st_mode & stat.S_IWGRP and st.st_mode & stat.S_IWOTH \
                 else ("its group" if st.st_mode & stat.S_IWGRP else "others")
@@ -73,6 +72,8 @@ def open_dest(path: str, *, create: bool, mode: int = 0o700, owner: Optional[tup
                         from None
                 if not create:
                     raise DestMissing(f"{what} does not exist") from None
+                if trusted is not None:     # checked before DEST is made in it (made by root)
+                    _refuse(ancestor_problem(os.fstat(fd), 0, trusted), here)
                 child = _make(fd, name, what, mode, owner)
                 created = True
             except OSError as err:
@@ -81,18 +82,25 @@ def open_dest(path: str, *, create: bool, mode: int = 0o700, owner: Optional[tup
                                     "without following symlinks") from None
                 raise DestError(f"cannot open {what}: {err.strerror}") from None
             if trusted is not None:
-                problem = ancestor_problem(os.fstat(fd), os.fstat(child), trusted)
-                if problem:
+                try:
+                    _refuse(ancestor_problem(os.fstat(fd), os.fstat(child).st_uid, trusted),
+                            here)
+                except DestError:
                     os.close(child)
-                    raise DestError(f"{here}, above DEST, is {problem}: its other users could "
-                                    "swap DEST; as root, DEST's ancestors must be writable only "
-                                    "by root (or the DEST owner), or sticky")
+                    raise
             os.close(fd)
             fd = child
     except BaseException:
         os.close(fd)
         raise
     return fd, created
+
+
+def _refuse(problem: Optional[str], here: str) -> None:
+    if problem:
+        raise DestError(f"{here}, above DEST, is {problem}: its other users could swap DEST; as "
+                        "root, DEST's ancestors must be writable only by root (or the DEST "
+                        "owner), or sticky")
 
 
 def _make(parent: int, name: str, what: str, mode: int, owner: Optional[tuple]) -> int:

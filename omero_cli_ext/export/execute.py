@@ -75,6 +75,7 @@ class Options:
     sync: bool = False
     dry_run: bool = False
     verify: bool = False
+    dest_dev: Optional[int] = None   # DEST's filesystem, for a dry run before DEST exists
 
 
 @dataclass
@@ -336,7 +337,8 @@ class Exporter:
             self.result.removed += 1
             self.emit("entry", action="would-remove", path=old.path, fileset=old.fileset,
                       original_file=old.original_file, size=old.size, method=old.method)
-        dest_dev = os.fstat(self.dest_fd).st_dev if self.dest_fd is not None else None
+        dest_dev = os.fstat(self.dest_fd).st_dev if self.dest_fd is not None \
+            else self.options.dest_dev
         for entry in to_add:
             method = self._planned_method(entry, dest_dev)
             self.result.added += 1

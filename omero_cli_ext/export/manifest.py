@@ -234,6 +234,8 @@ def migrate(dest_fd: int, state_fd: int) -> Optional[str]:
     names is only read (as a regular file, never followed) and, once saved, unlinked: the DEST
     owner controls it, and at worst describes her own files."""
     try:
+        if _exists(state_fd, MANIFEST_NAME):
+            return None
         data = _read(dest_fd, LEGACY_MANIFEST_NAME, "DEST")
         if data is None:
             return None
@@ -252,6 +254,14 @@ def migrate(dest_fd: int, state_fd: int) -> Optional[str]:
             pass
     return (f"DEST's manifest ({LEGACY_MANIFEST_NAME}) moved to the export's state directory, "
             "out of the DEST owner's reach")
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class Journal:

@@ -19,7 +19,9 @@ RESERVED_PREFIX = ".omero-cli-ext"
 NAME_MAX = 255
 _UNSAFE_CHARS = {c: "_" for c in list(range(0x20)) + [0x7f]}
 _UNSAFE_CHARS[ord("/")] = "_"
-_PLAIN = re.compile(r"[^\x00-\x1f\x7f/]{1,64}")    # short names with nothing to change (fast path)
+# short names with nothing to change (fast path): at most 63 characters, so at most 252 bytes
+# even of four-byte UTF-8 characters (NAME_MAX counts bytes)
+_PLAIN = re.compile(r"[^\x00-\x1f\x7f/]{1,63}")
 
 
 @functools.lru_cache(maxsize=1 << 16)

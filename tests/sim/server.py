@@ -845,17 +845,20 @@ class SimServer:
             self._log(ev, "Fileset", [fileset_id], "DELETE")
 
     # --- ports ---------------------------------------------------------------------------------
-    def port(self, user: str, group: Optional[str] = None, *,
-             session: Optional[str] = None) -> "SimPort":
+    def port(self, user: str, group: Optional[str] = None, *, session: Optional[str] = None,
+             time_to_live_ms: int = 0, time_to_idle_ms: int = 0) -> "SimPort":
         """A ServerPort on a new session of `user` (in `group`, else the default group), or one
-        joined to an existing `session` (its uuid, as `omero login -k` joins one)."""
+        joined to an existing `session` (its uuid, as `omero login -k` joins one). The port's
+        session ends (on the simulated clock) `time_to_live_ms` after it started or
+        `time_to_idle_ms` after its last call, 0 meaning never (SessionCache)."""
         if session is None:
             session = self.open_session(user, group)
         row = self._db.execute("SELECT user_id, group_id FROM sim_session WHERE uuid = ?",
                                (session,)).fetchone()
         if row is None:
             raise KeyError("no session %r" % session)
-        return SimPort(self, row[0], row[1], session)
+        return SimPort(self, row[0], row[1], session, time_to_live_ms=time_to_live_ms,
+                       time_to_idle_ms=time_to_idle_ms)
 
 
 # FilePathRestrictionInstance "Windows required" (part of the default omero.fs.repo.path_rules):
@@ -889,12 +892,15 @@ def _paths_below_common_root(client_paths: Sequence[str]) -> list:
 class _Reader:
     """A RawFileStore on one repository file (follows the ln_s link, as the server's open does)."""
 
-    def __init__(self, server: SimServer, path: str):
+    def __init__(self, server: SimServer, path: str, port: Optional["SimPort"] = None):
         self._server = server
+        self._port = port
         self._file = open(path, "rb")
         self.size = os.fstat(self._file.fileno()).st_size
 
     def read(self, offset: int, length: int) -> bytes:
+        if self._port is not None:
+            self._port._check_open()     # a call in the session: it must live, and it lives on
         self._server._count(1)
         return os.pread(self._file.fileno(), length, offset)
 
@@ -906,9 +912,13 @@ class SimPort:
     """`omero_cli_ext.server.ServerPort` over a SimServer, as one user's session, with OMERO's read
     rules. Each call adds its round trips to the server's count (see docs/development.md)."""
 
-    def __init__(self, server: SimServer, user_id: int, group_id: int, session: str):
+    def __init__(self, server: SimServer, user_id: int, group_id: int, session: str, *,
+                 time_to_live_ms: int = 0, time_to_idle_ms: int = 0):
         self._server = server
         self._session = session
+        self._started = self._last_call = server.now()
+        self._time_to_live = _dt.timedelta(milliseconds=time_to_live_ms)
+        self._time_to_idle = _dt.timedelta(milliseconds=time_to_idle_ms)
         self._db = server._db
         self._uid = user_id
         self._gid = group_id
@@ -964,6 +974,12 @@ class SimPort:
     def _check_open(self) -> None:
         if self._closed:
             raise port_api.ServerError("the session of %s is closed" % self._name)
+        now = self._server.now()
+        if (self._time_to_live and now - self._started > self._time_to_live) or \
+                (self._time_to_idle and now - self._last_call > self._time_to_idle):
+            self._closed = True       # SessionCache.isInvalid: timeToLive, then timeToIdle
+            raise port_api.ServerError("the session of %s expired; log in again" % self._name)
+        self._last_call = now
 
     # --- who and where -------------------------------------------------------------------------
     def repository(self) -> Repository:
@@ -1019,7 +1035,7 @@ class SimPort:
         self._server._count(1)
         self._need("Sudo")
         try:
-            return self._server.port(user_name)
+            return self._server.port(user_name, time_to_idle_ms=port_api.SUDO_TIME_TO_IDLE_MS)
         except KeyError:
             raise NotFound("no user %s" % user_name, [user_name]) from None
 
@@ -1404,9 +1420,9 @@ class SimPort:
             raise PermissionDenied("Download is restricted for OriginalFile:%d" % original_file_id)
         on_disk = os.path.join(self._server.repo_dir, path, name)
         try:
-            return _Reader(self._server, on_disk)
-        except OSError as e:
-            raise port_api.ServerError("cannot read OriginalFile:%d: %s" % (original_file_id, e)) from e
+            return _Reader(self._server, on_disk, self)
+        except OSError:   # PublicRepositoryI.checkId / RawFileBean: named, not a permission
+            raise port_api.FileMissing("FileNotFound: %d" % original_file_id) from None
 
     # --- changes -------------------------------------------------------------------------------
     def update_original_files(self, changes: Sequence[tuple]) -> int:

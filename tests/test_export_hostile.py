@@ -1,0 +1,533 @@
+"""`omero export --originals` run by root for a hostile DEST owner (issue 12).
+
+Real POSIX users made by the test (useradd; root only): the DEST owner `i12alice` controls what
+is inside her DEST and where her in-place (ln_s) imports point; `i12bob` shares her primary group
+and keeps a secret in his 0700 home; `i12carol` is in a private OMERO group. Every test asserts
+the exit code, that nothing outside DEST changed (the repository, the homes and a stand-in /etc,
+by content, mode, owner and inode), and that DEST holds no file its owner could not open herself
+(checked by opening each one as her).
+"""
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from omero_cli_ext.export import state
+from omero_cli_ext.export.asuser import ReaderProcess
+from omero_cli_ext.export.manifest import LEGACY_MANIFEST_NAME, MANIFEST_NAME
+from sim.launcher import run_cli
+from sim.server import SimServer
+from test_export_world import records
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
+                                reason="needs root and useradd (real POSIX users)")
+GROUP = "i12users"           # a primary group every user shares ("Domain Users")
+USERS = ("i12alice", "i12bob", "i12carol")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def posix_users():
+    made = []
+    try:
+        grp.getgrnam(GROUP)
+    except KeyError:
+        subprocess.run(["groupadd", GROUP], check=True)
+        made.append(("group", GROUP))
+    for name in USERS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-M", "-N", "-g", GROUP, "-s", "/bin/false", name],
+                           check=True)
+            made.append(("user", name))
+    yield {name: pwd.getpwnam(name) for name in USERS}
+    for kind, name in reversed(made):
+        subprocess.run(["userdel" if kind == "user" else "groupdel", name], check=False)
+
+
+class Site:
+    """A host: homes, a stand-in /etc, the repository and a root-owned /exports."""
+
+    def __init__(self, base: str, users: dict):
+        self.base, self.users = base, users
+        self.alice, self.bob = users["i12alice"], users["i12bob"]
+        self.etc = os.path.join(base, "etc")
+        self.home = {n: os.path.join(base, "home", n) for n in USERS}
+        self.exports = os.path.join(base, "exports")
+        self.dest = os.path.join(self.exports, "i12alice")
+        self.state = os.path.join(base, "state")
+        os.makedirs(self.etc)
+        os.makedirs(self.exports)
+        for name, home in self.home.items():
+            os.makedirs(home)
+            os.chown(home, users[name].pw_uid, users[name].pw_gid)
+            os.chmod(home, 0o700)
+        self.shadow = self._file(os.path.join(self.etc, "shadow"), b"root:x:SECRET:\n", 0o600)
+        self.suid = self._file(os.path.join(self.etc, "suid"), b"#!/bin/sh\nid\n", 0o4755)
+        self.secret = self._file(os.path.join(self.home["i12bob"], "secret"), b"bob's secret\n",
+                                 0o644, self.bob)
+        self.sim = SimServer(os.path.join(base, "sim"))
+        self.sim.add_group("lab", "rwr---")
+        self.sim.add_group("private", "rw----")
+        self.sim.add_user("i12alice", ["lab"])
+        self.sim.add_user("i12bob", ["lab"])
+        self.sim.add_user("i12carol", ["private"])
+        self.project = self.sim.add_project("P", "i12alice")
+        self.dataset = self.sim.add_dataset("D", "i12alice", project=self.project)
+        self.src = os.path.join(self.home["i12alice"], "data")
+        self.inplace = self.sim.import_fileset("i12alice", [
+            self._file(os.path.join(self.src, "run", "a.fake"), b"alice's image A\n", 0o644,
+                       self.alice),
+            self._file(os.path.join(self.src, "run", "a.fake.ini"), b"alice's meta\n", 0o644,
+                       self.alice)], transfer="ln_s", target=("Dataset", self.dataset))
+        subprocess.run(["chown", "-R", f"{self.alice.pw_uid}:{self.alice.pw_gid}", self.src],
+                       check=True)
+        up = os.path.join(base, "upload")
+        self.uploaded = self.sim.import_fileset("i12alice", [
+            self._file(os.path.join(up, "exp", "b.fake"), b"alice's image B\n", 0o644)],
+            target=("Dataset", self.dataset))
+        self.carol_file = self._file(os.path.join(base, "carolsrc", "c.fake"),
+                                     b"carol's image C\n", 0o644)
+        self.carol = self.sim.import_fileset("i12carol", [self.carol_file])
+
+    @staticmethod
+    def _file(path, data: bytes, mode: int, owner=None) -> str:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as stream:
+            stream.write(data)
+        if owner is not None:
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+        os.chmod(path, mode)
+        return path
+
+    def repo_file(self, fileset: int) -> str:
+        path, name = self.sim.query("SELECT o.path, o.name FROM FilesetEntry fe JOIN OriginalFile o "
+                                    "ON o.id = fe.originalFile WHERE fe.fileset = ? ORDER BY fe.id",
+                                    (fileset,))[0]
+        return os.path.join(self.sim.repo_dir, path, name)
+
+    def export(self, *objects, dest=None, extra=(), as_user="i12alice"):
+        argv = ["export", "--originals", dest or self.dest, *(objects or
+                [f"Dataset:{self.dataset}"]), "--state-dir", self.state, "--json"]
+        if as_user:
+            argv += ["--as-user", as_user]
+        return run_cli(self.sim.root, argv + list(extra), user="root")
+
+    def outside(self) -> dict:
+        """Everything under the site but DEST, the state directory and the simulated server's
+        database: kind, mode, owner, inode and content."""
+        skip = {self.dest, self.state, self.sim.root + "/sim.sqlite"}
+        found = {}
+        for dirpath, dirnames, names in os.walk(self.base):
+            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip]
+            for name in dirnames + names:
+                full = os.path.join(dirpath, name)
+                if any(full.startswith(s) for s in skip):
+                    continue
+                st = os.lstat(full)
+                data = None
+                if stat.S_ISREG(st.st_mode):
+                    with open(full, "rb") as stream:
+                        data = stream.read()
+                elif stat.S_ISLNK(st.st_mode):
+                    data = os.readlink(full)
+                found[full] = (st.st_mode, st.st_uid, st.st_gid, st.st_ino, data)
+        return found
+
+    def dest_files(self, dest=None) -> dict:
+        """DEST-relative path -> bytes, each file opened as the DEST owner (fails if she could
+        not open it herself); no set-id bit, nothing but regular files, directories, symlinks."""
+        dest = dest or self.dest
+        found = {}
+        if not os.path.isdir(dest):
+            return found
+        reader = ReaderProcess(self.alice.pw_uid, self.alice.pw_gid,
+                               os.getgrouplist(self.alice.pw_name, self.alice.pw_gid))
+        try:
+            for dirpath, dirnames, names in os.walk(dest):
+                for name in names:
+                    full = os.path.join(dirpath, name)
+                    st = os.lstat(full)
+                    assert stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode), full
+                    assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), full
+                    fd = reader.open(full)          # raises if she could not open it
+                    try:
+                        found[os.path.relpath(full, dest)] = os.pread(fd, 1 << 20, 0)
+                    finally:
+                        os.close(fd)
+        finally:
+            reader.close()
+        return found
+
+
+@pytest.fixture
+def site(posix_users):
+    base = tempfile.mkdtemp(prefix="i12-hostile-", dir="/tmp")
+    os.chmod(base, 0o755)
+    yield Site(base, posix_users)
+    subprocess.run(["umount", "-R", "-l", base], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def as_alice(site, *cmd):
+    """Run a command as the DEST owner (what she can do herself)."""
+    done = subprocess.run(["setpriv", f"--reuid={site.alice.pw_uid}",
+                           f"--regid={site.alice.pw_gid}", "--init-groups", *cmd],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def summary(out) -> dict:
+    return records(out, "summary")[0]
+
+
+# ------------------------------------------------------------------ control files
+
+def test_a_hard_link_renamed_onto_control_file_names_is_never_written(site):
+    rc, out, err = site.export()
+    assert rc == 0, err
+    before = site.outside()
+    exported = sorted(r["path"] for r in records(out, "entry"))
+    # she moves exported hard links (repository inodes) onto every name the export ever used
+    uploaded_of = site.sim.query("SELECT originalFile FROM FilesetEntry WHERE fileset = ?",
+                                 (site.uploaded,))[0][0]
+    targets = [LEGACY_MANIFEST_NAME, ".omero-cli-ext-export.journal",
+               f"exp/.omero-cli-ext.part.{uploaded_of}"]
+    for rel, name in zip(exported, targets):
+        as_alice(site, "mv", os.path.join(site.dest, rel), os.path.join(site.dest, name))
+    for link in ("download", "copy", "hard"):
+        rc, out, err = site.export(extra=["--sync", "--link", link])
+        assert rc == 0, err
+        assert site.outside() == before                       # no repository inode written
+    assert set(site.dest_files()) >= set(exported)
+
+
+def test_an_old_manifest_in_dest_is_migrated_and_cannot_freeze_the_export(site):
+    rc, out, err = site.export()
+    assert rc == 0, err
+    key_dir = os.path.join(site.state, state.key(os.stat(site.dest)))
+    # an export made by the previous version: its manifest in DEST
+    os.rename(os.path.join(key_dir, MANIFEST_NAME), os.path.join(site.dest, LEGACY_MANIFEST_NAME))
+    rc, out, err = site.export(extra=["--sync"])
+    assert rc == 0 and "moved to the export's state directory" in err, err
+    assert not os.path.exists(os.path.join(site.dest, LEGACY_MANIFEST_NAME))
+    assert os.path.exists(os.path.join(key_dir, MANIFEST_NAME))
+    assert summary(out)["kept"] == 3
+    # whatever she renames over the old names now is left alone, never read, never frozen
+    as_alice(site, "mkdir", os.path.join(site.dest, LEGACY_MANIFEST_NAME))
+    before = site.outside()
+    rc, out, err = site.export(extra=["--sync"])
+    assert rc == 0, err
+    assert site.outside() == before
+
+
+def test_one_run_per_dest(site):
+    rc, _, err = site.export()
+    assert rc == 0, err
+    root = state.open_root(site.state)
+    sfd = state.open_for(root, os.stat(site.dest), create=False)
+    held = state.Lock(sfd)
+    try:
+        rc, _, err = site.export(extra=["--sync"])
+        assert rc == 9 and "--wait" in err
+    finally:
+        held.release()
+        os.close(sfd)
+        os.close(root)
+    assert site.export(extra=["--sync"])[0] == 0
+
+
+# ------------------------------------------------------------------ in-place targets
+
+def _repoint(site, target):
+    """She replaces her in-place source with a symlink to `target` (her directory, her right)."""
+    victim = os.path.join(site.src, "run", "a.fake")
+    as_alice(site, "rm", "-f", victim)
+    as_alice(site, "ln", "-s", target, victim)
+
+
+@pytest.mark.parametrize("link", ["auto", "hard", "copy", "sym"])
+def test_an_in_place_link_repointed_at_another_users_file_is_refused(site, link):
+    # bob's file, readable by its mode but in his 0700 home, the same size as hers
+    with open(site.secret, "wb") as stream:
+        stream.write(b"bob's secret A\n!")
+    assert os.path.getsize(site.secret) == len(b"alice's image A\n")
+    _repoint(site, site.secret)
+    before = site.outside()
+    rc, out, err = site.export(extra=["--link", link])
+    assert rc == 7, err
+    (failed,) = [r for r in records(out, "failed") if r["path"].endswith("a.fake")]
+    assert "cannot open" in failed["reason"]
+    assert site.outside() == before
+    files = site.dest_files()
+    assert b"bob's secret A\n!" not in files.values()
+    inodes = {os.lstat(os.path.join(site.dest, p)).st_ino for p in files}
+    assert os.stat(site.secret).st_ino not in inodes
+
+
+def test_an_in_place_link_repointed_at_a_private_groups_repository_file_is_refused(site):
+    carol = site.repo_file(site.carol)                 # 0644 on disk, private in OMERO
+    assert os.path.getsize(carol) == len(b"alice's image A\n")
+    _repoint(site, carol)
+    before = site.outside()
+    rc, out, err = site.export(extra=["--link", "hard"])
+    assert rc == 7, err                # she could not have hard-linked it herself
+    assert site.outside() == before
+    rc, out, err = site.export(extra=["--sync"])
+    assert rc == 7, err                # nor is a copy made: its content is not her OriginalFile's
+    (failed,) = [r for r in records(out, "failed") if r["path"].endswith("a.fake")]
+    assert "differs from OMERO's SHA1-160" in failed["reason"]
+    assert "carol" not in json.dumps(records(out)) and site.outside() == before
+    assert b"carol's image C\n" not in site.dest_files().values()
+
+
+@pytest.mark.parametrize("kind", ["suid", "device", "fifo", "directory", "shadow"])
+def test_set_id_special_and_unreadable_targets_are_refused(site, kind):
+    if kind == "fifo":
+        target = os.path.join(site.home["i12alice"], "fifo")
+        as_alice(site, "mkfifo", target)
+    else:
+        target = {"suid": site.suid, "device": "/dev/zero", "shadow": site.shadow,
+                  "directory": site.home["i12alice"]}[kind]
+    _repoint(site, target)
+    if kind == "shadow":
+        # without the fileTransfer comment the export still treats the symlink as in-place
+        site.sim.query("DELETE FROM FilesetAnnotationLink WHERE parent = ?", (site.inplace,))
+    before = site.outside()
+    rc, out, err = site.export()
+    assert rc == 7, err
+    (failed,) = [r for r in records(out, "failed") if r["path"].endswith("a.fake")]
+    assert failed["reason"]
+    assert site.outside() == before
+    files = site.dest_files()
+    assert all(b"SECRET" not in data and b"id\n" not in data for data in files.values())
+
+
+def test_an_in_place_target_she_may_read_but_not_link_is_copied_not_linked(site):
+    """protected_hardlinks: root never hard-links a file she could not have linked herself."""
+    shared = Site._file(os.path.join(site.base, "pub", "a.fake"), b"alice's image A\n", 0o644)
+    _repoint(site, shared)
+    rc, out, err = site.export()
+    assert rc == 0, err
+    entry = [r for r in records(out, "entry") if r["path"].endswith("a.fake")][0]
+    assert entry["method"] in ("copy", "reflink")
+    st = os.stat(os.path.join(site.dest, entry["path"]))
+    assert st.st_ino != os.stat(shared).st_ino and st.st_uid == site.alice.pw_uid
+
+
+def test_a_swapped_in_place_target_between_runs_is_not_linked(site):
+    rc, _, err = site.export()
+    assert rc == 0, err
+    os.unlink(os.path.join(site.dest, "run", "a.fake"))           # made again on --sync
+    with open(site.secret, "wb") as stream:
+        stream.write(b"bob's secret A\n!")
+    _repoint(site, site.secret)
+    before = site.outside()
+    rc, out, err = site.export(extra=["--sync"])
+    assert rc == 7, err
+    assert site.outside() == before
+    assert b"bob's secret A\n!" not in site.dest_files().values()
+
+
+# ------------------------------------------------------------------ DEST itself
+
+def test_dest_through_a_symlink_is_refused(site):
+    link = os.path.join(site.home["i12alice"], "export")
+    as_alice(site, "ln", "-s", site.etc, link)
+    before = site.outside()
+    rc, _, err = site.export(dest=link, extra=["--owner", "i12alice"])
+    assert rc == 3 and "symlink" in err, err
+    assert site.outside() == before
+    rc, _, err = site.export(dest=os.path.join(link, "sub"))
+    assert rc == 3 and "symlink" in err, err
+    assert site.outside() == before
+
+
+@pytest.mark.parametrize("parent_owner, mode, ok", [("i12bob", 0o755, False),
+                                                     ("root", 0o777, False),
+                                                     ("root", 0o1777, True),
+                                                     ("root", 0o775, False),
+                                                     ("i12alice", 0o700, True)])
+def test_dest_ancestors_writable_by_others_are_refused(site, parent_owner, mode, ok):
+    parent = os.path.join(site.base, "shares")
+    os.mkdir(parent)
+    owner = pwd.getpwnam(parent_owner)
+    os.chown(parent, owner.pw_uid, site.alice.pw_gid)
+    os.chmod(parent, mode)
+    dest = os.path.join(parent, "i12alice")
+    rc, _, err = site.export(dest=dest)
+    if ok:
+        assert rc == 0, err
+        assert stat.S_IMODE(os.stat(dest).st_mode) == 0o700
+        assert os.stat(dest).st_uid == site.alice.pw_uid
+    else:
+        assert rc == 3 and parent in err, err
+        assert not os.path.exists(dest)
+
+
+def test_dest_containing_or_inside_the_repository_is_refused(site):
+    before = site.outside()
+    for dest in (site.sim.root, site.sim.repo_dir, os.path.dirname(site.repo_file(site.carol))):
+        rc, _, err = site.export(dest=dest)
+        assert rc == 3 and "ManagedRepository" in err, (dest, err)
+    assert site.outside() == before
+
+
+def test_dest_with_a_bind_mount_of_the_repository_is_refused(site):
+    os.makedirs(site.dest)
+    os.chown(site.dest, site.alice.pw_uid, site.alice.pw_gid)
+    inside = os.path.join(site.dest, "repo")
+    os.mkdir(inside)
+    other = os.path.join(site.base, "mnt")
+    os.mkdir(other)
+    alice_dir = os.path.join(site.sim.repo_dir, os.path.relpath(
+        site.repo_file(site.inplace), site.sim.repo_dir).split("/")[0])
+    if subprocess.run(["mount", "--bind", site.sim.repo_dir, inside]).returncode or \
+            subprocess.run(["mount", "--bind", alice_dir, other]).returncode:
+        pytest.skip("bind mounts not available")
+    try:
+        before = site.outside()
+        rc, _, err = site.export()
+        assert rc == 3 and "mount" in err, err
+        rc, _, err = site.export(dest=os.path.join(other, "x"))
+        assert rc == 3 and "ManagedRepository" in err, err
+        assert site.outside() == before
+    finally:
+        subprocess.run(["umount", "-l", inside])
+        subprocess.run(["umount", "-l", other])
+
+
+# ------------------------------------------------------------------ who may read DEST
+
+def test_directories_are_private_and_a_shared_group_mode_is_warned_about(site):
+    rc, out, err = site.export()
+    assert rc == 0, err
+    assert summary(out)["dir_mode_warnings"] == 0 and "warning" not in err
+    for dirpath, dirnames, _ in os.walk(site.dest):
+        for d in [dirpath] + [os.path.join(dirpath, n) for n in dirnames]:
+            st = os.stat(d)
+            assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == site.alice.pw_uid, d
+    other = os.path.join(site.exports, "second")
+    rc, out, err = site.export(dest=other, extra=["--dir-mode", "0750"])
+    assert rc == 0, err
+    assert summary(out)["dir_mode_warnings"] == 1 and "i12bob" in err
+
+
+def test_root_must_name_the_acting_user(site):
+    rc, _, err = site.export(as_user=None, extra=["--owner", "i12alice"])
+    assert rc == 4 and "--as-user i12alice" in err
+    assert not os.path.exists(site.dest)
+
+
+# ------------------------------------------------------------------ revocation
+
+def test_revocation_removes_everything_once_nothing_is_readable(site):
+    rc, out, err = site.export(f"Project:{site.project}")
+    assert rc == 0, err
+    assert len(site.dest_files()) == 3
+    # a typo'd list that never exported anything changes nothing
+    rc, _, err = site.export("Project:9999", extra=["--sync"])
+    assert rc == 22 and len(site.dest_files()) == 3
+    # she leaves the group and loses her data: the next night empties the export
+    site.sim.query("UPDATE Project SET group_id = (SELECT id FROM ExperimenterGroup WHERE "
+                   "name = 'private'), owner_id = (SELECT id FROM Experimenter WHERE "
+                   "omeName = 'i12carol') WHERE id = ?", (site.project,))
+    rc, out, err = site.export(f"Project:{site.project}", extra=["--sync"])
+    assert rc == 22, err
+    assert site.dest_files() == {} and summary(out)["removed"] == 3
+    assert [d for _, d, _ in os.walk(site.dest) if d] == []      # its directories went too
+
+
+# ------------------------------------------------------------------ smaller defects
+
+def test_a_name_of_64_four_byte_characters_is_shortened(site):
+    path = Site._file(os.path.join(site.base, "emoji", "short.fake"), b"smile", 0o644)
+    fid = site.sim.import_fileset("i12alice", [path], target=("Dataset", site.dataset))
+    # a clientPath no local filesystem could hold: 64 four-byte characters, 256 bytes
+    site.sim.query("UPDATE FilesetEntry SET clientPath = ? WHERE fileset = ?",
+                   (path.lstrip("/").replace("short.fake", "\U0001F600" * 64), fid))
+    rc, out, err = site.export()
+    assert rc == 0, records(out, "failed")
+    (entry,) = [r for r in records(out, "entry") if r["fileset"] == fid]
+    assert all(len(c.encode()) <= 255 for c in entry["path"].split("/"))
+
+
+def test_downloads_belong_to_the_dest_owner_whatever_the_umask(site):
+    old = os.umask(0o077)
+    try:
+        rc, out, err = site.export(extra=["--link", "download"])
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    for entry in records(out, "entry"):
+        st = os.stat(os.path.join(site.dest, entry["path"]))
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (site.alice.pw_uid, 0o644)
+    assert len(site.dest_files()) == 3
+
+
+def test_a_file_missing_on_the_server_is_named_so(site):
+    os.unlink(site.repo_file(site.uploaded))
+    rc, out, err = site.export(extra=["--link", "download"])
+    assert rc == 7, err
+    (failed,) = records(out, "failed")
+    assert "missing on the server" in failed["reason"] and "BINARYACCESS" not in failed["reason"]
+
+
+def test_messages_name_dest_paths_and_no_digest(site):
+    _repoint(site, site.repo_file(site.carol))
+    rc, out, err = site.export(extra=["--link", "copy"])
+    assert rc == 7
+    text = out + err
+    assert "/proc/self/fd" not in text
+    digest = site.sim.query("SELECT hash FROM OriginalFile o JOIN FilesetEntry fe ON "
+                            "fe.originalFile = o.id WHERE fe.fileset = ?", (site.carol,))[0][0]
+    import hashlib
+    with open(site.repo_file(site.carol), "rb") as stream:
+        assert hashlib.sha1(stream.read()).hexdigest() not in text and digest not in text
+
+
+def test_dry_run_reports_the_method_planned(site):
+    rc, out, err = site.export(extra=["--dry-run"])
+    assert rc == 0, err
+    assert {r["method"] for r in records(out, "entry")} == {"hard"}
+    assert not os.path.exists(site.dest)
+
+
+def test_a_closed_stdout_ends_quietly_with_the_runs_exit_code(site):
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
+         site.sim.root, "--sim-user", "root", "export", "--originals", site.dest,
+         f"Dataset:{site.dataset}", "--as-user", "i12alice", "--state-dir", site.state, "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
+    proc.stdout.readline()
+    proc.stdout.close()                                   # `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "cannot write" not in err and "Broken pipe" not in err
+    assert len(site.dest_files()) == 3
+
+
+def test_a_full_dest_of_inodes_exits_6_and_sync_completes(site):
+    mount = os.path.join(site.exports, "small")
+    os.mkdir(mount)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=4", "tmpfs", mount]
+                      ).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    dest = os.path.join(mount, "i12alice")
+    rc, out, err = site.export(dest=dest, extra=["--link", "copy"])
+    assert rc == 6 and "--sync" in err, err
+    assert "/proc/self/fd" not in err
+    subprocess.run(["mount", "-o", "remount,nr_inodes=100", mount], check=True)
+    rc, out, err = site.export(dest=dest, extra=["--link", "copy", "--sync"])
+    assert rc == 0, err
+    assert len(site.dest_files(dest)) == 3

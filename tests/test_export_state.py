@@ -1,0 +1,122 @@
+"""The export's control files and DEST resolution, without a server: the state directory, the
+lock, StrictModes-like ancestor checks, DEST kept apart from the repository, the sim's sessions."""
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+
+import pytest
+
+from omero_cli_ext.export import dest as dest_io, state
+from omero_cli_ext.export.dest import ancestor_problem
+from omero_cli_ext.server import SUDO_TIME_TO_IDLE_MS, ServerError
+from sim.server import SimServer
+
+
+def fake_stat(uid=0, mode=0o755):
+    return os.stat_result((stat.S_IFDIR | mode, 1, 1, 2, uid, 0, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize("uid, mode, next_uid, problem", [
+    (0, 0o755, 1000, None),
+    (1000, 0o700, 1000, None),                 # the DEST owner's own directory
+    (2000, 0o755, 1000, "owned by uid 2000"),
+    (0, 0o775, 1000, "writable by its group"),
+    (0, 0o777, 1000, "writable by group and others"),
+    (0, 0o1777, 1000, None),                   # sticky, and the next one is hers
+    (0, 0o1777, 2000, "writable by group and others"),
+    (0, 0o1757, None, "writable by others"),
+])
+def test_ancestor_problem(uid, mode, next_uid, problem):
+    found = ancestor_problem(fake_stat(uid, mode), next_uid, {1000})
+    assert (found is None) == (problem is None) and (problem is None or problem in found)
+
+
+def test_state_directory_is_private_and_refuses_a_symlink(tmp_path):
+    root = tmp_path / "state"
+    fd = state.open_root(str(root))
+    try:
+        assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+        dest = tmp_path / "dest"
+        dest.mkdir()
+        assert state.open_for(fd, os.stat(dest), create=False) is None
+        sfd = state.open_for(fd, os.stat(dest), create=True)
+        lock = state.Lock(sfd)
+        with pytest.raises(state.Busy):
+            state.Lock(sfd, wait=0.5, clock=itertools.count(0, 0.3).__next__,
+                       pause=lambda s: None)
+        lock.release()
+        state.Lock(sfd).release()
+        os.close(sfd)
+    finally:
+        os.close(fd)
+    os.chmod(root, 0o777)
+    with pytest.raises(state.StateError, match="writable by group or others"):
+        state.open_root(str(root))
+    link = tmp_path / "link"
+    link.symlink_to(root)
+    with pytest.raises(state.StateError, match="symlink"):
+        state.open_root(str(link / "sub"))
+
+
+def test_dest_is_resolved_without_following_symlinks(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(dest_io.DestError, match="symlink"):
+        dest_io.open_dest(str(tmp_path / "link"), create=False)
+    with pytest.raises(dest_io.DestError, match="symlink"):
+        dest_io.open_dest(str(tmp_path / "link" / "x"), create=True)
+    assert not (real / "x").exists()
+    with pytest.raises(dest_io.DestMissing):
+        dest_io.open_dest(str(tmp_path / "new"), create=False)
+    fd, created = dest_io.open_dest(str(tmp_path / "new"), create=True, mode=0o750)
+    os.close(fd)
+    assert created and stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o750
+    with pytest.raises(dest_io.DestError, match="'..'"):
+        dest_io.split("/a/../b")
+
+
+def test_dest_inside_equal_or_above_the_repository(tmp_path):
+    repo = tmp_path / "top" / "repo"
+    (repo / "alice").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+
+    def check(path):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        rfd = os.open(repo, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            dest_io.check_apart(fd, str(path), rfd, str(repo))
+        finally:
+            os.close(fd)
+            os.close(rfd)
+
+    for bad in (repo, repo / "alice", tmp_path / "top", tmp_path):
+        with pytest.raises(dest_io.DestError, match="ManagedRepository"):
+            check(bad)
+    check(tmp_path / "elsewhere")
+
+
+def test_sim_sessions_expire_like_a_real_servers(tmp_path):
+    sim = SimServer(str(tmp_path / "sim"))
+    sim.add_group("lab", "rwr---")
+    sim.add_user("alice", ["lab"])
+    sim.add_user("admin", ["lab"], admin=True)
+    # createSessionWithTimeout(p, 10 min): a hard lifetime, however busy the session is
+    hard = sim.port("alice", time_to_live_ms=600_000)
+    sim.advance(240)
+    hard.current_user()
+    sim.advance(240)
+    hard.current_user()
+    sim.advance(240)                                  # 12 minutes old
+    with pytest.raises(ServerError, match="expired"):
+        hard.current_user()
+    # sudo: no lifetime, an idle timeout restarted by every call
+    sudo = sim.port("admin").sudo("alice")
+    for _ in range(10):
+        sim.advance(SUDO_TIME_TO_IDLE_MS / 1000 - 60)
+        assert sudo.current_user().name == "alice"
+    sim.advance(SUDO_TIME_TO_IDLE_MS / 1000 + 1)
+    with pytest.raises(ServerError, match="expired"):
+        sudo.current_user()
