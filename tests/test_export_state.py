@@ -120,3 +120,33 @@ def test_sim_sessions_expire_like_a_real_servers(tmp_path):
     sim.advance(SUDO_TIME_TO_IDLE_MS / 1000 + 1)
     with pytest.raises(ServerError, match="expired"):
         sudo.current_user()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_the_reader_opens_as_the_user_and_survives_being_killed():
+    import pathlib
+    import shutil
+    import tempfile
+    from omero_cli_ext.export.asuser import ReaderError, ReaderProcess
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="i12-reader-", dir="/tmp"))
+    mine = tmp_path / "mine"
+    mine.write_bytes(b"x")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(mine, 0o600)                                # root's, not readable by nobody
+    public = tmp_path / "public"
+    public.write_bytes(b"y")
+    reader = ReaderProcess(65534, 65534, [65534])
+    try:
+        with pytest.raises(PermissionError):
+            reader.open(str(mine))
+        fd = reader.open(str(public))
+        assert os.read(fd, 1) == b"y"
+        os.close(fd)
+        os.kill(reader._pid, 9)                          # the user kills it
+        with pytest.raises(ReaderError):
+            reader.open(str(public))
+        fd = reader.open(str(public))                    # a new one is started
+        os.close(fd)
+    finally:
+        reader.close()
+        shutil.rmtree(tmp_path)

@@ -15,8 +15,9 @@ import socket
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _MAX_PATH = 4096 + 16
 
-class ReaderError(Exception):
-    """The reader child could not be started or stopped answering."""
+class ReaderError(OSError):
+    """The reader child could not be started or stopped answering (an OSError: the entry that
+    needed it fails, the run goes on)."""
 
 
 class SelfOpener:
@@ -33,7 +34,13 @@ class ReaderProcess:
     """Opens as (uid, gid, gids): a forked child that drops to exactly those credentials (no
     exec, so no interpreter the user must be able to run) and keeps no other descriptor."""
 
-    def __init__(self, uid: int, gid: int, gids):
+    def __init__(self, uid: int, gid: int, gids, timeout: float = 60.0):
+        self._ids = (uid, gid, gids, timeout)
+        self._sock = None
+        self._start()
+
+    def _start(self) -> None:
+        uid, gid, gids, timeout = self._ids
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         gids = sorted(set(gids))
         try:
@@ -41,8 +48,8 @@ class ReaderProcess:
         except OSError as err:
             parent.close()
             child.close()
-            raise ReaderError(f"cannot start a reader process as uid {uid}: {err.strerror}") \
-                from None
+            raise ReaderError(err.errno, f"cannot start a reader process as uid {uid}: "
+                              f"{err.strerror}") from None
         if pid == 0:                       # the child: never returns
             code = 1
             try:
@@ -58,6 +65,7 @@ class ReaderProcess:
             finally:
                 os._exit(code)
         child.close()
+        parent.settimeout(timeout)     # an open she can stall (her FUSE mount) ends the child
         self._sock = parent
         self._pid = pid
         try:
@@ -66,29 +74,42 @@ class ReaderProcess:
         except OSError:
             message = b""
         if message != b"R":
-            self.close()
-            raise ReaderError(f"cannot start a reader process as uid {uid}")
+            self._stop(kill=True)
+            raise ReaderError(1, f"cannot start a reader process as uid {uid}")
 
     def open(self, path) -> int:
         data = os.fsencode(path)
         if b"\0" in data or not data or len(data) > _MAX_PATH:
             raise OSError(22, "not a valid path", os.fsdecode(data))
+        if self._sock is None:
+            self._start()
         try:
             self._sock.send(data)
             message, fds, _, _ = socket.recv_fds(self._sock, 64, 1)
         except OSError as err:
-            raise ReaderError(f"the reader process stopped answering ({err.strerror})") from None
+            self._stop(kill=True)
+            raise ReaderError(err.errno or 5, "the DEST owner's reader process stopped "
+                              "answering (killed, or an open that never returned)") from None
         if fds:
             return fds[0]
         if message.startswith(b"E"):
             number = int(message[1:])
             raise OSError(number, os.strerror(number), os.fsdecode(data))
-        raise ReaderError("the reader process ended")
+        self._stop(kill=True)
+        raise ReaderError(5, "the DEST owner's reader process ended")
 
     def close(self) -> None:
+        self._stop(kill=False)
+
+    def _stop(self, kill: bool) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+            if kill:
+                try:
+                    os.kill(self._pid, 9)
+                except ProcessLookupError:
+                    pass
             os.waitpid(self._pid, 0)
 
 

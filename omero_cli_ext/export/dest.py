@@ -155,6 +155,32 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+def user_fuse(fd: int) -> Optional[int]:
+    """The uid that mounted the FUSE filesystem holding the open `fd` (its daemon answers every
+    read, and can stall them), None when `fd` is not on a FUSE filesystem mounted by a user.
+    Read from /proc (fdinfo, mountinfo): nothing is asked of the filesystem itself."""
+    mnt = _mount_id(fd)
+    if mnt is None:
+        return None
+    try:
+        with open("/proc/self/mountinfo", "rb") as stream:
+            for line in stream.read().decode("utf-8", "surrogateescape").splitlines():
+                fields = line.split(" ")
+                if fields[0] != str(mnt) or " - " not in line:
+                    continue
+                fstype, _, options = line.split(" - ", 1)[1].partition(" ")
+                if not fstype.startswith("fuse"):
+                    return None
+                for option in options.split(" ")[-1].split(","):
+                    if option.startswith("user_id="):
+                        uid = int(option[len("user_id="):])
+                        return uid if uid != 0 else None
+                return None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def _mount_id(fd: int) -> Optional[int]:
     try:
         with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as stream:

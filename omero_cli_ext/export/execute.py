@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from omero_cli_ext import fsops
-from omero_cli_ext.export import CHAINS
+from omero_cli_ext.export import CHAINS, dest as dest_io
 from omero_cli_ext.export.asuser import OPEN_FLAGS, SelfOpener
 from omero_cli_ext.export.manifest import (DONE, PENDING, Journal, Manifest, ManifestEntry,
                                            fd_path, save)
@@ -651,10 +651,15 @@ class Exporter:
         if not os.path.isabs(target):
             target = os.path.join(os.path.dirname(src), target)
         try:
-            return self.opener.open(target)
+            fd = self.opener.open(target)
         except OSError as err:
             raise EntryFailed(f"the DEST owner cannot open the in-place import's target "
                               f"({err.strerror}); not exported") from None
+        if dest_io.user_fuse(fd) is not None:     # its daemon could stall every read of ours
+            os.close(fd)
+            raise EntryFailed("the in-place import's target is on a FUSE filesystem a user "
+                              "mounted; not exported")
+        return fd
 
     def _open_source(self, entry, src: str) -> Source:
         fd, st, in_place = self._open_source_fd(src)
@@ -732,7 +737,8 @@ class Exporter:
                 self._give(tfd, DOWNLOAD_MODE | (0o111 if source.st.st_mode & stat.S_IXUSR
                                                  else 0))
                 os.fsync(tfd)
-                os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+                # the inode we wrote, whatever now has the temporary's name
+                os.link(f"/proc/self/fd/{tfd}", name, dst_dir_fd=fd, follow_symlinks=True)
                 st = os.fstat(tfd)
             finally:
                 os.close(tfd)
@@ -828,18 +834,24 @@ class Exporter:
             self._give(pfd, DOWNLOAD_MODE)
             st = os.fstat(pfd)
         except OSError as err:
+            os.close(pfd)
             if err.errno in _NO_SPACE:
                 self._unlink_part(fd, entry.original_file_id)
                 raise fsops.NoSpace(err.errno, "no space left in DEST while downloading", name) \
                     from None
             raise
+        except BaseException:
+            os.close(pfd)
+            raise
+        try:
+            try:    # the inode we wrote and checked, whatever now has the part's name
+                os.link(f"/proc/self/fd/{pfd}", name, dst_dir_fd=fd, follow_symlinks=True)
+            except FileExistsError:
+                raise EntryFailed("a file appeared here while downloading; left alone") \
+                    from None
         finally:
             os.close(pfd)
-        try:
-            os.link(part, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
-        except FileExistsError:
-            raise EntryFailed("a file appeared here while downloading; left alone") from None
-        os.unlink(part, dir_fd=fd)
+        _unlink_quietly(fd, part)
         fsops.fsync_dir(fd_path(fd))
         return st.st_dev, st.st_ino
 
