@@ -125,3 +125,47 @@ def test_dry_run_into_head_ends_quietly(big):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert os.path.isdir(big.old) and not os.path.exists(os.path.join(big.data, "new"))
+
+
+def test_ctrl_c_while_planning_changes_nothing(tmp_path, monkeypatch):
+    from mv_helpers import snapshot
+    from omero_cli_ext.mv import plan
+    world = World(str(tmp_path), n_filesets=5, files_per_fileset=2, odd_names=False)
+    before = snapshot(world.repo, world.data)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt()
+    monkeypatch.setattr(plan, "walk_tree", interrupted)
+    rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), server=False)
+    assert rc == errors.EXIT_INTERRUPTED, err
+    assert "before the job started; nothing was changed" in err and "Traceback" not in err
+    assert snapshot(world.repo, world.data) == before
+
+
+def test_abandon_after_an_interrupt_says_what_it_leaves(tmp_path, monkeypatch):
+    from omero_cli_ext.fsops import is_temp_name
+    from omero_cli_ext.mv import execute
+    world = World(str(tmp_path), n_filesets=10, files_per_fileset=2, odd_names=False)
+    expected = manifest(world.repo)
+    real, calls = execute.Executor._retarget, []
+
+    def retarget_then_interrupt(self, step):
+        if len(calls) == 5:
+            with open(os.path.join(os.path.dirname(step.path),
+                                   b".omero-cli-ext.999999.abc.x"), "w"):
+                pass   # a dead run's temporary beside a link
+            raise KeyboardInterrupt()
+        calls.append(step)
+        real(self, step)
+    monkeypatch.setattr(execute.Executor, "_retarget", retarget_then_interrupt)
+    new = os.path.join(world.data, "new")
+    rc, out, err = world.mv(world.old, new, "--workers", "1", server=False)
+    assert rc == errors.EXIT_INTERRUPTED and "job 1 is unfinished" in err, err
+    monkeypatch.undo()
+    rc, out, err = world.mv("--abandon", server=False)
+    assert rc == 0, err
+    assert "5 link(s) already point at the new place, 15 still at the old one" in out
+    assert "20 file(s) and link(s) placed at the destination" in out
+    assert "20 source(s) not removed" in out and "1 temporary file(s) of the job removed" in out
+    assert manifest(world.repo) == expected
+    assert not [n for d, _, files in os.walk(world.repo) for n in files if is_temp_name(n)]

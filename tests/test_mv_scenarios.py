@@ -124,6 +124,11 @@ def test_offload_fileset_by_id_as_admin(world, tmp_path):
     for entry in fileset.entries:
         on_disk = os.path.join(world.repo, entry.original_file.repo_path)
         assert os.path.islink(on_disk) and os.readlink(on_disk).startswith(dst)
+    rc, out, err = world.mv("--inline", f"Fileset:{fid}")   # and back, by fileset too
+    assert rc == 0, err
+    for entry in fileset.entries:
+        on_disk = os.path.join(world.repo, entry.original_file.repo_path)
+        assert os.path.isfile(on_disk) and not os.path.islink(on_disk)
 
 
 def test_repair_with_server_uses_size_and_hash(world, tmp_path):

@@ -15,7 +15,28 @@ Modes:
   omero mv --inline REPO_SUBPATH    bring offloaded files back into the repository
   omero mv --repair --search DIR    find dangling links and retarget them to files found under DIR
 
-See docs/mv.md for exit codes and the maintenance runbook."""
+Exit codes [modes that can end with them]:
+{codes}
+
+Run as the user that owns the repository (bin/omero refuses root). Ctrl-C, SIGTERM: exit 30,
+rerun the same command to continue. A closed stdout (| head) ends the listing, not the job.
+Manual (runbook, journal, JSON keys): {manual}"""
+
+
+def manual_path() -> str:
+    """Where docs/mv.md is: installed with the package (setup.cfg data_files), else beside this
+    source tree (a checkout)."""
+    import os
+    import sys
+    installed = os.path.join(sys.prefix, "share", "doc", "omero-cli-ext", "mv.md")
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "docs", "mv.md")
+    return checkout if not os.path.exists(installed) and os.path.exists(checkout) else installed
+
+
+def help_text() -> str:
+    from omero_cli_ext.mv.errors import exit_codes_text
+    return HELP.format(codes=exit_codes_text(), manual=manual_path())
 
 
 class MvControl(BaseControl):
@@ -62,4 +83,4 @@ class MvControl(BaseControl):
 
 
 def register_plugin(register):
-    register("mv", MvControl, HELP)
+    register("mv", MvControl, help_text())

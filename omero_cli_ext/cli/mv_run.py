@@ -221,6 +221,11 @@ class _Run:
         if mode == "offload":
             return self.fileset_request(int(FILESET_REF.match(a.source).group(1)), repo,
                                         fs_path(a.destination), checksums)
+        if mode == "inline" and FILESET_REF.match(a.source):
+            fileset_id = int(FILESET_REF.match(a.source).group(1))
+            prefix = self.readable_fileset(fileset_id).template_prefix
+            return Request("inline", repo, src=os.path.join(repo, os.fsencode(prefix.rstrip("/"))),
+                           checksums=checksums, force=a.force, fileset=fileset_id)
         src = self.repo_path(a.source, repo)
         if mode == "inline":
             return Request("inline", repo, src=src, checksums=checksums, force=a.force)
@@ -253,14 +258,7 @@ class _Run:
 
     def fileset_request(self, fileset_id: int, repo: bytes, dst: bytes, checksums: bool) -> Request:
         self.need_offload_rights()
-        try:
-            found = self.port.filesets([fileset_id])
-        except server.ServerError as err:
-            self.die(EXIT_SERVER, f"cannot read Fileset:{fileset_id}: {err}")
-        fileset = found.get(fileset_id)
-        if fileset is None:
-            self.die(EXIT_NOT_FOUND, f"Fileset:{fileset_id} not found or not readable by you; "
-                     "nothing was changed")
+        fileset = self.readable_fileset(fileset_id)
         prefix = fileset.template_prefix
         files = []
         for entry in fileset.entries:
@@ -271,6 +269,17 @@ class _Run:
         return Request("offload", repo, src=os.path.join(repo, os.fsencode(prefix.rstrip("/"))),
                        dst=dst, fileset=fileset_id, fileset_files=tuple(files),
                        checksums=checksums, force=self.args.force)
+
+    def readable_fileset(self, fileset_id: int):
+        try:
+            found = self.port.filesets([fileset_id], image_counts=False)
+        except server.ServerError as err:
+            self.die(EXIT_SERVER, f"cannot read Fileset:{fileset_id}: {err}")
+        fileset = found.get(fileset_id)
+        if fileset is None:
+            self.die(EXIT_NOT_FOUND, f"Fileset:{fileset_id} not found or not readable by you; "
+                     "nothing was changed")
+        return fileset
 
     def facts_for(self, repo: bytes):
         """Server facts (fileset, owner, size, hash) for repository paths, when there is a server."""
@@ -374,7 +383,8 @@ class _Run:
     # --- the run
     def run(self) -> None:
         mode = self.mode()
-        needs_server = mode == "offload" or self.args.render_check
+        needs_server = mode == "offload" or self.args.render_check \
+            or (mode == "inline" and bool(FILESET_REF.match(self.args.source)))
         try:
             self.connect(needs_server)
             repo = self.repository()
@@ -471,13 +481,25 @@ class _Run:
         journal = open_journal(location)
         try:
             with self.writer_lock(journal):
-                job = JobStore(journal).abandon(os.fsdecode(repo))
+                left = engine.abandon(JobStore(journal), repo)
         finally:
             journal.close()
-        self.out.emit("abandoned", job=job.id if job else None,
-                      command=job.command if job else None)
-        self.out.info(f"abandoned job {job.id}: {job.command} (files stay as they are)"
-                      if job else "no unfinished job for this repository")
+        if left is None:
+            self.out.emit("abandoned", job=None)
+            self.out.info("no unfinished job for this repository")
+            return
+        self.out.emit("abandoned", **{k: _json_path(v) for k, v in left.items()})
+        self.out.info(
+            f"abandoned job {left['job']}: {left['command']}\n"
+            f"left as they are (every link resolves, to the old or the new copy):\n"
+            f"  {left['links_changed']} link(s) already point at the new place, "
+            f"{left['links_unchanged']} still at the old one\n"
+            f"  {left['placed_left']} file(s) and link(s) placed at the destination"
+            + (f" (under {show(left['destination'])})" if left['destination'] else "")
+            + f"\n  {left['sources_left']} source(s) not removed\n"
+            f"  {left['temporaries_removed']} temporary file(s) of the job removed\n"
+            "Remove what you no longer need by hand: a file is no longer needed once no "
+            "repository link points at it.")
 
     def execute(self, store, prepared, request) -> None:
         started = time.monotonic()

@@ -125,3 +125,47 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
                "verify_failures": len(failures)}
     store.finish(job.id, "verify-failed" if failures else "done", summary)
     return failures
+
+
+def abandon(store: JobStore, repo: bytes) -> Optional[dict]:
+    """Forget the repository's unfinished job: its temporaries are removed (nothing else), and
+    what it leaves behind is counted for the user: None when there was no job."""
+    job = store.unfinished(os.fsdecode(repo))
+    if job is None:
+        return None
+    steps = store.steps(job.id)
+    before = _temporaries(steps)
+    remove_debris(steps)   # the lock is held: the writers of any left are dead
+    removed = before - _temporaries(steps)
+    store.abandon(os.fsdecode(repo))
+    placed = [s for s in steps if s.kind in ("place", "place_link") and os.path.lexists(s.path)]
+    links = [s for s in steps if s.kind in ("retarget", "swap", "materialize")]
+    changed = sum(1 for s in links if _link_changed(s))
+    kept = [s for s in steps if s.kind == "unlink" and os.path.lexists(s.path)]
+    made = sorted({s.path for s in steps if s.kind == "mkdir" and os.path.isdir(s.path)})
+    return {"job": job.id, "command": job.command, "temporaries_removed": removed,
+            "placed_left": len(placed), "sources_left": len(kept),
+            "links_changed": changed, "links_unchanged": len(links) - changed,
+            "destination": made[0] if made else None}
+
+
+def _temporaries(steps: List[Step]) -> int:
+    from omero_cli_ext.fsops import is_temp_name
+    directories = {os.path.dirname(s.path) for s in steps
+                   if s.kind in ("place", "place_link", "retarget", "swap", "materialize")}
+    count = 0
+    for directory in directories:
+        try:
+            count += sum(1 for name in os.listdir(directory) if is_temp_name(name))
+        except OSError:
+            continue
+    return count
+
+
+def _link_changed(step: Step) -> bool:
+    try:
+        if step.kind == "materialize":
+            return not os.path.islink(step.path)
+        return os.readlink(step.path) == step.new
+    except OSError:
+        return False

@@ -23,6 +23,49 @@ EXIT_IMPORTING = 19         # offload/inline of filesets still being imported (u
 EXIT_INTERRUPTED = 30       # stopped part-way (signal, I/O error): rerun the same command
 
 
+# code -> (meaning, modes it can end) for `omero mv -h` and docs/mv.md. Modes: move (SRC DST),
+# links-only, offload (Fileset:ID or a repository path), inline, repair, abandon; dry-run ends
+# with the refusals of the mode it previews (2-11, 13, 15-22) or 0.
+CHANGING = "move links-only offload inline repair"
+EXIT_CODES = {
+    0: ("done and verified, or nothing left to do", "all"),
+    EXIT_USAGE: ("contradictory or missing arguments", "all"),
+    EXIT_SRC_MISSING: ("a path given does not exist", "all but abandon"),
+    EXIT_DST_EXISTS: ("DST is not a directory, or entries in an existing DST differ", "move offload"),
+    EXIT_BAD_RELATION: ("SRC and DST are the same, or DST is inside SRC", "move links-only offload"),
+    EXIT_REPO_OVERLAP: ("SRC holds the repository, DST inside it, --inline outside it",
+                        "move links-only offload inline"),
+    EXIT_NO_LINKS: ("no repository link into SRC (--force), nothing to offload or inline",
+                    "move links-only offload inline"),
+    EXIT_DST_UNWRITABLE: ("the destination directory is read-only or not writable", "move offload"),
+    EXIT_SYMLINK_LOOP: ("a link the plan would change ends in a symlink loop",
+                        "move links-only inline"),
+    EXIT_NO_SPACE: ("the destination cannot hold the copies (blocks or inodes)",
+                    "move offload inline"),
+    EXIT_REPO_PERMISSION: ("a directory the job must change is not writable or readable", CHANGING),
+    EXIT_BUSY: ("another omero mv runs on this repository", CHANGING + " abandon"),
+    EXIT_OTHER_JOB: ("an unfinished job with other arguments (rerun it, or --abandon)", CHANGING),
+    EXIT_VERIFY_FAILED: ("the final verification found links not resolving as recorded", CHANGING),
+    EXIT_JOURNAL: ("the journal or its directory cannot be used", "all"),
+    EXIT_UNRESOLVED: ("links left dangling (listed)", "repair links-only"),
+    EXIT_RENDER_FAILED: ("--render-check: the server could not read an image", CHANGING),
+    EXIT_MISMATCH: ("originals not matching the server's size or checksum (--skip-mismatched)",
+                    "move offload inline"),
+    EXIT_IMPORTING: ("filesets still being imported (--force)", "offload inline"),
+    20: ("the server is needed and unreachable, no session, or a server call failed", "all"),
+    21: ("a privilege is missing (offload needs WriteManagedRepo)", "offload"),
+    22: ("Fileset:ID not found or not readable", "offload"),
+    EXIT_INTERRUPTED: ("stopped part-way (Ctrl-C, SIGTERM, an error, a worker's death): rerun "
+                       "the same command", CHANGING),
+}
+
+
+def exit_codes_text() -> str:
+    """The exit codes as lines for `omero mv -h`."""
+    return "\n".join(f"  {code:>2}  {meaning} [{modes}]"
+                     for code, (meaning, modes) in sorted(EXIT_CODES.items()))
+
+
 class MvError(Exception):
     """A refusal or failure with its documented exit code; the message says what and what to do."""
 
