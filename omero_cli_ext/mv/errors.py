@@ -54,7 +54,7 @@ EXIT_CODES = {
     EXIT_IMPORTING: ("filesets still being imported (--force)", "offload inline"),
     20: ("the server is needed and unreachable, no session, or a server call failed", "all"),
     21: ("a privilege is missing (offload needs WriteManagedRepo)", "offload"),
-    22: ("Fileset:ID not found or not readable", "offload"),
+    22: ("Fileset:ID not found or not readable", "offload inline"),
     EXIT_INTERRUPTED: ("stopped part-way (Ctrl-C, SIGTERM, an error, a worker's death): rerun "
                        "the same command", CHANGING),
 }
