@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import errno
 import os
-import pwd
 import sys
 
 from omero_cli_ext import fsops
 from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, collector_paused, open_port,
                                     server_errors)
-from omero_cli_ext.export import asuser, dest as dest_io, manifest as manifest_io, state
+from omero_cli_ext.export import (asuser, control as control_io, dest as dest_io,
+                                  manifest as manifest_io, state)
 from omero_cli_ext.export.execute import Exporter, Options
 from omero_cli_ext.export.plan import BadObject, format_ref, parse_objects, plan_layout, resolve
 from omero_cli_ext.output import Output, printable
@@ -71,55 +71,22 @@ class _QuietPipe:
 # --------------------------------------------------------------------------- checks before any change
 
 def read_owner_map(ctx, path: str) -> dict:
-    """'omero_name posix_name' per line; blank lines and '#' comments ignored."""
     try:
         with open(path, encoding="utf-8") as stream:
-            lines = stream.readlines()
+            return asuser.parse_owner_map(stream.readlines())
     except OSError as err:
         ctx.die(EXIT_OWNER, f"cannot read the owner map {path}: {err.strerror}")
-    mapping = {}
-    for number, line in enumerate(lines, 1):
-        words = line.split("#", 1)[0].split()
-        if not words:
-            continue
-        if len(words) != 2:
-            ctx.die(EXIT_OWNER, f"{path}:{number}: expected 'omero_name posix_name', got {line.strip()!r}")
-        mapping[words[0]] = words[1]
-    return mapping
-
-
-def _posix_user(ctx, name: str, how: str):
-    try:
-        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
-    except KeyError:
-        ctx.die(EXIT_OWNER, f"no POSIX user {name!r} (from {how}); give --owner or --owner-map")
+    except ValueError as err:
+        ctx.die(EXIT_OWNER, f"{path}:{err}")
 
 
 def resolve_owner(ctx, args, omero_name: str, owner_map: dict):
-    """The DEST owner's passwd entry, checked against the acting OMERO user: as root, a DEST
-    owned by someone else than the acting user's POSIX account (root excepted) needs --as-user
-    (exit 4), so a DEST never shows one user the view of another."""
-    name = args.owner or owner_map.get(omero_name, omero_name)
-    how = "--owner" if args.owner else ("the owner map" if omero_name in owner_map
-                                        else "the OMERO user's name")
-    entry = _posix_user(ctx, name, how)
-    if os.geteuid() != 0:
-        if (args.owner or args.owner_map) and entry.pw_uid != os.geteuid():
-            ctx.die(EXIT_OWNER, f"only root can give DEST's directories to {name!r}")
-        return entry
-    acting = owner_map.get(omero_name, omero_name)
+    """The DEST owner's passwd entry (asuser.dest_owner: as root, the acting user's own)."""
     try:
-        acting_uid = pwd.getpwnam(acting).pw_uid
-    except KeyError:
-        acting_uid = None
-    if entry.pw_uid not in (0, acting_uid):
-        omero_owner = next((o for o, p in owner_map.items() if p == entry.pw_name), entry.pw_name)
-        hint = (f"rerun with --as-user {omero_owner}" if not args.as_user else
-                f"use --as-user {omero_owner}, or --owner {acting}")
-        ctx.die(EXIT_OWNER, f"DEST's owner {entry.pw_name!r} is not the acting OMERO user "
-                            f"{omero_name!r}: the export would show {entry.pw_name!r} what "
-                            f"{omero_name!r} may read; {hint}")
-    return entry
+        return asuser.dest_owner(args.owner, omero_name, owner_map, bool(args.as_user),
+                                 bool(args.owner or args.owner_map))
+    except asuser.OwnerError as err:
+        ctx.die(EXIT_OWNER, str(err))
 
 
 def open_existing_dest(ctx, dest: str, strict):
@@ -146,72 +113,31 @@ def check_apart(ctx, dest_fd: int, dest: str, repo_roots, inside_only: bool = Fa
             os.close(repo_fd)
 
 
-class _Control:
-    """The state directory, lock and manifest of one DEST."""
+def open_control(ctx, control_files, dest_fd, create) -> None:
+    try:
+        control_files.open(dest_fd, create)
+    except state.StateError as err:
+        ctx.die(EXIT_DEST, f"the export's state directory: {err}")
+    except state.Busy:
+        ctx.die(EXIT_BUSY, "another export is running on this DEST; try later or give "
+                           "--wait SECONDS")
 
-    def __init__(self, ctx, args):
-        self.ctx, self.args = ctx, args
-        self.root_fd = self.state_fd = None
-        self.lock = None
-        self.migrated = None
 
-    def open(self, dest_fd: int, create: bool) -> None:
-        ctx = self.ctx
-        root = self.args.state_dir or state.default_root()
-        try:
-            if self.root_fd is None:
-                self.root_fd = state.open_root(root)
-            self.state_fd = state.open_for(self.root_fd, os.fstat(dest_fd), create)
-        except state.StateError as err:
-            ctx.die(EXIT_DEST, f"the export's state directory: {err}")
-        if self.state_fd is None:
-            return
-        try:
-            self.lock = state.Lock(self.state_fd, self.args.wait)
-        except state.Busy:
-            ctx.die(EXIT_BUSY, "another export is running on this DEST; try later or give "
-                               "--wait SECONDS")
-        if not self.args.dry_run:
-            self.migrated = manifest_io.migrate(dest_fd, self.state_fd)
-
-    def load(self, repository: str, user: str):
-        ctx, args = self.ctx, self.args
-        try:
-            found = manifest_io.load(self.state_fd) if self.state_fd is not None else None
-        except (manifest_io.ManifestError, OSError) as err:
-            ctx.die(EXIT_DEST, f"the export's manifest: {err}")
-        if found is None:
-            return None
-        if not args.sync:
-            ctx.die(EXIT_DEST, "DEST already holds an export; rerun with --sync to update it")
-        if (found.repository, found.user) != (repository, user):
-            ctx.die(EXIT_DEST, f"DEST holds the export of {found.user!r} from repository "
-                               f"{found.repository}, not of {user!r} from {repository}; "
-                               "choose another DEST")
-        return found
-
-    def close(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-        for fd in (self.state_fd, self.root_fd):
-            if fd is not None:
-                os.close(fd)
+def load_manifest(ctx, control_files, repository, user, sync):
+    try:
+        return control_files.load(repository, user, sync)
+    except (manifest_io.ManifestError, OSError) as err:
+        ctx.die(EXIT_DEST, f"the export's manifest: {err}")
+    except control_io.Refused as err:
+        ctx.die(EXIT_DEST, str(err))
 
 
 def dir_mode_warning(out, args, owner) -> int:
     """Warn (and count) when --dir-mode lets others than the DEST owner in."""
-    mode = args.dir_mode
-    gid, name = (owner.pw_gid, owner.pw_name) if owner else (os.getegid(), "")
-    if mode & 0o007:
-        out.warn(f"warning: --dir-mode {mode:04o} lets every user on this host into the export")
-        return 1
-    if mode & 0o070:
-        others = asuser.others_in_group(gid, name)
-        if others:
-            out.warn(f"warning: --dir-mode {mode:04o} lets group {gid}'s other members into the "
-                     f"export ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})")
-            return 1
-    return 0
+    problem = asuser.dir_mode_problem(args.dir_mode, owner.pw_gid, owner.pw_name)
+    if problem:
+        out.warn(f"warning: --dir-mode {args.dir_mode:04o} {problem}")
+    return int(bool(problem))
 
 
 # --------------------------------------------------------------------------- the command
@@ -229,7 +155,7 @@ def run_export(control, args):
     acting = port
     dest_fd = None
     reader = None
-    control_files = _Control(ctx, args)
+    control_files = control_io.DestControl(args.state_dir, args.wait, args.dry_run)
     try:
         with server_errors(ctx), collector_paused():
             if args.as_user:
@@ -245,8 +171,8 @@ def run_export(control, args):
             dest_fd = open_existing_dest(ctx, dest, strict)
             if dest_fd is not None:
                 check_apart(ctx, dest_fd, dest, roots)
-                control_files.open(dest_fd, create=not args.dry_run)
-            manifest = control_files.load(repository.uuid, user.name)
+                open_control(ctx, control_files, dest_fd, create=not args.dry_run)
+            manifest = load_manifest(ctx, control_files, repository.uuid, user.name, args.sync)
             resolution = resolve(acting, refs)
             for ref in resolution.missing:
                 out.emit("object_missing", object=format_ref(ref))
@@ -268,7 +194,7 @@ def run_export(control, args):
                     os.close(parent_fd)
                 dest_fd = _create_dest(ctx, dest, args, owner, strict)
                 check_apart(ctx, dest_fd, dest, roots)
-                control_files.open(dest_fd, create=True)
+                open_control(ctx, control_files, dest_fd, create=True)
             keep = {}
             if manifest is None:
                 manifest = manifest_io.Manifest(repository=repository.uuid, user=user.name,
@@ -286,7 +212,7 @@ def run_export(control, args):
             options = Options(link=args.link, dir_mode=args.dir_mode, owner=owner,
                               reader=(entry.pw_uid, _gids(entry)) if root_run else None,
                               sync=args.sync, dry_run=args.dry_run, verify=args.verify,
-                              dest_dev=_device_of(dest))
+                              dest_dev=dest_io.device_of(dest))
             with out.progress("Exporting", total=len(plan.entries)) as bar:
                 exporter = Exporter(acting, dest_fd, control_files.state_fd,
                                     args.repo or repository.root, options, emit=out.emit,
@@ -316,17 +242,6 @@ def run_export(control, args):
     _report_result(out, dest, args, plan, resolution, result, rc, warnings)
     if rc:
         ctx.die(rc, message)
-
-
-def _device_of(path: str):
-    """The device of `path`, or of its nearest existing ancestor (a DEST not made yet)."""
-    while True:
-        try:
-            return os.stat(path).st_dev
-        except OSError:
-            if path == os.path.dirname(path):
-                return None
-            path = os.path.dirname(path)
 
 
 def _gids(entry) -> set:

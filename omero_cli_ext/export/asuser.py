@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Optional
 
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _MAX_PATH = 4096 + 16
@@ -142,3 +143,67 @@ def others_in_group(gid: int, owner_name: str) -> list:
     members.update(p.pw_name for p in pwd.getpwall() if p.pw_gid == gid)
     members.discard(owner_name)
     return sorted(members)
+
+
+def dir_mode_problem(mode: int, gid: int, owner_name: str) -> Optional[str]:
+    """What is wrong with giving the export's directories `mode` (DEST owner `owner_name`,
+    group `gid`), or None: any bit for others, or group bits when the group has other members."""
+    if mode & 0o007:
+        return "lets every user on this host into the export"
+    if mode & 0o070:
+        others = others_in_group(gid, owner_name)
+        if others:
+            return (f"lets group {gid}'s other members into the export "
+                    f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})")
+    return None
+
+
+class OwnerError(Exception):
+    """The DEST owner is unknown or may not be given this export (message says what to do)."""
+
+
+def parse_owner_map(lines) -> dict:
+    """'omero_name posix_name' per line; blank lines and '#' comments ignored (ValueError
+    "<line>: ..." for anything else)."""
+    mapping = {}
+    for number, line in enumerate(lines, 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) != 2:
+            raise ValueError(f"{number}: expected 'omero_name posix_name', got {line.strip()!r}")
+        mapping[words[0]] = words[1]
+    return mapping
+
+
+def dest_owner(owner: Optional[str], omero_name: str, owner_map: dict, as_user: bool,
+               explicit: bool):
+    """The DEST owner's passwd entry: `owner` (--owner), else the owner map's or the OMERO
+    user's own name. Not root: only oneself. Root: the POSIX account of the acting OMERO user
+    (or root), so a DEST never shows one user what another may read; otherwise --as-user."""
+    import pwd
+    name = owner or owner_map.get(omero_name, omero_name)
+    how = "--owner" if owner else ("the owner map" if omero_name in owner_map
+                                   else "the OMERO user's name")
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        raise OwnerError(f"no POSIX user {name!r} (from {how}); give --owner or --owner-map") \
+            from None
+    if os.geteuid() != 0:
+        if explicit and entry.pw_uid != os.geteuid():
+            raise OwnerError(f"only root can give DEST's directories to {name!r}")
+        return entry
+    acting = owner_map.get(omero_name, omero_name)
+    try:
+        acting_uid = pwd.getpwnam(acting).pw_uid
+    except KeyError:
+        acting_uid = None
+    if entry.pw_uid not in (0, acting_uid):
+        omero_owner = next((o for o, p in owner_map.items() if p == entry.pw_name), entry.pw_name)
+        hint = (f"rerun with --as-user {omero_owner}" if not as_user else
+                f"use --as-user {omero_owner}, or --owner {acting}")
+        raise OwnerError(f"DEST's owner {entry.pw_name!r} is not the acting OMERO user "
+                         f"{omero_name!r}: the export would show {entry.pw_name!r} what "
+                         f"{omero_name!r} may read; {hint}")
+    return entry

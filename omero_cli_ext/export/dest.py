@@ -96,6 +96,17 @@ def open_dest(path: str, *, create: bool, mode: int = 0o700, owner: Optional[tup
     return fd, created
 
 
+def device_of(path: str) -> Optional[int]:
+    """The device of `path`, or of its nearest existing ancestor (a DEST not made yet)."""
+    while True:
+        try:
+            return os.stat(path).st_dev
+        except OSError:
+            if path == os.path.dirname(path):
+                return None
+            path = os.path.dirname(path)
+
+
 def _refuse(problem: Optional[str], here: str) -> None:
     if problem:
         raise DestError(f"{here}, above DEST, is {problem}: its other users could swap DEST; as "

@@ -1,0 +1,56 @@
+"""One DEST's control files for a run: its state directory (state.py), the lock held for the
+whole run, the migration of an old in-DEST manifest, and the manifest itself (manifest.py)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from omero_cli_ext.export import manifest as manifest_io, state
+
+
+class Refused(Exception):
+    """DEST holds an export this run may not update (message says why and what to do)."""
+
+
+class DestControl:
+    def __init__(self, state_root: Optional[str], wait: float, dry_run: bool):
+        self._root_path = state_root or state.default_root()
+        self._wait = wait
+        self._dry_run = dry_run
+        self.root_fd = self.state_fd = None
+        self.lock = None
+        self.migrated: Optional[str] = None
+
+    def open(self, dest_fd: int, create: bool) -> None:
+        """Open (or make) DEST's state directory and take its lock (state.StateError,
+        state.Busy); move an old manifest out of DEST."""
+        if self.root_fd is None:
+            self.root_fd = state.open_root(self._root_path)
+        self.state_fd = state.open_for(self.root_fd, os.fstat(dest_fd), create)
+        if self.state_fd is None:
+            return
+        self.lock = state.Lock(self.state_fd, self._wait)
+        if not self._dry_run:
+            self.migrated = manifest_io.migrate(dest_fd, self.state_fd)
+
+    def load(self, repository: str, user: str, sync: bool) -> Optional[manifest_io.Manifest]:
+        """The manifest (ManifestError when unreadable), None when DEST has none yet."""
+        found = manifest_io.load(self.state_fd) if self.state_fd is not None else None
+        if found is None:
+            return None
+        if not sync:
+            raise Refused("DEST already holds an export; rerun with --sync to update it")
+        if (found.repository, found.user) != (repository, user):
+            raise Refused(f"DEST holds the export of {found.user!r} from repository "
+                          f"{found.repository}, not of {user!r} from {repository}; choose "
+                          "another DEST")
+        return found
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        for fd in (self.state_fd, self.root_fd):
+            if fd is not None:
+                os.close(fd)
+        self.state_fd = self.root_fd = None
