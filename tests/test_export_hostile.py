@@ -531,3 +531,42 @@ def test_a_full_dest_of_inodes_exits_6_and_sync_completes(site):
     rc, out, err = site.export(dest=dest, extra=["--link", "copy", "--sync"])
     assert rc == 0, err
     assert len(site.dest_files(dest)) == 3
+
+
+def test_a_mount_she_makes_inside_dest_is_not_crossed_and_revocation_still_works(site):
+    rc, out, err = site.export(f"Project:{site.project}")
+    assert rc == 0, err
+    run = os.path.join(site.dest, "run")
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", run]).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        before = site.outside()
+        rc, out, err = site.export(f"Project:{site.project}", extra=["--sync"])
+        assert rc == 7 and "mount point" in out, err
+        assert site.outside() == before and os.listdir(run) == []
+        site.sim.query("UPDATE Project SET group_id = (SELECT id FROM ExperimenterGroup WHERE "
+                       "name = 'private') WHERE id = ?", (site.project,))
+        rc, out, err = site.export(f"Project:{site.project}", extra=["--sync"])
+        assert rc == 22, err
+        assert site.outside() == before
+    finally:
+        subprocess.run(["umount", "-l", run])
+
+
+def test_a_state_left_by_another_users_deleted_dest_is_dropped(site):
+    rc, _, err = site.export()
+    assert rc == 0, err
+    key = state.key(os.stat(site.dest))
+    other = os.path.join(site.exports, "i12bob")
+    os.rename(site.dest, other)                 # bob's new DEST has alice's old inode
+    os.chown(other, site.bob.pw_uid, site.bob.pw_gid)
+    for dirpath, dirnames, names in os.walk(other, topdown=False):
+        for name in names:
+            os.unlink(os.path.join(dirpath, name))
+        for name in dirnames:
+            os.rmdir(os.path.join(dirpath, name))
+    site.sim.add_dataset("B", "i12bob")
+    bobs = site.sim.query("SELECT id FROM Dataset WHERE name = 'B'")[0][0]
+    rc, out, err = site.export(f"Dataset:{bobs}", dest=other, as_user="i12bob")
+    assert rc == 0 and "dropped the state of 'i12alice'" in err, err
+    assert state.key(os.stat(other)) == key

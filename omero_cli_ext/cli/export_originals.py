@@ -123,9 +123,9 @@ def open_control(ctx, control_files, dest_fd, create) -> None:
                            "--wait SECONDS")
 
 
-def load_manifest(ctx, control_files, repository, user, sync):
+def load_manifest(ctx, control_files, repository, user, sync, dest):
     try:
-        return control_files.load(repository, user, sync)
+        return control_files.load(repository, user, sync, dest)
     except (manifest_io.ManifestError, OSError) as err:
         ctx.die(EXIT_DEST, f"the export's manifest: {err}")
     except control_io.Refused as err:
@@ -172,7 +172,8 @@ def run_export(control, args):
             if dest_fd is not None:
                 check_apart(ctx, dest_fd, dest, roots)
                 open_control(ctx, control_files, dest_fd, create=not args.dry_run)
-            manifest = load_manifest(ctx, control_files, repository.uuid, user.name, args.sync)
+            manifest = load_manifest(ctx, control_files, repository.uuid, user.name, args.sync,
+                                     dest)
             resolution = resolve(acting, refs)
             for ref in resolution.missing:
                 out.emit("object_missing", object=format_ref(ref))

@@ -33,10 +33,19 @@ class DestControl:
         if not self._dry_run:
             self.migrated = manifest_io.migrate(dest_fd, self.state_fd)
 
-    def load(self, repository: str, user: str, sync: bool) -> Optional[manifest_io.Manifest]:
-        """The manifest (ManifestError when unreadable), None when DEST has none yet."""
+    def load(self, repository: str, user: str, sync: bool,
+             dest: str = "") -> Optional[manifest_io.Manifest]:
+        """The manifest (ManifestError when unreadable), None when DEST has none yet. The state
+        of another user's export made at another path is a directory that had DEST's inode
+        before (deleted since, the inode reused): it is dropped, with a note."""
         found = manifest_io.load(self.state_fd) if self.state_fd is not None else None
         if found is None:
+            return None
+        if (found.repository, found.user) != (repository, user) and found.dest \
+                and found.dest != dest and not self._dry_run:
+            manifest_io.discard(self.state_fd)
+            self.migrated = (f"dropped the state of {found.user!r}'s export at {found.dest}, "
+                             "a directory that had DEST's device and inode before")
             return None
         if not sync:
             raise Refused("DEST already holds an export; rerun with --sync to update it")

@@ -265,8 +265,13 @@ def check_apart(dest_fd: int, dest_text: str, repo_fd: int, repo_text: str,
         raise DestError(f"DEST {dest_text} holds the ManagedRepository ({repo_text}) "
                         "through a bind mount")
     seen = os.readlink(f"/proc/self/fd/{dest_fd}")
-    below = sorted(point for _, _, _, point in mounts
-                   if point != seen and _within(point, seen))
-    if below:
-        raise DestError(f"DEST {dest_text} holds a mount point ({below[0]}); an export never "
-                        "crosses mounts: choose a DEST without mounts below it")
+    for _, device, root, point in mounts:
+        if point != seen and _within(point, seen) and repo_place and device == repo_place[0] \
+                and (_within(root, repo_place[1]) or _within(repo_place[1], root)):
+            raise DestError(f"DEST {dest_text} holds a mount of the ManagedRepository "
+                            f"({point}); choose a directory outside it")
+
+
+def mount_id(fd: int) -> Optional[int]:
+    """The mount the open `fd` is on (/proc/self/fdinfo), None where /proc cannot tell."""
+    return _mount_id(fd)

@@ -139,6 +139,7 @@ class DestDir:
                  before_mkdir: Callable[[str], None] = lambda rel: None,
                  not_made: Callable[[str], None] = lambda rel: None):
         self.root = root_fd
+        self._mount = dest_io.mount_id(root_fd)
         self._mode = dir_mode
         self._owner = owner
         self._on_mkdir = on_mkdir
@@ -193,6 +194,9 @@ class DestDir:
                 raise PlantedLink(err.errno, "not a directory (a symlink or a file stands "
                                   "there; not followed)", rel) from None
             raise
+        if self._mount is not None and dest_io.mount_id(fd) != self._mount:
+            os.close(fd)
+            raise PlantedLink(errno.EXDEV, "a mount point (not crossed)", rel)
         self._on_open(fd, rel)
         return fd, False
 
@@ -355,7 +359,7 @@ class Exporter:
         if len(chain) == 1:
             return chain[0]
         try:
-            src_dev = os.stat(self._source(entry.repo_path)).st_dev
+            src_dev = os.stat(self._source(entry.repo_path), follow_symlinks=False).st_dev
         except (OSError, EntryFailed):
             return "download" if "download" in chain else chain[0]
         for method in chain:
@@ -377,7 +381,17 @@ class Exporter:
             if not self._is_ours(old, st, fd, parts[-1]):
                 self._left_alone(old.path, "no longer the file this export made")
                 continue
-            os.unlink(parts[-1], dir_fd=fd)
+            try:
+                os.unlink(parts[-1], dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as err:     # kept in the manifest: the next run tries again
+                self.result.failed.append((old.path, old.fileset, old.original_file,
+                                           f"could not be removed ({_describe(err)})"))
+                self.emit("failed", path=old.path, fileset=old.fileset,
+                          original_file=old.original_file,
+                          reason=f"could not be removed ({_describe(err)})")
+                continue
             self._unlink_part(fd, old.original_file)
             del self.manifest.entries[old.path]
             self.result.removed += 1
@@ -399,10 +413,8 @@ class Exporter:
             except (FileNotFoundError, PlantedLink):
                 pass
             except OSError as err:
-                if err.errno == errno.ENOTEMPTY:
-                    continue
                 if err.errno != errno.ENOTDIR:
-                    raise
+                    continue     # not empty, a mount point, ...: stays, and stays ours
             self.manifest.directories.discard(rel)
         self.dest.close()
 
@@ -941,6 +953,8 @@ class Exporter:
                 fd = self.dest.fd(parts[:-1])
                 if record.method == "sym":
                     efd = self.opener.open(os.readlink(parts[-1], dir_fd=fd))
+                    if dest_io.user_fuse(efd) is not None:
+                        raise PlantedLink(errno.EXDEV, "on a user's FUSE mount", entry.path)
                 else:
                     efd = os.open(parts[-1], OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
                 st = os.fstat(efd)

@@ -36,6 +36,7 @@ MANIFEST_NAME = "manifest.json"
 JOURNAL_NAME = "journal"
 LEGACY_MANIFEST_NAME = RESERVED_PREFIX + "-export.json"     # in DEST, before version 3
 LEGACY_JOURNAL_NAME = RESERVED_PREFIX + "-export.journal"
+LEGACY_LIMIT = 1 << 30        # what DEST holds under the old names is read up to 1 GiB
 FORMAT = "omero-cli-ext originals export"
 JOURNAL_FORMAT = "omero-cli-ext originals export journal"
 VERSION = 3
@@ -115,7 +116,7 @@ class Manifest:
                 manifest.directories.add(directory)
         except ManifestError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
             raise ManifestError(f"unreadable manifest: {err}") from None
         return manifest
 
@@ -160,7 +161,7 @@ class Manifest:
                     raise ManifestError(f"unknown journal record {kind!r}")
         except ManifestError:
             raise
-        except (ValueError, TypeError, IndexError) as err:
+        except (ValueError, TypeError, IndexError, RecursionError) as err:
             raise ManifestError(f"unreadable journal {JOURNAL_NAME}: {err}") from None
         self.replayed = True
 
@@ -182,9 +183,9 @@ def fd_path(dir_fd: int, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
-def _read(dir_fd: int, name: str, where: str) -> Optional[bytes]:
+def _read(dir_fd: int, name: str, where: str, limit: Optional[int] = None) -> Optional[bytes]:
     """The bytes of the regular file `name` (never through a symlink, never a fifo or device:
-    O_NOFOLLOW|O_NONBLOCK, then fstat), None when there is none."""
+    O_NOFOLLOW|O_NONBLOCK, then fstat; at most `limit` bytes), None when there is none."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=dir_fd)
@@ -195,9 +196,12 @@ def _read(dir_fd: int, name: str, where: str) -> Optional[bytes]:
             raise ManifestError(f"{name} in {where} is a symlink; not following it") from None
         raise
     with os.fdopen(fd, "rb") as stream:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ManifestError(f"{name} in {where} is not a regular file")
-        return stream.read()
+        if limit is not None and st.st_size > limit:
+            raise ManifestError(f"{name} in {where} is larger than any manifest")
+        return stream.read(limit if limit is not None else -1)
 
 
 def load(state_fd: int) -> Optional[Manifest]:
@@ -228,6 +232,15 @@ def save(state_fd: int, manifest: Manifest) -> None:
     manifest.replayed = False
 
 
+def discard(state_fd: int) -> None:
+    """Remove the manifest and journal of a state directory (journal first)."""
+    for name in (JOURNAL_NAME, MANIFEST_NAME):
+        try:
+            os.unlink(name, dir_fd=state_fd)
+        except FileNotFoundError:
+            pass
+
+
 def migrate(dest_fd: int, state_fd: int) -> Optional[str]:
     """Move a manifest (and journal) an older version kept in DEST into the state directory,
     once; returns a note for the user, None when DEST holds none. What DEST holds under those
@@ -236,11 +249,11 @@ def migrate(dest_fd: int, state_fd: int) -> Optional[str]:
     try:
         if _exists(state_fd, MANIFEST_NAME):
             return None
-        data = _read(dest_fd, LEGACY_MANIFEST_NAME, "DEST")
+        data = _read(dest_fd, LEGACY_MANIFEST_NAME, "DEST", LEGACY_LIMIT)
         if data is None:
             return None
         manifest = Manifest.from_bytes(data)
-        journal = _read(dest_fd, LEGACY_JOURNAL_NAME, "DEST")
+        journal = _read(dest_fd, LEGACY_JOURNAL_NAME, "DEST", LEGACY_LIMIT)
         if journal:
             manifest.replay(journal)
     except (ManifestError, OSError) as err:
