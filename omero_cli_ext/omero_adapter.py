@@ -8,9 +8,10 @@ resolves each one against ../shared/omero-model.json.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as _dt
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import Ice
 import omero
@@ -824,6 +825,31 @@ class OmeroPort:
             with _server_call(what):
                 raise err
         return _RawPixels(store)
+
+    def pixels_readable(self, image_ids: Sequence[int], concurrency: int = 4
+                        ) -> Mapping[int, Optional[str]]:
+        """RawPixelsStore.setPixelsId(id, False, fail_if_missing) per image, as omero-cli-render's
+        `test` does: the server opens the pixel buffer, which for pixels without a pyramid of
+        their own opens the original file (PixelsService.createBfPixelBuffer)."""
+        infos = self.pixels_info(image_ids)
+        context = dict(ALL_GROUPS, **{"omero.pixeldata.fail_if_missing": "true"})
+
+        def check(info) -> Optional[str]:
+            with _server_call(f"opening a pixels service for Image:{info.image_id}"):
+                store = self._sf.createRawPixelsStore()
+            try:
+                store.setPixelsId(info.pixels_id, False, context)
+                return None
+            except (omero.ServerError, Ice.UserException) as err:
+                return f"{type(err).__name__}: {_message(err)}".split("\n")[0]
+            finally:
+                with contextlib.suppress(Exception):
+                    store.close()
+        ordered = [infos[i] for i in image_ids if i in infos]
+        if not ordered:
+            return {}
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(concurrency, len(ordered)))) as pool:
+            return {info.image_id: problem for info, problem in zip(ordered, pool.map(check, ordered))}
 
     # --- importing ---
 

@@ -367,6 +367,13 @@ class ServerPort(Protocol):
     def open_pixels(self, image_id: int) -> PixelsReader:
         """A RawPixelsStore on the image's Pixels (one service: close it)."""
 
+    def pixels_readable(self, image_ids: Sequence[int], concurrency: int = 4
+                        ) -> Mapping[int, Optional[str]]:
+        """Can the server open each image's pixel data (for most images: its original file, with
+        Bio-Formats)? None when it can, else the server's error, for each readable image (others
+        left out); at most `concurrency` checks at once. What `omero render test` does, without
+        asking the server to build a missing pyramid."""
+
     # --- importing ---
     def session_login(self) -> tuple:
         """(host, port, session key) with which a child process (the Java importer) joins this

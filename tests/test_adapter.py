@@ -762,3 +762,30 @@ def test_ice_and_omero_errors_become_port_errors(srv, raised, expected, text):
     srv.query.projection.side_effect = raised
     with pytest.raises(expected, match=text):
         srv.port.containers_of([1])
+
+
+def test_pixels_readable_opens_each_image_like_render_test(srv, monkeypatch):
+    """RawPixelsStore.setPixelsId(pixels, False, all groups + fail_if_missing) per image, as
+    omero-cli-render's `test` does; a server error is that image's problem; stores are closed."""
+    infos = {img: server.PixelsInfo(image_id=img, name="i", pixels_id=img + 100, size_x=1,
+                                    size_y=1, size_z=1, size_c=1, size_t=1, pixel_type="uint8")
+             for img in (1, 2)}
+    monkeypatch.setattr(srv.port, "pixels_info", lambda ids: {i: infos[i] for i in ids if i in infos})
+    stores = {}
+
+    def create():
+        store = mock.create_autospec(omero.api.RawPixelsStorePrx, instance=True)
+
+        def set_pixels(pixels_id, bypass, ctx):
+            stores[pixels_id] = (store, bypass, ctx)
+            if pixels_id == 102:
+                raise omero.ResourceError(None, None, "Error instantiating pixel buffer: /x")
+        store.setPixelsId.side_effect = set_pixels
+        return store
+    srv.sf.createRawPixelsStore.side_effect = create
+    found = srv.port.pixels_readable([1, 2, 3], concurrency=2)
+    assert found[1] is None and "Error instantiating pixel buffer" in found[2] and 3 not in found
+    for pixels_id, (store, bypass, ctx) in stores.items():
+        assert bypass is False
+        assert ctx == {"omero.group": "-1", "omero.pixeldata.fail_if_missing": "true"}
+        store.close.assert_called_once_with()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from mv_helpers import World, manifest, repo_links, world  # noqa: F401
+from mv_helpers import manifest, repo_links, world  # noqa: F401
 from omero_cli_ext.mv import engine, errors
 from omero_cli_ext.mv.locations import repo_place
 from omero_cli_ext.mv.plan import Request

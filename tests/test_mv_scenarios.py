@@ -225,41 +225,34 @@ def test_worker_processes_give_what_one_process_gives(tmp_path, mode):
     assert sum(1 for a in results[0][0] if a[0] == "retarget") == 4500
 
 
-def test_render_check_tests_one_image_per_affected_fileset(tmp_path):
-    """A stand-in `render` control (omero-cli-render talks to a real server) records the
-    `render test` calls; one image of each moved fileset is asked for."""
-    import io
-    import contextlib
-    from omero.cli import CLI, BaseControl, NonZeroReturnCode
-    from sim.launcher import sim_connect, swapped
-
-    world = World(str(tmp_path), n_filesets=4, files_per_fileset=2, odd_names=False)
-    tested = []
-
-    class FakeRender(BaseControl):
-        def _configure(self, parser):
-            sub = parser.sub()
-            test = parser.add(sub, self.test, "test")
-            test.add_argument("object")
-
-        def test(self, args):
-            tested.append(args.object)
-            self.ctx.out(f"ok: Pixels:1 {args.object} 0.01")
-
-    cli = CLI(prog="omero")
-    cli.loadplugins()
-    cli.register("render", FakeRender, "render stand-in")
-    out = io.StringIO()
-    with swapped("omero_cli_ext.server", "connect", sim_connect(world.sim_root, "root", {})), \
-            contextlib.redirect_stdout(out):
-        try:
-            cli.invoke(["mv", world.old, os.path.join(world.data, "new"), "--render-check",
-                        "--json"], strict=True)
-            rc = 0
-        except NonZeroReturnCode as nzrc:
-            rc = nzrc.rv
-    assert rc == 0
+def test_render_check_reads_pixels_through_the_port(world):
+    """--render-check: the server opens one image's pixel data per affected fileset through the
+    port (never `omero render test` in-process); a sample of 10, or all with -all."""
+    rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), "--render-check",
+                            "--json")
+    assert rc == 0, err
+    summary = json_lines(out)[-1]
+    assert summary["render_check"]["failed"] == []
+    assert summary["render_check"]["sampled"] == 10 and summary["render_check"]["filesets"] == 30
+    assert len(summary["render_check"]["checked"]) == 10
+    rc, out, err = world.mv(os.path.join(world.data, "new"), os.path.join(world.data, "newer"),
+                            "--render-check-all", "--json")
+    assert rc == 0, err
+    records = json_lines(out)
+    checks = [r for r in records if r["type"] == "render_check"]
     images = world.sim.port("root").images_of(world.built.fileset_ids)
-    assert sorted(tested) == sorted(f"Image:{ids[0]}" for ids in images.values())
-    summary = json_lines(out.getvalue())[-1]
-    assert summary["render_check"]["failed"] == [] and len(summary["render_check"]["checked"]) == 4
+    assert sorted(r["image"] for r in checks) == sorted(ids[0] for ids in images.values())
+    assert all(r["ok"] and r["problem"] is None for r in checks)
+
+
+def test_render_check_names_an_image_whose_original_cannot_be_read(world):
+    from omero_cli_ext.mv.render import render_check
+    port = world.sim.port("root")
+    fileset = world.built.fileset_ids[3]
+    image = port.images_of([fileset])[fileset][0]
+    first = port.filesets([fileset])[fileset].entries[0].original_file
+    os.unlink(os.path.realpath(os.path.join(world.repo, first.repo_path)))
+    found = render_check(port, world.built.fileset_ids[:5], every=True, concurrency=2)
+    assert found["failed"] == [image] and len(found["checked"]) == 4
+    [failed] = [r for r in found["results"] if not r["ok"]]
+    assert failed["fileset"] == fileset and "Error instantiating pixel buffer" in failed["problem"]

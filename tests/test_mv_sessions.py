@@ -10,7 +10,6 @@ import os
 import pytest
 
 from mv_helpers import World
-from omero_cli_ext.mv import errors
 
 LOGINS = {
     "no stored session": [],

@@ -66,7 +66,11 @@ class MvControl(BaseControl):
         parser.add_argument("--abandon", action="store_true",
                             help="forget an unfinished job for this repository (files stay as they are)")
         parser.add_argument("--render-check", action="store_true",
-                            help="afterwards, render one image per affected fileset (needs omero-cli-render)")
+                            help="afterwards, have the server open the pixel data of one image "
+                                 "in each of 10 affected filesets (spread over them)")
+        parser.add_argument("--render-check-all", action="store_true",
+                            help="the same for every affected fileset (rebuilds their memo "
+                                 "files: run it off-hours)")
         parser.add_argument("--workers", type=positive_int, metavar="N",
                             help="processes for the per-link and per-file work: scan, retarget, "
                                  "hard-link, remove, verify (default: one per core, at most 4; "

@@ -5,12 +5,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import contextlib
-import io
 import os
 import re
 import shlex
 import signal
-import sys
 import time
 
 from omero_cli_ext import server
@@ -383,14 +381,11 @@ class _Run:
     # --- the run
     def run(self) -> None:
         mode = self.mode()
-        needs_server = mode == "offload" or self.args.render_check \
+        needs_server = mode == "offload" or self.render_checking() \
             or (mode == "inline" and bool(FILESET_REF.match(self.args.source)))
         try:
             self.connect(needs_server)
             repo = self.repository()
-            if self.args.render_check and "render" not in self.ctx.controls:
-                self.die(EXIT_USAGE, "--render-check needs omero-cli-render "
-                         "(pip install omero-cli-render); nothing was changed")
             try:
                 with server_errors(self.ctx):
                     self.run_in_repo(mode, repo)
@@ -547,7 +542,7 @@ class _Run:
             self.out.emit("verify_failure", link=_json_path(failure["link"]),
                           problem=failure["problem"])
             self.out.warn(f"verification failed: {show(failure['link'])}: {failure['problem']}")
-        render = self.render_check(steps) if self.args.render_check else None
+        render = self.render_check(steps) if self.render_checking() else None
         if render is not None:
             summary["render_check"] = render
         self.out.emit("summary", **summary)
@@ -568,39 +563,26 @@ class _Run:
             self.die(EXIT_UNRESOLVED, f"{len(prepared.unresolved)} link(s) were left as they "
                      "are (listed above)")
 
-    def render_check(self, steps) -> dict:
-        """`omero render test Image:ID` for one image of each affected fileset."""
-        filesets = sorted({s.fileset for s in steps if s.fileset is not None})
-        images = self.port.images_of(filesets) if filesets else {}
-        checked, failed = [], []
-        for fileset_id in filesets:
-            ids = images.get(fileset_id) or ()
-            if not ids:
-                continue
-            image_id = ids[0]
-            captured = io.StringIO()
-            rc = 0
-            with contextlib.redirect_stdout(captured):
-                try:
-                    self.ctx.invoke(["render", *self.login_words(), "test", f"Image:{image_id}"],
-                                    strict=True)
-                except Exception:   # NonZeroReturnCode or a plugin error: the test failed
-                    rc = 1
-            ok = rc == 0 and captured.getvalue().lstrip().startswith("ok:")
-            (checked if ok else failed).append(image_id)
-            self.out.emit("render_check", fileset=fileset_id, image=image_id, ok=ok,
-                          output=captured.getvalue().strip())
-        return {"checked": checked, "failed": failed}
+    def render_checking(self) -> bool:
+        return self.args.render_check or self.args.render_check_all
 
-    def login_words(self) -> list:
-        a = self.args
-        words = []
-        for flag, name in (("-s", "server"), ("-p", "port"), ("-u", "user"), ("-g", "group"),
-                           ("-k", "key")):
-            value = getattr(a, name, None)
-            if value:
-                words += [flag, str(value)]
-        return words
+    def render_check(self, steps) -> dict:
+        """The server opens the pixel data of one image per affected fileset (a sample, or all
+        with `--render-check-all`), through the port (omero_cli_ext.mv.render)."""
+        from omero_cli_ext.mv.render import render_check
+        filesets = {s.fileset for s in steps if s.fileset is not None}
+        found = render_check(self.port, filesets, every=self.args.render_check_all,
+                             concurrency=self.args.workers or default_workers())
+        for result in found.pop("results"):
+            self.out.emit("render_check", **result)
+            if not result["ok"]:
+                self.out.warn(f"render check failed: Fileset:{result['fileset']} "
+                              f"Image:{result['image']}: {result['problem']}")
+        if self.out.mode != "json":
+            self.out.info(f"render check: {len(found['checked'])} image(s) read, "
+                          f"{len(found['failed'])} failed, of {found['sampled']} of "
+                          f"{found['filesets']} affected fileset(s)")
+        return found
 
 
 def run_mv(control, args) -> None:

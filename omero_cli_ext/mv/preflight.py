@@ -4,7 +4,7 @@ what the server recorded."""
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from omero_cli_ext.mv.errors import (EXIT_DST_UNWRITABLE, EXIT_NO_SPACE, EXIT_REPO_PERMISSION,
                                      MvError)

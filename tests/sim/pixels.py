@@ -30,6 +30,8 @@ table `sim_plate_acquisition` (the server schema is kept as it is).
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
@@ -402,6 +404,35 @@ def open_pixels(port, image_id: int) -> SimPixelsReader:
         raise port_api.NotFound("Image:%d not found" % image_id, [image_id])
     _name, series, main, _owner, _group = rows[image_id]
     return SimPixelsReader(parse_fake(main), series or 0)
+
+
+def pixels_readable(port, image_ids: Sequence[int]) -> Mapping[int, Optional[str]]:
+    """RawPixelsStore.setPixelsId(id, False, ...) per readable image: the server builds a
+    Bio-Formats pixel buffer on the fileset's main file (the first used file), whose setId reads
+    it: a missing or unreadable file fails with ResourceError "Error instantiating pixel buffer".
+    The simulated pixel data has no pyramid and no ROMIO file, so the original is always read.
+    Round trips: the pixels query per page, then create, setPixelsId and close per image."""
+    port._check_open()
+    rows = _image_rows(port, image_ids)
+    port._server._count(max(1, math.ceil(len(rows) / 500)) + 3 * len(rows))
+    result = {}
+    for image_id in image_ids:
+        if image_id not in rows:
+            continue
+        fileset = port._db.execute("SELECT fileset FROM Image WHERE id = ?",
+                                   (image_id,)).fetchone()[0]
+        main = port._db.execute(
+            "SELECT o.path, o.name FROM FilesetEntry fe JOIN OriginalFile o "
+            "ON o.id = fe.originalFile WHERE fe.fileset = ? ORDER BY fe.id LIMIT 1",
+            (fileset,)).fetchone()
+        on_disk = os.path.join(port._server.repo_dir, main[0].lstrip("/"), main[1])
+        try:
+            with open(on_disk, "rb") as f:
+                f.read(1)
+            result[image_id] = None
+        except OSError:
+            result[image_id] = "ResourceError: Error instantiating pixel buffer: " + on_disk
+    return result
 
 
 def create_spw(server, main: str, image_ids: Sequence[int], uid: int, gid: int, ev: int,

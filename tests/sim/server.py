@@ -1532,6 +1532,9 @@ class SimPort:
     def open_pixels(self, image_id):
         return pixels.open_pixels(self, image_id)
 
+    def pixels_readable(self, image_ids, concurrency=4):
+        return pixels.pixels_readable(self, image_ids)
+
     def close(self) -> None:
         if not self._closed:
             self._server._count(1)
