@@ -398,7 +398,7 @@ class _SqliteJournal(Journal):
                                    f"{BUSY_TIMEOUT_SECONDS:g} s (another process is writing)") \
                     from None
             if "readonly database" in message or "unable to open" in message \
-                    or "disk I/O error" in message:
+                    or "disk I/O error" in message or "database or disk is full" in message:
                 raise JournalError(f"cannot write the journal {self.location}: {message}") \
                     from None
             raise

@@ -16,7 +16,8 @@ from omero_cli_ext.cli.import_ext import RESUME_ONLY
 from omero_cli_ext.importing import identity, progress, store
 from omero_cli_ext.importing.driver import Driver, Settings
 from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, chunk_filesets,
-                                          file_sizes, parse_duration, parse_groups, parse_size)
+                                          file_sizes, new_groups, parse_duration, parse_groups,
+                                          parse_size)
 from omero_cli_ext.pathrules import client_path
 from omero_cli_ext.journal import (JournalCorrupt, JournalError, JournalIntegrityError,
                                    JournalLocked, open_journal)
@@ -256,6 +257,14 @@ class _JobRun:
         self.out.emit("job", job=job, journal=journal.location, filesets=record.filesets,
                       bytes=record.bytes, chunks=record.chunks)
         jobs = store.JobStore(journal, job)
+        if self.args.rescan:
+            added = _plan(ctx, list(record.paths), self.java, record.chunk_size or
+                          DEFAULT_CHUNK_SIZE, record.chunk_bytes, list(record.options),
+                          after=jobs.planned_files())
+            if added:
+                jobs.extend(added)
+                record = jobs.load()
+            self.out.info(f"job {job}: {len(added)} new filesets found by --rescan")
         if self.args.retry_failed:
             again = jobs.retry_failed()
             self.out.info(f"job {job}: {again} failed filesets planned again (--retry-failed)")
@@ -598,14 +607,16 @@ def _check_target(ctx, port, target: str) -> None:
                                      "group is not read-write)")
 
 
-def _plan(ctx, paths, java, chunk_size, chunk_bytes, options):
-    """Ask the importer for the fileset grouping (-f --output=yaml, no login) and chunk it."""
+def _plan(ctx, paths, java, chunk_size, chunk_bytes, options, after=None):
+    """Ask the importer for the fileset grouping (-f --output=yaml, no login) and chunk it.
+    `after` (files already planned, next index, next chunk): only the new filesets (--rescan)."""
     from omero_cli_ext.importing import importer
 
     listing = [o for o in (options or []) if not o.startswith("--output") and o != "-c"]
     try:
         process = importer.spawn(["-f", "--output=yaml", *listing, *paths],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, java=java)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, java=java,
+                                 env=importer.utf8_environment())
     except importer.ImporterUnavailable as err:
         ctx.die(EXIT_NO_IMPORTER, f"cannot run the importer: {err}")
     stdout, stderr = process.communicate()
@@ -619,11 +630,15 @@ def _plan(ctx, paths, java, chunk_size, chunk_bytes, options):
     groups = parse_groups(stdout.decode("utf-8", "surrogateescape").splitlines())
     if not groups:
         ctx.die(EXIT_NOTHING_TO_IMPORT, f"no importable files in {' '.join(map(printable, paths))}")
+    first_idx = first_chunk = 0
+    if after is not None:
+        known, first_idx, first_chunk = after
+        groups = new_groups(groups, known)
     try:
         sizes = file_sizes(groups)
     except PlanError as err:
         ctx.die(EXIT_BAD_INPUT, str(err))
-    return chunk_filesets(groups, sizes, chunk_size, chunk_bytes)
+    return chunk_filesets(groups, sizes, chunk_size, chunk_bytes, first_idx, first_chunk)
 
 
 def _create_job(journal, job, user, paths, target, options, plan, args, port, ident):

@@ -139,8 +139,15 @@ class Driver:
         except KeyboardInterrupt:
             self.summary.interrupted = True
             self._abort()
+        except BaseException:
+            # e.g. the journal's disk is full: stop the importers, keep what the journal has
+            self._abort(best_effort=True)
+            raise
         finally:
-            jobs.stop_worker(self.host, self.pid, self.started)
+            try:
+                jobs.stop_worker(self.host, self.pid, self.started)
+            except Exception:       # already failing: the worker row only feeds status views
+                pass
         return self.summary
 
     def stop(self) -> None:
@@ -480,8 +487,10 @@ class Driver:
         self._failures[chunk] = self._failures.get(chunk, 0) + 1
         return self._failures[chunk]
 
-    def _abort(self) -> None:
-        """Stop the importers and give their chunks back; their filesets stay in doubt."""
+    def _abort(self, best_effort: bool = False) -> None:
+        """Stop the importers and give their chunks back; their filesets stay in doubt.
+        `best_effort`: the journal may be failing; what cannot be written is redone by the next
+        run (expired leases, filesets in doubt)."""
         for attempt in list(self._active.values()):
             if attempt.process is not None and attempt.process.poll() is None:
                 attempt.process.terminate()
@@ -493,8 +502,13 @@ class Driver:
                 except subprocess.TimeoutExpired:
                     attempt.process.kill()
                     attempt.process.wait()
-            if attempt.process is not None:
-                self.jobs.end_attempt(attempt.name, self._server_now(), attempt.process.returncode)
-            self.jobs.release(attempt.chunk, self.host, self.pid, message="interrupted")
+            try:
+                if attempt.process is not None:
+                    self.jobs.end_attempt(attempt.name, self._server_now(),
+                                          attempt.process.returncode)
+                self.jobs.release(attempt.chunk, self.host, self.pid, message="interrupted")
+            except Exception:
+                if not best_effort:
+                    raise
         self._active.clear()
 

@@ -92,6 +92,11 @@ def parse_groups(lines: Iterable[str]) -> list:
     return groups
 
 
+def new_groups(groups: Sequence[Group], known_files: set) -> list:
+    """The groups of a new listing none of whose files is in the plan yet (--rescan)."""
+    return [g for g in groups if not any(f in known_files for f in g.files)]
+
+
 def file_sizes(groups: Sequence[Group]) -> dict:
     """Size of every listed file (following symlinks, as the importer reads them)."""
     sizes = {}
@@ -106,13 +111,13 @@ def file_sizes(groups: Sequence[Group]) -> dict:
 
 
 def chunk_filesets(groups: Sequence[Group], sizes: dict, chunk_size: Optional[int],
-                   chunk_bytes: Optional[int]) -> list:
+                   chunk_bytes: Optional[int], first_idx: int = 0, first_chunk: int = 0) -> list:
     """Planned filesets in listing order, cut into chunks of at most `chunk_size` filesets and
     `chunk_bytes` bytes, whichever fills first (a fileset larger than `chunk_bytes` gets a chunk
-    of its own)."""
+    of its own). Indexes and chunks are numbered from `first_idx` and `first_chunk`."""
     planned = []
-    chunk, count, total = 0, 0, 0
-    for idx, group in enumerate(groups):
+    chunk, count, total = first_chunk, 0, 0
+    for idx, group in enumerate(groups, start=first_idx):
         size = sum(sizes[f] for f in group.files)
         if count and ((chunk_size and count >= chunk_size)
                       or (chunk_bytes and total + size > chunk_bytes)):

@@ -466,6 +466,39 @@ class JobStore:
             "AND g.state = 'left')) ORDER BY idx", (self.job,))
         return [_fileset(r) for r in rows]
 
+    def planned_files(self) -> tuple:
+        """(every file of the plan, next fileset index, next chunk number)."""
+        files = set()
+        for (text,) in self.journal.query("SELECT files FROM import_fileset WHERE job = ?",
+                                          (self.job,)):
+            files.update(json.loads(text))
+        idx, chunk = self.journal.query_one(
+            "SELECT coalesce(max(idx), -1) + 1, coalesce(max(chunk), -1) + 1 FROM import_fileset "
+            "WHERE job = ?", (self.job,))
+        return files, idx, chunk
+
+    def extend(self, filesets: Sequence[PlannedFileset]) -> None:
+        """Add filesets (new chunks) to the plan in one transaction (--rescan)."""
+        now = iso(utc_now())
+        chunks: dict = {}
+        for fs in filesets:
+            count, size = chunks.get(fs.chunk, (0, 0))
+            chunks[fs.chunk] = (count + 1, size + fs.size)
+        with self.journal.transaction():
+            self.journal.executemany(
+                "INSERT INTO import_fileset (job, idx, chunk, main, files, nfiles, size, reader, "
+                "spw, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
+                [(self.job, fs.idx, fs.chunk, fs.main, json.dumps(list(fs.files)), len(fs.files),
+                  fs.size, fs.reader, int(fs.spw), now) for fs in filesets])
+            self.journal.executemany(
+                "INSERT INTO import_chunk (job, chunk, state, filesets, bytes, attempts) "
+                "VALUES (?, ?, 'pending', ?, ?, 0)",
+                [(self.job, chunk, count, size) for chunk, (count, size) in sorted(chunks.items())])
+            self.journal.execute(
+                "UPDATE import_job SET filesets = filesets + ?, bytes = bytes + ?, "
+                "chunks = chunks + ? WHERE job = ?",
+                (len(filesets), sum(fs.size for fs in filesets), len(chunks), self.job))
+
     def retry_failed(self) -> int:
         """Plan the failed filesets again (their chunks pending); how many."""
         with self.journal.transaction():
