@@ -338,6 +338,10 @@ def _copy_data(src_fd: int, dst_fd: int, size: int, state, progress, chunk: int)
     (or when the kernel cannot) the bytes pass through `state` on their way to the destination.
     """
     copied = 0
+    if _is_sparse(os.fstat(src_fd)):
+        sparse = _copy_sparse(src_fd, dst_fd, size, state, progress, chunk)
+        if sparse is not None:
+            return sparse
     if state is None:
         while copied < size:
             try:
@@ -367,6 +371,100 @@ def _copy_data(src_fd: int, dst_fd: int, size: int, state, progress, chunk: int)
     return copied
 
 
+def _is_sparse(st: os.stat_result) -> bool:
+    """Fewer blocks allocated than the size needs: the file has holes (SEEK_DATA finds them)."""
+    return hasattr(os, "SEEK_DATA") and st.st_blocks * 512 < st.st_size
+
+
+def _data_extents(src_fd: int, size: int) -> Optional[list]:
+    """(start, end) of each data extent of a sparse file (SEEK_DATA / SEEK_HOLE), or None when
+    the filesystem cannot tell."""
+    extents, offset = [], 0
+    try:
+        while offset < size:
+            try:
+                start = os.lseek(src_fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:   # only a hole from here to the end
+                    break
+                raise
+            end = min(os.lseek(src_fd, start, os.SEEK_HOLE), size)
+            extents.append((start, end))
+            offset = end
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return None
+        raise
+    finally:
+        try:
+            os.lseek(src_fd, 0, os.SEEK_SET)
+        except OSError:
+            pass
+    return extents
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def _copy_sparse(src_fd: int, dst_fd: int, size: int, state, progress, chunk: int
+                 ) -> Optional[int]:
+    """Copy a sparse file keeping its holes: only the data extents are written (at their
+    offsets), the holes pass through `state` as zeros, and the size is set at the end. None when
+    the source's extents cannot be read (the caller copies every byte)."""
+    extents = _data_extents(src_fd, size)
+    if extents is None:
+        return None
+    buffer = bytearray(chunk)
+    view = memoryview(buffer)
+    position = 0
+    for start, end in extents + [(size, size)]:
+        while position < start:   # a hole: zeros for the checksum, nothing written
+            step = min(len(_ZEROS), start - position)
+            if state is not None:
+                state.update(_ZEROS[:step])
+            position += step
+            if progress:
+                progress(step)
+        while position < end:
+            count = os.preadv(src_fd, [view[:min(chunk, end - position)]], position)
+            if not count:
+                return position   # the source shrank: the caller sees the short count
+            if state is not None:
+                state.update(view[:count])
+            written = view[:count]
+            offset = position
+            while written:
+                done = os.pwrite(dst_fd, written, offset)
+                written, offset = written[done:], offset + done
+            position += count
+            if progress:
+                progress(count)
+    os.ftruncate(dst_fd, size)
+    return size
+
+
+def copy_xattrs(src_fd: int, dst_fd: int) -> list:
+    """Copy every extended attribute (user.*, security.* labels, POSIX ACLs as
+    system.posix_acl_*, trusted.* as root) of one open file to another. Returns the names that
+    could not be copied, with why (the destination filesystem does not hold them, or this user
+    may not set them): the caller warns; the data is copied either way."""
+    if not hasattr(os, "listxattr"):
+        return []
+    try:
+        names = os.listxattr(src_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
+    failed = []
+    for name in names:
+        try:
+            os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
+        except OSError as exc:
+            failed.append(f"{name} ({exc.strerror})")
+    return failed
+
+
 def _copy_metadata(dst_fd: int, st: os.stat_result) -> None:
     """Mode and mtime from `st` (owner too when root; chown first, as it clears set-id bits)."""
     if os.geteuid() == 0:
@@ -376,7 +474,7 @@ def _copy_metadata(dst_fd: int, st: os.stat_result) -> None:
 
 
 def _copy_to_temp(src_fd: int, tmp, st: os.stat_result, state, preserve: bool,
-                  progress) -> tuple:
+                  progress, xattrs_lost: Optional[Callable[[list], None]] = None) -> tuple:
     """Create `tmp`, fill it from `src_fd`, set metadata, fsync; returns (copied, size on disk)."""
     dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600 if preserve else 0o666)
@@ -384,6 +482,10 @@ def _copy_to_temp(src_fd: int, tmp, st: os.stat_result, state, preserve: bool,
         copied = _copy_data(src_fd, dst_fd, st.st_size, state, progress, 1 << 20)
         if preserve:
             _copy_metadata(dst_fd, st)
+            if xattrs_lost is not None:   # after the chmod, which would rewrite an ACL's mask
+                lost = copy_xattrs(src_fd, dst_fd)
+                if lost:
+                    xattrs_lost(lost)
         os.fsync(dst_fd)
         return copied, os.fstat(dst_fd).st_size
     finally:
@@ -392,7 +494,8 @@ def _copy_to_temp(src_fd: int, tmp, st: os.stat_result, state, preserve: bool,
 
 def copy_verified(src, dst, *, hasher: Optional[str] = None, expected_hash: Optional[str] = None,
                   expected_size: Optional[int] = None, preserve: bool = True,
-                  progress: Optional[Callable[[int], None]] = None) -> Optional[str]:
+                  progress: Optional[Callable[[int], None]] = None,
+                  xattrs: Optional[Callable[[str], None]] = None) -> Optional[str]:
     """Copy the regular file `src` to `dst` so that `dst` is either absent/old or complete.
 
     Writes a temporary beside `dst`, syncs it, checks its size against the source (and
@@ -401,7 +504,9 @@ def copy_verified(src, dst, *, hasher: Optional[str] = None, expected_hash: Opti
     even a symlink, is replaced, never followed) and syncs the directory. Returns the checksum
     (None without `hasher`). On any error the temporary is removed and `src` is untouched:
     VerifyError on a mismatch or a source that changed meanwhile, NoSpace when the destination
-    is full. `progress(n)` is called with each chunk's byte count.
+    is full. `progress(n)` is called with each chunk's byte count. A sparse source is copied
+    with its holes. With `xattrs` (and `preserve`), extended attributes (ACLs, SELinux labels,
+    user.*) are copied too, and `xattrs(message)` is told which could not be.
     """
     if expected_hash is not None and hasher is None:
         raise ValueError("expected_hash needs the hasher that produced it")
@@ -417,7 +522,9 @@ def copy_verified(src, dst, *, hasher: Optional[str] = None, expected_hash: Opti
                               "nothing was copied")
         tmp = temp_path(dst)
         try:
-            copied, written = _copy_to_temp(src_fd, tmp, before, state, preserve, progress)
+            lost = None if xattrs is None else (lambda names: xattrs(
+                f"{_show(dst)}: extended attributes not kept ({', '.join(names)})"))
+            copied, written = _copy_to_temp(src_fd, tmp, before, state, preserve, progress, lost)
             after = os.fstat(src_fd)
             if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                 raise VerifyError(f"{_show(src)} changed while it was being copied; copy again")

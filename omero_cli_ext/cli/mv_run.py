@@ -519,7 +519,8 @@ class _Run:
             try:
                 failures = engine.execute(store, prepared, checksums=request.checksums,
                                           on_steps=on_steps, workers=request.workers,
-                                          skip_mismatched=request.skip_mismatched)
+                                          skip_mismatched=request.skip_mismatched,
+                                          warn=lambda text: self.out.warn("warning: " + text))
             except MvError as err:
                 if not err.job_closed:
                     raise MvError(err.code, f"{err}\njob {prepared.job.id} is unfinished; "

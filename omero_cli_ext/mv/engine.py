@@ -88,7 +88,8 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
             on_steps: Optional[Callable[[List[Step]], None]] = None,
             copied: Optional[Callable[[int], None]] = None,
             verified: Optional[Callable[[int], None]] = None,
-            workers: int = 1, skip_mismatched: bool = False) -> List[dict]:
+            workers: int = 1, skip_mismatched: bool = False,
+            warn: Optional[Callable[[str], None]] = None) -> List[dict]:
     """Run the pending steps, verify, and close the job; returns the verification failures.
 
     When the destination fills up, or an original turns out not to match its recorded checksum,
@@ -103,7 +104,7 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
     executor = Executor(prepared.steps, same_fs=job.same_fs,
                         record=lambda batch: store.record(job.id, batch),
                         on_steps=on_steps, copied=copied, workers=workers,
-                        skip_mismatched=skip_mismatched)
+                        skip_mismatched=skip_mismatched, warn=warn)
     try:
         executor.run()
     except MvError as err:

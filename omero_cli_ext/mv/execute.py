@@ -186,8 +186,10 @@ class Executor:
                  record: Callable[[List[Step]], None],
                  on_steps: Optional[Callable[[List[Step]], None]] = None,
                  copied: Optional[Callable[[int], None]] = None,
-                 workers: int = 1, skip_mismatched: bool = False):
+                 workers: int = 1, skip_mismatched: bool = False,
+                 warn: Optional[Callable[[str], None]] = None):
         self.steps = list(steps)
+        self._warn = warn or (lambda message: None)
         self.skip_mismatched = skip_mismatched
         self._unplaced: Set[bytes] = set()
         self.same_fs = same_fs
@@ -346,7 +348,8 @@ class Executor:
         expected = recorded or fsops.checksum(src, hasher)
         try:
             fsops.copy_verified(src, dst, hasher=hasher, expected_hash=expected,
-                                expected_size=step.size, progress=self._copied)
+                                expected_size=step.size, progress=self._copied,
+                                xattrs=self._warn)
         except fsops.VerifyError:
             if recorded is not None:
                 actual = fsops.checksum(src, hasher)
