@@ -208,6 +208,7 @@ def run_export(control, args):
             _report_plan(out, plan)
             if control_files.migrated:
                 out.warn("note: " + control_files.migrated)
+                out.emit("note", message=control_files.migrated)
             if root_run and entry.pw_uid != 0:
                 reader = _reader(ctx, entry)
             options = Options(link=args.link, dir_mode=args.dir_mode, owner=owner,

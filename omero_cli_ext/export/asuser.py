@@ -182,6 +182,8 @@ def dest_owner(owner: Optional[str], omero_name: str, owner_map: dict, as_user: 
     user's own name. Not root: only oneself. Root: the POSIX account of the acting OMERO user
     (or root), so a DEST never shows one user what another may read; otherwise --as-user."""
     import pwd
+    if os.geteuid() != 0 and not explicit:
+        return pwd.getpwuid(os.geteuid())       # not root: DEST is always the runner's own
     name = owner or owner_map.get(omero_name, omero_name)
     how = "--owner" if owner else ("the owner map" if omero_name in owner_map
                                    else "the OMERO user's name")

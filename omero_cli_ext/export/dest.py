@@ -4,9 +4,11 @@ ManagedRepository by device and inode (bind mounts included), never by path spel
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
+import struct
 from typing import Iterable, Optional
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -166,33 +168,77 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+_FUSE_OWNERS: dict = {}     # mount id -> uid that mounted that FUSE filesystem (None: not one)
+
+
 def user_fuse(fd: int) -> Optional[int]:
     """The uid that mounted the FUSE filesystem holding the open `fd` (its daemon answers every
     read, and can stall them), None when `fd` is not on a FUSE filesystem mounted by a user.
-    Read from /proc (fdinfo, mountinfo): nothing is asked of the filesystem itself."""
+    Nothing is asked of the filesystem itself: the mount id comes from statx without syncing
+    (or /proc/self/fdinfo), the mount's type and options from /proc/self/mountinfo (read again
+    only for a mount not seen before)."""
     mnt = _mount_id(fd)
     if mnt is None:
         return None
+    if mnt not in _FUSE_OWNERS:
+        _FUSE_OWNERS.clear()
+        for mount_id, fstype, options in _mount_types():
+            _FUSE_OWNERS[mount_id] = _fuse_owner(fstype, options)
+    return _FUSE_OWNERS.get(mnt)
+
+
+def _mount_types() -> list:
+    """(mount id, filesystem type, super options) per mount."""
     try:
         with open("/proc/self/mountinfo", "rb") as stream:
-            for line in stream.read().decode("utf-8", "surrogateescape").splitlines():
-                fields = line.split(" ")
-                if fields[0] != str(mnt) or " - " not in line:
-                    continue
-                fstype, _, options = line.split(" - ", 1)[1].partition(" ")
-                if not fstype.startswith("fuse"):
-                    return None
-                for option in options.split(" ")[-1].split(","):
-                    if option.startswith("user_id="):
-                        uid = int(option[len("user_id="):])
-                        return uid if uid != 0 else None
-                return None
-    except (OSError, ValueError):
+            lines = stream.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        if " - " not in line:
+            continue
+        fstype, _, rest = line.split(" - ", 1)[1].partition(" ")
+        found.append((int(line.split(" ", 1)[0]), fstype, rest.split(" ")[-1]))
+    return found
+
+
+def _fuse_owner(fstype: str, options: str) -> Optional[int]:
+    if not fstype.startswith("fuse"):
         return None
+    for option in options.split(","):
+        if option.startswith("user_id="):
+            uid = int(option[len("user_id="):])
+            return uid if uid != 0 else None
     return None
 
 
+def _load_statx():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.statx
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                         ctypes.c_void_p)
+    return function
+
+
+_STATX = _load_statx()
+_STATX_MNT_ID = 0x1000
+_AT_EMPTY_PATH = 0x1000
+_AT_STATX_DONT_SYNC = 0x4000
+_STATX_BUFFER = ctypes.create_string_buffer(256)
+
+
 def _mount_id(fd: int) -> Optional[int]:
+    """statx(fd, "", AT_EMPTY_PATH|AT_STATX_DONT_SYNC, STATX_MNT_ID): stx_mnt_id (offset 144 of
+    struct statx, linux/stat.h), without asking the filesystem; else /proc/self/fdinfo."""
+    if _STATX is not None and _STATX(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC,
+                                     _STATX_MNT_ID, _STATX_BUFFER) == 0:
+        mask, = struct.unpack_from("=I", _STATX_BUFFER, 0)
+        if mask & _STATX_MNT_ID:
+            return struct.unpack_from("=Q", _STATX_BUFFER, 144)[0]
     try:
         with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as stream:
             for line in stream:
