@@ -169,6 +169,10 @@ def test_dry_run_changes_nothing_and_shows_the_plan(world):
                             server=False)
     assert rc == 0, err
     assert "90 retarget" in out and "bytes to copy" in out
+    assert "link changes: first 10 of 90" in out and "file placements: first 10 of 90" in out
+    row = next(line for line in out.splitlines() if line.startswith("retarget\t"))
+    action, shown_link, now, after = row.split("\t")
+    assert now.startswith(world.old + "/") and after.startswith(world.data + "/new/")
     assert snapshot(world.base) == before
 
 

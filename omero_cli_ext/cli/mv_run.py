@@ -337,11 +337,18 @@ class _Run:
         self.out.info(f"plan ({summary['mode']}): {kinds}; "
                       f"{'same filesystem' if plan.same_fs else 'across filesystems'}; "
                       f"{summary['bytes_to_copy']} bytes to copy")
-        rows = [(s.kind, show(s.path), show(s.new if s.new is not None else s.other or b""))
-                for s in plan.steps if s.kind in ("retarget", "swap", "materialize", "place")]
-        if rows:
-            self.out.table(f"first {min(PREVIEW_ROWS, len(rows))} of {len(rows)}",
-                           ("action", "path", "to"), rows[:PREVIEW_ROWS])
+        links = [s for s in plan.steps if s.kind in ("retarget", "swap", "materialize")]
+        if links:
+            self.out.info(f"link changes: first {min(PREVIEW_ROWS, len(links))} of {len(links)}")
+            self.out.table("", ("action", "link", "now", "after"),
+                           [(s.kind, show(s.path), show(s.old or s.path),
+                             show(s.new or s.other or b"")) for s in links[:PREVIEW_ROWS]])
+        files = [s for s in plan.steps if s.kind == "place"]
+        if files:
+            self.out.info(f"file placements: first {min(PREVIEW_ROWS, len(files))} of "
+                          f"{len(files)}")
+            self.out.table("", ("path", "from"),
+                           [(show(s.path), show(s.other)) for s in files[:PREVIEW_ROWS]])
         for note in plan.notes:
             self.out.info("note: " + note)
         self.show_unresolved(plan.unresolved)
