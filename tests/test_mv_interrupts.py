@@ -169,3 +169,38 @@ def test_abandon_after_an_interrupt_says_what_it_leaves(tmp_path, monkeypatch):
     assert "20 source(s) not removed" in out and "1 temporary file(s) of the job removed" in out
     assert manifest(world.repo) == expected
     assert not [n for d, _, files in os.walk(world.repo) for n in files if is_temp_name(n)]
+
+
+def test_status_shows_the_unfinished_job_and_who_runs_it(tmp_path, monkeypatch):
+    from omero_cli_ext.journal import open_journal
+    from omero_cli_ext.mv import execute
+    from omero_cli_ext.mv.locations import ensure_control_dir, repo_place
+    world = World(str(tmp_path), n_filesets=10, files_per_fileset=2, odd_names=False)
+    rc, out, err = world.mv("--status", server=False)
+    assert rc == 0 and "no unfinished job" in out, err
+    real, calls = execute.Executor._retarget, []
+
+    def retarget_then_interrupt(self, step):
+        if len(calls) == 5:
+            raise KeyboardInterrupt()
+        calls.append(step)
+        real(self, step)
+    monkeypatch.setattr(execute.Executor, "_retarget", retarget_then_interrupt)
+    rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), "--workers", "1",
+                            server=False)
+    assert rc == errors.EXIT_INTERRUPTED, err
+    monkeypatch.undo()
+    rc, out, err = world.mv("--status", "--json", server=False)
+    assert rc == 0, err
+    status = json.loads(out.splitlines()[-1])
+    assert status["type"] == "status" and status["job"] == 1
+    assert status["phase"] == "changing links" and status["phase_steps_done"] == 5
+    assert status["phase_steps"] == 20 and status["steps_done"] < status["steps"]
+    assert status["started_by"]["user"] == "root" and status["running"] is None
+    assert status["journal"].endswith("mv.sqlite")
+    place = repo_place(os.fsencode(world.repo))
+    journal = open_journal(os.fsdecode(place.default_journal))
+    with journal.writer_lock(place.lock_name, directory=os.fsdecode(ensure_control_dir(place))):
+        rc, out, err = world.mv("--status", server=False)
+    journal.close()
+    assert rc == 0 and f"running now: process {os.getpid()}" in out, err

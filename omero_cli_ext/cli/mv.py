@@ -63,6 +63,9 @@ class MvControl(BaseControl):
         parser.add_argument("--verify", choices=("size", "checksum"), default="size",
                             help="final verification of every retargeted link (default size)")
         parser.add_argument("--journal", metavar="PATH", help="journal file (default: beside the repository)")
+        parser.add_argument("--status", action="store_true",
+                            help="show the repository's unfinished job (phase, steps done, who "
+                                 "started it, journal) and whether a command runs it now")
         parser.add_argument("--abandon", action="store_true",
                             help="forget an unfinished job for this repository (files stay as they are)")
         parser.add_argument("--render-check", action="store_true",

@@ -142,11 +142,14 @@ class _Run:
     def mode(self) -> str:
         a = self.args
         chosen = [flag for flag, on in (("--links-only", a.links_only), ("--inline", a.inline),
-                                        ("--repair", a.repair), ("--abandon", a.abandon)) if on]
+                                        ("--repair", a.repair), ("--abandon", a.abandon),
+                                        ("--status", a.status)) if on]
         if len(chosen) > 1:
             self.die(EXIT_USAGE, f"choose one of {', '.join(chosen)}")
         if a.abandon:
             return "abandon"
+        if a.status:
+            return "status"
         if a.repair:
             if a.source or a.destination:
                 self.die(EXIT_USAGE, "--repair takes no SRC/DST; name where to look with --search")
@@ -444,6 +447,8 @@ class _Run:
     def run_in_repo(self, mode: str, repo: bytes) -> None:
         if mode == "abandon":
             return self.abandon(repo)
+        if mode == "status":
+            return self.status(repo)
         if self.args.dry_run:
             return self.dry_run(mode, repo)
         journal = self.open_journal()
@@ -473,6 +478,34 @@ class _Run:
                 self.out.info(f"job {job.id} is unfinished; rerun without --dry-run to finish it")
                 return
         self.show_plan(plan_for(request, self.facts_for(repo), self.imports_check()))
+
+    def status(self, repo: bytes) -> None:
+        from omero_cli_ext.mv.jobstatus import job_status
+        location = self.journal_location()
+        found = None
+        if "://" in location or os.path.exists(location):
+            journal = open_journal(location)
+            try:
+                found = job_status(JobStore(journal), repo, self.place.control_dir,
+                                   self.place.lock_name)
+            finally:
+                journal.close()
+        self.out.emit("status", journal=location, **(found or {"job": None}))
+        if found is None:
+            self.out.info(f"no unfinished job for {show(repo)} (journal {location})")
+            return
+        who = found["started_by"] or {}
+        running = found["running"]
+        self.out.info(
+            f"job {found['job']}: {found['command']}\n"
+            f"  started {found['created']} by {who.get('user', '?')} on {who.get('host', '?')}\n"
+            f"  phase {found['phase_number']} of 5, {found['phase']}: "
+            f"{found['phase_steps_done']} of {found['phase_steps']} steps; "
+            f"{found['steps_done']} of {found['steps']} in all\n"
+            f"  journal {location}\n"
+            + (f"  running now: process {running['pid']} on {running['host']} since "
+               f"{running['since']}" if running else
+               "  no command runs it now: rerun its command to finish it, or --abandon"))
 
     def abandon(self, repo: bytes) -> None:
         location = self.journal_location()

@@ -11,6 +11,7 @@ from omero_cli_ext.fsops import remove_stale_temps
 from omero_cli_ext.mv.errors import (EXIT_MISMATCH, EXIT_NO_SPACE, EXIT_OTHER_JOB,
                                      EXIT_SRC_MISSING, MvError)
 from omero_cli_ext.mv.execute import Executor, recheck_unsynced, roll_back_copies, verify
+from omero_cli_ext.mv.jobstatus import started_by
 from omero_cli_ext.mv.plan import FactsLookup, Plan, Request, Step, no_facts, plan_for
 from omero_cli_ext.mv.store import Job, JobStore
 
@@ -66,7 +67,8 @@ def prepare(store: JobStore, request: Request, command: str,
     if plan.steps:
         prepared.job = store.create(repo, command, plan)
         store.set_plan_info(prepared.job.id, {"notes": plan.notes, "unresolved": plan.unresolved,
-                                              "plan": plan.summary()})
+                                              "plan": plan.summary(),
+                                              "started_by": started_by()})
     return prepared
 
 

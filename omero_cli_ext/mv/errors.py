@@ -24,7 +24,7 @@ EXIT_INTERRUPTED = 30       # stopped part-way (signal, I/O error): rerun the sa
 
 
 # code -> (meaning, modes it can end) for `omero mv -h` and docs/mv.md. Modes: move (SRC DST),
-# links-only, offload (Fileset:ID or a repository path), inline, repair, abandon; dry-run ends
+# links-only, offload (Fileset:ID or a repository path), inline, repair, abandon, status; dry-run ends
 # with the refusals of the mode it previews (2-11, 13, 15-22) or 0.
 CHANGING = "move links-only offload inline repair"
 EXIT_CODES = {
