@@ -139,7 +139,7 @@ class DestDir:
                  before_mkdir: Callable[[str], None] = lambda rel: None,
                  not_made: Callable[[str], None] = lambda rel: None):
         self.root = root_fd
-        self._mount = dest_io.mount_id(root_fd)
+        self._mount = dest_io.mount_id(root_fd) if root_fd is not None else None
         self._mode = dir_mode
         self._owner = owner
         self._on_mkdir = on_mkdir
