@@ -22,6 +22,7 @@ from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL,
 from omero_cli_ext.mv.locations import ensure_control_dir, hand_over, repo_place
 from omero_cli_ext.mv.plan import FileFacts, Request, plan_for
 from omero_cli_ext.mv.preflight import imports_check
+from omero_cli_ext.mv.progress import PhaseProgress, phase_bytes
 from omero_cli_ext.output import Output
 from omero_cli_ext.workers import WorkerFailed, default_workers
 from omero_cli_ext.mv.store import JobStore
@@ -87,6 +88,60 @@ def _terminate_as_interrupt():
 def threading_main() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
+
+
+class _Progress:
+    """The job's progress by phase (omero_cli_ext.mv.progress): a rich bar per phase on a
+    terminal (bytes with rate and time left while copying), otherwise a line on stderr at each
+    phase and every PROGRESS_SECONDS; with --json a "phase" object as each phase starts."""
+
+    PROGRESS_SECONDS = 10.0
+
+    def __init__(self, out, same_fs: bool):
+        self.out, self.same_fs = out, same_fs
+        self.model = PhaseProgress()
+        self._stack = contextlib.ExitStack()
+        self._bar = None
+        self._shown = 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+        return False
+
+    def phase(self, number: int, steps) -> None:
+        nbytes = phase_bytes(steps, copies=not self.same_fs)
+        self.model.phase(number, len(steps), nbytes)
+        if self.out.mode == "json":
+            self.out.emit("phase", **self.model.record())
+        elif self.out.mode == "rich":
+            self._stack.close()
+            self._bar = self._stack.enter_context(self.out.progress(
+                self.model.title, total=nbytes or len(steps), bytes_unit=bool(nbytes)))
+        else:
+            self._say()
+
+    def steps(self, count: int) -> None:
+        self.model.advance(steps=count)
+        if self._bar is not None and not self.model.bytes:
+            self._bar.advance(count)
+        self._tick()
+
+    def copied(self, count: int) -> None:
+        self.model.advance(nbytes=count)
+        if self._bar is not None and self.model.bytes:
+            self._bar.advance(count)
+        self._tick()
+
+    def _tick(self) -> None:
+        if self.out.mode == "plain" and time.monotonic() - self._shown >= self.PROGRESS_SECONDS:
+            self._say()
+
+    def _say(self) -> None:
+        self._shown = time.monotonic()
+        self.out.warn(self.model.line())
 
 
 class _LoginRefused(Exception):
@@ -457,12 +512,21 @@ class _Run:
                 hand_over(self.place)
                 store = JobStore(journal)
                 request = self.request(mode, repo)
+                self.planning()
                 prepared = engine.prepare(store, request, self.command_line(),
                                           self.facts_for(repo), self.imports_check())
                 self.job = prepared.job
                 self.execute(store, prepared, request)
         finally:
             journal.close()
+
+    def planning(self) -> None:
+        """Say that planning started (it reads every link of the repository, and with
+        --verify checksum the files): nothing else is shown until it ends."""
+        if self.out.mode == "json":
+            self.out.emit("phase", phase="planning")
+        else:
+            self.out.warn("planning: reading the tree and scanning the repository's links...")
 
     def dry_run(self, mode: str, repo: bytes) -> None:
         request = self.request(mode, repo)
@@ -548,11 +612,10 @@ class _Run:
                           f"{summary['bytes_to_copy']} bytes to copy")
         for note in prepared.notes:
             self.out.warn("note: " + note)
-        pending = sum(1 for s in prepared.steps if s.state == "pending")
         failures = []
-        with self.out.progress("omero mv", total=pending) as bar:
+        with _Progress(self.out, prepared.job.same_fs if prepared.job else True) as progress:
             def on_steps(steps):
-                bar.advance(len(steps))
+                progress.steps(len(steps))
                 if self.out.mode == "json":
                     for step in steps:
                         self.emit_step(step)
@@ -560,7 +623,9 @@ class _Run:
                 failures = engine.execute(store, prepared, checksums=request.checksums,
                                           on_steps=on_steps, workers=request.workers,
                                           skip_mismatched=request.skip_mismatched,
-                                          warn=lambda text: self.out.warn("warning: " + text))
+                                          warn=lambda text: self.out.warn("warning: " + text),
+                                          copied=progress.copied, verified=progress.steps,
+                                          on_phase=progress.phase)
             except MvError as err:
                 if not err.job_closed:
                     raise MvError(err.code, f"{err}\njob {prepared.job.id} is unfinished; "

@@ -29,6 +29,9 @@ class Prepared:
     rechecked: int = 0            # recorded steps of a resumed job's last phase, run again
 
 
+VERIFY_PHASE = 6   # after the executor's phases (plan.PHASES): the final verification
+
+
 def refuse_other_job(job: Job, request: Request) -> None:
     if job.key != request.key():
         raise MvError(EXIT_OTHER_JOB,
@@ -91,7 +94,8 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
             copied: Optional[Callable[[int], None]] = None,
             verified: Optional[Callable[[int], None]] = None,
             workers: int = 1, skip_mismatched: bool = False,
-            warn: Optional[Callable[[str], None]] = None) -> List[dict]:
+            warn: Optional[Callable[[str], None]] = None,
+            on_phase: Optional[Callable[[int, List[Step]], None]] = None) -> List[dict]:
     """Run the pending steps, verify, and close the job; returns the verification failures.
 
     When the destination fills up, or an original turns out not to match its recorded checksum,
@@ -106,7 +110,7 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
     executor = Executor(prepared.steps, same_fs=job.same_fs,
                         record=lambda batch: store.record(job.id, batch),
                         on_steps=on_steps, copied=copied, workers=workers,
-                        skip_mismatched=skip_mismatched, warn=warn)
+                        skip_mismatched=skip_mismatched, warn=warn, on_phase=on_phase)
     try:
         executor.run()
     except MvError as err:
@@ -121,6 +125,9 @@ def execute(store: JobStore, prepared: Prepared, *, checksums: bool,
         raise
     # the job is recorded complete only once its changes are on disk: the final sync runs
     # while the verification workers read
+    if on_phase is not None:
+        on_phase(VERIFY_PHASE, [s for s in prepared.steps if s.state == "done"
+                                and s.kind in ("retarget", "swap", "materialize")])
     failures = verify(prepared.steps, checksums, verified, workers, meanwhile=executor.sync)
     summary = {"steps": len(prepared.steps),
                "done": sum(1 for s in prepared.steps if s.state == "done"),

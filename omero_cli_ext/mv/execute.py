@@ -187,8 +187,10 @@ class Executor:
                  on_steps: Optional[Callable[[List[Step]], None]] = None,
                  copied: Optional[Callable[[int], None]] = None,
                  workers: int = 1, skip_mismatched: bool = False,
-                 warn: Optional[Callable[[str], None]] = None):
+                 warn: Optional[Callable[[str], None]] = None,
+                 on_phase: Optional[Callable[[int, List[Step]], None]] = None):
         self.steps = list(steps)
+        self._on_phase = on_phase
         self._warn = warn or (lambda message: None)
         self.skip_mismatched = skip_mismatched
         self._unplaced: Set[bytes] = set()
@@ -214,6 +216,8 @@ class Executor:
                 recorder.sync()
                 recorder.flush()
                 steps = list(group)
+                if self._on_phase is not None:
+                    self._on_phase(phase, steps)
                 if phase == PHASES["unlink"]:
                     self._kept = self._linked_sources()
                 self._unplaced = {s.other for s in self.steps
