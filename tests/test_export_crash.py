@@ -19,7 +19,7 @@ from test_export_world import manifest, state_dir, state_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tests/sim/launcher.py with 10 ms of latency per RawFileStore read, as over a network, and per
-# hard link, so that kills land inside downloads and between links too
+# entry made, so that kills land inside downloads and between links too
 SLOW_LAUNCHER = """
 import sys, time
 sys.path[:0] = [{root!r}, {tests!r}]
@@ -27,8 +27,8 @@ import sim.server
 read = sim.server._Reader.read
 sim.server._Reader.read = lambda self, offset, length: (time.sleep(0.01), read(self, offset, length))[1]
 import omero_cli_ext.export.execute as execute
-link = execute.Exporter._hard_link
-execute.Exporter._hard_link = lambda self, *args: (time.sleep(0.01), link(self, *args))[1]
+make = execute.Exporter._make
+execute.Exporter._make = lambda self, *args: (time.sleep(0.01), make(self, *args))[1]
 from sim.launcher import main
 sys.exit(main(sys.argv[1:]))
 """.format(root=ROOT, tests=os.path.join(ROOT, "tests"))
@@ -93,7 +93,7 @@ def check_consistent(dest, originals: dict) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("link", ["copy", "download", "hard"])
+@pytest.mark.parametrize("link", ["copy", "download", "hard", "sym"])
 def test_kill_9_then_sync_completes(tmp_path, link):
     sim = SimServer(str(tmp_path / "sim"))
     sim.add_group("lab", "rwr---")

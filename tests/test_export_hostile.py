@@ -231,6 +231,20 @@ def test_an_old_manifest_in_dest_is_migrated_and_cannot_freeze_the_export(site):
     assert site.outside() == before
 
 
+def test_names_planted_on_the_part_and_temporary_prefixes_never_stop_a_sync(site):
+    rc, _, err = site.export(f"Project:{site.project}")
+    assert rc == 0, err
+    for name in (".omero-cli-ext.part.1", ".omero-cli-ext.999999.abcd.x"):
+        as_alice(site, "mkdir", os.path.join(site.dest, name))
+        as_alice(site, "mkdir", os.path.join(site.dest, "run", name))
+    site.sim.query("UPDATE Project SET group_id = (SELECT id FROM ExperimenterGroup WHERE "
+                   "name = 'private') WHERE id = ?", (site.project,))
+    before = site.outside()
+    rc, out, err = site.export(f"Project:{site.project}", extra=["--sync"])
+    assert rc == 22 and summary(out)["removed"] == 3, err
+    assert site.dest_files() == {} and site.outside() == before
+
+
 def test_one_run_per_dest(site):
     rc, _, err = site.export()
     assert rc == 0, err

@@ -193,7 +193,9 @@ class DestDir:
             if err.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise PlantedLink(err.errno, "not a directory (a symlink or a file stands "
                                   "there; not followed)", rel) from None
-            raise
+            # a user's FUSE mount refusing root, ...: that subtree fails, the run goes on
+            raise PlantedLink(err.errno, f"not accessible ({err.strerror}; not followed)",
+                              rel) from None
         if self._mount is not None and dest_io.mount_id(fd) != self._mount:
             os.close(fd)
             raise PlantedLink(errno.EXDEV, "a mount point (not crossed)", rel)
@@ -934,8 +936,8 @@ class Exporter:
             if name not in self._active_parts:
                 try:
                     os.unlink(name, dir_fd=fd)
-                except FileNotFoundError:
-                    pass
+                except OSError:
+                    pass      # gone, or a directory someone named so: not ours, left alone
 
     # ----------------------------------------------------------------------------- verify
     def _verify(self, plan) -> None:
