@@ -63,6 +63,11 @@ class MvControl(BaseControl):
         parser.add_argument("--verify", choices=("size", "checksum"), default="size",
                             help="final verification of every retargeted link (default size)")
         parser.add_argument("--journal", metavar="PATH", help="journal file (default: beside the repository)")
+        parser.add_argument("--plan", metavar="FILE",
+                            help="write the plan to FILE (JSON lines) and change nothing, for "
+                                 "approval; run it later with --execute-plan FILE")
+        parser.add_argument("--execute-plan", metavar="FILE",
+                            help="run exactly the plan written by --plan FILE (no SRC/DST)")
         parser.add_argument("--status", action="store_true",
                             help="show the repository's unfinished job (phase, steps done, who "
                                  "started it, journal) and whether a command runs it now")

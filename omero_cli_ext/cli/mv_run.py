@@ -21,6 +21,7 @@ from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL,
                                      EXIT_USAGE, EXIT_VERIFY_FAILED, MvError)
 from omero_cli_ext.mv.locations import ensure_control_dir, hand_over, repo_place
 from omero_cli_ext.mv.plan import FileFacts, Request, plan_for
+from omero_cli_ext.mv.planfile import read_plan, write_plan
 from omero_cli_ext.mv.preflight import imports_check
 from omero_cli_ext.mv.progress import PhaseProgress, phase_bytes
 from omero_cli_ext.output import Output
@@ -198,13 +199,19 @@ class _Run:
         a = self.args
         chosen = [flag for flag, on in (("--links-only", a.links_only), ("--inline", a.inline),
                                         ("--repair", a.repair), ("--abandon", a.abandon),
-                                        ("--status", a.status)) if on]
+                                        ("--status", a.status),
+                                        ("--execute-plan", a.execute_plan),
+                                        ("--plan", a.plan)) if on]
         if len(chosen) > 1:
             self.die(EXIT_USAGE, f"choose one of {', '.join(chosen)}")
         if a.abandon:
             return "abandon"
         if a.status:
             return "status"
+        if a.execute_plan:
+            if a.source or a.destination or a.search:
+                self.die(EXIT_USAGE, "--execute-plan takes no SRC/DST: they are in the plan")
+            return "execute-plan"
         if a.repair:
             if a.source or a.destination:
                 self.die(EXIT_USAGE, "--repair takes no SRC/DST; name where to look with --search")
@@ -379,6 +386,8 @@ class _Run:
             words += ["--repo", a.repo]
         if a.journal:
             words += ["--journal", a.journal]
+        if a.execute_plan:
+            words += ["--execute-plan", a.execute_plan]
         words += [w for w in (a.source, a.destination) if w]
         return " ".join(shlex.quote(w) for w in words)
 
@@ -504,17 +513,24 @@ class _Run:
             return self.abandon(repo)
         if mode == "status":
             return self.status(repo)
-        if self.args.dry_run:
+        if self.args.dry_run or self.args.plan:
             return self.dry_run(mode, repo)
         journal = self.open_journal()
         try:
             with self.writer_lock(journal):
                 hand_over(self.place)
                 store = JobStore(journal)
-                request = self.request(mode, repo)
-                self.planning()
-                prepared = engine.prepare(store, request, self.command_line(),
-                                          self.facts_for(repo), self.imports_check())
+                if mode == "execute-plan":
+                    plan, _ = read_plan(self.args.execute_plan, (self.place.dev, self.place.ino))
+                    request = dataclasses.replace(
+                        plan.request, workers=self.args.workers or default_workers(),
+                        skip_mismatched=plan.request.skip_mismatched)
+                    prepared = engine.prepare_plan(store, plan, self.command_line())
+                else:
+                    request = self.request(mode, repo)
+                    self.planning()
+                    prepared = engine.prepare(store, request, self.command_line(),
+                                              self.facts_for(repo), self.imports_check())
                 self.job = prepared.job
                 self.execute(store, prepared, request)
         finally:
@@ -529,6 +545,9 @@ class _Run:
             self.out.warn("planning: reading the tree and scanning the repository's links...")
 
     def dry_run(self, mode: str, repo: bytes) -> None:
+        if mode == "execute-plan":
+            return self.show_plan(read_plan(self.args.execute_plan,
+                                            (self.place.dev, self.place.ino))[0])
         request = self.request(mode, repo)
         location = self.journal_location()
         if "://" in location or os.path.exists(location):
@@ -541,7 +560,13 @@ class _Run:
                 engine.refuse_other_job(job, request)
                 self.out.info(f"job {job.id} is unfinished; rerun without --dry-run to finish it")
                 return
-        self.show_plan(plan_for(request, self.facts_for(repo), self.imports_check()))
+        plan = plan_for(request, self.facts_for(repo), self.imports_check())
+        if self.args.plan:
+            write_plan(self.args.plan, plan, (self.place.dev, self.place.ino), self.command_line())
+            self.out.info(f"plan written to {self.args.plan}: {len(plan.steps)} steps; run it "
+                          f"with: omero mv --execute-plan {shlex.quote(self.args.plan)}"
+                          + (f" --repo {shlex.quote(self.args.repo)}" if self.args.repo else ""))
+        self.show_plan(plan)
 
     def status(self, repo: bytes) -> None:
         from omero_cli_ext.mv.jobstatus import job_status

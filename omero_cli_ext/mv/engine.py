@@ -66,6 +66,11 @@ def prepare(store: JobStore, request: Request, command: str,
             raise
         return Prepared(None, [], False, [f"job {done.id} finished this already ({done.created}); "
                                           "nothing left to do"])
+    return _journal_new(store, repo, command, plan)
+
+
+def _journal_new(store: JobStore, repo: str, command: str, plan: Plan) -> Prepared:
+    """Journal a new job with its whole plan (before any change)."""
     prepared = Prepared(None, plan.steps, False, plan.notes, plan.unresolved, plan)
     if plan.steps:
         prepared.job = store.create(repo, command, plan)
@@ -73,6 +78,21 @@ def prepare(store: JobStore, request: Request, command: str,
                                               "plan": plan.summary(),
                                               "started_by": started_by()})
     return prepared
+
+
+def prepare_plan(store: JobStore, plan: Plan, command: str) -> Prepared:
+    """A job for a plan read from a file (--execute-plan): resumed when it is the repository's
+    unfinished job, refused when another job is unfinished, else journaled as it is, after the
+    pre-flight checks that depend on the disk now (room, write access) ran again."""
+    from omero_cli_ext.mv.preflight import check_space, check_writable
+    repo = os.fsdecode(plan.request.repo)
+    job = store.unfinished(repo)
+    if job is not None:
+        refuse_other_job(job, plan.request)
+        return prepare(store, plan.request, command)
+    check_space(plan)
+    check_writable(plan)
+    return _journal_new(store, repo, command, plan)
 
 
 def _bytes_paths(entries: List[dict]) -> List[dict]:
