@@ -19,6 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      ["ratio export / cp -al", "floor, 1 process", "floor, 2 processes", "server round trips"]),
     ("status_imports.py", ["--sizes", "100"], ["first full screen", "round trips"]),
     ("import_resume.py", ["--filesets", "100"], ["driver overhead"]),
+    ("export_zarr.py", ["--images", "1", "--size", "1100"],
+     ["ratio export / zarr from memory", "peak memory"]),
 ])
 def test_benchmark_runs_and_prints_its_verdict(tmp_path, script, argv, expected):
     where = ["--dir", str(tmp_path)] if script.startswith("mv_") else []

@@ -347,3 +347,31 @@ def test_refusals_fileset_objects_other_users_dest_and_all_missing(world, tmp_pa
     assert rc == 3 and "export of 'alice'" in err
     rc, _out, err = export(world, dest, "Dataset:%d" % world.dataset, extra=["--chunk", "256"])
     assert rc == 3 and "--chunk 1024" in err
+
+
+def test_a_second_run_on_the_same_dest_is_refused(world, tmp_path):
+    import fcntl
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with open(dest / ".omero-cli-ext-zarr.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        rc, _out, err = export(world, dest, "Dataset:%d" % world.dataset)
+    assert rc == 3 and "another export is writing this DEST" in err
+    assert os.listdir(dest) == [".omero-cli-ext-zarr.lock"]
+
+
+def test_closed_stdout_ends_cleanly_and_the_rerun_completes(world, tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dest = tmp_path / "dest"
+    argv = [sys.executable, os.path.join(root, "tests", "sim", "launcher.py"), "--sim-root",
+            world.sim.root, "--sim-user", "alice", "export", "--zarr", str(dest),
+            "Dataset:%d" % world.dataset, "--json", "--chunk", "256"]
+    head = subprocess.run(" ".join("'%s'" % a for a in argv) + " | head -1", shell=True,
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root))
+    assert "Traceback" not in head.stderr, head.stderr
+    rc, out, err = export(world, dest, "Dataset:%d" % world.dataset, extra=["--chunk", "256"])
+    assert rc == 0, err
+    for record in records(out, "image"):
+        check_image(world.sim, dest / record["path"], record["image"])

@@ -8,6 +8,7 @@ Exit codes (docs/export.md, shared with --originals where the meaning is the sam
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import sys
@@ -83,8 +84,20 @@ def _load_index(ctx, dest_fd, args, repository: str, user: str):
     return found
 
 
+def _bounded_malloc() -> None:
+    """Chunk buffers (MiBs each, freed at once) straight from and back to the kernel: with glibc's
+    dynamic mmap threshold they land in per-thread heaps that keep them after free, and the
+    process grows past the documented bound (workers x a few chunks)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 256 * 1024)     # M_MMAP_THRESHOLD: fixed, so no longer dynamic
+    except (OSError, AttributeError):
+        pass                             # not glibc: its own allocator's behaviour applies
+
+
 def run_export(control, args):
     ctx = control.ctx
+    _bounded_malloc()
     args.layout = args.layout or "tree"
     refs = _check_args(ctx, args)
     out = output_for(args)

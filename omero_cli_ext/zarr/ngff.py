@@ -50,8 +50,14 @@ def downsample(block: np.ndarray) -> np.ndarray:
     """The 2x2 mean of a (h, w) block: output (ceil(h/2), ceil(w/2)); at an odd edge the mean of
     the pixels there are. Integer types round half up, exactly (integer arithmetic)."""
     h, w = block.shape
-    hh, ww = (h + 1) // 2, (w + 1) // 2
     floating = block.dtype.kind == "f"
+    if not floating and block.dtype.itemsize <= 2 and h % 2 == 0 and w % 2 == 0:
+        # the common case, fast: every output pixel has 4 inputs; the sum fits in 32 bits
+        acc = block.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3), dtype=np.int32)
+        acc += 2
+        acc //= 4
+        return acc.astype(block.dtype)
+    hh, ww = (h + 1) // 2, (w + 1) // 2
     acc = np.zeros((hh, ww), dtype=np.float64 if floating else np.int64)
     count = np.zeros((hh, ww), dtype=np.int64)
     for dy in (0, 1):

@@ -124,11 +124,13 @@ def remove_tree(parent_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=parent_fd)
 
 
-def remove_stale_temps(dir_fd: int) -> int:
-    """Remove, in the whole tree below `dir_fd`, the temporaries a killed run left behind (those
-    of live processes are kept). Returns how many were removed."""
+def remove_stale_temps(dir_fd: int, recursive: bool = True) -> int:
+    """Remove, in the tree below `dir_fd` (or only in it), the temporaries a killed run left
+    behind (those of live processes are kept). Returns how many were removed."""
     removed = 0
     for _root, dirs, files, root_fd in os.fwalk(dir_fd=dir_fd, follow_symlinks=False):
+        if not recursive:
+            dirs.clear()
         for name in files:
             owner = fsops._temp_owner(name)
             if owner is not None and owner != os.getpid() and not fsops.process_alive(owner):

@@ -137,6 +137,7 @@ class Writer:
             index.entries.setdefault("plate:%d" % job.info.id, self._plate_entry(job, False, ""))
         for job in plan.images:
             index.entries.setdefault(self._key(job), self._image_entry(job, False, "", "", 0))
+        store.remove_stale_temps(self.dest_fd, recursive=False)   # of a killed run's index write
         index_io.save(self.dest_fd, index)
         self._journal = index_io.Journal(self.dest_fd)
         try:
@@ -241,6 +242,7 @@ class Writer:
                 return True
             fd = store.open_path(self.dest_fd, job.path.split("/"), False, self.options.dir_mode)
             try:
+                store.remove_stale_temps(fd, recursive=False)
                 store.write_json(fd, ".zattrs", attrs)
             finally:
                 os.close(fd)
@@ -385,8 +387,11 @@ class Writer:
         return y, x, min(chunks[3], shape[3] - y), min(chunks[4], shape[4] - x)
 
     def _store_chunk(self, fd, name, block, chunks) -> int:
-        full = np.zeros(chunks, dtype=block.dtype)
-        full[0, 0, 0, :block.shape[0], :block.shape[1]] = block
+        if block.shape == tuple(chunks[3:]):
+            full = np.ascontiguousarray(block)
+        else:   # an edge chunk: zarr stores the full chunk shape, padded with the fill value
+            full = np.zeros(chunks[3:], dtype=block.dtype)
+            full[:block.shape[0], :block.shape[1]] = block
         data = self.codec.encode(full)
         store.write_file(fd, name, bytes(data))
         return len(data)
@@ -476,6 +481,7 @@ class Writer:
         wells = []
         fd = store.open_path(self.dest_fd, pjob.path.split("/"), True, mode)
         try:
+            self._remove_plate_temps(fd, pjob)
             store.write_json(fd, ".zgroup", {"zarr_format": 2})
             for row, column, fields in pjob.wells:
                 present = [(p, a) for p, a, image in fields
@@ -502,6 +508,21 @@ class Writer:
         self._record(index, entry)
         self.emit("plate", plate=pjob.info.id, path=pjob.path, action="written",
                   wells=len(wells), fields=sum(len(a) for _r, _c, a in wells))
+
+    @staticmethod
+    def _remove_plate_temps(plate_fd, pjob) -> None:
+        """Temporaries of the plate's own documents (plate, rows, wells; the fields clean theirs)."""
+        store.remove_stale_temps(plate_fd, recursive=False)
+        for row, column, _fields in pjob.wells:
+            for parts in ([ngff.row_name(row)], [ngff.row_name(row), str(column + 1)]):
+                try:
+                    fd = store.open_path(plate_fd, parts, False, 0o700)
+                except FileNotFoundError:
+                    continue
+                try:
+                    store.remove_stale_temps(fd, recursive=False)
+                finally:
+                    os.close(fd)
 
     @staticmethod
     def _field_complete(index, plate_id, image_id) -> bool:

@@ -156,23 +156,23 @@ def plane_number(spec: FakeSpec, z: int, c: int, t: int) -> int:
 
 
 def fake_tile(spec: FakeSpec, series: int, z: int, c: int, t: int,
-              x: int, y: int, w: int, h: int) -> np.ndarray:
-    """FakeReader's values (openBytes) of one region, as a (h, w) array of the pixel type."""
-    dtype = np.dtype(DTYPES[spec.pixel_type])
+              x: int, y: int, w: int, h: int, byteorder: str = "=") -> np.ndarray:
+    """FakeReader's values (openBytes) of one region, as a (h, w) array of the pixel type
+    (`byteorder` ">" gives them as the server sends them)."""
+    dtype = np.dtype(DTYPES[spec.pixel_type]).newbyteorder(byteorder)
     signed = dtype.kind == "i"
     low = -(1 << (8 * dtype.itemsize - 1)) if signed else 0
     xs = np.arange(x, x + w, dtype=np.int64)
-    row = low + xs
-    values = np.broadcast_to(row, (h, w)).copy()
+    row = (low + xs).astype(dtype)   # integer casts wrap, as unpackBytes keeps the low bytes
+    values = np.empty((h, w), dtype=dtype)
+    values[:] = row
     box_rows = max(0, min(y + h, BOX_SIZE) - y)
     if box_rows:
         special = (series, plane_number(spec, z, c, t), z, c, t)
         grid = xs // BOX_SIZE
         for index, value in enumerate(special):
             values[:box_rows, grid == index] = value
-    if dtype.kind == "f":
-        return values.astype(dtype)
-    return values.astype(dtype)    # integer casts wrap, as unpackBytes keeps the low bytes
+    return values
 
 
 # --------------------------------------------------------------------------- the server's side
@@ -387,8 +387,7 @@ class SimPixelsReader:
                 and 0 <= y and w > 0 and h > 0 and x + w <= s.size_x and y + h <= s.size_y):
             raise port_api.ServerError("DimensionsOutOfBoundsException: tile (%d,%d,%d) %d,%d %dx%d"
                                        % (z, c, t, x, y, w, h))
-        values = fake_tile(s, self.series, z, c, t, x, y, w, h)
-        return values.astype(values.dtype.newbyteorder(">")).tobytes()
+        return fake_tile(s, self.series, z, c, t, x, y, w, h, byteorder=">").tobytes()
 
     def close(self) -> None:
         self.closed = True
