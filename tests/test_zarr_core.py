@@ -202,3 +202,11 @@ def test_a_symlink_planted_in_dest_is_not_followed(tmp_path):
     os.symlink(outside, dest / "Image_9.ome.zarr")
     result, events, _ = run_writer(dest, FakePort())
     assert [e[0] for e in events] == ["failed"] and os.listdir(outside) == []
+
+
+def test_a_fifo_planted_as_a_document_fails_the_image_instead_of_hanging(tmp_path):
+    image_dir = tmp_path / "Image_9.ome.zarr"
+    image_dir.mkdir()
+    os.mkfifo(image_dir / ".zgroup")
+    result, events, _ = run_writer(tmp_path, FakePort())
+    assert [e[0] for e in events] == ["failed"] and ".zgroup" in result.failed[0][1]

@@ -375,3 +375,13 @@ def test_closed_stdout_ends_cleanly_and_the_rerun_completes(world, tmp_path):
     assert rc == 0, err
     for record in records(out, "image"):
         check_image(world.sim, dest / record["path"], record["image"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layout", "flat"], "--layout flat applies to --zarr only"),
+    (["--workers", "2"], "apply to --zarr only"),
+])
+def test_zarr_only_options_are_refused_with_originals(world, tmp_path, argv, message):
+    rc, _out, err = run_cli(world.sim.root, ["export", "--originals", str(tmp_path / "o"),
+                                             "Dataset:%d" % world.dataset, *argv], user="alice")
+    assert rc == 2 and message in err and not (tmp_path / "o").exists()

@@ -55,6 +55,8 @@ class ExportControl(BuiltinExportControl):
         if getattr(args, "originals", None):
             if args.layout == "flat":
                 self.ctx.die(2, "--layout flat applies to --zarr only")
+            if (args.ngff, args.chunk, args.workers) != ("0.4", 1024, 1):
+                self.ctx.die(2, "--ngff, --chunk and --workers apply to --zarr only")
             args.layout = args.layout or "clientpath"
             from omero_cli_ext.cli.export_originals import run_export
             return run_export(self, args)

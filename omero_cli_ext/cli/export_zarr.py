@@ -85,12 +85,13 @@ def _load_index(ctx, dest_fd, args, repository: str, user: str):
 
 
 def _bounded_malloc() -> None:
-    """Chunk buffers (MiBs each, freed at once) straight from and back to the kernel: with glibc's
-    dynamic mmap threshold they land in per-thread heaps that keep them after free, and the
-    process grows past the documented bound (workers x a few chunks)."""
+    """At most 2 glibc malloc arenas: each worker thread would otherwise get its own heap, which
+    keeps the chunk buffers (MiBs each) it freed, and the process grows past the documented
+    bound. (A fixed mmap threshold bounds memory too but makes Blosc 3x slower: its buffers are
+    then mapped and faulted in again for every chunk.)"""
     try:
         libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 256 * 1024)     # M_MMAP_THRESHOLD: fixed, so no longer dynamic
+        libc.mallopt(-8, 2)              # M_ARENA_MAX
     except (OSError, AttributeError):
         pass                             # not glibc: its own allocator's behaviour applies
 

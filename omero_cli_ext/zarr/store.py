@@ -87,11 +87,20 @@ def write_file(dir_fd: int, name: str, data: bytes, sync: bool = False) -> None:
 
 
 def read_file(dir_fd: int, name: str) -> Optional[bytes]:
+    """The bytes of the regular file `name` (None when absent); anything else in its place (a
+    symlink, a FIFO that would block the read, a directory) raises NotOurs."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
     except FileNotFoundError:
         return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise NotOurs(err.errno, "not a file made by the export", name) from None
+        raise
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotOurs(errno.EINVAL, "not a file made by the export", name)
         with os.fdopen(fd, "rb", closefd=False) as stream:
             return stream.read()
     finally:

@@ -122,6 +122,7 @@ class Writer:
         self.codec = compressor()
         self.result = Result()
         self._journal = None
+        self._metadata_changed = False
 
     # ------------------------------------------------------------------------------ the run
     def run(self, plan, index, renderings) -> Result:
@@ -269,7 +270,8 @@ class Writer:
         total = self._bytes_on_disk(job)
         self._record(index, self._image_entry(job, True, pkey, rkey, total))
         existing = job.chunk_count() - written
-        action = "written" if existing == 0 else ("resumed" if written else "kept")
+        action = "written" if existing == 0 else (
+            "resumed" if written else ("metadata" if self._metadata_changed else "kept"))
         self._done(job, action, written, nbytes)
         return True
 
@@ -326,7 +328,7 @@ class Writer:
                                                                   job.chunks[level]))
                 written += n
                 nbytes += b
-            store.write_json(image_fd, ".zattrs", attrs)
+            self._metadata_changed = store.write_json(image_fd, ".zattrs", attrs)
             return written, nbytes
         finally:
             readers.close_all()
