@@ -129,3 +129,25 @@ def test_kill_9_then_sync_completes(tmp_path, link):
     on_disk = {os.path.relpath(os.path.join(d, n), dest) for d, names, _ in os.walk(dest)
                for n in names}
     assert set(doc["directories"]) == on_disk     # every directory a killed run made is known
+
+
+def test_ctrl_c_ends_cleanly_and_sync_goes_on(tmp_path):
+    sim = SimServer(str(tmp_path / "sim"))
+    sim.add_group("lab", "rwr---")
+    sim.add_user("alice", ["lab"])
+    dataset = sim.add_dataset("D", "alice")
+    built = build_uploaded(sim, "alice", str(tmp_path / "up"), 10, 2, file_size=3_000_000,
+                           target=("Dataset", dataset))
+    dest = str(tmp_path / "dest")
+    proc = start(sim.root, dest, dataset, "download")
+    while final_files(dest) < 3 and proc.poll() is None:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 10
+    err = proc.stderr.read().decode()
+    assert "interrupted" in err and "--sync" in err and "Traceback" not in err
+    assert check_consistent(dest, {os.path.relpath(p, tmp_path / "up" / "batch_0"):
+                                   open(p, "rb").read() for p in built.all_files}) >= 3
+    proc = start(sim.root, dest, dataset, "download")
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert final_files(dest) == len(built.all_files)

@@ -21,8 +21,8 @@ See docs/export.md.
 
 --originals exit codes: 0 done; 2 bad arguments; 3 DEST or state directory unusable; 4 DEST owner
 unknown or not the acting user (use --as-user); 5 some objects unreadable; 6 DEST full; 7 files
-not exported; 8 --verify mismatch; 9 another run holds DEST; 20/21 server/privilege; 22 nothing
-readable (with --sync on the same objects: the export emptied).
+not exported; 8 --verify mismatch; 9 another run holds DEST; 10 interrupted; 20/21
+server/privilege; 22 nothing readable (with --sync on the same objects: the export emptied).
 """
 
 

@@ -6,7 +6,7 @@ owner, DEST, state directory and lock, manifest), then hands the plan to
 0 done; 2 bad arguments; 3 DEST unusable; 4 owner unknown, not settable, or not the acting
 user; 5 some objects unknown or unreadable (the others exported); 6 DEST full; 7 some files not
 exported (failed or left alone); 8 --verify found a mismatch; 9 another run holds DEST;
-20/21/22 shared.
+10 interrupted (Ctrl-C); 20/21/22 shared.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ EXIT_FULL = 6
 EXIT_NOT_EXPORTED = 7
 EXIT_VERIFY = 8
 EXIT_BUSY = 9
+EXIT_INTERRUPTED = 10
 
 
 class _QuietPipe:
@@ -231,6 +232,9 @@ def run_export(control, args):
                         ctx.die(EXIT_FULL, f"no space left ({err.strerror}); free space and "
                                            "rerun with --sync")
                     ctx.die(EXIT_DEST, f"cannot write in DEST: {err.strerror}")
+    except KeyboardInterrupt:
+        ctx.die(EXIT_INTERRUPTED, "interrupted; what was made is recorded: rerun with --sync to "
+                                  "go on")
     finally:
         if reader is not None:
             reader.close()
