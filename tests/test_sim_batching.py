@@ -37,6 +37,8 @@ def build_world(root, seed: int) -> tuple:
         sim.add_user(users[-1], [groups[n]] + ([extra] if extra != groups[n] else []))
     users.append("u4")   # downloads restricted, in the shared groups where u1 and u3 import
     sim.add_user("u4", [groups[1], groups[3]], binary_restricted=True)
+    users.append("pi")   # leads the private group (reads and edits all of it) and a shared one
+    sim.add_user("pi", [groups[0], groups[1]], leads=[groups[0], groups[1]], binary_restricted=True)
     sim.add_user("admin", [groups[0]], admin=True)
     sim.add_user("radmin", [groups[1]], admin=True, privileges={"WriteManagedRepo"})
     sim.set_binary_access(True, group=rnd.choice(groups))
@@ -139,6 +141,8 @@ class Reference:
             "SELECT id, admin, binary_restricted FROM Experimenter WHERE omeName = ?", (user,))
         self.groups = {r[0] for r in sim.query(
             "SELECT parent FROM GroupExperimenterMap WHERE child = ?", (self.uid,))}
+        self.led = {r[0] for r in sim.query(
+            "SELECT parent FROM GroupExperimenterMap WHERE child = ? AND owner = 1", (self.uid,))}
 
     def one(self, sql, params=()):
         rows = self.sim.query(sql, params)
@@ -148,7 +152,7 @@ class Reference:
         return self.one("SELECT permissions FROM ExperimenterGroup WHERE id = ?", (group_id,))[0]
 
     def reads(self, owner_id, group_id) -> bool:
-        if self.admin:
+        if self.admin or group_id in self.led:
             return True
         return group_id in self.groups and (owner_id == self.uid or self.perms(group_id) != "rw----")
 
@@ -182,7 +186,8 @@ class Reference:
             "SELECT path, name, size, hash, hasher, mimetype, repo, owner_id, group_id "
             "FROM OriginalFile WHERE id = ?", (of_id,))
         restricted = False
-        if with_restriction and not (self.admin or owner_id == self.uid or name.endswith(".txt")):
+        if with_restriction and not (self.admin or owner_id == self.uid or group_id in self.led
+                                     or name.endswith(".txt")):
             restricted = bool(self.restricted
                               or self.one("SELECT value FROM sim_meta WHERE key = 'binary_access'")[0]
                               or self.one("SELECT binary_access FROM ExperimenterGroup WHERE id = ?",
@@ -290,7 +295,8 @@ class Reference:
                 continue
             row = self.one("SELECT owner_id, group_id FROM Fileset WHERE id = ?", (fid,))
             if row and row[1] == session_group and not (
-                    self.admin or row[0] == self.uid or self.perms(row[1]) == "rwrw--"):
+                    self.admin or row[0] == self.uid or row[1] in self.led
+                    or self.perms(row[1]) == "rwrw--"):
                 continue
             if owner != session:
                 result.append(RunningImport(fileset_id=0, own_session=False))

@@ -28,8 +28,9 @@ def test_inplace_tree_links_every_file_absolutely(sim, tmp_path):
             assert entry.original_file.hash == file_hash(source)
     names = {os.path.basename(f) for f in built.all_files}
     assert set(ODD_NAMES) <= names
-    newline = next(e for f in filesets.values() for e in f.entries if "\n" in e.client_path)
-    assert newline.original_file.name == "new_line.fake"    # the repository's path rules
+    newline = next(e for f in filesets.values() for e in f.entries
+                   if e.original_file.name == "new_line.fake")   # the path rules: "\n" -> "_"
+    assert newline.client_path.endswith("/new_line.fake")     # in the clientPath too
 
 
 def test_uploaded_tree_has_real_copies(sim, tmp_path):

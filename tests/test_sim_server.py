@@ -296,7 +296,7 @@ def test_client_paths_prefixes_directories_and_log(sim, tmp_path):
     fs1, fs2 = port.filesets([first, second]).values()
     assert re.fullmatch(r"alice_\d+/2026-11/27/15-58-01\.123/", fs1.template_prefix)
     assert fs2.template_prefix.endswith("/15-58-01.124/")  # unique per import, by milliseconds
-    # stored sanitised, as the Java importer stores it (omero_cli_ext.pathrules)
+    # sanitised by the path rules (ClientFilePathTransformer), the symlink not resolved
     assert [e.client_path for e in fs1.entries] == [
         str(tmp_path / "via" / "a;b%.fake").lstrip("/"), files[1].lstrip("/")]
     assert [e.original_file.repo_path for e in fs1.entries] == [
@@ -424,3 +424,51 @@ def test_bad_world_building_inputs(sim, tmp_path):
         sim.import_fileset("owner", [str(tmp_path / "a.fake")], group="other")
     with pytest.raises(ValueError):
         sim.add_user("x", ["grw____"], privileges={"Sudo"})
+
+
+def test_group_leaders_read_edit_link_and_sudo_in_the_groups_they_lead(sim, tmp_path):
+    """AllGroupsSecurityFilter (`group_id in (:leader_of_groups)`), BasicACLVoter (a leader gets
+    every scope), SessionBean (a leader may create sessions for members of the groups led)."""
+    private = group_of("rw----")
+    sim.add_user("pi", [private], leads=[private])
+    sim.add_user("student", [private])
+    sim.add_user("stranger", ["other"])
+    fid = sim.import_fileset("student", [write(str(tmp_path / "s.fake"))])
+    dataset = sim.add_dataset("d", "student")
+    sim.set_binary_access(True)
+    pi, peer = sim.port("pi"), sim.port("stranger")
+    assert set(pi.filesets([fid])) == {fid}                    # private, yet read by the leader
+    assert [f.id for f in pi.find_filesets(FilesetQuery())] == [fid]
+    entry = pi.filesets([fid])[fid].entries[0]
+    assert not entry.original_file.binary_restricted           # a leader may edit: may download
+    pi.open_original_file(entry.original_file.id).close()
+    assert pi.can_link([("Dataset", dataset)]) == {("Dataset", dataset): True}
+    as_student = pi.sudo("student")
+    assert as_student.current_user().name == "student"
+    assert [f.id for f in as_student.find_filesets(FilesetQuery())] == [fid]
+    with pytest.raises(PermissionDenied):
+        pi.sudo("stranger")                                    # not a member of a group led
+    with pytest.raises(PermissionDenied):
+        sim.port("student").sudo("pi")
+    assert peer.filesets([fid]) == {}
+    pi.delete_filesets([fid])                                  # no DeleteOwned needed
+    assert sim.port("student").filesets([fid]) == {}
+    with pytest.raises(ValueError):
+        sim.add_user("pi2", ["other"], leads=[private])
+
+
+def test_reserved_names_and_dollar_prefixes_are_renamed_in_client_paths_and_the_repository(
+        sim, tmp_path):
+    """MakePathComponentSafe ("Windows required" + "UNIX required"): reserved names suffixed,
+    case-insensitive, `$` names prefixed, characters mapped, in every component."""
+    sim.add_user("alice", ["grw____"])
+    files = [write(str(tmp_path / "con" / "AUX")), write(str(tmp_path / "con" / "$x:y")),
+             write(str(tmp_path / "con" / "lpt1"))]
+    fid = sim.import_fileset("alice", files)
+    fs = sim.port("alice").filesets([fid])[fid]
+    base = str(tmp_path).lstrip("/")
+    assert [e.client_path for e in fs.entries] == [
+        base + "/con_/AUX_", base + "/con_/_$x;y", base + "/con_/lpt1_"]
+    assert [e.original_file.name for e in fs.entries] == ["AUX_", "_$x;y", "lpt1_"]
+    for entry in fs.entries:
+        assert os.path.isfile(os.path.join(sim.repo_dir, entry.original_file.repo_path))

@@ -193,8 +193,9 @@ def file_hash(path: str, hasher: str = "SHA1-160") -> str:
 
 
 def client_path_of(path: str) -> str:
-    """FilesetEntry.clientPath: the client's absolute (not canonical) path without the leading '/',
-    every component sanitised by the repository path rules (omero_cli_ext.pathrules)."""
+    """FilesetEntry.clientPath as the Java importer stores it: the client's absolute (not canonical)
+    path, every component through the default path rules, without the leading '/'
+    (omero_cli_ext.pathrules, from omero-blitz ClientFilePathTransformer / MakePathComponentSafe)."""
     return pathrules.client_path(path)
 
 
@@ -331,9 +332,13 @@ class SimServer:
                                     (name, perms)).lastrowid
 
     def add_user(self, name: str, groups: list, *, admin: bool = False,
-                 privileges: Optional[set] = None, binary_restricted: bool = False) -> int:
+                 privileges: Optional[set] = None, binary_restricted: bool = False,
+                 leads: Sequence[str] = ()) -> int:
         """admin=True with privileges None is a full admin; with a subset, a restricted admin.
-        The first group is the default group."""
+        The first group is the default group. `leads`: groups (among `groups`) of which the user
+        is an owner (a PI: GroupExperimenterMap.owner)."""
+        if set(leads) - set(groups):
+            raise ValueError("a group leader must be a member of the groups led")
         if privileges is not None and not admin:
             raise ValueError("privileges are only for admins")
         unknown = set(privileges or ()) - ADMIN_PRIVILEGES
@@ -346,8 +351,8 @@ class SimServer:
                 "VALUES (?, ?, ?, ?)",
                 (name, int(admin), ",".join(sorted(privs)), int(binary_restricted))).lastrowid
             for group in groups:
-                self._db.execute("INSERT INTO GroupExperimenterMap (parent, child) VALUES (?, ?)",
-                                 (self._group_id(group), uid))
+                self._db.execute("INSERT INTO GroupExperimenterMap (parent, child, owner) "
+                                 "VALUES (?, ?, ?)", (self._group_id(group), uid, int(group in leads)))
             return uid
 
     def _group_id(self, name: str) -> int:
@@ -462,9 +467,10 @@ class SimServer:
         with self.transaction():
             uid, gid = self._owner_and_group(owner, group)
             sources = [os.path.abspath(f) for f in files]
-            client_paths = [_db_text(client_path_of(f)) for f in files]
+            client_paths = [client_path_of(f) for f in files]
             prefix = self._template_prefix(owner, uid)
-            rel_paths = [sanitize_repo_path(r) for r in _paths_below_common_root(client_paths)]
+            # the clientPaths are sanitised already: the names below the prefix follow them
+            rel_paths = [pathrules.safe_path(r) for r in _paths_below_common_root(client_paths)]
             if session is None:
                 session = self.open_session(owner, group)
             ev = self._event(uid, gid, "Import", self.session_number(session))
@@ -861,24 +867,6 @@ class SimServer:
                        time_to_idle_ms=time_to_idle_ms)
 
 
-# FilePathRestrictionInstance "Windows required" (part of the default omero.fs.repo.path_rules):
-# characters the repository replaces in the names it creates (the clientPath keeps the originals)
-_UNSAFE = {c: "_" for c in range(0x20)}
-_UNSAFE.update({ord('"'): "'", ord("*"): "x", ord(":"): ";", ord("<"): "[", ord(">"): "]",
-                ord("?"): "%", ord("\\"): "!", ord("|"): "!"})
-
-
-def sanitize_repo_path(rel: str) -> str:
-    """Apply the character transformations of the default path rules to each component."""
-    return "/".join(part.translate(_UNSAFE) for part in rel.split("/"))
-
-
-def _db_text(path: str) -> str:
-    """Text as the server stores it: bytes that are not UTF-8 (surrogate escapes of a Python path)
-    arrive as U+FFFD, as a JVM decoding the name would deliver them."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def _paths_below_common_root(client_paths: Sequence[str]) -> list:
     """Each path relative to the client paths' common directory; the directory itself is not kept
     (ManagedRepositoryI.commonRoot + trimPaths with readers that need no parent directories)."""
@@ -928,23 +916,28 @@ class SimPort:
         self._privileges = frozenset(p for p in row[2].split(",") if p)
         self._binary_restricted = bool(row[3])
         self._groups = set(server._member_groups(user_id))
+        self._led = {r[0] for r in self._db.execute(
+            "SELECT parent FROM GroupExperimenterMap WHERE child = ? AND owner = 1", (user_id,))}
         self._closed = False
 
     # --- rules ---------------------------------------------------------------------------------
     def _readable_sql(self, alias: str) -> tuple:
         """SQL condition for rows `alias` the user reads with omero.group=-1: admins read all;
-        members read all of non-private groups and their own in private ones."""
+        leaders all of the groups they lead (private ones too); members all of non-private groups
+        and their own in private ones (AllGroupsSecurityFilter)."""
         if self._admin:
             return "1", ()
-        groups = sorted(self._groups)
-        marks = ",".join("?" * len(groups))
-        return ("({a}.group_id IN ({m}) AND ({a}.owner_id = ? OR {a}.group_id IN "
-                "(SELECT id FROM ExperimenterGroup WHERE permissions != 'rw----')))"
-                .format(a=alias, m=marks), tuple(groups) + (self._uid,))
+        groups, led = sorted(self._groups), sorted(self._led)
+        return ("({a}.group_id IN ({l}) OR ({a}.group_id IN ({m}) AND ({a}.owner_id = ? OR "
+                "{a}.group_id IN (SELECT id FROM ExperimenterGroup WHERE permissions != 'rw----'))))"
+                .format(a=alias, m=",".join("?" * len(groups)), l=",".join("?" * len(led))),
+                tuple(led) + tuple(groups) + (self._uid,))
 
     def _can_edit(self, owner_id: int, group_id: int, perms: Optional[str] = None) -> bool:
-        """`perms`: the group's permissions, when the caller has read them already."""
-        if self._admin or owner_id == self._uid:
+        """Edit, link, delete: admins, owners, leaders of the object's group (BasicACLVoter gives
+        a leader every scope), members of read-write groups. `perms`: the group's permissions,
+        when the caller has read them already."""
+        if self._admin or owner_id == self._uid or group_id in self._led:
             return True
         if perms is None:
             perms = self._db.execute("SELECT permissions FROM ExperimenterGroup WHERE id = ?",
@@ -955,7 +948,7 @@ class SimPort:
                                policies: Optional[Mapping] = None) -> bool:
         """BinaryAccessPolicy: never for owners/admins (they can edit), never for *.txt files.
         `policies` (from `_binary_policies`) spares the look-ups when a call checks many files."""
-        if self._admin or owner_id == self._uid or name.endswith(".txt"):
+        if self._admin or owner_id == self._uid or group_id in self._led or name.endswith(".txt"):
             return False
         if policies is None:
             policies = self._binary_policies()
@@ -1031,13 +1024,23 @@ class SimPort:
         return self._server.now()
 
     def sudo(self, user_name: str) -> "SimPort":
+        """A session for `user_name`: with the Sudo privilege for anyone; a group leader for the
+        members of the groups they lead, in such a group (SessionBean.createSessionWithTimeouts
+        passes `groupsLed` to the session manager)."""
         self._check_open()
         self._server._count(1)
-        self._need("Sudo")
         try:
-            return self._server.port(user_name, time_to_idle_ms=port_api.SUDO_TIME_TO_IDLE_MS)
+            target = self._server._user_row(user_name)[0]
         except KeyError:
             raise NotFound("no user %s" % user_name, [user_name]) from None
+        if self._admin and "Sudo" in self._privileges:
+            return self._server.port(user_name, time_to_idle_ms=port_api.SUDO_TIME_TO_IDLE_MS)
+        shared = [g for g in self._server._member_groups(target) if g in self._led]
+        if not shared:
+            self._need("Sudo")
+        group = self._db.execute("SELECT name FROM ExperimenterGroup WHERE id = ?",
+                                 (shared[0],)).fetchone()[0]
+        return self._server.port(user_name, group, time_to_idle_ms=port_api.SUDO_TIME_TO_IDLE_MS)
 
     # --- filesets ------------------------------------------------------------------------------
     # The reads below run a few set-based queries per page of PAGE ids (a page travels as one JSON
@@ -1510,7 +1513,7 @@ class SimPort:
         if missing:
             raise NotFound("Fileset not found: %s" % ", ".join(map(str, missing)), missing)
         for fileset in readable.values():
-            if fileset.owner_id != self._uid:
+            if fileset.owner_id != self._uid and fileset.group_id not in self._led:
                 self._need("DeleteOwned")
         with self._server.transaction():
             for fid in ids:
