@@ -13,6 +13,7 @@ import contextlib
 import datetime as _dt
 from typing import Iterable, Mapping, Optional, Sequence
 
+import Glacier2
 import Ice
 import omero
 import omero.callbacks  # noqa: F401  (client.submit needs it loaded)
@@ -35,7 +36,8 @@ from omero_cli_ext.server import (
 FILE_MISSING_PREFIXES = ("FileNotFound", "FileNotAccessible")
 
 PAGE_SIZE = 500
-FILESET_PAGE_SIZE = 1000          # filesets(): one query per page (export: 1 per 500 filesets)
+FILESET_PAGE_SIZE = 1000          # filesets(): ids per page (their entries are paged apart)
+ENTRY_PAGE_SIZE = 5000            # fileset entries per answer (one Ice message each)
 ALL_GROUPS = {"omero.group": "-1"}
 # sudo sessions (SessionBean.createSessionWithTimeouts; SessionCache: a time to live of 0 never
 # ends the session, the idle timeout counts from the last call): no lifetime, an idle timeout,
@@ -55,17 +57,29 @@ EVENT_TYPES_JOBS = tuple("ome.model.jobs." + kind for kind in server.IMPORT_JOB_
 
 # --- HQL (docs/server-contract.md) -------------------------------------------------------------
 
+# filesets with their owner, group and creation event: single-valued joins only (no collection
+# fetched, so no `distinct` and no row per entry); entries and annotations come by themselves
 HQL_FILESETS = (
-    "select distinct fs from Fileset fs"
+    "select fs from Fileset fs"
     " join fetch fs.details.owner o"
     " join fetch fs.details.group g"
     " join fetch fs.details.creationEvent ce"
-    " left outer join fetch fs.usedFiles fe"
-    " left outer join fetch fe.originalFile f"
-    " left outer join fetch f.hasher h"
-    " left outer join fetch fs.annotationLinks al"
-    " left outer join fetch al.child"
     " where fs.id in (:ids)")
+
+HQL_ENTRY_COUNTS = (
+    "select fe.fileset.id, count(fe.id) from FilesetEntry fe"
+    " where fe.fileset.id in (:ids) group by fe.fileset.id")
+
+# paged by entries (server.entry_pages): `offset`/`limit` of ParametersI.page for a big fileset
+HQL_FILESET_ENTRIES = (
+    "select fe from FilesetEntry fe"
+    " join fetch fe.originalFile f"
+    " left outer join fetch f.hasher h"
+    " where fe.fileset.id in (:ids) order by fe.fileset.id, fe.id")
+
+HQL_FILESET_TRANSFERS = (
+    "select al.parent.id, a.id, a.textValue from FilesetAnnotationLink al, CommentAnnotation a"
+    " where al.child.id = a.id and al.parent.id in (:ids) and a.ns = :ns")
 
 HQL_IMAGE_COUNTS = (
     "select i.fileset.id, count(i.id) from Image i"
@@ -153,7 +167,7 @@ HQL_PLATES_OF = (
 HQL_FILES_BY_PATH = (
     "select o.id, o.path, o.name, o.size, o.hash, h.value, o.mimetype, o.repo, fe.fileset.id"
     " from OriginalFile o left outer join o.hasher h left outer join o.filesetEntries fe"
-    " where o.path in (:paths)")
+    " where o.path in (:paths) and o.repo = :repo")
 
 HQL_DATASET_CONTAINERS = (
     "select distinct i.fileset.id, p.name, d.name from DatasetImageLink dil"
@@ -173,10 +187,6 @@ HQL_USERS = (
     " where e.omeName in (:names)")
 
 HQL_GROUPS = "select g.name, g.id from ExperimenterGroup g where g.name in (:names)"
-
-HQL_LOAD_ORIGINAL_FILES = "select f from OriginalFile f where f.id in (:ids)"
-
-HQL_LOAD_FILESETS = "select fs from Fileset fs where fs.id in (:ids)"
 
 # --- zarr export: (container type) -> (ref id, image id) or (ref id, plate id) pairs
 HQL_ZARR_REACH = {
@@ -233,6 +243,12 @@ def _message(err) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
+def _reason(err) -> str:
+    """Glacier2's exceptions carry `reason` (Glacier2/Session.ice), not omero's `message`."""
+    text = (getattr(err, "reason", None) or "").strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 @contextlib.contextmanager
 def _server_call(what: str):
     """Turn omero/Ice exceptions into the port's exceptions, naming what was being done."""
@@ -248,6 +264,12 @@ def _server_call(what: str):
         raise ServerError(f"{what}: session expired or invalid ({_message(err)}); log in again") from err
     except omero.ServerError as err:
         raise ServerError(f"{what}: {_message(err)}") from err
+    except Glacier2.PermissionDeniedException as err:
+        raise PermissionDenied(f"{what}: the server refused the login ({_reason(err)})") from err
+    except Glacier2.CannotCreateSessionException as err:
+        raise ServerError(f"{what}: the server cannot create a session ({_reason(err)})") from err
+    except Ice.UserException as err:
+        raise ServerError(f"{what}: {_reason(err)}") from err
     except Ice.ConnectionRefusedException as err:
         raise ServerError(f"{what}: the server refused the connection (is OMERO running?)") from err
     except (Ice.ConnectionLostException, Ice.TimeoutException, Ice.ConnectTimeoutException) as err:
@@ -297,17 +319,6 @@ def _transfer_name(text: str | None) -> str | None:
     if not text:
         return None
     return TRANSFERS.get(text, text) or None
-
-
-def _fileset_transfer(fs) -> str | None:
-    """The transfer named by the fileset's file-transfer comment (the importer links one; the
-    lowest id wins, as in the simulated server), from the annotation links fetched with it."""
-    comments = [link.child for link in fs.copyAnnotationLinks()
-                if isinstance(link.child, omero.model.CommentAnnotationI)
-                and _val(link.child.ns) == NS_FILE_TRANSFER]
-    if not comments:
-        return None
-    return _transfer_name(_val(min(comments, key=lambda a: a.id.val).textValue))
 
 
 def _job_kind(job) -> str:
@@ -480,11 +491,32 @@ class OmeroPort:
     # --- filesets ---
 
     def filesets(self, ids: Iterable[int], image_counts: bool = True) -> Mapping[int, Fileset]:
+        """Per page of FILESET_PAGE_SIZE ids: the filesets, their transfer comments, their entry
+        counts, their entries in answers of at most ENTRY_PAGE_SIZE (server.entry_pages), and the
+        image counts. Entries come from their own query, so a hole in the indexed `usedFiles`
+        list (a null element) never shows."""
         found: dict[int, Fileset] = {}
         for page in batched(sorted({int(i) for i in ids}), FILESET_PAGE_SIZE):
             params = _ids_params(page)
             loaded = self._find_all(HQL_FILESETS, params, "loading filesets")
-            counts = dict(unwrap(self._projection(HQL_IMAGE_COUNTS, params, "counting images"))) \
+            if not loaded:
+                continue
+            transfers: dict[int, tuple] = {}
+            for fs_id, ann_id, text in unwrap(self._projection(
+                    HQL_FILESET_TRANSFERS, _ids_params(page).addString("ns", NS_FILE_TRANSFER),
+                    "reading file transfers")):
+                if fs_id not in transfers or ann_id < transfers[fs_id][0]:
+                    transfers[fs_id] = (ann_id, text)   # the lowest id wins (as the simulation)
+            counts = dict(unwrap(self._projection(HQL_ENTRY_COUNTS, params, "counting entries")))
+            entries: dict[int, list] = {}
+            for fs_ids, offset, limit in server.entry_pages(counts, ENTRY_PAGE_SIZE):
+                entry_params = _ids_params(fs_ids)
+                if limit is not None:
+                    entry_params.page(offset, limit)
+                for e in self._find_all(HQL_FILESET_ENTRIES, entry_params, "loading fileset entries"):
+                    entries.setdefault(e.fileset.id.val, []).append(FilesetEntry(
+                        client_path=e.clientPath.val, original_file=_original_file(e.originalFile)))
+            image_count = dict(unwrap(self._projection(HQL_IMAGE_COUNTS, params, "counting images"))) \
                 if image_counts else {}
             for fs in loaded:
                 fs_id = fs.id.val
@@ -494,11 +526,9 @@ class OmeroPort:
                     owner_id=owner.id.val, owner_name=_val(owner.omeName),
                     group_id=group.id.val, group_name=_val(group.name),
                     group_perms=str(group.details.permissions),
-                    entries=tuple(FilesetEntry(client_path=e.clientPath.val,
-                                               original_file=_original_file(e.originalFile))
-                                  for e in fs.copyUsedFiles()),
-                    image_count=int(counts.get(fs_id, 0)),
-                    transfer=_fileset_transfer(fs),
+                    entries=tuple(entries.get(fs_id, ())),
+                    image_count=int(image_count.get(fs_id, 0)),
+                    transfer=_transfer_name(transfers[fs_id][1]) if fs_id in transfers else None,
                     created=_time(_val(fs.details.creationEvent.time)))
         return found
 
@@ -687,13 +717,16 @@ class OmeroPort:
             return self._sf.getAdminService().getEventContext().sessionId
 
     def files_by_repo_paths(self, repo_paths: Sequence[str]) -> Mapping[str, tuple]:
-        """Queries whole directories (`o.path in`), then keeps the exact path + name; of several
-        rows at one path the lowest OriginalFile id wins."""
+        """Queries whole directories (`o.path in`) of the managed repository (`o.repo`: not an
+        attachment or a file of another repository with the same path), then keeps the exact
+        path + name; of several rows at one path the lowest OriginalFile id wins."""
+        repo_uuid = self._managed_repository()[0].uuid
         wanted = {p.lstrip("/") for p in repo_paths}
         dirs = sorted({p.rsplit("/", 1)[0] + "/" if "/" in p else "/" for p in wanted})
         found = {}
         for page in batched(dirs, PAGE_SIZE):
-            params = ParametersI().add("paths", rlist([rstring(d) for d in page]))
+            params = (ParametersI().add("paths", rlist([rstring(d) for d in page]))
+                      .addString("repo", repo_uuid))
             for (of_id, path, name, size, digest, hasher, mimetype, repo,
                  fs_id) in unwrap(self._projection(HQL_FILES_BY_PATH, params,
                                                    "finding files by repository path")):
@@ -926,55 +959,6 @@ class OmeroPort:
         return _RawFile(store, size)
 
     # --- changes (admins) ---
-
-    def _load_all(self, hql: str, ids: Sequence[int], what: str, kind: str) -> dict:
-        loaded = {}
-        for page in _pages(ids):
-            for obj in self._find_all(hql, _ids_params(page), what):
-                loaded[obj.id.val] = obj
-        missing = sorted({int(i) for i in ids} - set(loaded))
-        if missing:
-            shown = ", ".join(f"{kind}:{i}" for i in missing[:10])
-            raise NotFound(f"{len(missing)} {kind} not found or not readable: {shown}",
-                           missing=missing)
-        return loaded
-
-    def _save_by_group(self, objects: list, what: str) -> None:
-        """IUpdate.saveArray per group: a save needs the objects' own group as context."""
-        by_group: dict[int, list] = {}
-        for obj in objects:
-            by_group.setdefault(obj.details.group.id.val, []).append(obj)
-        with _server_call(what):
-            update = self._sf.getUpdateService()
-            for group_id, objs in sorted(by_group.items()):
-                for page in batched(objs, PAGE_SIZE):
-                    update.saveArray(page, {"omero.group": str(group_id)})
-
-    def update_original_files(self, changes: Sequence[tuple]) -> int:
-        wanted = {int(i): (path, name) for i, path, name in changes}
-        loaded = self._load_all(HQL_LOAD_ORIGINAL_FILES, wanted, "loading original files",
-                                "OriginalFile")
-        changed = []
-        for file_id, (path, name) in sorted(wanted.items()):
-            obj = loaded[file_id]
-            if (_val(obj.path), _val(obj.name)) != (path, name):
-                obj.setPath(rstring(path))
-                obj.setName(rstring(name))
-                changed.append(obj)
-        self._save_by_group(changed, "updating original files (needs WriteManagedRepo)")
-        return len(changed)
-
-    def update_template_prefixes(self, changes: Sequence[tuple]) -> int:
-        wanted = {int(i): prefix for i, prefix in changes}
-        loaded = self._load_all(HQL_LOAD_FILESETS, wanted, "loading filesets", "Fileset")
-        changed = []
-        for fs_id, prefix in sorted(wanted.items()):
-            obj = loaded[fs_id]
-            if _val(obj.templatePrefix) != prefix:
-                obj.setTemplatePrefix(rstring(prefix))
-                changed.append(obj)
-        self._save_by_group(changed, "updating template prefixes (needs WriteManagedRepo)")
-        return len(changed)
 
     def delete_filesets(self, ids: Sequence[int]) -> None:
         targets = sorted({int(i) for i in ids})

@@ -384,13 +384,7 @@ class ServerPort(Protocol):
         current user may link objects into it (details.permissions.canLink()); unknown or
         unreadable refs are left out."""
 
-    # --- changes (admins) ---
-    def update_original_files(self, changes: Sequence[tuple]) -> int:
-        """Set (id, path, name) on OriginalFile rows; returns the number changed."""
-
-    def update_template_prefixes(self, changes: Sequence[tuple]) -> int:
-        """Set (fileset_id, templatePrefix); returns the number changed."""
-
+    # --- changes ---
     def delete_filesets(self, ids: Sequence[int]) -> None:
         """Delete filesets with their images and files (a Delete2 request)."""
 
@@ -414,6 +408,29 @@ connect: Connect = _default_connect
 def open_port(ctx, args) -> ServerPort:
     """Open the port for a CLI invocation (resolved at call time so that launchers can swap it)."""
     return connect(ctx, args)
+
+
+def entry_pages(counts: Mapping[int, int], limit: int) -> list:
+    """Plan the reads of fileset entries so that no answer holds more than `limit` entries:
+    (fileset ids, offset, page size or None) per query. Filesets are packed in id order while
+    their counts fit; a fileset larger than `limit` is read alone, `limit` entries at a time
+    (an HCS plate can have tens of thousands of files: one Ice message each would not do)."""
+    pages: list = []
+    batch: list = []
+    size = 0
+    for fs_id in sorted(counts):
+        n = counts[fs_id]
+        if batch and (n > limit or size + n > limit):
+            pages.append((tuple(batch), 0, None))
+            batch, size = [], 0
+        if n > limit:
+            pages += [((fs_id,), offset, limit) for offset in range(0, n, limit)]
+            continue
+        batch.append(fs_id)
+        size += n
+    if batch:
+        pages.append((tuple(batch), 0, None))
+    return pages
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

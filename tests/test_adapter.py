@@ -13,6 +13,7 @@ from unittest import mock
 
 import pytest
 
+import Glacier2
 import Ice
 import omero
 import omero.api
@@ -63,6 +64,12 @@ class Server:
         self.query.projection.side_effect = self._answer
         self.query.findAllByQuery.side_effect = self._answer
         self.port = adapter.OmeroPort(self.client)
+
+    def managed_repository(self, uuid="repo-uuid"):
+        """The port's cached managed repository (as `_managed_repository` finds it)."""
+        managed = mock.create_autospec(omero.grid.ManagedRepositoryPrx, instance=True)
+        self.port._repository, self.port._repository_prx = server.Repository(uuid, "/repo"), managed
+        return managed
 
     def _answer(self, hql, params, ctx):
         assert ctx == ALL, f"query without the all-groups context: {hql}"
@@ -118,11 +125,12 @@ def fileset(fs_id, files=(), owner=None, grp=None):
     event = omero.model.EventI(1, True)
     event.time = rtime(T0 + fs_id)
     fs.details.setCreationEvent(event)
-    for client_path, ofile in files:
-        entry = omero.model.FilesetEntryI()
+    for n, (client_path, ofile) in enumerate(files):
+        entry = omero.model.FilesetEntryI(fs_id * 100000 + n, True)
         entry.clientPath = rstring(client_path)
         entry.originalFile = ofile
         fs.addFilesetEntry(entry)
+        entry.fileset = omero.model.FilesetI(fs_id, False)
     return fs
 
 
@@ -271,14 +279,29 @@ def _comment(ann_id, ns, text):
 
 
 def _fileset_answers(srv, loaded: dict, counts=None, transfers=None):
-    """HQL_FILESETS fetches each fileset's annotation links with their annotations: the
-    transfer comment comes with the fileset (beside a comment of another namespace)."""
+    """The fileset query answers the filesets alone; transfer comments (the lowest id wins, a
+    later one ignored), entry counts and entries (ordered by fileset and id, honouring the page's
+    offset and limit) come from their own queries."""
     counts, transfers = counts or {}, transfers or {}
-    for fs_id, fs in loaded.items():
-        fs.linkAnnotation(_comment(900 + fs_id, "other.ns", "not a transfer"))
-        if fs_id in transfers:
-            fs.linkAnnotation(_comment(100 + fs_id, server.NS_FILE_TRANSFER, transfers[fs_id]))
     srv.answers[adapter.HQL_FILESETS] = lambda p: [loaded[i] for i in ids_of(p) if i in loaded]
+
+    def comments(params):
+        assert params.map["ns"].val == server.NS_FILE_TRANSFER
+        return [row for i in ids_of(params) if i in transfers
+                for row in ([rlong(i), rlong(100 + i), rstring(transfers[i])],
+                            [rlong(i), rlong(200 + i), rstring("ignored.LaterTransfer")])]
+    srv.answers[adapter.HQL_FILESET_TRANSFERS] = comments
+    srv.answers[adapter.HQL_ENTRY_COUNTS] = lambda p: [
+        [rlong(i), rlong(len(loaded[i].copyUsedFiles()))] for i in ids_of(p)
+        if i in loaded and loaded[i].copyUsedFiles()]
+
+    def entries(params):
+        rows = [e for i in sorted(ids_of(params)) if i in loaded for e in loaded[i].copyUsedFiles()]
+        f = params.theFilter
+        if f is not None and f.limit is not None:
+            rows = rows[f.offset.val:f.offset.val + f.limit.val]
+        return rows
+    srv.answers[adapter.HQL_FILESET_ENTRIES] = entries
     srv.answers[adapter.HQL_IMAGE_COUNTS] = lambda p: [
         [rlong(i), rlong(counts[i])] for i in ids_of(p) if i in counts]
 
@@ -313,6 +336,29 @@ def test_filesets_without_image_counts_make_one_query_per_page(srv):
     assert len(srv.calls(adapter.HQL_FILESETS)) == 1
 
 
+def test_filesets_read_entries_in_answers_of_bounded_size(srv, monkeypatch):
+    """An HCS fileset of thousands of files must not come back as one Ice message."""
+    monkeypatch.setattr(adapter, "ENTRY_PAGE_SIZE", 4)
+    files = lambda fs_id, n: [("d/%d_%d" % (fs_id, k), original_file(fs_id * 100 + k)) for k in range(n)]
+    loaded = {1: fileset(1, files(1, 2)), 2: fileset(2, files(2, 2)), 3: fileset(3, files(3, 9)),
+              4: fileset(4, files(4, 1)), 5: fileset(5)}
+    _fileset_answers(srv, loaded)
+    result = srv.port.filesets([1, 2, 3, 4, 5])
+    assert {i: [e.client_path for e in f.entries] for i, f in result.items()} == {
+        i: [c for c, _ in files(i, n)] for i, n in ((1, 2), (2, 2), (3, 9), (4, 1), (5, 0))}
+    pages = [(ids_of(c.args[1]), c.args[1].theFilter and c.args[1].theFilter.offset.val)
+             for c in srv.calls(adapter.HQL_FILESET_ENTRIES)]
+    assert pages == [([1, 2], None), ([3], 0), ([3], 4), ([3], 8), ([4], None)]
+    assert len(srv.calls(adapter.HQL_FILESETS)) == len(srv.calls(adapter.HQL_ENTRY_COUNTS)) == 1
+
+
+def test_entry_pages_pack_filesets_and_split_big_ones():
+    assert server.entry_pages({}, 10) == []
+    assert server.entry_pages({1: 4, 2: 6, 3: 1, 4: 25, 5: 10}, 10) == [
+        ((1, 2), 0, None), ((3,), 0, None), ((4,), 0, 10), ((4,), 10, 10), ((4,), 20, 10),
+        ((5,), 0, None)]
+
+
 def test_upload_transfer_annotation_means_upload(srv):
     _fileset_answers(srv, {1: fileset(1)},
                      transfers={1: "ome.formats.importer.transfers.UploadFileTransfer"})
@@ -340,6 +386,7 @@ def test_filesets_pages_ids_by_1000(srv):
 ])
 def test_batch_methods_send_each_distinct_value_once_in_pages_of_500(srv, method, item, extra, hql,
                                                                       param):
+    srv.managed_repository()
     srv.answers[hql] = lambda p: []
     values = [item(i) for i in range(1, 1002)]
     getattr(srv.port, method)(values + values[:7], *extra)
@@ -663,6 +710,7 @@ def _rows_in_dirs(rows):
 
 
 def test_files_by_repo_paths_asks_for_directories_and_keeps_exact_matches(srv):
+    srv.managed_repository()
     srv.answers[adapter.HQL_FILES_BY_PATH] = _rows_in_dirs([
         _file_row(11, DATA_DIR, "a.fake", fs_id=5), _file_row(12, DATA_DIR, "b.fake", fs_id=5, hasher=None),
         _file_row(13, DATA_DIR, "c.fake", fs_id=5), _file_row(20, "/", "top.txt")])
@@ -680,9 +728,11 @@ def test_files_by_repo_paths_asks_for_directories_and_keeps_exact_matches(srv):
             mimetype="application/octet-stream", repo="repo-uuid"))}
     (call,) = srv.calls(adapter.HQL_FILES_BY_PATH)
     assert sorted(x.val for x in call.args[1].map["paths"].val) == ["/", DATA_DIR]
+    assert call.args[1].map["repo"].val == "repo-uuid"    # never an attachment at that path
 
 
 def test_files_by_repo_paths_takes_the_lowest_id_of_rows_at_one_path(srv):
+    srv.managed_repository()
     """As the simulated server does: the answer must not depend on the order of the rows."""
     srv.answers[adapter.HQL_FILES_BY_PATH] = _rows_in_dirs([
         _file_row(31, DATA_DIR, "a.fake", fs_id=8), _file_row(30, DATA_DIR, "a.fake", fs_id=7),
@@ -692,44 +742,6 @@ def test_files_by_repo_paths_takes_the_lowest_id_of_rows_at_one_path(srv):
 
 
 # --- changes -----------------------------------------------------------------------------------
-
-def test_update_original_files_saves_only_changed_rows_per_group(srv):
-    files = {11: original_file(11), 12: original_file(12), 13: original_file(13)}
-    files[13].details.setGroup(group(4, "other"))
-    files[11].details.setGroup(group(3))
-    files[12].details.setGroup(group(3))
-    srv.answers[adapter.HQL_LOAD_ORIGINAL_FILES] = lambda p: [files[i] for i in ids_of(p) if i in files]
-    same = (12, "alice_7/2024-01/02/03-04-05.678/data/", "a.fake")
-    changed = srv.port.update_original_files([(11, "new/", "x.fake"), same, (13, "new/", "y.fake")])
-    assert changed == 2
-    saves = [(c.args[1], [o.id.val for o in c.args[0]]) for c in srv.update.saveArray.call_args_list]
-    assert saves == [({"omero.group": "3"}, [11]), ({"omero.group": "4"}, [13])]
-    assert (files[11].path.val, files[11].name.val) == ("new/", "x.fake")
-
-
-def test_update_with_a_missing_id_changes_nothing(srv):
-    srv.answers[adapter.HQL_LOAD_ORIGINAL_FILES] = lambda p: [original_file(11)]
-    with pytest.raises(NotFound, match="OriginalFile:12") as err:
-        srv.port.update_original_files([(11, "new/", "x"), (12, "new/", "y")])
-    assert err.value.missing == (12,)
-    srv.update.saveArray.assert_not_called()
-
-
-def test_update_without_write_managed_repo_is_permission_denied(srv):
-    srv.answers[adapter.HQL_LOAD_FILESETS] = lambda p: [fileset(1)]
-    srv.update.saveArray.side_effect = omero.SecurityViolation(message="WriteManagedRepo")
-    with pytest.raises(PermissionDenied, match="WriteManagedRepo"):
-        srv.port.update_template_prefixes([(1, "moved/")])
-
-
-def test_update_template_prefixes(srv):
-    loaded = fileset(1)
-    srv.answers[adapter.HQL_LOAD_FILESETS] = lambda p: [loaded]
-    assert srv.port.update_template_prefixes([(1, "moved/")]) == 1
-    assert loaded.templatePrefix.val == "moved/"
-    (call,) = srv.update.saveArray.call_args_list
-    assert call.args == ([loaded], {"omero.group": "3"})
-
 
 def test_delete_filesets_submits_one_delete2(srv):
     srv.port.delete_filesets([3, 1, 3])
@@ -789,3 +801,27 @@ def test_pixels_readable_opens_each_image_like_render_test(srv, monkeypatch):
         assert bypass is False
         assert ctx == {"omero.group": "-1", "omero.pixeldata.fail_if_missing": "true"}
         store.close.assert_called_once_with()
+
+
+@pytest.mark.parametrize("error, kind, text", [
+    (Glacier2.PermissionDeniedException(reason="Password check failed"), PermissionDenied,
+     "login: the server refused the login (Password check failed)"),
+    (Glacier2.CannotCreateSessionException(reason="Too many sessions"), ServerError,
+     "login: the server cannot create a session (Too many sessions)"),
+])
+def test_glacier2_refusals_are_port_errors_not_tracebacks(error, kind, text):
+    """Glacier2 exceptions are Ice.UserExceptions, not omero.ServerErrors (Glacier2/Session.ice)."""
+    ctx = mock.Mock()
+    ctx.conn.side_effect = error
+    with pytest.raises(kind) as raised:
+        adapter.connect(ctx, mock.Mock())
+    assert str(raised.value) == text
+
+
+def test_sudo_refused_by_glacier2_is_a_permission_error(srv, monkeypatch):
+    user = server.User(id=8, name="bob", group_id=3, group_name="lab")
+    monkeypatch.setattr(adapter.OmeroPort, "lookup_users", lambda self, names: {"bob": user})
+    monkeypatch.setattr(adapter, "_join_session", mock.Mock(
+        side_effect=Glacier2.PermissionDeniedException(reason="session expired")))
+    with pytest.raises(PermissionDenied, match="refused the login .session expired."):
+        srv.port.sudo("bob")

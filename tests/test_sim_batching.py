@@ -101,13 +101,17 @@ def build_world(root, seed: int) -> tuple:
     for fid in rnd.sample(fids, 3):
         sim.delete_fileset(fid)
     link_elsewhere(sim, rnd)
-    sim.advance(5)   # a moved fileset: its own UPDATE is its newest event
-    sim.port("radmin").update_template_prefixes([(fids[0], "moved/")])
+    sim.advance(5)   # a fileset moved by a sysadmin's SQL: its own UPDATE is its newest event
     # two files at one repository path (a move gone wrong): a lookup by path finds the first
     (first, path, name), (second, _, _) = sim.query(
         "SELECT id, path, name FROM OriginalFile WHERE mimetype = 'application/octet-stream' "
         "ORDER BY id LIMIT 2")
-    sim.port("radmin").update_original_files([(second, path, name)])
+    with sim.transaction() as db:
+        event = sim._event(None, None, "Internal")
+        db.execute("UPDATE Fileset SET templatePrefix = 'moved/' WHERE id = ?", (fids[0],))
+        sim._log(event, "Fileset", [fids[0]], "UPDATE")
+        db.execute("UPDATE OriginalFile SET path = ?, name = ? WHERE id = ?", (path, name, second))
+        sim._log(event, "OriginalFile", [second], "UPDATE")
     return sim, users + ["admin", "radmin"]
 
 
@@ -316,7 +320,8 @@ class Reference:
     def file_at(self, key):
         path, name = key.rsplit("/", 1) if "/" in key else ("", key)
         for (of_id,) in self.sim.query("SELECT id FROM OriginalFile WHERE path = ? AND name = ? "
-                                       "ORDER BY id", (path + "/" if path else "/", name)):
+                                       "AND repo = ? ORDER BY id",   # the managed repository's
+                                       (path + "/" if path else "/", name, self.sim.uuid)):
             owner_id, group_id = self.one("SELECT owner_id, group_id FROM OriginalFile WHERE id = ?",
                                           (of_id,))
             if self.reads(owner_id, group_id):

@@ -72,6 +72,7 @@ for _kind in port_api.IMPORT_JOB_CLASSES:
 DATA_MIMETYPE = "application/octet-stream"   # the database default for OriginalFile.mimetype
 PAGE = 500                                   # ids per `in (:ids)` page of the real adapter
 FILESET_PAGE = 1000                          # its pages of Port.filesets (FILESET_PAGE_SIZE)
+ENTRY_PAGE = 5000                            # its entries per answer (ENTRY_PAGE_SIZE)
 ACTIVITY_QUERIES = 6                         # its queries per page of Port.activity
 START_TIME = _dt.datetime(2026, 11, 27, 15, 58, 1, 123000, tzinfo=_dt.timezone.utc)
 _TIME_FMT = "%Y-%m-%dT%H:%M:%S.%f"
@@ -877,6 +878,20 @@ def _paths_below_common_root(client_paths: Sequence[str]) -> list:
     return ["/".join(s[common:]) for s in split]
 
 
+def _fileset_round_trips(ids: Sequence[int], loaded: Mapping, image_counts: bool) -> int:
+    """The adapter's Port.filesets: per page of FILESET_PAGE ids the fileset query, and when it
+    found some: their transfer comments, entry counts, one query per page of entries
+    (server.entry_pages, ENTRY_PAGE entries at most) and the image counts (unless skipped)."""
+    trips = 0
+    for page in port_api.batched(sorted(set(ids)), FILESET_PAGE):
+        found = [loaded[i] for i in page if i in loaded]
+        trips += 1
+        if found:
+            counts = {f.id: len(f.entries) for f in found if f.entries}
+            trips += 2 + len(port_api.entry_pages(counts, ENTRY_PAGE)) + int(image_counts)
+    return trips
+
+
 class _Reader:
     """A RawFileStore on one repository file (follows the ln_s link, as the server's open does)."""
 
@@ -1103,12 +1118,13 @@ class SimPort:
 
     def filesets(self, ids: Iterable[int], image_counts: bool = True
                  ) -> Mapping[int, port_api.Fileset]:
-        """Round trips as the real adapter's: per page the fileset query, and the image count
-        query unless `image_counts` is False (image_count is then 0, as there)."""
+        """Round trips as the real adapter's (`_fileset_round_trips`); image_count is 0 unless
+        `image_counts`, as there."""
         self._check_open()
         ids = list(ids)
-        self._server._count(_pages(len(set(ids)), FILESET_PAGE) * (2 if image_counts else 1))
-        return self._load_filesets(ids, image_counts)
+        loaded = self._load_filesets(ids, image_counts)
+        self._server._count(_fileset_round_trips(ids, loaded, image_counts))
+        return loaded
 
     def filesets_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
         """Project->Dataset->Image->Fileset, Dataset->Image->Fileset, Image->Fileset,
@@ -1171,10 +1187,10 @@ class SimPort:
         cond, cparams = self._readable_sql("f")
         sql += " AND " + cond + " ORDER BY e.time DESC, f.id DESC"
         ids = [r[0] for r in self._db.execute(sql, params + list(cparams))]
-        # the adapter: the id query (a page of query.ids at a time), then filesets() (2 per page)
-        self._server._count((1 if query.ids is None else _pages(len(set(query.ids))))
-                            + 2 * _pages(len(ids), FILESET_PAGE))
+        # the adapter: the id query (a page of query.ids at a time), then filesets()
         loaded = self._load_filesets(ids)
+        self._server._count((1 if query.ids is None else _pages(len(set(query.ids))))
+                            + _fileset_round_trips(ids, loaded, True))
         return [loaded[i] for i in ids]
 
     def filesets_by_client_paths(self, client_paths: Sequence[str], owner_id: int) -> Mapping[str, tuple]:
@@ -1377,8 +1393,8 @@ class SimPort:
                     "SELECT o.id, o.path, o.name, o.size, o.hash, o.hasher, o.mimetype, o.repo, "
                     "(SELECT fe.fileset FROM FilesetEntry fe WHERE fe.originalFile = o.id LIMIT 1) "
                     "FROM wanted w JOIN OriginalFile o ON o.path = w.path AND o.name = w.name "
-                    "WHERE %s ORDER BY o.id" % (",".join(["(?, ?)"] * len(pairs)), cond),
-                    tuple(v for pair in pairs for v in pair) + params):
+                    "WHERE o.repo = ? AND %s ORDER BY o.id" % (",".join(["(?, ?)"] * len(pairs)), cond),
+                    tuple(v for pair in pairs for v in pair) + (self._server.uuid,) + params):
                 rows.setdefault((row[1], row[2]), row)
         found = {}
         for key in wanted:
@@ -1428,42 +1444,6 @@ class SimPort:
             raise port_api.FileMissing("FileNotFound: %d" % original_file_id) from None
 
     # --- changes -------------------------------------------------------------------------------
-    def update_original_files(self, changes: Sequence[tuple]) -> int:
-        self._check_open()
-        changes = list(changes)
-        self._server._count(_pages(len(changes)))
-        self._need("WriteManagedRepo")
-        changed = 0
-        with self._server.transaction():
-            ev = self._server._event(self._uid, self._gid)
-            for of_id, path, name in changes:
-                if not path.endswith("/"):
-                    raise ValueError("OriginalFile.path must end with '/': %r" % path)
-                n = self._db.execute("UPDATE OriginalFile SET path = ?, name = ? WHERE id = ?",
-                                     (path, name, of_id)).rowcount
-                if n:
-                    self._server._log(ev, "OriginalFile", [of_id], "UPDATE")
-                changed += n
-        return changed
-
-    def update_template_prefixes(self, changes: Sequence[tuple]) -> int:
-        self._check_open()
-        changes = list(changes)
-        self._server._count(_pages(len(changes)))
-        self._need("WriteManagedRepo")
-        changed = 0
-        with self._server.transaction():
-            ev = self._server._event(self._uid, self._gid)
-            for fid, prefix in changes:
-                if not prefix.endswith("/"):
-                    raise ValueError("Fileset.templatePrefix must end with '/': %r" % prefix)
-                n = self._db.execute("UPDATE Fileset SET templatePrefix = ? WHERE id = ?",
-                                     (prefix, fid)).rowcount
-                if n:
-                    self._server._log(ev, "Fileset", [fid], "UPDATE")
-                changed += n
-        return changed
-
     def session_login(self) -> tuple:
         """The simulated session: the fake importer joins it with `-k` (host and port unused)."""
         self._check_open()
