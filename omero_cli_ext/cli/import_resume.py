@@ -13,7 +13,13 @@ import threading
 
 from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_PERMISSION, open_port, output_for, server_errors
 from omero_cli_ext.cli.import_ext import RESUME_ONLY
-from omero_cli_ext.importing import identity, progress, store
+from omero_cli_ext.cli.import_view import View, drop_stdout
+from omero_cli_ext.importing import identity, outcome, progress, store
+from omero_cli_ext.importing.outcome import (EXIT_BAD_INPUT, EXIT_IDENTITY,
+                                             EXIT_IMPORTER_FAILED, EXIT_JOURNAL,
+                                             EXIT_JOURNAL_CORRUPT, EXIT_JOURNAL_LOCKED,
+                                             EXIT_NO_IMPORTER, EXIT_NOTHING_TO_IMPORT,
+                                             EXIT_PLAN_MISMATCH, EXIT_UNKNOWN_JOB)
 from omero_cli_ext.importing.driver import Driver, Settings
 from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, chunk_filesets,
                                           file_sizes, new_groups, parse_duration, parse_groups,
@@ -23,21 +29,6 @@ from omero_cli_ext.journal import (JournalCorrupt, JournalError, JournalIntegrit
                                    JournalLocked, open_journal)
 from omero_cli_ext.output import printable
 
-
-# --- exit codes (docs/import.md) ---------------------------------------------------------------
-EXIT_FAILED_FILESETS = 3    # the job finished; some filesets failed on their own merits
-EXIT_INTERRUPTED = 4        # interrupted or transient failures outlasted --retries: rerun to resume
-EXIT_GHOSTS = 5             # this job's ghost filesets are on the server: rerun with --clean-ghosts
-EXIT_BAD_INPUT = 10         # missing/unreadable paths, bad sizes, options that do not combine
-EXIT_NOTHING_TO_IMPORT = 11  # the importer found no importable file (-f exits 125)
-EXIT_PLAN_MISMATCH = 12     # paths or target differ from the job's plan
-EXIT_UNKNOWN_JOB = 13       # --job names no job in the journal
-EXIT_JOURNAL_LOCKED = 14    # another live process runs this job (SQLite journal)
-EXIT_JOURNAL_CORRUPT = 15   # the journal file is not a journal
-EXIT_JOURNAL = 16           # the journal cannot be opened (PostgreSQL unreachable, no access, ...)
-EXIT_NO_IMPORTER = 17       # no Java or no importer jars
-EXIT_IMPORTER_FAILED = 18   # the importer could not list the files (-f failed otherwise)
-EXIT_IDENTITY = 19          # the job belongs to another server, user or group
 
 DEFAULT_CHUNK_SIZE = 50
 DEFAULT_RETRIES = 3
@@ -252,7 +243,7 @@ class _JobRun:
                                      self.plan, self.args, self.port, self.identity)
             except JournalIntegrityError:     # another host planned the shared job first
                 return self.run(journal)
-            self.out.info(f"job {job}: {record.filesets} filesets, {_human(record.bytes)} in "
+            self.out.info(f"job {job}: {record.filesets} filesets, {outcome.human(record.bytes)} in "
                           f"{record.chunks} chunks (journal {journal.location})")
         self.out.emit("job", job=job, journal=journal.location, filesets=record.filesets,
                       bytes=record.bytes, chunks=record.chunks)
@@ -326,7 +317,7 @@ def _drive(ctx, args, out, jobs, port, user, java, options, record) -> int:
 
     counts = jobs.counts()
     done_before = counts.get("done", (0, 0))
-    view = _View(out, jobs.job, record, done_before)
+    view = View(out, jobs.job, record, done_before)
     driver = Driver(jobs, port, user.id, launch, settings, view.report,
                     session_id=port.session_id())
     view.on_closed = driver.stop
@@ -341,65 +332,22 @@ def _drive(ctx, args, out, jobs, port, user, java, options, record) -> int:
     try:
         return _conclude(out, jobs, summary, args, record)
     except BrokenPipeError:
-        _drop_stdout(out)
+        drop_stdout(out)
         return _conclude(out, jobs, summary, args, record)
-
-
-def _job_exit_code(counts, interrupted: bool, ghosts_left: int) -> int:
-    def n(*states):
-        return sum(counts.get(s, (0, 0))[0] for s in states)
-    if interrupted or n("planned", "running"):
-        return EXIT_INTERRUPTED
-    if n("ghost") or ghosts_left:
-        return EXIT_GHOSTS
-    if n("failed"):
-        return EXIT_FAILED_FILESETS
-    return 0
 
 
 def _conclude(out, jobs, summary, args, record) -> int:
     counts = jobs.counts()
-
-    def n(*states):
-        return sum(counts.get(s, (0, 0))[0] for s in states)
-
-    remaining, failed, ghosts = n("planned", "running"), n("failed"), n("ghost")
     ghosts_left = len(jobs.ghosts("left")) if not args.clean_ghosts else 0
-    rerun = _rerun_command(args, jobs)
-    rc = _job_exit_code(counts, summary.interrupted, ghosts_left)
-    foreign = [{"path_index": idx, "fileset": fid, "complete": complete,
-                "containers": list(containers)} for idx, fid, complete, containers
-               in summary.foreign]
-    out.emit("summary", job=jobs.job, journal=jobs.journal.location,
-             filesets_total=record.filesets, done=n("done"), failed=failed, ghosts=ghosts,
-             remaining=remaining, bytes_total=record.bytes,
-             bytes_done=counts.get("done", (0, 0))[1],
-             imported_this_run=summary.imported, retried=summary.retried,
-             importers_timed_out=summary.timed_out,
-             deleted_ghosts=summary.deleted_ghosts, ghosts_left=summary.ghosts_left,
-             duplicates=[{"path_index": i, "filesets": list(ids)} for i, ids in summary.duplicates],
-             foreign=foreign,
-             server_processing=[{"path_index": i, "reason": r} for i, r in summary.waiting],
-             exit_code=rc, rerun=rerun if rc in (EXIT_INTERRUPTED, EXIT_GHOSTS) else None)
-    out.info(f"job {jobs.job}: {n('done')}/{record.filesets} filesets done, {failed} failed, "
-             f"{ghosts} waiting for --clean-ghosts, {remaining} remaining")
-    for idx, ids in summary.duplicates:
-        out.warn(f"fileset #{idx} is on the server more than once (extra Fileset "
-                 f"{', '.join(map(str, ids))}): check and delete by hand")
-    if summary.deleted_ghosts:
-        out.info("deleted ghost filesets of this job: "
-                 + ", ".join(map(str, summary.deleted_ghosts)))
-    if summary.waiting:
-        out.warn(f"{len(summary.waiting)} filesets may still be being imported by the server "
-                 f"(first: {summary.waiting[0][1]}); rerun later")
-    if rc == EXIT_INTERRUPTED:
-        out.warn(f"job {jobs.job} is not finished; rerun to resume:\n  {rerun}")
-    elif rc == EXIT_GHOSTS:
-        out.warn(f"job {jobs.job} left ghost filesets on the server; delete them and re-import "
-                 f"with:\n  {rerun if args.clean_ghosts else rerun + ' --clean-ghosts'}")
-    elif rc == EXIT_FAILED_FILESETS:
-        out.warn(f"job {jobs.job}: {failed} filesets failed (`--results --json` lists them; "
-                 "`--retry-failed` imports them again)")
+    rc = outcome.job_exit_code(counts, summary.interrupted, ghosts_left)
+    rerun = outcome.rerun_command(jobs.job, args.journal, args.workers, args.retries, args.lease,
+                                  args.importer_timeout, args.server_step_timeout,
+                                  args.clean_ghosts)
+    out.emit("summary", **outcome.summary(jobs.job, jobs.journal.location, record, counts,
+                                          summary, rc, rerun))
+    for level, text in outcome.messages(jobs.job, record, counts, summary, rc, rerun,
+                                        args.clean_ghosts):
+        (out.info if level == "info" else out.warn)(text)
     return rc
 
 
@@ -411,122 +359,15 @@ def _report(ctx, out, journal, job, args) -> int:
         ctx.die(EXIT_UNKNOWN_JOB, _unknown_job(job, journal.location, store.job_names(journal)
                                                if _has_import_schema(journal) else []))
     jobs = store.JobStore(journal, job)
-    view = _View(out, job, record, (0, 0))
+    view = View(out, job, record, (0, 0))
     for row in jobs.settled():
         view.report("fileset", **row)
     counts = jobs.counts()
-    rc = _job_exit_code(counts, False, len(jobs.ghosts("left")))
-
-    def n(*states):
-        return sum(counts.get(s, (0, 0))[0] for s in states)
-    out.emit("summary", job=job, journal=journal.location, filesets_total=record.filesets,
-             done=n("done"), failed=n("failed"), ghosts=n("ghost"),
-             remaining=n("planned", "running"), bytes_total=record.bytes,
-             bytes_done=counts.get("done", (0, 0))[1], exit_code=rc, report=True)
-    out.info(f"job {job}: {n('done')}/{record.filesets} filesets done, {n('failed')} failed, "
-             f"{n('ghost')} ghosts, {n('planned', 'running')} remaining")
+    rc = outcome.job_exit_code(counts, False, len(jobs.ghosts("left")))
+    out.emit("summary", **outcome.totals(job, journal.location, record, counts), exit_code=rc,
+             report=True)
+    out.info(outcome.totals_line(job, record, counts))
     return rc
-
-
-def _rerun_command(args, jobs) -> str:
-    parts = ["omero", "import", "--resume", "--job", jobs.job]
-    if args.journal:
-        parts += ["--journal", args.journal]
-    for flag, value in (("--workers", args.workers), ("--retries", args.retries),
-                        ("--lease", args.lease), ("--importer-timeout", args.importer_timeout),
-                        ("--server-step-timeout", args.server_step_timeout)):
-        if value is not None:
-            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    if args.clean_ghosts:
-        parts.append("--clean-ghosts")
-    return shlex.join(parts)
-
-
-class _View:
-    """Driver reports rendered: a rich bar (filesets, bytes, rate, ETA) on a TTY, plain lines
-    otherwise, one JSON object per fileset with --json. A closed stdout (`| head`) stops the
-    job like Ctrl-C (`on_closed`); the rest of the output is dropped."""
-
-    def __init__(self, out, job, record, done_before):
-        self.out = out
-        self.job = job
-        self.record = record
-        self.done = done_before[0]
-        self.failed = 0
-        self._bar = None
-        self._done_bytes = done_before[1]
-        self.on_closed = lambda: None
-
-    @contextlib.contextmanager
-    def progress(self):
-        with self.out.progress(self._describe(), total=self.record.bytes, bytes_unit=True) as bar:
-            bar.advance(self._done_bytes)
-            self._bar = bar
-            yield
-
-    def _describe(self) -> str:
-        return (f"{self.job}: {self.done}/{self.record.filesets} filesets"
-                + (f", {self.failed} failed" if self.failed else ""))
-
-    def report(self, kind, **fields) -> None:
-        try:
-            self._report(kind, **fields)
-        except BrokenPipeError:
-            _drop_stdout(self.out)
-            self.on_closed()
-
-    def _report(self, kind, **fields) -> None:
-        out = self.out
-        if kind == "fileset":
-            state = fields["state"]
-            if state == "done":
-                self.done += 1
-            else:
-                self.failed += 1
-            out.emit("fileset", job=self.job, index=fields["idx"], path=fields["main"],
-                     state=state, fileset=fields["fileset_id"], images=fields["images"],
-                     plates=fields["plates"], message=fields["message"], bytes=fields["size"])
-            if out.mode == "plain":
-                ids = "".join(f" {k}:{','.join(map(str, v))}" for k, v in
-                              (("Image", fields["images"]), ("Plate", fields["plates"])) if v)
-                fileset = f" Fileset:{fields['fileset_id']}" if fields["fileset_id"] else ""
-                note = f" ({fields['message']})" if fields["message"] else ""
-                out.info(f"{state}{fileset}{ids} {printable(fields['main'])}{note}")
-            elif state != "done":
-                out.warn(f"{state}: {printable(fields['main'])}: {fields['message']}")
-            if self._bar is not None:
-                self._bar.advance(fields["size"])
-                self._bar.update(description=self._describe())
-        elif kind == "foreign":
-            where = " / ".join(map(str, fields["containers"])) or "no container"
-            out.emit("foreign", job=self.job, index=fields["idx"], path=fields["main"],
-                     fileset=fields["fileset_id"], complete=fields["complete"],
-                     containers=fields["containers"])
-            out.warn(f"foreign: Fileset {fields['fileset_id']} ({where}, "
-                     f"{'complete' if fields['complete'] else 'incomplete'}) uses "
-                     f"{printable(fields['main'])} but was not created by this job: left alone")
-        elif kind in ("retry", "wait"):
-            out.warn(f"chunk {fields['chunk']}: {fields['reason']}; "
-                     f"{'retry' if kind == 'retry' else 'look again'} {fields['attempt']} in "
-                     f"{fields['delay']:.0f} s")
-        elif kind == "gave_up":
-            out.warn(f"chunk {fields['chunk']}: {fields['reason']}; giving up for this run")
-        elif kind == "chunk" and out.mode == "plain":
-            out.info(f"chunk {fields['chunk']}: importing {fields['filesets']} filesets "
-                     f"(attempt {fields['attempt']})")
-
-
-def _drop_stdout(out) -> None:
-    """stdout's reader is gone: send the rest to /dev/null (no second BrokenPipeError, none at
-    interpreter exit either)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, out.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
-    finally:
-        os.close(devnull)
-    out._stdout = open(os.devnull, "w")
 
 
 # --- checks and planning -----------------------------------------------------------------------
@@ -690,7 +531,7 @@ def _show_plan(out, job, plan) -> None:
     if out.mode == "plain":
         out.info(title)
     out.table(title, ["chunk", "filesets", "bytes", "first fileset"],
-              [(c, len(f), _human(sum(x.size for x in f)), printable(f[0].main))
+              [(c, len(f), outcome.human(sum(x.size for x in f)), printable(f[0].main))
                for c, f in sorted(chunks.items())])
     out.emit("summary", job=job, filesets_total=len(plan), chunks=len(chunks),
              bytes_total=sum(fs.size for fs in plan), dry_run=True)
@@ -725,12 +566,3 @@ def _open(ctx, location):
     except JournalError as err:
         ctx.die(EXIT_JOURNAL, str(err))
     return journal
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
