@@ -48,7 +48,7 @@ def build_journal(path: str, n: int) -> None:
                              command="", chunk_size=50, chunk_bytes=None, filesets=n,
                              bytes=sum(f.size for f in plan), chunks=n // 50)
     jobs = store.JobStore(journal, "bench")
-    jobs.create(record, plan, ())
+    jobs.create(record, plan)
     half = n // 2
     journal.execute("UPDATE import_fileset SET state = 'done', fileset_id = idx WHERE idx < ?",
                     (half,))

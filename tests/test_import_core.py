@@ -184,6 +184,7 @@ def test_only_filesets_proven_ours_and_proven_dead_are_deleted_in_one_batch():
     sessions = {fid: SESSION for fid in activity}
     sessions[15] = OTHER_SESSION
     port = FakePort(by_path, activity, sessions=sessions, created={17: NOW - 14 * HOUR + HOUR},
+                    target=(10,),
                     logs={1014: b"2024-05-01 10:00:00,000 ERROR [ome.services.blitz.repo."
                                 b"ManagedImportRequestI] Failure response on import!\n"})
     # fileset 17 was created before the attempt's span: the attempt must cover it to own it
@@ -224,6 +225,18 @@ def test_a_dead_looking_fileset_not_proven_ours_is_foreign_and_never_deleted(
     assert port.deleted == [], why
     assert [fid for _, fid, _, _ in decision.foreign] == [11]
     assert decision.replan == [0]
+
+
+@pytest.mark.parametrize("target, ours", [((11,), True), ((), False), (None, True)])
+def test_a_complete_fileset_proven_by_session_alone_is_ours_only_in_the_target(target, ours):
+    port = FakePort({"d/a.fake": (11,)}, {11: act(11, images=1)}, sessions={11: SESSION},
+                    target=target or ())
+    decision = reconcile.reconcile(
+        port, 9, GROUP, [fs(0, "/d/a.fake")], ownership=OURS, clean_ghosts=True,
+        server_now=NOW, final=True,
+        target_filesets=None if target is None else (lambda: set(target)))
+    assert ([d[:2] for d in decision.done] == [(0, 11)]) is ours
+    assert bool(decision.foreign) is not ours
 
 
 def test_announced_filesets_and_import_logs_prove_ownership_without_a_session():

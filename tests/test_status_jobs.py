@@ -98,7 +98,7 @@ WRITER = textwrap.dedent("""
         options=(), command="omero import --resume nightly", chunk_size=None, chunk_bytes=None,
         filesets=4, bytes=4000, chunks=1),
         [store.PlannedFileset(idx=i, main="/data/f%%d" %% i, files=("/data/f%%d" %% i,), size=1000)
-         for i in range(4)], [])
+         for i in range(4)])
     host, pid = socket.gethostname(), os.getpid()
     jobs.register_worker(host, pid, now, 2)
     print("ready", flush=True)

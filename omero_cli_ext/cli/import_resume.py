@@ -128,9 +128,17 @@ def java_launch(control, args):
 
 def run_resume(control, args) -> None:
     """`omero import --resume`: plan (or load) the job, run its chunks, report, set the exit code.
-    A new job is checked and planned before its journal is created: bad input leaves no trace."""
-    ctx = control.ctx
+    A new job is checked and planned before its journal is created: bad input leaves no trace.
+    A closed stdout outside the run (`--dry-run | head`) ends quietly with the code so far."""
     out = output_for(args)
+    try:
+        _run_resume(control, args, out)
+    except BrokenPipeError:
+        drop_stdout(out)
+
+
+def _run_resume(control, args, out) -> None:
+    ctx = control.ctx
     paths, target, chunk_bytes = _check_arguments(ctx, args)
     job = args.job or (_derived_job_name(paths, target) if paths else None)
     if job is None:
@@ -240,11 +248,12 @@ class _JobRun:
                 self.prepare()
             try:
                 record = _create_job(journal, job, self.user, paths, target, self.options,
-                                     self.plan, self.args, self.port, self.identity)
+                                     self.plan, self.args, self.identity)
             except JournalIntegrityError:     # another host planned the shared job first
                 return self.run(journal)
-            self.out.info(f"job {job}: {record.filesets} filesets, {outcome.human(record.bytes)} in "
-                          f"{record.chunks} chunks (journal {journal.location})")
+            self.out.info(f"job {job}: {record.filesets} filesets, {outcome.human(record.bytes)} "
+                          f"in {record.chunks} chunks (journal {journal.location})")
+            _report_existing(self.out, self.port, self.user, job, self.plan)
         self.out.emit("job", job=job, journal=journal.location, filesets=record.filesets,
                       bytes=record.bytes, chunks=record.chunks)
         jobs = store.JobStore(journal, job)
@@ -482,11 +491,8 @@ def _plan(ctx, paths, java, chunk_size, chunk_bytes, options, after=None):
     return chunk_filesets(groups, sizes, chunk_size, chunk_bytes, first_idx, first_chunk)
 
 
-def _create_job(journal, job, user, paths, target, options, plan, args, port, ident):
-    """Record the plan, with the filesets that already use these paths (never this job's)."""
-    mains = sorted({client_path(fs.main) for fs in plan})
-    existing = port.filesets_by_client_paths(mains, user.id)
-    foreign = {fid for ids in existing.values() for fid in ids}
+def _create_job(journal, job, user, paths, target, options, plan, args, ident):
+    """Record the plan in one transaction."""
     record = store.JobRecord(
         job=job, created=store.iso(store.utc_now()), user_name=user.name, owner_id=user.id,
         paths=tuple(paths), target=target or "", options=tuple(options),
@@ -496,8 +502,28 @@ def _create_job(journal, job, user, paths, target, options, plan, args, port, id
         filesets=len(plan), bytes=sum(fs.size for fs in plan),
         chunks=len({fs.chunk for fs in plan}), identity=ident)
     store.ensure_schema(journal)
-    store.JobStore(journal, job).create(record, plan, foreign)
+    store.JobStore(journal, job).create(record, plan)
     return record
+
+
+def _report_existing(out, port, user, job, plan) -> None:
+    """Filesets of the user that already use the plan's main files: never the job's (foreign),
+    reported once with their containers."""
+    by_main = {client_path(fs.main): fs for fs in plan}
+    existing = port.filesets_by_client_paths(sorted(by_main), user.id)
+    ids = sorted({fid for fids in existing.values() for fid in fids})
+    if not ids:
+        return
+    found, containers = port.filesets(ids), port.containers_of(ids)
+    for path, fids in sorted(existing.items()):
+        for fid in fids:
+            complete = bool(found[fid].image_count) if fid in found else False
+            where = list(containers.get(fid, ()))
+            out.emit("foreign", job=job, index=by_main[path].idx, path=by_main[path].main,
+                     fileset=fid, complete=complete, containers=where)
+            out.warn(f"foreign: Fileset {fid} ({' / '.join(map(str, where)) or 'no container'}"
+                     f") already uses {printable(by_main[path].main)}: not this job's, left "
+                     "alone")
 
 
 def _existing_job(journal, job):

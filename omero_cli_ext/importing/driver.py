@@ -28,6 +28,7 @@ from omero_cli_ext.importing.reconcile import Decision, Limits, reconcile
 from omero_cli_ext.importing.results import LogReader, parse_results
 
 STDERR_TAIL = 20
+MAP_EVERY = 1.0      # seconds: results are matched to filesets (one server query) this often
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class Driver:
         self.session_id = session_id
         self._clock_offset = _dt.timedelta(0)   # server clock minus local clock
         self._waits: dict = {}           # chunk -> times the server was still importing
+        self._pending: list = []         # (attempt, result) journaled, not yet matched
+        self._pending_since = 0.0
         self._stop = threading.Event()
 
     # --- the loop ---
@@ -175,7 +178,11 @@ class Driver:
                     return
                 self._stop.wait(min(wait, beat_every))
                 continue
-            ended = self._handle(self._next_events(max(0.05, next_beat - time.monotonic())))
+            wake = next_beat if not self._pending else min(next_beat,
+                                                           self._pending_since + MAP_EVERY)
+            ended = self._handle(self._next_events(max(0.05, wake - time.monotonic())))
+            if self._pending and time.monotonic() >= self._pending_since + MAP_EVERY:
+                self._map_results()
             if ended:
                 self._fill()
                 for attempt in ended:
@@ -299,12 +306,18 @@ class Driver:
                 self.jobs.add_results([(a.chunk, r) for a, r in fresh])
                 self.jobs.announce(logs + [(a.name, "fileset", r.fileset_id) for a, r in fresh])
         if fresh:
-            self._map_results(fresh)
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending += fresh
         return ended
 
-    def _map_results(self, fresh: list) -> None:
-        """Each result's Fileset matched to its planned fileset by the client paths the server
-        stores (one query per batch), recorded done at once (per-fileset progress)."""
+    def _map_results(self) -> None:
+        """Each pending result's Fileset matched to its planned fileset by the client paths the
+        server stores (one query for all), recorded done: per-fileset progress within MAP_EVERY
+        of the importer's result, without a server query per fileset."""
+        fresh, self._pending = self._pending, []
+        if not fresh:
+            return
         known = self.port.filesets([r.fileset_id for _, r in fresh], image_counts=False)
         outcomes = []
         for attempt, result in fresh:
@@ -325,6 +338,7 @@ class Driver:
         """Map results to planned filesets (the server names each Fileset's client paths), settle
         the rest with the server, then release or retry the chunk. Until then the chunk stays
         active (its lease kept, given back by _abort)."""
+        self._map_results()
         self.jobs.end_attempt(attempt.name, self._server_now(), attempt.rc)
         rest = [fs for fs in attempt.filesets if fs.idx not in attempt.mapped]
         clean_exit = (attempt.rc == 0 or attempt.nothing) and not attempt.timed_out
@@ -436,9 +450,9 @@ class Driver:
                  pls if pls is not None else plates.get(fid, ()), note)
                 for idx, fid, imgs, pls, note in done]
 
-    def _target_filesets(self) -> set:
+    def _target_filesets(self) -> Optional[set]:
         if self.settings.target is None:
-            return set()
+            return None
         return set(self.port.filesets_of([self.settings.target]).get(self.settings.target, ()))
 
     # --- clocks and liveness ---
@@ -464,7 +478,10 @@ class Driver:
                  and not a.timed_out and now - a.last_progress >= limit]
         if not quiet:
             return
-        uploaded = sum(sum(r.upload_offsets) for r in self.port.running_imports())
+        try:
+            uploaded = sum(sum(r.upload_offsets) for r in self.port.running_imports())
+        except Exception:       # the server does not answer: the silence decides
+            uploaded = 0
         for attempt in quiet:
             if attempt.offsets is not None and uploaded != attempt.offsets:
                 attempt.offsets, attempt.last_progress = uploaded, now   # bytes still arrive

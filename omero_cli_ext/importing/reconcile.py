@@ -92,8 +92,8 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
     `reported`: idx -> message for filesets the importer said it failed (these end `failed`).
     `final`: the importer ran to its end, so a fileset with no trace of this job on the server
     failed (or, skipped by `--exclude`, is done when a complete foreign one is in the target).
-    `target_filesets()`: ids of the filesets already in the job's target (asked only when a
-    complete foreign fileset is found).
+    `target_filesets()`: ids of the filesets already in the job's target, None for a job without
+    a target (asked only when a complete fileset not announced by the job is found).
     """
     decision = Decision()
     if not doubtful:
@@ -112,11 +112,13 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
     info = port.filesets(unannounced, image_counts=False) if unannounced else {}
     sessions = port.fileset_sessions(unannounced) if unannounced else {}
 
-    def ours(fid: int, chunk: int) -> bool:
-        if fid in ownership.filesets:
-            return True
+    def announced(fid: int) -> bool:
         act = activity.get(fid)
-        if act is not None and act.log is not None and act.log.original_file_id in ownership.logs:
+        return fid in ownership.filesets or (act is not None and act.log is not None
+                                             and act.log.original_file_id in ownership.logs)
+
+    def ours(fid: int, chunk: int) -> bool:
+        if announced(fid):
             return True
         fileset = info.get(fid)
         if fileset is None or fid not in sessions or (group_id is not None
@@ -172,11 +174,22 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
     for fs in doubtful:
         present = sorted(fid for fid in candidates[fs.idx] if fid in activity)
         owned[fs.idx] = [fid for fid in present if ours(fid, fs.chunk)]
+    # a complete fileset proven only by session and time (not announced) is the job's only in
+    # its target: another import in the same session may have put the same files elsewhere
+    unproven = {fid for mine in owned.values() for fid in mine
+                if activity[fid].image_count and not announced(fid)}
+    maybe_target = {fid for fs in doubtful for fid in candidates[fs.idx]
+                    if fid in activity and activity[fid].image_count}
+    target = target_filesets() if (maybe_target - {f for m in owned.values() for f in m}
+                                   or unproven) and target_filesets is not None else None
+    for fs in doubtful:
+        if target is not None:
+            owned[fs.idx] = [fid for fid in owned[fs.idx] if fid not in unproven or fid in target]
+        present = sorted(fid for fid in candidates[fs.idx] if fid in activity)
         decision.foreign += [(fs.idx, fid, bool(activity[fid].image_count), ())
                              for fid in present if fid not in owned[fs.idx]]
     foreign_complete = sorted({fid for _, fid, complete, _ in decision.foreign if complete})
-    in_target = (target_filesets() & set(foreign_complete)
-                 if foreign_complete and target_filesets is not None else set())
+    in_target = (target or set()) & set(foreign_complete)
     to_delete = []
     for fs in doubtful:
         mine = owned[fs.idx]

@@ -46,6 +46,7 @@ STATEMENTS = (
     " job TEXT NOT NULL, fileset_id INTEGER NOT NULL, chunk INTEGER NOT NULL,"
     " images TEXT NOT NULL, plates TEXT NOT NULL, received TEXT NOT NULL,"
     " PRIMARY KEY (job, fileset_id))",
+    # schema 1 only: filesets found before the plan (ownership is proven per attempt since 2)
     "CREATE TABLE import_foreign (job TEXT NOT NULL, fileset_id INTEGER NOT NULL,"
     " PRIMARY KEY (job, fileset_id))",
     "CREATE TABLE import_ghost ("
@@ -197,8 +198,7 @@ class JobStore:
         self.journal.execute("UPDATE import_job SET identity = ? WHERE job = ? AND identity IS NULL",
                              (json.dumps(identity, sort_keys=True), self.job))
 
-    def create(self, record: JobRecord, filesets: Sequence[PlannedFileset],
-               foreign_ids: Iterable[int]) -> None:
+    def create(self, record: JobRecord, filesets: Sequence[PlannedFileset]) -> None:
         """The whole plan in one transaction: a job exists completely or not at all."""
         now = iso(utc_now())
         chunks: dict = {}
@@ -224,13 +224,6 @@ class JobStore:
                 "INSERT INTO import_chunk (job, chunk, state, filesets, bytes, attempts) "
                 "VALUES (?, ?, 'pending', ?, ?, 0)",
                 [(self.job, chunk, count, size) for chunk, (count, size) in sorted(chunks.items())])
-            self.journal.executemany(
-                "INSERT INTO import_foreign (job, fileset_id) VALUES (?, ?)",
-                [(self.job, fid) for fid in sorted(set(foreign_ids))])
-
-    def foreign_ids(self) -> set:
-        return {row[0] for row in self.journal.query(
-            "SELECT fileset_id FROM import_foreign WHERE job = ?", (self.job,))}
 
     def filesets(self, idxs: Iterable[int]) -> list:
         wanted = sorted(set(idxs))
