@@ -245,6 +245,18 @@ def test_names_planted_on_the_part_and_temporary_prefixes_never_stop_a_sync(site
     assert site.dest_files() == {} and site.outside() == before
 
 
+def test_a_state_directory_inside_dest_is_refused(site):
+    os.makedirs(site.dest)
+    os.chown(site.dest, site.alice.pw_uid, site.alice.pw_gid)
+    rc, _, err = site.export(extra=["--state-dir", os.path.join(site.dest, "state")])
+    assert rc == 3 and "above the state directory" in err, err     # she owns DEST
+    root_dest = os.path.join(site.exports, "root")
+    os.makedirs(root_dest)
+    rc, _, err = site.export(dest=root_dest, as_user=None,
+                             extra=["--state-dir", os.path.join(root_dest, "state")])
+    assert rc == 3 and "inside DEST" in err, err
+
+
 def test_one_run_per_dest(site):
     rc, _, err = site.export()
     assert rc == 0, err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from omero_cli_ext.export import manifest as manifest_io, state
+from omero_cli_ext.export import dest as dest_io, manifest as manifest_io, state
 
 
 class Refused(Exception):
@@ -26,6 +26,10 @@ class DestControl:
         state.Busy); move an old manifest out of DEST."""
         if self.root_fd is None:
             self.root_fd = state.open_root(self._root_path)
+            dest_st = os.fstat(dest_fd)
+            if (dest_st.st_dev, dest_st.st_ino) in dest_io.chain(self.root_fd):
+                raise state.StateError(f"{self._root_path} is inside DEST, where its owner "
+                                       "could move it: choose a state directory outside DEST")
         self.state_fd = state.open_for(self.root_fd, os.fstat(dest_fd), create)
         if self.state_fd is None:
             return

@@ -265,7 +265,7 @@ def place(fd: int, mounts: list) -> Optional[tuple]:
     return None
 
 
-def _chain(fd: int) -> list:
+def chain(fd: int) -> list:
     """(dev, ino) of the directory open as `fd` and of each directory above it, up to `/`."""
     chain = []
     current = os.dup(fd)
@@ -289,7 +289,7 @@ def check_apart(dest_fd: int, dest_text: str, repo_fd: int, repo_text: str,
     along both ancestor chains, by filesystem-relative path (bind mounts of any directory of
     the repository), and refusing any mount point below DEST. `inside_only` (for the parent of
     a DEST not made yet): only refuse a directory equal to or inside the repository."""
-    dest_chain, repo_chain = _chain(dest_fd), _chain(repo_fd)
+    dest_chain, repo_chain = chain(dest_fd), chain(repo_fd)
     if repo_chain[0] in dest_chain:
         raise DestError(f"DEST {dest_text} is inside the ManagedRepository ({repo_text}), "
                         "or is its root; choose a directory outside it")

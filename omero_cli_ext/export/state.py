@@ -19,6 +19,8 @@ import stat
 import time
 from typing import Callable, Optional
 
+from omero_cli_ext.export.dest import ancestor_problem
+
 ROOT_STATE_DIR = "/var/lib/omero-cli-ext/exports"
 LOCK_NAME = "lock"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -86,8 +88,12 @@ def open_root(path: str) -> int:
                 child = _open_child(fd, name, what, create=True)
             except OSError as err:
                 raise StateError(f"cannot open {what}: {err.strerror}") from None
+            problem = ancestor_problem(os.fstat(fd), os.fstat(child).st_uid, {os.geteuid()})
             os.close(fd)
             fd = child
+            if problem:
+                raise StateError(f"{os.path.dirname(what) or '/'}, above the state directory, "
+                                 f"is {problem}")
         _check_private(fd, path)
     except BaseException:
         os.close(fd)
