@@ -2,190 +2,42 @@
 the journal and its lock, the engine, and the results to rich / plain / JSON output."""
 from __future__ import annotations
 
-import collections
 import dataclasses
-import contextlib
 import os
 import re
 import shlex
-import signal
 import time
 
 from omero_cli_ext import server
 from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER, collector_paused,
                                     server_errors)
+from omero_cli_ext.cli.mv_session import (LoginRefused, MvOutput, Progress, login_without_exit,
+                                          terminate_as_interrupt)
 from omero_cli_ext.journal import JournalError, JournalLocked, open_journal
 from omero_cli_ext.mv import engine
 from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL,
                                      EXIT_RENDER_FAILED, EXIT_SRC_MISSING, EXIT_UNRESOLVED,
                                      EXIT_USAGE, EXIT_VERIFY_FAILED, MvError)
-from omero_cli_ext.mv.locations import ensure_control_dir, hand_over, repo_place
-from omero_cli_ext.mv.plan import FileFacts, Request, plan_for
+from omero_cli_ext.mv.locations import (journal_location, open_repo_journal, repo_place,
+                                        writer_lock)
+from omero_cli_ext.mv.plan import Request, plan_for
 from omero_cli_ext.mv.planfile import read_plan, write_plan
 from omero_cli_ext.mv.preflight import imports_check
-from omero_cli_ext.mv.progress import PhaseProgress, phase_bytes
-from omero_cli_ext.output import Output
+from omero_cli_ext.mv.serverfacts import facts_lookup, fileset_files
+from omero_cli_ext.mv.report import (abandon_text, done_text, job_summary, json_path, preview,
+                                     status_text, step_record, unresolved_record, unresolved_rows)
 from omero_cli_ext.workers import WorkerFailed, default_workers
 from omero_cli_ext.mv.store import JobStore
 from omero_cli_ext.mv.tree import canonical, fs_path, is_under, show
 
 FILESET_REF = re.compile(r"^Fileset:(\d+)$")
-PREVIEW_ROWS = 10
-
-
-class _MvOutput(Output):
-    """Output that survives a closed stdout (`| head`, a pager quit early): the first EPIPE
-    points stdout at /dev/null, says so on stderr, and the job goes on to its end (its exit
-    code still tells how it ended); nothing is lost but the rest of the listing."""
-
-    closed = False
-
-    def emit(self, record_type: str, **fields) -> None:
-        self._guarded(super().emit, record_type, **fields)
-
-    def info(self, text: str) -> None:
-        self._guarded(super().info, text)
-
-    def table(self, title, columns, rows) -> None:
-        self._guarded(super().table, title, columns, rows)
-
-    def warn(self, text: str) -> None:
-        try:
-            super().warn(text)
-        except (BrokenPipeError, ValueError):   # stderr closed too: nowhere left to say it
-            pass
-
-    def _guarded(self, write, *args, **kwargs) -> None:
-        if self.closed:
-            return
-        try:
-            write(*args, **kwargs)
-        except BrokenPipeError:
-            self.closed = True
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stdout.fileno())   # the interpreter's last flush succeeds
-            os.close(devnull)
-            self.warn("note: standard output was closed; the listing stops here and the "
-                      "command goes on to its end (its exit code tells how it ended)")
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (and SIGHUP: a closed terminal) stop the command like Ctrl-C: workers stopped,
-    journal marks written, the rerun advice printed, exit 30."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-    if threading_main():
-        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    else:
-        previous = {}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def threading_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
-class _Progress:
-    """The job's progress by phase (omero_cli_ext.mv.progress): a rich bar per phase on a
-    terminal (bytes with rate and time left while copying), otherwise a line on stderr at each
-    phase and every PROGRESS_SECONDS; with --json a "phase" object as each phase starts."""
-
-    PROGRESS_SECONDS = 10.0
-
-    def __init__(self, out, same_fs: bool):
-        self.out, self.same_fs = out, same_fs
-        self.model = PhaseProgress()
-        self._stack = contextlib.ExitStack()
-        self._bar = None
-        self._shown = 0.0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._stack.close()
-        return False
-
-    def phase(self, number: int, steps) -> None:
-        nbytes = phase_bytes(steps, copies=not self.same_fs)
-        self.model.phase(number, len(steps), nbytes)
-        if self.out.mode == "json":
-            self.out.emit("phase", **self.model.record())
-        elif self.out.mode == "rich":
-            self._stack.close()
-            self._bar = self._stack.enter_context(self.out.progress(
-                self.model.title, total=nbytes or len(steps), bytes_unit=bool(nbytes)))
-        else:
-            self._say()
-
-    def steps(self, count: int) -> None:
-        self.model.advance(steps=count)
-        if self._bar is not None and not self.model.bytes:
-            self._bar.advance(count)
-        self._tick()
-
-    def copied(self, count: int) -> None:
-        self.model.advance(nbytes=count)
-        if self._bar is not None and self.model.bytes:
-            self._bar.advance(count)
-        self._tick()
-
-    def _tick(self) -> None:
-        if self.out.mode == "plain" and time.monotonic() - self._shown >= self.PROGRESS_SECONDS:
-            self._say()
-
-    def _say(self) -> None:
-        self._shown = time.monotonic()
-        self.out.warn(self.model.line())
-
-
-class _LoginRefused(Exception):
-    def __init__(self, code, text):
-        super().__init__(text)
-        self.code = code
-
-
-@contextlib.contextmanager
-def _login_without_exit(ctx, prompt: bool):
-    """omero's login ends the command with its own codes (52 "stdin is not a terminal", 42
-    connection refused, 43 bad host, 12 bad password: they clash with ours) and may prompt.
-    Within this block its `die` raises _LoginRefused instead, and without `prompt` so does any
-    prompt."""
-    def refuse(rc, text, *_, **__):
-        raise _LoginRefused(rc, str(text).strip())
-
-    def no_prompt(prompt_text, *_, **__):
-        raise _LoginRefused(None, f"no stored session, and omero mv does not prompt here "
-                            f"({str(prompt_text).strip()})")
-    saved = {name: ctx.__dict__[name] for name in ("die", "input") if name in ctx.__dict__}
-    ctx.die = refuse
-    if not prompt:
-        ctx.input = no_prompt
-    try:
-        yield
-    finally:
-        for name in ("die", "input"):
-            ctx.__dict__.pop(name, None)
-        ctx.__dict__.update(saved)
-
-
-def _json_path(path):
-    if path is None:
-        return None
-    return path.decode("utf-8", "backslashreplace") if isinstance(path, bytes) else path
 
 
 class _Run:
     def __init__(self, control, args):
         self.ctx = control.ctx
         self.args = args
-        self.out = _MvOutput(json_mode=bool(args.json))
+        self.out = MvOutput(json_mode=bool(args.json))
         self.port = None
         self.job = None   # the journaled job, once there is one
 
@@ -245,9 +97,9 @@ class _Run:
             return
         optional = not needs_server and bool(a.repo)
         try:
-            with _login_without_exit(self.ctx, prompt=not optional):
+            with login_without_exit(self.ctx, prompt=not optional):
                 self.port = server.open_port(self.ctx, a)
-        except (server.ServerError, _LoginRefused) as err:
+        except (server.ServerError, LoginRefused) as err:
             if not optional:
                 self.die(EXIT_SERVER, f"cannot reach the server: {err}; nothing was changed"
                          + ("" if a.repo or needs_server else
@@ -321,16 +173,8 @@ class _Run:
 
     def fileset_request(self, fileset_id: int, repo: bytes, dst: bytes, checksums: bool) -> Request:
         self.need_offload_rights()
-        fileset = self.readable_fileset(fileset_id)
-        prefix = fileset.template_prefix
-        files = []
-        for entry in fileset.entries:
-            repo_path = entry.original_file.repo_path
-            rel = repo_path[len(prefix):] if repo_path.startswith(prefix) else repo_path
-            files.append((os.path.join(repo, os.fsencode(repo_path.lstrip("/"))),
-                          os.fsencode(rel.lstrip("/"))))
-        return Request("offload", repo, src=os.path.join(repo, os.fsencode(prefix.rstrip("/"))),
-                       dst=dst, fileset=fileset_id, fileset_files=tuple(files),
+        src, files = fileset_files(self.readable_fileset(fileset_id), repo)
+        return Request("offload", repo, src=src, dst=dst, fileset=fileset_id, fileset_files=files,
                        checksums=checksums, force=self.args.force)
 
     def readable_fileset(self, fileset_id: int):
@@ -346,28 +190,7 @@ class _Run:
 
     def facts_for(self, repo: bytes):
         """Server facts (fileset, owner, size, hash) for repository paths, when there is a server."""
-        port = self.port
-        if port is None:
-            return lambda paths: {}
-
-        def lookup(paths):
-            wanted = {}
-            for path in paths:
-                if is_under(path, repo):
-                    wanted[os.fsdecode(path[len(repo.rstrip(b"/")) + 1:])] = path
-            if not wanted:
-                return {}
-            try:
-                found = port.files_by_repo_paths(list(wanted))
-                owners = {f.id: f.owner_name for f in port.filesets(
-                    {fid for fid, _ in found.values() if fid is not None}).values()}
-            except server.ServerError as err:
-                self.out.warn(f"note: the server did not answer ({err}); continuing without "
-                              "server information")
-                return {}
-            return {wanted[p]: FileFacts(fid, owners.get(fid), f.size, f.hasher, f.hash, f.id)
-                    for p, (fid, f) in found.items() if p in wanted}
-        return lookup
+        return facts_lookup(self.port, repo, self.out.warn)
 
     def imports_check(self):
         return imports_check(self.port) if self.port is not None else None
@@ -393,64 +216,30 @@ class _Run:
 
     # --- output
     def show_plan(self, plan) -> None:
-        summary = plan.summary()
         if self.out.mode == "json":
             for step in plan.steps:
-                self.emit_step(step, planned=True)
-            self.out.emit("plan", **summary, notes=plan.notes,
-                          unresolved_links=[self.unresolved_json(u) for u in plan.unresolved])
+                self.out.emit("action", **step_record(step, planned=True))
+            self.out.emit("plan", **plan.summary(), notes=plan.notes,
+                          unresolved_links=[unresolved_record(u) for u in plan.unresolved])
             return
-        kinds = ", ".join(f"{n} {k}" for k, n in summary["by_kind"].items()) or "nothing to do"
-        self.out.info(f"plan ({summary['mode']}): {kinds}; "
-                      f"{'same filesystem' if plan.same_fs else 'across filesystems'}; "
-                      f"{summary['bytes_to_copy']} bytes to copy")
-        links = [s for s in plan.steps if s.kind in ("retarget", "swap", "materialize")]
-        if links:
-            self.out.info(f"link changes: first {min(PREVIEW_ROWS, len(links))} of {len(links)}")
-            self.out.table("", ("action", "link", "now", "after"),
-                           [(s.kind, show(s.path), show(s.old or s.path),
-                             show(s.new or s.other or b"")) for s in links[:PREVIEW_ROWS]])
-        files = [s for s in plan.steps if s.kind == "place"]
-        if files:
-            self.out.info(f"file placements: first {min(PREVIEW_ROWS, len(files))} of "
-                          f"{len(files)}")
-            self.out.table("", ("path", "from"),
-                           [(show(s.path), show(s.other)) for s in files[:PREVIEW_ROWS]])
+        headline, tables = preview(plan)
+        self.out.info(headline)
+        for title, columns, rows in tables:
+            self.out.info(title)
+            self.out.table("", columns, rows)
         for note in plan.notes:
             self.out.info("note: " + note)
         self.show_unresolved(plan.unresolved)
-
-    def unresolved_json(self, entry: dict) -> dict:
-        return {k: ([_json_path(c) for c in v] if k == "candidates" else _json_path(v))
-                for k, v in entry.items()}
 
     def show_unresolved(self, unresolved) -> None:
         if not unresolved:
             return
         if self.out.mode == "json":
             for entry in unresolved:
-                self.out.emit("unresolved", **self.unresolved_json(entry))
+                self.out.emit("unresolved", **unresolved_record(entry))
             return
         self.out.table(f"{len(unresolved)} link(s) left as they are", ("link", "target", "why"),
-                       [(show(u["link"]), show(u.get("target") or b""), u["reason"])
-                        for u in unresolved])
-
-    def emit_step(self, step, planned: bool = False) -> None:
-        if self.out.mode != "json":
-            return
-        fields = {"action": step.kind, "seq": step.seq, "path": _json_path(step.path),
-                  "state": "planned" if planned else step.state}
-        for name in ("other", "old", "new"):
-            value = getattr(step, name)
-            if value is not None:
-                fields[name] = _json_path(value)
-        if step.size is not None:
-            fields["size"] = step.size
-        if step.fileset is not None:
-            fields["fileset"] = step.fileset
-        if step.note:
-            fields["note"] = step.note
-        self.out.emit("action", **fields)
+                       unresolved_rows(unresolved))
 
     # --- the run
     def run(self) -> None:
@@ -490,23 +279,13 @@ class _Run:
         self.die(EXIT_INTERRUPTED, message)
 
     def journal_location(self) -> str:
-        return self.args.journal or os.fsdecode(self.place.default_journal)
+        return journal_location(self.place, self.args.journal)
 
     def writer_lock(self, journal):
-        """The one-mv-per-repository lock: in the control directory (SQLite journals, whatever
-        --journal says), or the PostgreSQL journal's advisory lock."""
-        if journal.backend == "sqlite":
-            directory = os.fsdecode(ensure_control_dir(self.place))
-            return journal.writer_lock(self.place.lock_name, directory=directory)
-        return journal.writer_lock(f"omero mv {os.fsdecode(self.place.root)}")
+        return writer_lock(self.place, journal)
 
     def open_journal(self):
-        location = self.journal_location()
-        if not self.args.journal:
-            ensure_control_dir(self.place)
-        journal = open_journal(location)
-        hand_over(self.place)
-        return journal
+        return open_repo_journal(self.place, self.args.journal)
 
     def run_in_repo(self, mode: str, repo: bytes) -> None:
         if mode == "abandon":
@@ -518,7 +297,6 @@ class _Run:
         journal = self.open_journal()
         try:
             with self.writer_lock(journal):
-                hand_over(self.place)
                 store = JobStore(journal)
                 if mode == "execute-plan":
                     plan, _ = read_plan(self.args.execute_plan, (self.place.dev, self.place.ino))
@@ -583,18 +361,7 @@ class _Run:
         if found is None:
             self.out.info(f"no unfinished job for {show(repo)} (journal {location})")
             return
-        who = found["started_by"] or {}
-        running = found["running"]
-        self.out.info(
-            f"job {found['job']}: {found['command']}\n"
-            f"  started {found['created']} by {who.get('user', '?')} on {who.get('host', '?')}\n"
-            f"  phase {found['phase_number']} of 5, {found['phase']}: "
-            f"{found['phase_steps_done']} of {found['phase_steps']} steps; "
-            f"{found['steps_done']} of {found['steps']} in all\n"
-            f"  journal {location}\n"
-            + (f"  running now: process {running['pid']} on {running['host']} since "
-               f"{running['since']}" if running else
-               "  no command runs it now: rerun its command to finish it, or --abandon"))
+        self.out.info(status_text(found, location))
 
     def abandon(self, repo: bytes) -> None:
         location = self.journal_location()
@@ -612,18 +379,8 @@ class _Run:
             self.out.emit("abandoned", job=None)
             self.out.info("no unfinished job for this repository")
             return
-        self.out.emit("abandoned", **{k: _json_path(v) for k, v in left.items()})
-        self.out.info(
-            f"abandoned job {left['job']}: {left['command']}\n"
-            f"left as they are (every link resolves, to the old or the new copy):\n"
-            f"  {left['links_changed']} link(s) already point at the new place, "
-            f"{left['links_unchanged']} still at the old one\n"
-            f"  {left['placed_left']} file(s) and link(s) placed at the destination"
-            + (f" (under {show(left['destination'])})" if left['destination'] else "")
-            + f"\n  {left['sources_left']} source(s) not removed\n"
-            f"  {left['temporaries_removed']} temporary file(s) of the job removed\n"
-            "Remove what you no longer need by hand: a file is no longer needed once no "
-            "repository link points at it.")
+        self.out.emit("abandoned", **{k: json_path(v) for k, v in left.items()})
+        self.out.info(abandon_text(left))
 
     def execute(self, store, prepared, request) -> None:
         started = time.monotonic()
@@ -638,12 +395,12 @@ class _Run:
         for note in prepared.notes:
             self.out.warn("note: " + note)
         failures = []
-        with _Progress(self.out, prepared.job.same_fs if prepared.job else True) as progress:
+        with Progress(self.out, prepared.job.same_fs if prepared.job else True) as progress:
             def on_steps(steps):
                 progress.steps(len(steps))
                 if self.out.mode == "json":
                     for step in steps:
-                        self.emit_step(step)
+                        self.out.emit("action", **step_record(step))
             try:
                 failures = engine.execute(store, prepared, checksums=request.checksums,
                                           on_steps=on_steps, workers=request.workers,
@@ -657,20 +414,15 @@ class _Run:
                                   f"after fixing the cause, rerun: {self.command_line()}") from err
                 raise
         steps = prepared.steps
-        done = collections.Counter(s.kind for s in steps if s.state == "done")
         skipped = [s for s in steps if s.state == "skipped"]
-        links_changed = done["retarget"] + done["swap"] + done["materialize"]
-        summary = {"job": prepared.job.id if prepared.job else None, "mode": request.mode,
-                   "resumed": prepared.resumed, "links_changed": links_changed,
-                   "files_placed": done["place"], "sources_removed": done["unlink"],
-                   "skipped": len(skipped), "verified": links_changed - len(failures),
-                   "verify_failures": len(failures), "unresolved": len(prepared.unresolved),
-                   "seconds": round(time.monotonic() - started, 3)}
+        summary = job_summary(prepared.job.id if prepared.job else None, request.mode,
+                              prepared.resumed, steps, failures, len(prepared.unresolved),
+                              time.monotonic() - started)
         for step in skipped:
             self.out.warn(f"skipped {step.kind} {show(step.path)}: {step.note}")
         self.show_unresolved(prepared.unresolved)
         for failure in failures:
-            self.out.emit("verify_failure", link=_json_path(failure["link"]),
+            self.out.emit("verify_failure", link=json_path(failure["link"]),
                           problem=failure["problem"])
             self.out.warn(f"verification failed: {show(failure['link'])}: {failure['problem']}")
         render = self.render_check(steps) if self.render_checking() else None
@@ -678,12 +430,7 @@ class _Run:
             summary["render_check"] = render
         self.out.emit("summary", **summary)
         if self.out.mode != "json":
-            self.out.info(f"done: {summary['links_changed']} link(s) changed, "
-                          f"{summary['files_placed']} file(s) placed, "
-                          f"{summary['sources_removed']} source(s) removed, "
-                          f"{summary['verified']} verified"
-                          + (f", {summary['unresolved']} unresolved" if prepared.unresolved
-                             else ""))
+            self.out.info(done_text(summary))
         if failures:
             self.die(EXIT_VERIFY_FAILED, f"{len(failures)} link(s) failed verification (listed "
                      "above); the journal keeps the job's record")
@@ -717,5 +464,5 @@ class _Run:
 
 
 def run_mv(control, args) -> None:
-    with collector_paused(), _terminate_as_interrupt():
+    with collector_paused(), terminate_as_interrupt():
         _Run(control, args).run()

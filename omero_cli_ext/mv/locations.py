@@ -11,9 +11,11 @@ per-user fallback: a journal another user's run cannot see would let two jobs ru
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass
+from typing import Optional
 
 from omero_cli_ext.mv.errors import EXIT_JOURNAL, MvError
 from omero_cli_ext.mv.tree import show
@@ -97,6 +99,36 @@ def hand_over(place: RepoPlace) -> None:
                 continue
     finally:
         os.close(fd)
+
+
+def journal_location(place: RepoPlace, given: Optional[str]) -> str:
+    """`--journal` when given, else the repository's default journal."""
+    return given or os.fsdecode(place.default_journal)
+
+
+def open_repo_journal(place: RepoPlace, given: Optional[str]):
+    """The job journal, its control directory made first when it is the default one."""
+    from omero_cli_ext.journal import open_journal
+    if not given:
+        ensure_control_dir(place)
+    journal = open_journal(journal_location(place, given))
+    hand_over(place)
+    return journal
+
+
+@contextlib.contextmanager
+def writer_lock(place: RepoPlace, journal):
+    """The one-mv-per-repository lock: in the control directory for SQLite journals (whatever
+    --journal says; the lock file handed to the repository's owner when root made it), else
+    the PostgreSQL journal's advisory lock on the resolved root."""
+    if journal.backend != "sqlite":
+        with journal.writer_lock(f"omero mv {os.fsdecode(place.root)}"):
+            yield
+        return
+    directory = os.fsdecode(ensure_control_dir(place))
+    with journal.writer_lock(place.lock_name, directory=directory):
+        hand_over(place)
+        yield
 
 
 def _unusable(place: RepoPlace, why: str) -> MvError:
