@@ -9,6 +9,7 @@ slip through. `SelfOpener` does the same in-process when the exporter already is
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 from typing import Optional
@@ -55,11 +56,16 @@ class ReaderProcess:
             code = 1
             try:
                 keep = child.fileno()
+                null = os.open(os.devnull, os.O_RDWR)
+                for std in (0, 1, 2):         # nothing of root's stdio for the user's process
+                    os.dup2(null, std)
                 os.closerange(3, keep)
                 os.closerange(keep + 1, 1 << 16)
+                _not_dumpable()               # she may not ptrace it, whatever suid_dumpable says
                 os.setgroups(gids)
                 os.setresgid(gid, gid, gid)
                 os.setresuid(uid, uid, uid)
+                _not_dumpable()
                 os.chdir("/")
                 _serve(child)
                 code = 0
@@ -112,6 +118,14 @@ class ReaderProcess:
                 except ProcessLookupError:
                     pass
             os.waitpid(self._pid, 0)
+
+
+def _not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): no ptrace, no /proc/<pid>/fd for other processes of the uid."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)    # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        pass
 
 
 def _serve(sock) -> None:
