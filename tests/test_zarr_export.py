@@ -347,6 +347,15 @@ def test_refusals_fileset_objects_other_users_dest_and_all_missing(world, tmp_pa
     assert rc == 3 and "export of 'alice'" in err
     rc, _out, err = export(world, dest, "Dataset:%d" % world.dataset, extra=["--chunk", "256"])
     assert rc == 3 and "--chunk 1024" in err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rc, _out, err = export(world, afile, "Dataset:%d" % world.dataset)
+    assert rc == 3 and afile.read_text() == "x"
+    inside = os.path.join(world.sim.repo_dir, "zarr")
+    rc, _out, err = export(world, inside, "Dataset:%d" % world.dataset)
+    assert rc == 3 and not os.path.exists(inside)
+    rc, _out, err = export(world, tmp_path / "no" / "parent", "Dataset:%d" % world.dataset)
+    assert rc == 3 and "parent" in err
 
 
 def test_a_second_run_on_the_same_dest_is_refused(world, tmp_path):
@@ -356,7 +365,7 @@ def test_a_second_run_on_the_same_dest_is_refused(world, tmp_path):
     with open(dest / ".omero-cli-ext-zarr.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         rc, _out, err = export(world, dest, "Dataset:%d" % world.dataset)
-    assert rc == 3 and "another export is writing this DEST" in err
+    assert rc == 9 and "another export is writing this DEST" in err
     assert os.listdir(dest) == [".omero-cli-ext-zarr.lock"]
 
 

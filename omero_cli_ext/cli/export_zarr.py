@@ -3,8 +3,9 @@
 Checks what can be checked before the first change to disk (options, objects, DEST, its index,
 a second run on the same DEST), then hands the plan to `omero_cli_ext.zarr.writer.Writer`.
 Exit codes (docs/export.md, shared with --originals where the meaning is the same): 0 done;
-2 bad arguments; 3 DEST unusable or busy; 5 some objects unknown or unreadable; 6 DEST full;
-7 some images failed; 9 interrupted (Ctrl-C, closed stdout): rerun to continue; 20/21/22 shared.
+2 bad arguments; 3 DEST unusable; 5 some objects unknown or unreadable; 6 DEST full; 7 some
+images failed; 9 another run is writing DEST; 10 interrupted (Ctrl-C, closed stdout): rerun to
+continue; 20/21/22 shared.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import sys
 from omero_cli_ext import fsops
 from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, open_port, output_for,
                                     server_errors)
-from omero_cli_ext.cli.export_originals import (EXIT_DEST, EXIT_FULL, EXIT_NOT_EXPORTED,
-                                                EXIT_SOME_MISSING, check_dest, open_dest)
+from omero_cli_ext.cli.export_originals import (EXIT_BUSY, EXIT_DEST, EXIT_FULL,
+                                                EXIT_NOT_EXPORTED, EXIT_SOME_MISSING,
+                                                check_apart, open_existing_dest)
+from omero_cli_ext.export import dest as dest_io
 from omero_cli_ext.export.plan import BadObject, format_ref, parse_objects
 from omero_cli_ext.output import printable
 from omero_cli_ext.zarr import LAYOUTS
@@ -25,7 +28,7 @@ from omero_cli_ext.zarr import index as index_io
 from omero_cli_ext.zarr import plan as zplan
 from omero_cli_ext.zarr.writer import Options, Writer
 
-EXIT_INTERRUPTED = 9
+EXIT_INTERRUPTED = 10
 ORIGINALS_ONLY = (("link", "auto"), ("repo", None), ("owner", None), ("owner_map", None),
                   ("verify", False))
 
@@ -62,7 +65,28 @@ def _lock(ctx, dest_fd):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        ctx.die(EXIT_DEST, "another export is writing this DEST; wait for it to end")
+        ctx.die(EXIT_BUSY, "another export is writing this DEST; wait for it to end")
+    return fd
+
+
+def _create_dest(ctx, dest: str, mode: int, roots) -> int:
+    """DEST made (its parent must exist), resolved without following symlinks and kept apart
+    from the ManagedRepository by device and inode (export.dest, as for --originals)."""
+    parent_fd = open_existing_dest(ctx, os.path.dirname(dest), None)
+    if parent_fd is None:
+        ctx.die(EXIT_DEST, "the parent of DEST %s does not exist" % printable(dest))
+    try:
+        check_apart(ctx, parent_fd, dest, roots, inside_only=True)
+    finally:
+        os.close(parent_fd)
+    try:
+        fd = dest_io.open_dest(dest, create=True, mode=mode)[0]
+    except dest_io.DestError as err:
+        ctx.die(EXIT_DEST, "DEST unusable: %s" % err)
+    except OSError as err:
+        ctx.die(EXIT_FULL if err.errno in (28, 122) else EXIT_DEST,
+                "cannot create DEST: %s" % err.strerror)
+    check_apart(ctx, fd, dest, roots)
     return fd
 
 
@@ -113,7 +137,10 @@ def run_export(control, args):
                 acting = port.sudo(args.as_user)
             user = acting.current_user()
             repository = acting.repository()
-            check_dest(ctx, dest, [repository.root])
+            roots = [repository.root]
+            dest_fd = open_existing_dest(ctx, dest, None)
+            if dest_fd is not None:
+                check_apart(ctx, dest_fd, dest, roots)
             image_ids, plate_ids, missing = zplan.resolve(acting, refs)
             for ref in missing:
                 out.emit("object_missing", object=format_ref(ref))
@@ -123,8 +150,9 @@ def run_export(control, args):
             plates = acting.plates(plate_ids) if plate_ids else {}
             field_ids = {i for p in plates.values() for w in p.wells for i, _a in w.fields}
             pixels = acting.pixels_info(sorted(set(image_ids) | field_ids))
-            if not args.dry_run or os.path.isdir(dest):
-                dest_fd = open_dest(ctx, dest, args.dir_mode, None, [repository.root])
+            if dest_fd is None and not args.dry_run:
+                dest_fd = _create_dest(ctx, dest, args.dir_mode, roots)
+            if dest_fd is not None:
                 lock_fd = _lock(ctx, dest_fd)
             index = _load_index(ctx, dest_fd, args, repository.uuid, user.name)
             plan = zplan.build(pixels, plates, image_ids, plate_ids, args.layout, args.chunk,
