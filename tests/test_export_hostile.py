@@ -257,6 +257,26 @@ def test_a_state_directory_inside_dest_is_refused(site):
     assert rc == 3 and "inside DEST" in err, err
 
 
+@pytest.mark.parametrize("link", ["hard", "copy", "download", "sym"])
+def test_symlinks_planted_in_dest_are_never_followed(site, link):
+    rc, _, err = site.export(extra=["--link", link])
+    assert rc == 0, err
+    # she swaps an exported directory for a symlink to /etc, deletes an entry below it so the
+    # next run wants to make it again, and plants a link where a new directory will go
+    as_alice(site, "mv", os.path.join(site.dest, "run"), os.path.join(site.dest, "run.old"))
+    as_alice(site, "ln", "-s", site.etc, os.path.join(site.dest, "run"))
+    as_alice(site, "ln", "-s", site.etc, os.path.join(site.dest, "new"))
+    path = Site._file(os.path.join(site.base, "more", "new", "n.fake"), b"new one", 0o644)
+    site.sim.import_fileset("i12alice", [path], target=("Dataset", site.dataset))
+    before = site.outside()
+    rc, out, err = site.export(extra=["--sync", "--link", link])
+    assert rc == 7, err
+    assert site.outside() == before
+    assert {r["path"] for r in records(out, "left_alone") + records(out, "failed")} >= {
+        "run/a.fake", "new/n.fake"}
+    assert sorted(os.listdir(site.etc)) == ["shadow", "suid"]
+
+
 def test_one_run_per_dest(site):
     rc, _, err = site.export()
     assert rc == 0, err
