@@ -3,9 +3,9 @@
 Prints, per size, the time to the first full screen (one snapshot read through the port, classified
 and rendered as the `--watch` view of a 50-line terminal) and the server round trips of that snapshot.
 The simulated server counts a round trip per call the real adapter makes: a few queries per page of
-500 fileset ids, never one per finished import, but two per live import process (getHandle and
-getRequest; every 50th import here is still running). Target: first screen < 1 s at 10 000
-imports.
+fileset ids, never one per import; listImports is one call (the processes of other sessions are
+never asked), and imports in a server step (every 50th here) add one call for the repository root
+(their logs are looked at on disk). Target: first screen < 1 s at 10 000 imports.
 
     .venv/bin/python benchmarks/status_imports.py [--sizes 1000,5000,10000] [--root DIR]
 """

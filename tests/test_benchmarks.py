@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("export_originals.py", ["--files", "200", "--repeat", "1"],
      ["ratio export / cp -al", "floor, 1 process", "floor, 2 processes", "server round trips"]),
     ("status_imports.py", ["--sizes", "100"], ["first full screen", "round trips"]),
+    ("adapter_scale.py", ["--files", "30", "--filesets", "40"], ["round trips", "largest answer"]),
     ("import_resume.py", ["--filesets", "100"], ["driver overhead"]),
     ("export_zarr.py", ["--images", "1", "--size", "1100"],
      ["ratio export / zarr from memory", "peak memory"]),

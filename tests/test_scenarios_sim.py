@@ -26,8 +26,8 @@ class SimWorld:
         self.sim.add_group(name, perms)
         return name
 
-    def add_user(self, name, groups, *, admin=False):
-        self.sim.add_user(name, list(groups), admin=admin)
+    def add_user(self, name, groups, *, admin=False, leads=()):
+        self.sim.add_user(name, list(groups), admin=admin, leads=list(leads))
         return name
 
     def add_dataset(self, name, owner, group, *, project=None):

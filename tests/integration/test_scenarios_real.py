@@ -44,7 +44,7 @@ class RealWorld:
         self.admin.createGroup(group)
         return group.name.val
 
-    def add_user(self, name, groups, *, admin=False):
+    def add_user(self, name, groups, *, admin=False, leads=()):
         from omero.model import ExperimenterI
         from omero.rtypes import rbool, rstring
         user = ExperimenterI()
@@ -55,7 +55,10 @@ class RealWorld:
         others.append(self.admin.lookupGroup("user"))
         if admin:
             others.append(self.admin.lookupGroup("system"))
-        self.admin.createExperimenterWithPassword(user, rstring(PASSWORD), default, others)
+        uid = self.admin.createExperimenterWithPassword(user, rstring(PASSWORD), default, others)
+        for group in leads:   # IAdmin.addGroupOwners: a PI of that group
+            self.admin.addGroupOwners(self.admin.lookupGroup(group),
+                                      [self._omero.model.ExperimenterI(uid, False)])
         return user.omeName.val
 
     def _session(self, user: str):
