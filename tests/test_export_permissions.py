@@ -1,16 +1,17 @@
 """Property: the exported set is exactly what OMERO's rules let the acting user read and download.
 
 The expectation is computed here from the rules as OMERO documents them (DESIGN.md §3), not from
-the simulated server's code: admins (full or restricted) read everything; a member of a group reads
-all of a non-private group and only their own in a private one; non-members read nothing; a
-BINARYACCESS restriction withholds the bytes from everyone but the owner and admins.
+the simulated server's code: admins (full or restricted) read everything; a group leader (PI)
+reads everything in the groups they lead, private ones included; a member of a group reads all of
+a non-private group and only their own in a private one; non-members read nothing; a BINARYACCESS
+restriction withholds the bytes from everyone but the owner, the group's leaders and admins.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from omero_cli_ext.server import GROUP_LEVELS
@@ -19,7 +20,7 @@ from test_export_world import export, manifest, records
 
 LEVELS = sorted(GROUP_LEVELS.values())
 MEMBERS = ("u1", "u2")
-ACTORS = ("u1", "u2", "outsider", "admin", "radmin")
+ACTORS = ("u1", "u2", "pi", "outsider", "admin", "radmin")
 
 
 @st.composite
@@ -34,21 +35,32 @@ def worlds(draw):
     restricted_groups = draw(st.sets(st.sampled_from(sorted(groups))))
     server_wide = draw(st.booleans()) and draw(st.booleans())
     actor = draw(st.sampled_from(ACTORS))
-    return groups, membership, filesets, restricted_groups, server_wide, actor
+    led = draw(st.sets(st.sampled_from(sorted(groups)), min_size=1))
+    return groups, membership, filesets, restricted_groups, server_wide, actor, led
 
 
-def allowed(actor, owner, group, level, membership, restricted_groups, server_wide) -> bool:
+def allowed(actor, owner, group, level, membership, restricted_groups, server_wide, led) -> bool:
     admin = actor in ("admin", "radmin")
+    leader = actor == "pi" and group in led
     member = group in membership.get(actor, set())
-    readable = admin or (member and (level != "rw----" or actor == owner))
-    withheld = (server_wide or group in restricted_groups) and not admin and actor != owner
+    readable = admin or leader or (member and (level != "rw----" or actor == owner))
+    withheld = (server_wide or group in restricted_groups) and not (admin or leader) \
+        and actor != owner
     return readable and not withheld
+
+
+# the group leader's own cases, always run: a private group's files of another user, and a
+# BINARYACCESS-restricted group's, that a PI reads and a plain member does not
+PI_WORLD = ({f"g{i}": level for i, level in enumerate(LEVELS)}, {"u1": {"g0"}, "u2": {"g0", "g1"}},
+            [("u1", "g0", 1), ("u2", "g1", 1)], {"g1"}, False)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
+@example(PI_WORLD + ("pi", {"g0", "g1"}))
+@example(PI_WORLD + ("u2", {"g0", "g1"}))
 def test_exported_set_is_exactly_what_the_rules_allow(world):
-    groups, membership, filesets, restricted_groups, server_wide, actor = world
+    groups, membership, filesets, restricted_groups, server_wide, actor, led = world
     with tempfile.TemporaryDirectory() as tmp:
         sim = SimServer(os.path.join(tmp, "sim"))
         for name, level in groups.items():
@@ -57,6 +69,7 @@ def test_exported_set_is_exactly_what_the_rules_allow(world):
         for user in MEMBERS:
             sim.add_user(user, sorted(membership[user]))
         sim.add_user("outsider", ["elsewhere"])
+        sim.add_user("pi", ["elsewhere"] + sorted(led), leads=sorted(led))
         sim.add_user("admin", ["elsewhere"], admin=True)
         sim.add_user("radmin", ["elsewhere"], admin=True, privileges={"ReadSession"})
         expected, ids = set(), []
@@ -71,7 +84,7 @@ def test_exported_set_is_exactly_what_the_rules_allow(world):
             fid = sim.import_fileset(owner, paths, group=group)
             ids.append(fid)
             if allowed(actor, owner, group, groups[group], membership, restricted_groups,
-                       server_wide):
+                       server_wide, led):
                 expected |= {r[0] for r in sim.query(
                     "SELECT originalFile FROM FilesetEntry WHERE fileset = ?", (fid,))}
         for group in restricted_groups:
