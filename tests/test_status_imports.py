@@ -98,6 +98,43 @@ def test_a_client_that_died_mid_upload_stalls_after_the_delay(sim):
     assert out.startswith("STALLED - ") and "fileset %d (alice" % fid in out and out.count("\n") == 1
 
 
+def test_a_long_first_step_stays_active_while_its_log_grows_and_is_never_failed(sim):
+    """Step 1 records nothing in the database until it ends; the importer closed its process
+    right after verifyUpload. Only the import log on disk tells the server works."""
+    fid = sim.import_fileset("alice", files(sim, "plate.fake"), steps=0)
+    for _ in range(6):                       # an hour and a half of setId on a big plate
+        sim.advance(15 * MINUTE)
+        sim.grow_import_log(fid)
+        rc, imports, _, _ = status(sim)
+        assert (imports[fid]["stage"], imports[fid]["state"]) == ("processing", "active")
+        assert "import log" in imports[fid]["reason"] and "on disk, grew 0s ago" in imports[fid]["reason"]
+    rc, out, _ = run_cli(sim.root, ["status", "imports", "--check"], user="alice")
+    assert (rc, out.split(" - ")[0]) == (0, "OK")
+    sim.advance(16 * MINUTE)                 # the log stops growing: stalled, not failed
+    _, imports, _, _ = status(sim)
+    assert (imports[fid]["stage"], imports[fid]["state"]) == ("processing", "stalled")
+    sim.advance(24 * 3600)
+    assert status(sim, "--since", "7d")[1][fid]["state"] == "stalled"
+    sim.advance_import(fid)                  # the step ends: images, the size saved
+    assert stage_state(sim, fid, "--since", "7d") == ("pixel data", "active")
+
+
+def test_growth_read_through_rawfilestore_is_remembered_between_runs(sim):
+    """A client that cannot read the repository compares RawFileStore sizes with its last look."""
+    sim.set_reported_root("/nonexistent/ManagedRepository")
+    fid = sim.import_fileset("alice", files(sim, "plate.fake"), steps=0)
+    sim.advance(20 * MINUTE)
+    sim.grow_import_log(fid)
+    first = status(sim)[1][fid]
+    assert first["state"] == "stalled" and first["reason"].endswith("via RawFileStore, first look)")
+    sim.advance(5 * MINUTE)
+    sim.grow_import_log(fid)                 # grew since the last look: active now
+    grown = status(sim)[1][fid]
+    assert grown["state"] == "active" and "via RawFileStore, grew 0s ago" in grown["reason"]
+    sim.advance(16 * MINUTE)                 # unchanged since that look: stalled after the delay
+    assert status(sim)[1][fid]["state"] == "stalled"
+
+
 def test_check_with_json_is_one_record(sim):
     sim.import_fileset("alice", files(sim, "ok.fake"))
     rc, out, err = run_cli(sim.root, ["status", "imports", "--check", "--json"], user="alice")

@@ -80,3 +80,17 @@ def test_memory_forgets_only_this_repositorys_unseen_logs():
     memory.look("b/1", 5, T0)
     memory.keep_only("a/", {"a/2"})
     assert set(memory.seen) == {"a/2", "b/1"}
+
+
+def test_a_log_path_leaving_the_repository_or_not_a_file_is_never_looked_at_on_disk(tmp_path):
+    """An owner may edit their own OriginalFile rows: `..`, or a link planted in the repository,
+    must not make a privileged status reveal another file's size and mtime."""
+    (tmp_path / "repo" / "u").mkdir(parents=True)
+    (tmp_path / "secret").write_bytes(b"s" * 99)
+    os.symlink(str(tmp_path / "secret"), str(tmp_path / "repo" / "u" / "x.log"))
+    port = Port({10: 5, 20: 6, 30: 7})
+    probes = logwatch.probe_logs(
+        port, Repository("uuid", str(tmp_path / "repo")),
+        [(1, log(10, "../secret")), (2, log(20, "u/x.log")), (3, log(30, "u/./../../secret"))],
+        T0, logwatch.SizeMemory())
+    assert {p.source for p in probes.values()} == {"server"} and port.asked == [[10, 20, 30]]

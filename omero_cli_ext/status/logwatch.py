@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import stat
 from typing import Mapping, Optional, Sequence
 
 from omero_cli_ext.status.classify import LogProbe
@@ -76,15 +77,28 @@ class SizeMemory:
         self._saved = dict(self.seen)
 
 
+def _stat_in_repository(root: str, repo_path: str):
+    """lstat of a regular file below `root`, or None. The path comes from the database, where an
+    owner may edit their own OriginalFile rows: a `..` component or a non-regular file (a link
+    planted to read another file's size and mtime) is never looked at on disk."""
+    parts = repo_path.strip("/").split("/")
+    if not repo_path or any(p in ("", ".", "..") for p in parts):
+        return None
+    try:
+        st = os.lstat(os.path.join(root, *parts))
+    except (OSError, ValueError):
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
 def probe_logs(port, repository, candidates: Sequence[tuple], now: _dt.datetime,
                memory: SizeMemory) -> Mapping[int, LogProbe]:
     """LogProbe per fileset id of `candidates` ((fileset id, ImportLog) pairs, newest first)."""
     probes: dict = {}
     remote = []
     for fileset_id, log in candidates:
-        try:
-            st = os.lstat(os.path.join(repository.root, log.repo_path.lstrip("/")))
-        except (OSError, ValueError):
+        st = _stat_in_repository(repository.root, log.repo_path)
+        if st is None:
             remote.append((fileset_id, log))
             continue
         probes[fileset_id] = LogProbe(size=st.st_size, source="disk",
