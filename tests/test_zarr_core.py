@@ -210,3 +210,14 @@ def test_a_fifo_planted_as_a_document_fails_the_image_instead_of_hanging(tmp_pat
     os.mkfifo(image_dir / ".zgroup")
     result, events, _ = run_writer(tmp_path, FakePort())
     assert [e[0] for e in events] == ["failed"] and ".zgroup" in result.failed[0][1]
+
+
+def test_the_fake_importer_counts_images_and_plates_as_fakereader(tmp_path):
+    from sim.fake_importer import find_candidates
+    spw = tmp_path / "SPW&plates=1&plateRows=2&plateCols=2&fields=3.fake"
+    multi = tmp_path / "img&series=3&sizeX=20.fake"
+    for path in (spw, multi):
+        path.write_text("")
+    found = {os.path.basename(c.main): (c.spw, c.images) for c in find_candidates(
+        [str(spw), str(multi)])}
+    assert found == {spw.name: (True, 12), multi.name: (False, 3)}

@@ -89,3 +89,24 @@ def test_kill_9_at_ten_random_moments_then_rerun_is_byte_identical(tmp_path):
                if json.loads(line)["type"] == "image"}
     assert actions <= {"kept", "resumed", "written"}
     assert tree(dest) == expected
+
+
+def test_ctrl_c_ends_cleanly_with_exit_10_and_the_rerun_completes(tmp_path):
+    world = make_world(tmp_path)
+    obj = "Project:%d" % world.project
+    dest = str(tmp_path / "dest")
+    proc = start(world.sim.root, dest, obj, workers=2)
+    while len(chunk_files(dest)) < 20 and proc.poll() is None:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 10, err
+    assert b"Traceback" not in err and b"rerun the same command" in err
+    check_whole(dest)
+    rc, _out, err = run_cli(world.sim.root, ["export", "--zarr", dest, obj, "--chunk", "256"],
+                            user="alice")
+    assert rc == 0, err
+    reference = tmp_path / "reference"
+    rc, _out, err = run_cli(world.sim.root, ["export", "--zarr", str(reference), obj,
+                                             "--chunk", "256"], user="alice")
+    assert rc == 0 and tree(dest) == tree(reference)

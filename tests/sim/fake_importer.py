@@ -14,7 +14,8 @@ ImportLibrary (stop on the first failed fileset unless `-c`). Candidate grouping
 - a directory holding a `*.screen` file is one SPW fileset of all files under it (main file: the
   .screen file; one image per other file, at least one);
 - a `X.fake` file is one fileset, together with its companion `X.fake.ini` when present (as
-  Bio-Formats' FakeReader); `series=N` in the name (`img&series=3.fake`) makes N images;
+  Bio-Formats' FakeReader); `series=N` in the name (`img&series=3.fake`) makes N images, the SPW
+  keys (`plates`, `plateRows`, `plateCols`, `fields`, `plateAcqs`) a plate of FakeReader's layout;
 - any other file is a single-file fileset, except `*.txt` files, which are not importable.
 
 Fault injection (env): OMERO_CLI_EXT_SIM_CRASH_AFTER=N (SIGKILL itself after N filesets, leaving the
@@ -101,7 +102,15 @@ def find_candidates(paths: list) -> list:
         if name.endswith(".fake") and os.path.isfile(path + ".ini"):
             files.append(path + ".ini")
         seen.update(files)
-        candidates.append(Candidate(path, files, False, _series(name)))
+        spw, images = False, _series(name)
+        if name.endswith(".fake"):      # FakeReader's own counts, SPW keys included
+            from sim import pixels
+            try:
+                spec = pixels.parse_fake(name)
+                spw, images = spec.spw is not None, spec.image_count
+            except ValueError:
+                pass
+        candidates.append(Candidate(path, files, spw, images))
 
     def walk(directory: str) -> None:
         names = sorted(os.listdir(directory))
