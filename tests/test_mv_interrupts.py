@@ -204,3 +204,42 @@ def test_status_shows_the_unfinished_job_and_who_runs_it(tmp_path, monkeypatch):
         rc, out, err = world.mv("--status", server=False)
     journal.close()
     assert rc == 0 and f"running now: process {os.getpid()}" in out, err
+
+
+def test_a_tree_changing_while_it_is_read_is_no_traceback(tmp_path, monkeypatch):
+    """A file of SRC removed between the directory listing and its stat (another process
+    cleaning up): it is not part of the plan, the rest moves."""
+    from omero_cli_ext.mv import tree
+    world = World(str(tmp_path), n_filesets=4, files_per_fileset=2, odd_names=False)
+    extra = os.path.join(world.old, "batch_0", "scratch.tmp")
+    with open(extra, "wb") as f:
+        f.write(b"x")
+    real = os.scandir
+
+    class Listing:
+        def __init__(self, path):
+            self.entries = list(real(path))
+            for entry in self.entries:
+                if entry.name == b"scratch.tmp":
+                    os.unlink(entry.path)   # gone between readdir and stat
+            self._left = iter(self.entries)
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self._left)
+
+        def close(self):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+    monkeypatch.setattr(tree.os, "scandir", Listing)
+    expected = manifest(world.repo)
+    rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), server=False)
+    assert rc == 0 and "Traceback" not in err, err
+    assert manifest(world.repo) == expected and not os.path.exists(world.old)

@@ -261,6 +261,11 @@ class _Run:
             except WorkerFailed as err:
                 self.die(EXIT_INTERRUPTED, f"{err}\nrerun the same command to continue "
                          "(or with --workers 1)")
+            except OSError as err:   # e.g. a tree changed in a way no step foresaw
+                self.die(EXIT_INTERRUPTED, f"stopped by an error: {err}\n"
+                         + (f"job {self.job.id} is unfinished (every link resolves); after "
+                            f"fixing the cause, rerun: {self.command_line()}" if self.job
+                            else "nothing was changed"))
         except KeyboardInterrupt as interrupt:
             self.interrupted(str(interrupt) or "SIGINT")
         finally:

@@ -317,6 +317,10 @@ class Executor:
 
     def _place(self, step: Step) -> None:
         dst, src = step.path, step.other
+        if not os.path.lexists(src) and not os.path.lexists(dst):
+            # removed from SRC after the plan was made: nothing to move, its link stays
+            self._skip(step, "the source was removed meanwhile")
+            return
         if os.path.lexists(dst):
             have = os.lstat(dst)
             try:

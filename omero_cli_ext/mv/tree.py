@@ -130,6 +130,8 @@ def walk_tree(root: bytes) -> List[Node]:
         directory = os.path.join(root, rel) if rel else root
         try:
             entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue   # removed while the tree was read: nothing of it to move
         except OSError as exc:
             raise _unreadable(directory, exc) from None
         prefix = rel + b"/" if rel else b""
@@ -137,7 +139,10 @@ def walk_tree(root: bytes) -> List[Node]:
             if entry.name[:1] == b"." and is_temp_name(entry.name):
                 continue
             child = prefix + entry.name
-            node = _node(child, entry.stat(follow_symlinks=False), entry.path)
+            try:
+                node = _node(child, entry.stat(follow_symlinks=False), entry.path)
+            except FileNotFoundError:
+                continue   # removed while the tree was read
             nodes.append(node)
             if node.kind == "dir":
                 stack.append(child)
