@@ -96,3 +96,23 @@ def test_a_control_directory_the_user_cannot_use_is_refused_with_where_it_must_b
     assert done.returncode == errors.EXIT_JOURNAL, done.stderr
     assert os.fsdecode(control) in done.stderr and "must be in" in done.stderr
     assert snapshot(world.repo, world.data) == before
+
+
+def test_root_never_writes_through_a_link_planted_as_the_journal(tmp_path):
+    """The repository's owner can write the control directory; a symlink or hard link planted
+    there as the journal must not make root's run write to another file."""
+    world = World(str(tmp_path / "w"), n_filesets=2, files_per_fileset=1, odd_names=False)
+    place = repo_place(os.fsencode(world.repo))
+    os.makedirs(place.control_dir, mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    os.symlink(str(victim), place.default_journal)
+    rc, out, err = run_cli(world.sim_root, ["mv", "--no-server", "--repo", world.repo,
+                                            world.old, os.path.join(world.data, "new")])
+    assert rc == errors.EXIT_JOURNAL and "not a plain file of its own" in err
+    assert victim.read_bytes() == b"precious"
+    os.unlink(place.default_journal)
+    os.link(str(victim), place.default_journal)
+    rc, out, err = run_cli(world.sim_root, ["mv", "--no-server", "--repo", world.repo,
+                                            world.old, os.path.join(world.data, "new")])
+    assert rc == errors.EXIT_JOURNAL and victim.read_bytes() == b"precious"

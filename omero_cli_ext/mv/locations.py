@@ -91,9 +91,12 @@ def hand_over(place: RepoPlace) -> None:
         return
     try:
         for name in os.listdir(fd):
+            if not (name.startswith("mv.sqlite") or name.endswith(".lock")):
+                continue   # only what omero mv makes here
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if st.st_uid == 0 and stat.S_ISREG(st.st_mode):
+                # a single link: never hand over a root file hard-linked in here
+                if st.st_uid == 0 and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
                     os.chown(name, place.uid, place.gid, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 continue
@@ -111,6 +114,7 @@ def open_repo_journal(place: RepoPlace, given: Optional[str]):
     from omero_cli_ext.journal import open_journal
     if not given:
         ensure_control_dir(place)
+        _refuse_planted(place)
     journal = open_journal(journal_location(place, given))
     hand_over(place)
     return journal
@@ -129,6 +133,24 @@ def writer_lock(place: RepoPlace, journal):
     with journal.writer_lock(place.lock_name, directory=directory):
         hand_over(place)
         yield
+
+
+def _refuse_planted(place: RepoPlace) -> None:
+    """As root, the journal's files in a directory the repository's owner can write must be
+    plain files of their own: a symlink or a hard link there could make root's run write
+    through it to another file."""
+    if os.geteuid() != 0:
+        return
+    for suffix in (b"", b"-wal", b"-shm", b"-journal"):
+        path = place.default_journal + suffix
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise MvError(EXIT_JOURNAL, f"{show(path)} is not a plain file of its own (a "
+                          "symlink or a hard link); root will not write through it. Check "
+                          "who made it, remove it, and rerun; nothing was changed")
 
 
 def _unusable(place: RepoPlace, why: str) -> MvError:
