@@ -228,6 +228,7 @@ class _Forked(ChunkedMap):
         pids, self._children = list(self._children.values()), {}
         statuses = {}
         deadline = time.monotonic() + REAP_SECONDS
+        pause = 0.0005   # children that read end-of-file are leaving now: look again soon
         while len(statuses) < len(pids):
             for pid in pids:
                 if pid not in statuses:
@@ -242,7 +243,8 @@ class _Forked(ChunkedMap):
                         os.kill(pid, signal.SIGKILL)
                         statuses[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
                 break
-            time.sleep(0.01)
+            time.sleep(pause)
+            pause = min(0.05, pause * 2)
         return [statuses[pid] for pid in pids]
 
 
