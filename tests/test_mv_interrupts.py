@@ -243,3 +243,20 @@ def test_a_tree_changing_while_it_is_read_is_no_traceback(tmp_path, monkeypatch)
     rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), server=False)
     assert rc == 0 and "Traceback" not in err, err
     assert manifest(world.repo) == expected and not os.path.exists(world.old)
+
+
+def test_ctrl_c_ends_the_command_even_when_its_reader_stopped_reading(big):
+    """`omero mv --json OLD NEW | less`, then Ctrl-C: less ignores it and does not read. The
+    command still ends (what it has left to write gets a few seconds), exit 30."""
+    expected = manifest(big.repo)
+    new = os.path.join(big.data, "new")
+    proc = _start(big, "--json", big.old, new)
+    _read_until_retargets(proc)
+    proc.send_signal(signal.SIGINT)          # only the command: the "pager" keeps its pipe open
+    proc.wait(timeout=HANG)                  # nothing read meanwhile
+    err = proc.stderr.read().decode()
+    proc.stdout.close()
+    assert proc.returncode == errors.EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and "rerun:" in err
+    assert manifest(big.repo) == expected
+    _finish_with_rerun(big, new, expected)

@@ -275,6 +275,7 @@ class _Run:
     def interrupted(self, signal_name: str) -> None:
         """Ctrl-C, SIGTERM or SIGHUP: the workers are stopped and the journal's marks written
         by now (the `finally` blocks ran); say what state things are in and how to go on."""
+        self.out.stop_waiting()
         if self.job is None:
             message = (f"interrupted ({signal_name}) before the job started; nothing was "
                        "changed")

@@ -4,8 +4,11 @@ the command with its own exit codes or prompting."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import select
 import signal
+import stat
 import time
 
 from omero_cli_ext.mv.progress import PhaseProgress, phase_bytes
@@ -34,18 +37,59 @@ class MvOutput(Output):
         except (BrokenPipeError, ValueError):   # stderr closed too: nowhere left to say it
             pass
 
+    _deadline = None   # after an interrupt: when to stop waiting for a reader
+
     def _guarded(self, write, *args, **kwargs) -> None:
         if self.closed:
             return
         try:
             write(*args, **kwargs)
         except BrokenPipeError:
-            self.closed = True
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stdout.fileno())   # the interpreter's last flush succeeds
-            os.close(devnull)
+            self._to_devnull()
             self.warn("note: standard output was closed; the listing stops here and the "
                       "command goes on to its end (its exit code tells how it ended)")
+        except BlockingIOError:   # only after stop_waiting(): the reader does not read
+            self._drain()
+
+    def stop_waiting(self, seconds: float = 5.0) -> None:
+        """After an interrupt: a reader that stopped reading (a pager left open) must not keep
+        the command from ending. What is still to be written gets `seconds`, then stdout goes
+        to /dev/null."""
+        try:
+            fd = self.stdout.fileno()
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode) and not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                return
+            os.set_blocking(fd, False)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return
+        self._deadline = time.monotonic() + seconds
+        self._drain()
+
+    def _drain(self) -> None:
+        """Flush what is buffered while the reader reads, until the deadline."""
+        fd = self.stdout.fileno()
+        while True:
+            try:
+                self.stdout.flush()
+                return
+            except BrokenPipeError:
+                break
+            except BlockingIOError:
+                left = (self._deadline or 0) - time.monotonic()
+                if left <= 0:
+                    break
+                select.select([], [fd], [], left)
+        self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        self.closed = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stdout.fileno())   # the interpreter's last flush succeeds
+        os.close(devnull)
+        try:
+            os.set_blocking(self.stdout.fileno(), True)
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager
