@@ -394,3 +394,17 @@ def test_zarr_only_options_are_refused_with_originals(world, tmp_path, argv, mes
     rc, _out, err = run_cli(world.sim.root, ["export", "--originals", str(tmp_path / "o"),
                                              "Dataset:%d" % world.dataset, *argv], user="alice")
     assert rc == 2 and message in err and not (tmp_path / "o").exists()
+
+
+def test_a_plate_whose_fields_are_all_restricted_writes_nothing(world, tmp_path):
+    name = "SPW&plates=1&plateRows=1&plateCols=2&fields=2&sizeX=16&sizeY=16.fake"
+    add_fake(world.sim, world.src, name, spw=True)
+    plate = world.sim.query("SELECT MAX(id) FROM Plate")[0][0]
+    world.sim.set_binary_access(True, group="lab")
+    dest = tmp_path / "bob"
+    rc, out, err = export(world, dest, "Plate:%d" % plate, user="bob")
+    assert rc == 0, err
+    skipped = records(out, "skipped")
+    assert sorted(r.get("reason") for r in skipped) == ["no field written"] + ["restricted"] * 4
+    assert records(out, "image") == [] and records(out, "plate") == []
+    assert [p for p in tree(dest) if not p.startswith(".omero") and p != INDEX_NAME] == []

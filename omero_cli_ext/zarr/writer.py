@@ -481,15 +481,20 @@ class Writer:
         written in this or an earlier run are listed)."""
         mode = self.options.dir_mode
         wells = []
+        written = []
+        for row, column, fields in pjob.wells:
+            present = [(p, a) for p, a, image in fields
+                       if image in done or self._field_complete(index, pjob.info.id, image)]
+            if present:
+                written.append((row, column, present))
+        if not written:
+            self.emit("skipped", plate=pjob.info.id, path=pjob.path, reason="no field written")
+            return
         fd = store.open_path(self.dest_fd, pjob.path.split("/"), True, mode)
         try:
             self._remove_plate_temps(fd, pjob)
             store.write_json(fd, ".zgroup", {"zarr_format": 2})
-            for row, column, fields in pjob.wells:
-                present = [(p, a) for p, a, image in fields
-                           if image in done or self._field_complete(index, pjob.info.id, image)]
-                if not present:
-                    continue
+            for row, column, present in written:
                 wells.append((row, column, [a for _p, a in present]))
                 row_fd = store.open_dir(fd, ngff.row_name(row), True, mode)
                 try:
