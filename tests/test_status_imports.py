@@ -265,6 +265,10 @@ def test_check_refuses_watch_and_answers_unknown_for_a_refusal(sim):
     assert rc == EXIT_CHECK_UNKNOWN and out.startswith("UNKNOWN - --watch and --check exclude")
     rc, out, _ = run_cli(sim.root, ["status", "imports", "--check", "--all-users"], user="alice")
     assert rc == EXIT_CHECK_UNKNOWN and out.startswith("UNKNOWN - --all-users is for administrators")
+    rc, out, _ = run_cli(sim.root, ["status", "imports", "--check", "--json", "--in-group", "x"],
+                         user="alice")
+    assert rc == EXIT_CHECK_UNKNOWN and [json.loads(line) for line in out.splitlines()] == [
+        {"type": "check", "code": 3, "line": "UNKNOWN - no group named x"}]
 
 
 def test_in_group_filters_by_group_name(sim):

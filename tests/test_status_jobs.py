@@ -47,9 +47,9 @@ def test_job_states(p, state):
 
 @pytest.mark.parametrize("p, code, word", [
     (progress(), 0, "OK"),
-    (progress(failed=1), 11, "FAILED"),
-    (progress(state="interrupted"), 10, "STALLED"),
-    (progress(idle=2 * STALL), 10, "STALLED"),
+    (progress(failed=1), 2, "FAILED"),
+    (progress(state="interrupted"), 1, "STALLED"),
+    (progress(idle=2 * STALL), 1, "STALLED"),
     (progress(state="done", failed=0), 0, "OK"),
 ])
 def test_check_counts_jobs(p, code, word):

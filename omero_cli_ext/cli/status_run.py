@@ -7,25 +7,22 @@ Exit codes: docs/status.md.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import time
 
 from omero.cli import NonZeroReturnCode
 
 from omero_cli_ext import server
-from omero_cli_ext.cli.base import (
-    EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_USAGE, output_for, server_errors,
-)
+from omero_cli_ext.cli.base import output_for, server_errors
+from omero_cli_ext.cli.status_args import EXIT_METRICS, CheckContext, check_arguments, scope_of
 from omero_cli_ext.status import views
 from omero_cli_ext.status.classify import DONE
 from omero_cli_ext.status.jobs import read_local_jobs
 from omero_cli_ext.status.logwatch import SizeMemory, default_memory_path
 from omero_cli_ext.status.metrics import write_metrics
 from omero_cli_ext.status.snapshot import (
-    EXIT_CHECK_UNKNOWN, ServerScope, Snapshot, check, counts_text, read_server, summarize,
+    Snapshot, check, counts_text, read_server, summarize,
 )
 
-EXIT_METRICS = 13            # the --prometheus file cannot be written
 ONE_SHOT_DONE_ROWS = 50      # a terminal shows every unfinished import, and done ones up to this
 STATE_STYLES = {"active": "green", "queued": "cyan", "stalled": "bold yellow", "failed": "bold red",
                 "done": "dim", "interrupted": "magenta"}
@@ -40,14 +37,14 @@ def local_clock() -> _dt.datetime:
 
 
 def run_status_imports(control, args) -> None:
-    ctx = _CheckContext(control.ctx) if args.check else control.ctx
-    _check_arguments(ctx, args)
     out = output_for(args)
+    ctx = CheckContext(control.ctx, out) if args.check else control.ctx
+    check_arguments(ctx, args)
     port, scope, viewer_id, open_error = None, None, None, None
     if not args.local_only:
         try:
             port = server.open_port(ctx, args)
-            scope, viewer_id = _scope(ctx, port, args)
+            scope, viewer_id = scope_of(ctx, port, args)
         except server.ServerError as err:
             refused = isinstance(err, (server.PermissionDenied, server.NotFound))
             if not (args.check or args.prometheus) or (refused and not args.check):
@@ -65,68 +62,6 @@ def run_status_imports(control, args) -> None:
     finally:
         if port is not None:
             port.close()
-
-
-# --- arguments and scope ---------------------------------------------------------------------
-
-class _CheckContext:
-    """A `--check` run's context: whatever stops it is UNKNOWN (exit 3, one line on stdout)."""
-    def __init__(self, ctx):
-        self._ctx = ctx
-
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
-
-    def die(self, rc, text):
-        self._ctx.out("UNKNOWN - %s" % text)
-        raise NonZeroReturnCode(EXIT_CHECK_UNKNOWN, "UNKNOWN - %s" % text)
-
-
-def _check_arguments(ctx, args) -> None:
-    """Bad combinations and unknown journals die before anything is read or written."""
-    if args.all_users and args.owner:
-        ctx.die(EXIT_USAGE, "--all-users and --owner exclude each other")
-    if args.watch is not None and args.check:
-        ctx.die(EXIT_USAGE, "--watch and --check exclude each other (a check answers once)")
-    for journal in args.journal:
-        if "://" not in journal and not os.path.isfile(journal):
-            ctx.die(EXIT_NOT_FOUND, "no journal %s" % journal)
-    if args.local_only and (args.all_users or args.owner or args.in_group):
-        ctx.die(EXIT_USAGE, "--all-users, --owner and --in-group filter server imports: "
-                            "they do not go with --local-only")
-    for name in ("since", "stalled_after"):
-        if getattr(args, name) <= 0:
-            ctx.die(EXIT_USAGE, "--%s must be positive" % name.replace("_", "-"))
-    if args.watch is not None and args.watch <= 0:
-        ctx.die(EXIT_USAGE, "--watch SECONDS must be positive")
-    if args.prometheus:
-        directory = os.path.dirname(os.path.abspath(args.prometheus))
-        if not os.path.isdir(directory):
-            ctx.die(EXIT_METRICS, "cannot write metrics to %s: no directory %s"
-                    % (args.prometheus, directory))
-        if os.path.isdir(args.prometheus):
-            ctx.die(EXIT_METRICS, "cannot write metrics to %s: it is a directory" % args.prometheus)
-
-
-def _scope(ctx, port, args) -> tuple:
-    """(ServerScope, viewer id). Other users' imports are for admins only."""
-    user = port.current_user()
-    owner_id = user.id
-    if args.all_users or args.owner:
-        if not user.is_admin:
-            ctx.die(EXIT_PERMISSION, "%s is for administrators; %s is not one (without it you see "
-                                     "your own imports)" % ("--all-users" if args.all_users
-                                                            else "--owner", user.name))
-        owner_id = None
-    if args.owner:
-        found = port.lookup_users([args.owner])
-        if args.owner not in found:
-            ctx.die(EXIT_NOT_FOUND, "no user named %s" % args.owner)
-        owner_id = found[args.owner].id
-    if args.in_group and args.in_group not in port.lookup_groups([args.in_group]):
-        ctx.die(EXIT_NOT_FOUND, "no group named %s" % args.in_group)
-    return ServerScope(owner_id=owner_id, group_name=args.in_group,
-                       since_seconds=args.since), user.id
 
 
 def _take_snapshot(port, scope, viewer_id, args, open_error, memory) -> tuple:
