@@ -277,6 +277,17 @@ def test_symlinks_planted_in_dest_are_never_followed(site, link):
     assert sorted(os.listdir(site.etc)) == ["shadow", "suid"]
 
 
+def test_the_state_follows_a_renumbered_device(site):
+    rc, _, err = site.export()
+    assert rc == 0, err
+    st = os.stat(site.dest)
+    os.rename(os.path.join(site.state, state.key(st)),
+              os.path.join(site.state, f"{st.st_dev + 7:x}-{st.st_ino:x}"))   # as after a reboot
+    rc, out, err = site.export(extra=["--sync"])
+    assert rc == 0 and "new device number" in err, err
+    assert summary(out)["kept"] == 3 and summary(out)["added"] == 0
+
+
 def test_one_run_per_dest(site):
     rc, _, err = site.export()
     assert rc == 0, err

@@ -19,7 +19,7 @@ class DestControl:
         self._dry_run = dry_run
         self.root_fd = self.state_fd = None
         self.lock = None
-        self.migrated: Optional[str] = None
+        self.migrated: Optional[str] = None    # a note: state moved, migrated or dropped
 
     def open(self, dest_fd: int, create: bool) -> None:
         """Open (or make) DEST's state directory and take its lock (state.StateError,
@@ -30,12 +30,41 @@ class DestControl:
             if (dest_st.st_dev, dest_st.st_ino) in dest_io.chain(self.root_fd):
                 raise state.StateError(f"{self._root_path} is inside DEST, where its owner "
                                        "could move it: choose a state directory outside DEST")
-        self.state_fd = state.open_for(self.root_fd, os.fstat(dest_fd), create)
+        dest_st = os.fstat(dest_fd)
+        if create:
+            self._follow_renumbered(dest_st, os.readlink(f"/proc/self/fd/{dest_fd}"))
+        self.state_fd = state.open_for(self.root_fd, dest_st, create)
         if self.state_fd is None:
             return
         self.lock = state.Lock(self.state_fd, self._wait)
         if not self._dry_run:
-            self.migrated = manifest_io.migrate(dest_fd, self.state_fd)
+            self.migrated = manifest_io.migrate(dest_fd, self.state_fd) or self.migrated
+
+    def _follow_renumbered(self, dest_st: os.stat_result, dest_path: str) -> None:
+        """A filesystem whose device number changed (a reboot renumbering device-mapper or
+        btrfs devices) keeps DEST's inode: the state made under the old number, for this very
+        path, is renamed to the new key instead of starting an export that would leave every
+        entry alone."""
+        wanted = state.key(dest_st)
+        names = os.listdir(self.root_fd)
+        if wanted in names:
+            return
+        suffix = "-" + wanted.split("-", 1)[1]
+        for name in names:
+            if not name.endswith(suffix):
+                continue
+            fd = state.open_for_name(self.root_fd, name)
+            try:
+                found = manifest_io.load(fd)
+            except (manifest_io.ManifestError, OSError):
+                found = None
+            finally:
+                os.close(fd)
+            if found is not None and found.dest == dest_path:
+                os.rename(name, wanted, src_dir_fd=self.root_fd, dst_dir_fd=self.root_fd)
+                self.migrated = (f"the export's state followed DEST to its filesystem's new "
+                                 f"device number ({name} -> {wanted})")
+                return
 
     def load(self, repository: str, user: str, sync: bool,
              dest: str = "") -> Optional[manifest_io.Manifest]:

@@ -121,6 +121,17 @@ def open_for(root_fd: int, dest_st: os.stat_result, create: bool) -> Optional[in
     return fd
 
 
+def open_for_name(root_fd: int, name: str) -> int:
+    """An existing state subdirectory by name (checked like open_for)."""
+    fd = _open_child(root_fd, name, f"the state directory {name}", False)
+    try:
+        _check_private(fd, f"the state directory {name}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Lock:
     """An exclusive flock on `<state>/lock`, held until `release` (or the process ends)."""
 
