@@ -52,7 +52,8 @@ def posix_users():
             made.append(("user", name))
     yield {name: pwd.getpwnam(name) for name in USERS}
     for kind, name in reversed(made):
-        subprocess.run(["userdel" if kind == "user" else "groupdel", name], check=False)
+        subprocess.run(["userdel", "-f", name] if kind == "user" else ["groupdel", name],
+                       check=False, capture_output=True)
 
 
 class Site:
@@ -175,7 +176,10 @@ def site(posix_users):
     base = tempfile.mkdtemp(prefix="i12-hostile-", dir="/tmp")
     os.chmod(base, 0o755)
     yield Site(base, posix_users)
-    subprocess.run(["umount", "-R", "-l", base], capture_output=True)
+    with open("/proc/mounts", encoding="utf-8") as stream:
+        points = [line.split()[1] for line in stream if line.split()[1].startswith(base + "/")]
+    for point in sorted(points, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
     shutil.rmtree(base, ignore_errors=True)
 
 
