@@ -408,3 +408,5 @@ def test_a_plate_whose_fields_are_all_restricted_writes_nothing(world, tmp_path)
     assert sorted(r.get("reason") for r in skipped) == ["no field written"] + ["restricted"] * 4
     assert records(out, "image") == [] and records(out, "plate") == []
     assert [p for p in tree(dest) if not p.startswith(".omero") and p != INDEX_NAME] == []
+    index = json.loads((dest / INDEX_NAME).read_text())
+    assert index["images"] == [] and index["plates"] == []

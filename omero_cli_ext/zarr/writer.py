@@ -155,9 +155,23 @@ class Writer:
                 self._plate(pjob, index, done_fields.get(pjob.info.id, set()))
         finally:
             self._journal.close()
+        self._forget_unmade(index)
         fsops.syncfs(self.dest_fd)
         index_io.save(self.dest_fd, index)
         return self.result
+
+    def _forget_unmade(self, index) -> None:
+        """Planned entries that never reached DEST (skipped, failed before their directory was
+        made) leave the index: it lists what DEST holds."""
+        for key, entry in list(index.entries.items()):
+            if entry["complete"]:
+                continue
+            try:
+                fd = store.open_path(self.dest_fd, entry["path"].split("/"), False, 0o700)
+            except (FileNotFoundError, store.NotOurs):   # absent, or something not ours there
+                index.entries.pop(key)
+            else:
+                os.close(fd)
 
     @staticmethod
     def _key(job) -> str:
