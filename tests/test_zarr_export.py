@@ -213,7 +213,7 @@ def test_plate_is_ngff_hcs_with_wells_fields_and_acquisitions(world, tmp_path):
     screen = world.sim.add_screen("Scr", "alice")
     add_fake(world.sim, world.src, name, target=("Screen", screen), spw=True)
     dest = tmp_path / "dest"
-    rc, out, err = export(world, dest, "Screen:%d" % screen)
+    rc, out, err = export(world, dest, "Screen:%d" % screen, extra=["--workers", "3"])
     assert rc == 0, err
     plate = records(out, "plate")[0]
     assert plate["path"].startswith("Scr/") and plate["wells"] == 6 and plate["fields"] == 24

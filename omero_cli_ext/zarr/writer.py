@@ -62,8 +62,9 @@ class _Readers:
     """One RawPixelsStore per worker thread for one image (at most `workers` open at once);
     port calls are serialised (the port is one session, not meant for concurrent calls)."""
 
-    def __init__(self, port, image_id: int, first):
+    def __init__(self, port, image_id: int, first, port_lock):
         self._port = port
+        self._port_lock = port_lock
         self._image_id = image_id
         self._spare = [first]
         self._open = [first]
@@ -77,7 +78,8 @@ class _Readers:
                 reader = self._spare.pop() if self._spare else None
                 if reader is None:
                     try:
-                        reader = self._port.open_pixels(self._image_id)
+                        with self._port_lock:
+                            reader = self._port.open_pixels(self._image_id)
                     except (NotFound, PermissionDenied) as err:
                         raise ImageFailed("pixels no longer readable: %s" % err) from None
                     except ServerError as err:
@@ -122,7 +124,7 @@ class Writer:
         self.codec = compressor()
         self.result = Result()
         self._journal = None
-        self._metadata_changed = False
+        self._port_lock = threading.Lock()      # one session: one call at a time
 
     # ------------------------------------------------------------------------------ the run
     def run(self, plan, index, renderings) -> Result:
@@ -144,13 +146,24 @@ class Writer:
         try:
             if self.options.sync:
                 self._remove_unwanted(index, wanted)
-            done_fields: dict = {}
+            outcomes: dict = {}
+            small = []      # (job, reader, attrs, keys) of images written side by side
             for job in plan.images:
-                ok = self._image(job, index, renderings.get(job.image_id))
-                if job.plate_id is not None:
-                    done_fields.setdefault(job.plate_id, set())
-                    if ok:
-                        done_fields[job.plate_id].add(job.image_id)
+                few = self.options.workers > 1 and len(ngff.chunk_grid(
+                    job.shapes[0], job.chunks[0])) < self.options.workers
+                outcome = self._image(job, index, renderings.get(job.image_id),
+                                      small if few else None)
+                if outcome is not None:
+                    outcomes[job.image_id, job.plate_id] = outcome
+                if len(small) >= 4 * self.options.workers:
+                    outcomes.update(self._write_many(index, small))
+                    small = []
+            if small:
+                outcomes.update(self._write_many(index, small))
+            done_fields: dict = {}
+            for (image_id, plate_id), ok in outcomes.items():
+                if plate_id is not None and ok:
+                    done_fields.setdefault(plate_id, set()).add(image_id)
             for pjob in plan.plates:
                 self._plate(pjob, index, done_fields.get(pjob.info.id, set()))
         finally:
@@ -241,7 +254,10 @@ class Writer:
             os.close(parent)
 
     # ------------------------------------------------------------------------------ one image
-    def _image(self, job, index, rendering) -> bool:
+    def _image(self, job, index, rendering, later: Optional[list] = None):
+        """Export one image; True when DEST holds it whole, False when skipped or failed. With
+        `later`, an image that needs writing is opened and appended there as (job, reader,
+        attrs, keys) for `_write_many`, and None is returned."""
         info = job.info
         key = self._key(job)
         pkey = index_io.pixels_key(info)
@@ -275,19 +291,62 @@ class Writer:
             return False
         except ServerError as err:
             return self._failed(job, str(err))
+        if later is not None:
+            later.append((job, first, attrs, (pkey, rkey)))
+            return None
+        return self._finish(job, index, (pkey, rkey), self._attempt(job, first, attrs))
+
+    def _attempt(self, job, first, attrs, inline: bool = False):
+        """(chunks written, bytes, metadata changed), or the failure's text."""
         try:
-            written, nbytes = self._write_image(job, first, attrs)
+            return self._write_image(job, first, attrs, inline)
         except ImageFailed as err:
-            return self._failed(job, str(err))
+            return str(err)
         except store.NotOurs as err:
-            return self._failed(job, "%s: %s" % (err.filename, err.strerror))
+            return "%s: %s" % (err.filename, err.strerror)
+
+    def _finish(self, job, index, keys, outcome) -> bool:
+        if isinstance(outcome, str):
+            return self._failed(job, outcome)
+        written, nbytes, metadata_changed = outcome
         total = self._bytes_on_disk(job)
-        self._record(index, self._image_entry(job, True, pkey, rkey, total))
+        self._record(index, self._image_entry(job, True, keys[0], keys[1], total))
         existing = job.chunk_count() - written
         action = "written" if existing == 0 else (
-            "resumed" if written else ("metadata" if self._metadata_changed else "kept"))
+            "resumed" if written else ("metadata" if metadata_changed else "kept"))
         self._done(job, action, written, nbytes)
         return True
+
+    def _write_many(self, index, waiting: list) -> dict:
+        """Small images (fewer level-0 chunks than workers: plate fields, thumbnails of a
+        screen) written side by side, one per worker, each on its own reader; results are
+        recorded here, in order of completion. Returns image id -> True/False."""
+        done = {}
+        items = iter(waiting)
+        pending = {}
+        with ThreadPoolExecutor(max_workers=self.options.workers) as pool:
+            try:
+                while True:
+                    while len(pending) < self.options.workers:
+                        item = next(items, None)
+                        if item is None:
+                            break
+                        job, first, attrs, keys = item
+                        pending[pool.submit(self._attempt, job, first, attrs, True)] = (job, keys)
+                    if not pending:
+                        break
+                    finished, _rest = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        job, keys = pending.pop(future)
+                        done[job.image_id, job.plate_id] = self._finish(job, index, keys,
+                                                                        future.result())
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                for job, first, _attrs, _keys in items:   # opened, never started
+                    _close_quietly(first)
+                raise
+        return done
 
     def _done(self, job, action, chunks, nbytes) -> None:
         self.result.actions[action] += 1
@@ -312,12 +371,12 @@ class Writer:
             os.close(fd)
         return total
 
-    def _write_image(self, job, first_reader, attrs) -> tuple:
+    def _write_image(self, job, first_reader, attrs, inline: bool = False) -> tuple:
         mode = self.options.dir_mode
         dtype = ngff.dtype_of(job.info.pixel_type)
         image_fd = store.open_path(self.dest_fd, job.path.split("/"), True, mode)
         level_fds = []
-        readers = _Readers(self.port, job.image_id, first_reader)
+        readers = _Readers(self.port, job.image_id, first_reader, self._port_lock)
         try:
             store.remove_stale_temps(image_fd)
             store.write_json(image_fd, ".zgroup", {"zarr_format": 2})
@@ -330,7 +389,8 @@ class Writer:
 
             def base_chunk(index):
                 return self._base_chunk(job, dtype, level_fds[0], index, readers)
-            n, b = self._parallel(base_chunk, ngff.chunk_grid(job.shapes[0], job.chunks[0]))
+            n, b = self._parallel(base_chunk, ngff.chunk_grid(job.shapes[0], job.chunks[0]),
+                                  inline)
             written += n
             nbytes += b
             readers.close_all()
@@ -339,23 +399,23 @@ class Writer:
                     return self._down_chunk(job, dtype, level_fds[level - 1], level_fds[level],
                                             level, index)
                 n, b = self._parallel(down_chunk, ngff.chunk_grid(job.shapes[level],
-                                                                  job.chunks[level]))
+                                                                  job.chunks[level]), inline)
                 written += n
                 nbytes += b
-            self._metadata_changed = store.write_json(image_fd, ".zattrs", attrs)
-            return written, nbytes
+            return written, nbytes, store.write_json(image_fd, ".zattrs", attrs)
         finally:
             readers.close_all()
             for fd in level_fds:
                 os.close(fd)
             os.close(image_fd)
 
-    def _parallel(self, func, items) -> tuple:
+    def _parallel(self, func, items, inline: bool = False) -> tuple:
         """Run func over items on `workers` threads (Blosc, numpy and Ice calls release the GIL),
-        at most 2 x workers in flight; returns (chunks written, bytes written)."""
+        at most 2 x workers in flight (`inline`: here, in this thread); returns (chunks written,
+        bytes written)."""
         written = nbytes = 0
         workers = max(1, self.options.workers)
-        if workers == 1 or len(items) == 1:
+        if workers == 1 or len(items) == 1 or inline:
             for item in items:
                 raw, out = func(item)
                 self.progress(raw)
