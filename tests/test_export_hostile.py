@@ -1,8 +1,8 @@
 """`omero export --originals` run by root for a hostile DEST owner (issue 12).
 
-Real POSIX users made by the test (useradd; root only): the DEST owner `i12alice` controls what
-is inside her DEST and where her in-place (ln_s) imports point; `i12bob` shares her primary group
-and keeps a secret in his 0700 home; `i12carol` is in a private OMERO group. Every test asserts
+Real POSIX users made by the test (useradd; root only): the DEST owner ALICE controls what is
+inside her DEST and where her in-place (ln_s) imports point; BOB shares her primary group and
+keeps a secret in his 0700 home; CAROL is in a private OMERO group. Every test asserts
 the exit code, that nothing outside DEST changed (the repository, the homes and a stand-in /etc,
 by content, mode, owner and inode), and that DEST holds no file its owner could not open herself
 (checked by opening each one as her).
@@ -30,8 +30,11 @@ from test_export_world import records
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
                                 reason="needs root and useradd (real POSIX users)")
-GROUP = "i12users"           # a primary group every user shares ("Domain Users")
-USERS = ("i12alice", "i12bob", "i12carol")
+# names of this run's own (runs may overlap: each makes and removes its own users)
+TAG = f"{os.getpid() % 100000:05d}"
+ALICE, BOB, CAROL = f"i12a{TAG}", f"i12b{TAG}", f"i12c{TAG}"
+GROUP = f"i12g{TAG}"           # a primary group every user shares ("Domain Users")
+USERS = (ALICE, BOB, CAROL)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,11 +64,11 @@ class Site:
 
     def __init__(self, base: str, users: dict):
         self.base, self.users = base, users
-        self.alice, self.bob = users["i12alice"], users["i12bob"]
+        self.alice, self.bob = users[ALICE], users[BOB]
         self.etc = os.path.join(base, "etc")
         self.home = {n: os.path.join(base, "home", n) for n in USERS}
         self.exports = os.path.join(base, "exports")
-        self.dest = os.path.join(self.exports, "i12alice")
+        self.dest = os.path.join(self.exports, ALICE)
         self.state = os.path.join(base, "state")
         os.makedirs(self.etc)
         os.makedirs(self.exports)
@@ -75,18 +78,18 @@ class Site:
             os.chmod(home, 0o700)
         self.shadow = self._file(os.path.join(self.etc, "shadow"), b"root:x:SECRET:\n", 0o600)
         self.suid = self._file(os.path.join(self.etc, "suid"), b"#!/bin/sh\nid\n", 0o4755)
-        self.secret = self._file(os.path.join(self.home["i12bob"], "secret"), b"bob's secret\n",
+        self.secret = self._file(os.path.join(self.home[BOB], "secret"), b"bob's secret\n",
                                  0o644, self.bob)
         self.sim = SimServer(os.path.join(base, "sim"))
         self.sim.add_group("lab", "rwr---")
         self.sim.add_group("private", "rw----")
-        self.sim.add_user("i12alice", ["lab"])
-        self.sim.add_user("i12bob", ["lab"])
-        self.sim.add_user("i12carol", ["private"])
-        self.project = self.sim.add_project("P", "i12alice")
-        self.dataset = self.sim.add_dataset("D", "i12alice", project=self.project)
-        self.src = os.path.join(self.home["i12alice"], "data")
-        self.inplace = self.sim.import_fileset("i12alice", [
+        self.sim.add_user(ALICE, ["lab"])
+        self.sim.add_user(BOB, ["lab"])
+        self.sim.add_user(CAROL, ["private"])
+        self.project = self.sim.add_project("P", ALICE)
+        self.dataset = self.sim.add_dataset("D", ALICE, project=self.project)
+        self.src = os.path.join(self.home[ALICE], "data")
+        self.inplace = self.sim.import_fileset(ALICE, [
             self._file(os.path.join(self.src, "run", "a.fake"), b"alice's image A\n", 0o644,
                        self.alice),
             self._file(os.path.join(self.src, "run", "a.fake.ini"), b"alice's meta\n", 0o644,
@@ -94,12 +97,12 @@ class Site:
         subprocess.run(["chown", "-R", f"{self.alice.pw_uid}:{self.alice.pw_gid}", self.src],
                        check=True)
         up = os.path.join(base, "upload")
-        self.uploaded = self.sim.import_fileset("i12alice", [
+        self.uploaded = self.sim.import_fileset(ALICE, [
             self._file(os.path.join(up, "exp", "b.fake"), b"alice's image B\n", 0o644)],
             target=("Dataset", self.dataset))
         self.carol_file = self._file(os.path.join(base, "carolsrc", "c.fake"),
                                      b"carol's image C\n", 0o644)
-        self.carol = self.sim.import_fileset("i12carol", [self.carol_file])
+        self.carol = self.sim.import_fileset(CAROL, [self.carol_file])
 
     @staticmethod
     def _file(path, data: bytes, mode: int, owner=None) -> str:
@@ -117,7 +120,7 @@ class Site:
                                     (fileset,))[0]
         return os.path.join(self.sim.repo_dir, path, name)
 
-    def export(self, *objects, dest=None, extra=(), as_user="i12alice"):
+    def export(self, *objects, dest=None, extra=(), as_user=ALICE):
         argv = ["export", "--originals", dest or self.dest, *(objects or
                 [f"Dataset:{self.dataset}"]), "--state-dir", self.state, "--json"]
         if as_user:
@@ -271,7 +274,7 @@ def test_symlinks_planted_in_dest_are_never_followed(site, link):
     as_alice(site, "ln", "-s", site.etc, os.path.join(site.dest, "run"))
     as_alice(site, "ln", "-s", site.etc, os.path.join(site.dest, "new"))
     path = Site._file(os.path.join(site.base, "more", "new", "n.fake"), b"new one", 0o644)
-    site.sim.import_fileset("i12alice", [path], target=("Dataset", site.dataset))
+    site.sim.import_fileset(ALICE, [path], target=("Dataset", site.dataset))
     before = site.outside()
     rc, out, err = site.export(extra=["--sync", "--link", link])
     assert rc == 7, err
@@ -355,11 +358,11 @@ def test_an_in_place_link_repointed_at_a_private_groups_repository_file_is_refus
 @pytest.mark.parametrize("kind", ["suid", "device", "fifo", "directory", "shadow"])
 def test_set_id_special_and_unreadable_targets_are_refused(site, kind):
     if kind == "fifo":
-        target = os.path.join(site.home["i12alice"], "fifo")
+        target = os.path.join(site.home[ALICE], "fifo")
         as_alice(site, "mkfifo", target)
     else:
         target = {"suid": site.suid, "device": "/dev/zero", "shadow": site.shadow,
-                  "directory": site.home["i12alice"]}[kind]
+                  "directory": site.home[ALICE]}[kind]
     _repoint(site, target)
     if kind == "shadow":
         # without the fileTransfer comment the export still treats the symlink as in-place
@@ -403,10 +406,10 @@ def test_a_swapped_in_place_target_between_runs_is_not_linked(site):
 # ------------------------------------------------------------------ DEST itself
 
 def test_dest_through_a_symlink_is_refused(site):
-    link = os.path.join(site.home["i12alice"], "export")
+    link = os.path.join(site.home[ALICE], "export")
     as_alice(site, "ln", "-s", site.etc, link)
     before = site.outside()
-    rc, _, err = site.export(dest=link, extra=["--owner", "i12alice"])
+    rc, _, err = site.export(dest=link, extra=["--owner", ALICE])
     assert rc == 3 and "symlink" in err, err
     assert site.outside() == before
     rc, _, err = site.export(dest=os.path.join(link, "sub"))
@@ -414,18 +417,18 @@ def test_dest_through_a_symlink_is_refused(site):
     assert site.outside() == before
 
 
-@pytest.mark.parametrize("parent_owner, mode, ok", [("i12bob", 0o755, False),
+@pytest.mark.parametrize("parent_owner, mode, ok", [(BOB, 0o755, False),
                                                      ("root", 0o777, False),
                                                      ("root", 0o1777, True),
                                                      ("root", 0o775, False),
-                                                     ("i12alice", 0o700, True)])
+                                                     (ALICE, 0o700, True)])
 def test_dest_ancestors_writable_by_others_are_refused(site, parent_owner, mode, ok):
     parent = os.path.join(site.base, "shares")
     os.mkdir(parent)
     owner = pwd.getpwnam(parent_owner)
     os.chown(parent, owner.pw_uid, site.alice.pw_gid)
     os.chmod(parent, mode)
-    dest = os.path.join(parent, "i12alice")
+    dest = os.path.join(parent, ALICE)
     rc, _, err = site.export(dest=dest)
     if ok:
         assert rc == 0, err
@@ -481,12 +484,12 @@ def test_directories_are_private_and_a_shared_group_mode_is_warned_about(site):
     other = os.path.join(site.exports, "second")
     rc, out, err = site.export(dest=other, extra=["--dir-mode", "0750"])
     assert rc == 0, err
-    assert summary(out)["dir_mode_warnings"] == 1 and "i12bob" in err
+    assert summary(out)["dir_mode_warnings"] == 1 and BOB in err
 
 
 def test_root_must_name_the_acting_user(site):
-    rc, _, err = site.export(as_user=None, extra=["--owner", "i12alice"])
-    assert rc == 4 and "--as-user i12alice" in err
+    rc, _, err = site.export(as_user=None, extra=["--owner", ALICE])
+    assert rc == 4 and f"--as-user {ALICE}" in err
     assert not os.path.exists(site.dest)
 
 
@@ -502,7 +505,7 @@ def test_revocation_removes_everything_once_nothing_is_readable(site):
     # she leaves the group and loses her data: the next night empties the export
     site.sim.query("UPDATE Project SET group_id = (SELECT id FROM ExperimenterGroup WHERE "
                    "name = 'private'), owner_id = (SELECT id FROM Experimenter WHERE "
-                   "omeName = 'i12carol') WHERE id = ?", (site.project,))
+                   "omeName = ?) WHERE id = ?", (CAROL, site.project))
     rc, out, err = site.export(f"Project:{site.project}", extra=["--sync"])
     assert rc == 22, err
     assert site.dest_files() == {} and summary(out)["removed"] == 3
@@ -513,7 +516,7 @@ def test_revocation_removes_everything_once_nothing_is_readable(site):
 
 def test_a_name_of_64_four_byte_characters_is_shortened(site):
     path = Site._file(os.path.join(site.base, "emoji", "short.fake"), b"smile", 0o644)
-    fid = site.sim.import_fileset("i12alice", [path], target=("Dataset", site.dataset))
+    fid = site.sim.import_fileset(ALICE, [path], target=("Dataset", site.dataset))
     # a clientPath no local filesystem could hold: 64 four-byte characters, 256 bytes
     site.sim.query("UPDATE FilesetEntry SET clientPath = ? WHERE fileset = ?",
                    (path.lstrip("/").replace("short.fake", "\U0001F600" * 64), fid))
@@ -568,7 +571,7 @@ def test_a_closed_stdout_ends_quietly_with_the_runs_exit_code(site):
     proc = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
          site.sim.root, "--sim-user", "root", "export", "--originals", site.dest,
-         f"Dataset:{site.dataset}", "--as-user", "i12alice", "--state-dir", site.state, "--json"],
+         f"Dataset:{site.dataset}", "--as-user", ALICE, "--state-dir", site.state, "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
     proc.stdout.readline()
     proc.stdout.close()                                   # `| head -1`
@@ -584,7 +587,7 @@ def test_a_full_dest_of_inodes_exits_6_and_sync_completes(site):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=4", "tmpfs", mount]
                       ).returncode:
         pytest.skip("cannot mount a tmpfs")
-    dest = os.path.join(mount, "i12alice")
+    dest = os.path.join(mount, ALICE)
     rc, out, err = site.export(dest=dest, extra=["--link", "copy"])
     assert rc == 6 and "--sync" in err, err
     assert "/proc/self/fd" not in err
@@ -618,7 +621,7 @@ def test_a_state_left_by_another_users_deleted_dest_is_dropped(site):
     rc, _, err = site.export()
     assert rc == 0, err
     key = state.key(os.stat(site.dest))
-    other = os.path.join(site.exports, "i12bob")
+    other = os.path.join(site.exports, BOB)
     os.rename(site.dest, other)                 # bob's new DEST has alice's old inode
     os.chown(other, site.bob.pw_uid, site.bob.pw_gid)
     for dirpath, dirnames, names in os.walk(other, topdown=False):
@@ -626,8 +629,8 @@ def test_a_state_left_by_another_users_deleted_dest_is_dropped(site):
             os.unlink(os.path.join(dirpath, name))
         for name in dirnames:
             os.rmdir(os.path.join(dirpath, name))
-    site.sim.add_dataset("B", "i12bob")
+    site.sim.add_dataset("B", BOB)
     bobs = site.sim.query("SELECT id FROM Dataset WHERE name = 'B'")[0][0]
-    rc, out, err = site.export(f"Dataset:{bobs}", dest=other, as_user="i12bob")
-    assert rc == 0 and "dropped the state of 'i12alice'" in err, err
+    rc, out, err = site.export(f"Dataset:{bobs}", dest=other, as_user=BOB)
+    assert rc == 0 and f"dropped the state of '{ALICE}'" in err, err
     assert state.key(os.stat(other)) == key
