@@ -231,6 +231,10 @@ def test_a_hung_importer_is_shown_stalled_then_killed_and_retried(world):
             return [r for r in rows if r[1] and (_dt.datetime.fromisoformat(r[0])
                                                  - _dt.datetime.fromisoformat(r[1])).total_seconds() >= 1.5]
         [(beat, _)] = wait_for(stalled)
+        # per-fileset progress: the fileset imported before the hang is done while its chunk runs
+        assert journal(tmp_path, "SELECT count(*) FROM import_fileset WHERE state = 'done'") \
+            == [(1,)]
+        assert journal(tmp_path, "SELECT state FROM import_chunk") == [("running",)]
         [job] = progress.read_jobs(journal_path(tmp_path))
         status = job_status(job, _dt.datetime.fromisoformat(beat), stalled_after=1.0)
         assert (job.state, status.state) == ("running", "stalled")
