@@ -81,7 +81,9 @@ def test_kill_driver_and_importer_at_random_moments_then_finish_exactly_once(tmp
     # the kills landed while there was work: live drivers, running importers, an unfinished job
     assert hits["driver"] >= DRIVER_KILLS and hits["importer"] >= IMPORTER_KILLS - 2, hits
     assert done < N_FILESETS
-    sim.advance(700)    # past --lease on the server's clock: the killed importers' uploads are dead
+    # past --lease and --server-step-timeout on the server's clock: the killed importers' uploads
+    # are dead, and so are the imports whose server steps the (fake) importer ran when it died
+    sim.advance(13 * 3600)
     for _ in range(5):
         driver = start(sim.root, str(src), env)
         _, err = driver.communicate(timeout=170)
