@@ -180,3 +180,16 @@ def test_the_importer_gets_a_utf8_locale(environ, expected):
     env = importer.utf8_environment(environ)
     assert env.get("LC_ALL") == expected
     assert {"-Dfile.encoding=UTF-8", "-Dsun.jnu.encoding=UTF-8"} <= set(importer.JAVA_UTF8)
+
+
+def test_an_upload_failure_of_a_used_file_fails_its_fileset(world, monkeypatch):
+    sim, src, _ = world
+    (src / "img1.fake.ini").write_text("[companion]")
+    monkeypatch.setenv("OMERO_CLI_EXT_SIM_UPLOAD_FAIL_PATTERN", "img1.fake.ini")
+    rc, out, err = imp(sim, "--json", "--clean-ghosts", str(src))
+    assert rc == 3, err
+    failed = [r for r in map(json.loads, out.splitlines())
+              if r["type"] == "fileset" and r["state"] == "failed"]
+    assert [f["path"] for f in failed] == [str(src / "img1.fake")]
+    assert "FILE_EXCEPTION" in failed[0]["message"] and "deleted" in failed[0]["message"]
+    assert filesets(sim) == 3          # its half upload was the job's and is gone

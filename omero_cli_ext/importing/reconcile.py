@@ -151,8 +151,9 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
                 log_errors[act.log.original_file_id] = False
         return log_errors[act.log.original_file_id]
 
-    def dead(fid: int) -> tuple:
-        """(dead?, reason) for an image-less fileset of this job."""
+    def dead(fid: int, failed_upload: bool) -> tuple:
+        """(dead?, reason) for an image-less fileset of this job; `failed_upload`: its importer
+        reported it failed and ended, so an unverified upload of it moves no more."""
         act = activity[fid]
         upload = _upload_job(act)
         if upload is not None and upload.status in DEAD_JOB_STATUSES:
@@ -165,6 +166,8 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
                 return True, (f"no images {quiet / 3600:.1f} h after its upload was verified "
                               "(--server-step-timeout)")
             return False, "the server is still processing it (upload verified, no images yet)"
+        if failed_upload:
+            return True, "its importer reported the failure before the upload was verified"
         quiet = quiet_for(act, _aware(info[fid].created) if fid in info else None)
         if quiet >= limits.lease:
             return True, f"upload never verified and quiet for {quiet:.0f} s (--lease)"
@@ -197,7 +200,7 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
         ghosts, waits = [], []
         for fid in mine:
             if fid not in complete:
-                is_dead, reason = dead(fid)
+                is_dead, reason = dead(fid, fs.idx in reported)
                 (ghosts if is_dead else waits).append((fid, reason))
         ghost_ids = tuple(fid for fid, _ in ghosts)
         if clean_ghosts:

@@ -21,6 +21,8 @@ ImportLibrary (stop on the first failed fileset unless `-c`). Candidate grouping
 Fault injection (env): OMERO_CLI_EXT_SIM_CRASH_AFTER=N (SIGKILL itself after N filesets, leaving the
 next one half uploaded), OMERO_CLI_EXT_SIM_HANG=1 (sleep forever after the first fileset),
 OMERO_CLI_EXT_SIM_FAIL_PATTERN=glob (filesets whose main file path or name matches fail server-side),
+OMERO_CLI_EXT_SIM_UPLOAD_FAIL_PATTERN=glob (the upload of a used file whose name matches fails
+client-side: `FILE_EXCEPTION: <that file>`, as ImportLibrary.uploadFile reports it, upload unverified),
 OMERO_CLI_EXT_SIM_SECONDS_PER_FILESET=float (busy time per fileset).
 """
 from __future__ import annotations
@@ -365,8 +367,14 @@ def crash_mid_upload(sim, user, group, cand, target, settings) -> None:
 def import_one(sim, user, group, cand, target, settings, counts, fail_pattern) -> bool:
     fid = create(sim, user, group, cand, target, settings)
     log("INFO", MONITOR, "FILESET_UPLOAD_START")
+    upload_fail = os.environ.get(ENV + "UPLOAD_FAIL_PATTERN")
     for i, path in enumerate(cand.files):
         log("INFO", MONITOR, "FILE_UPLOAD_STARTED: %s" % path)
+        if upload_fail and fnmatch.fnmatch(os.path.basename(path), upload_fail):
+            sim.store_file(fid, i, partial=True)
+            log("ERROR", HANDLER, "FILE_EXCEPTION: %s\njava.io.IOException: upload failed "
+                "(OMERO_CLI_EXT_SIM_UPLOAD_FAIL_PATTERN)" % path)
+            return False
         sim.store_file(fid, i)
         log("INFO", MONITOR, "FILE_UPLOAD_COMPLETE: %s" % path)
         counts["files"] += 1
