@@ -275,3 +275,13 @@ def test_nothing_in_doubt_asks_the_server_nothing():
     port = FakePort({}, {})
     assert decide(port, []).replan == []
     assert port.calls == []
+
+
+def test_a_result_is_yielded_once_it_names_its_images_and_completed_by_a_later_plate():
+    lines = iter(["---", "- Fileset: 7", "  Image: [10]", "  Plate: [3]"])
+    got = results.parse_results(lines)
+    assert next(got) == results.ImportResult(7, (10,), ())      # before any further line
+    assert next(got) == results.ImportResult(7, (10,), (3,))
+    assert list(got) == []
+    assert list(results.parse_results(["---", "- Fileset: 9", "---"])) == [
+        results.ImportResult(9, (), ())]

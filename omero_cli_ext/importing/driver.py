@@ -83,7 +83,7 @@ class _Attempt:
     offsets: Optional[int] = None     # upload bytes the server reported at the last check
     timed_out: bool = False
     nothing: bool = False             # "No imports found": its files are gone
-    mapped: set = field(default_factory=set)        # idx of filesets with a result
+    mapped: dict = field(default_factory=dict)      # idx -> fileset id of its result
 
 
 class Driver:
@@ -315,24 +315,28 @@ class Driver:
         """Each pending result's Fileset matched to its planned fileset by the client paths the
         server stores (one query for all), recorded done: per-fileset progress within MAP_EVERY
         of the importer's result, without a server query per fileset."""
-        fresh, self._pending = self._pending, []
-        if not fresh:
+        latest = {r.fileset_id: (a, r) for a, r in self._pending}    # later yields complete
+        self._pending = []
+        if not latest:
             return
-        known = self.port.filesets([r.fileset_id for _, r in fresh], image_counts=False)
-        outcomes = []
-        for attempt, result in fresh:
+        known = self.port.filesets(list(latest), image_counts=False)
+        outcomes, fresh = [], 0
+        for attempt, result in latest.values():
             by_main = {client_path(fs.main): fs for fs in attempt.filesets}
             fileset = known.get(result.fileset_id)
             paths = [e.client_path for e in fileset.entries] if fileset else []
             fs = next((by_main[p] for p in paths if p in by_main), None)
-            if fs is None or fs.idx in attempt.mapped:
+            if fs is None or attempt.mapped.get(fs.idx, result.fileset_id) != result.fileset_id:
                 continue
-            attempt.mapped.add(fs.idx)
             outcomes.append((fs.idx, "done", result.fileset_id, result.images, result.plates,
                              None))
-            self._report_fileset(fs, "done", result.fileset_id, result.images, result.plates)
+            if fs.idx not in attempt.mapped:      # a later yield only completes the record
+                attempt.mapped[fs.idx] = result.fileset_id
+                fresh += 1
+                self._report_fileset(fs, "done", result.fileset_id, result.images,
+                                     result.plates)
         self.jobs.mark(outcomes)
-        self.summary.imported += len(outcomes)
+        self.summary.imported += fresh
 
     def _finish(self, attempt: _Attempt) -> None:
         """Map results to planned filesets (the server names each Fileset's client paths), settle

@@ -46,30 +46,35 @@ def _ids(text: str) -> tuple:
 
 
 def parse_results(lines: Iterable[str]) -> Iterator[ImportResult]:
-    """Yield each fileset's result once its document is complete (next `---` or end of output)."""
+    """Yield each fileset's result as soon as its document names the Fileset and its images (an
+    importer that hangs after printing it must not hide it), and again if a key follows (the
+    Plate after the Image: later yields of a fileset complete earlier ones)."""
     doc: Optional[dict] = None
+    sent: Optional[ImportResult] = None
 
-    def finish():
-        if doc and "Fileset" in doc and doc["Fileset"]:
+    def current():
+        if doc and doc.get("Fileset") and "Image" in doc:
             return ImportResult(doc["Fileset"][0], doc.get("Image", ()), doc.get("Plate", ()))
         return None
 
     for raw in lines:
         line = raw.rstrip("\r\n")
         if line.strip() == "---":
-            done = finish()
-            if done:
-                yield done
-            doc = {}
+            if doc and doc.get("Fileset") and sent is None:     # a document without images
+                yield ImportResult(doc["Fileset"][0], (), doc.get("Plate", ()))
+            doc, sent = {}, None
             continue
         if doc is None:
             continue
         match = _KEY.match(line)
         if match:
             doc[match.group(1)] = _ids(match.group(2))
-    done = finish()
-    if done:
-        yield done
+            result = current()
+            if result is not None and result != sent:
+                sent = result
+                yield result
+    if doc and doc.get("Fileset") and sent is None:
+        yield ImportResult(doc["Fileset"][0], (), doc.get("Plate", ()))
 
 
 class LogReader:

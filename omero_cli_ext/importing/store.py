@@ -400,7 +400,8 @@ class JobStore:
         now = iso(utc_now())
         self.journal.executemany(
             "INSERT INTO import_result (job, fileset_id, chunk, images, plates, received) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job, fileset_id) DO NOTHING",
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job, fileset_id) DO UPDATE SET "
+            "images = excluded.images, plates = excluded.plates",
             [(self.job, r.fileset_id, chunk, json.dumps(list(r.images)),
               json.dumps(list(r.plates)), now) for chunk, r in results])
 
