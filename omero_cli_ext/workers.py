@@ -18,6 +18,12 @@ Safety:
 - Children die with the parent (PR_SET_PDEATHSIG), ignore Ctrl-C (the parent stops them), stop
   after the item in hand when the parent asks (a shared flag), and leave with os._exit (no
   atexit, no flush of the parent's buffers or database connections).
+- No deadlock when the parent stops early (an error, Ctrl-C, a closed stdout): each child holds
+  only its own result pipe and the queue's read end (never another child's pipe, which would
+  keep that child blocked on a full pipe once the parent stops reading); the parent closes
+  every result pipe before waiting, so a child blocked writing gets EPIPE and leaves, and one
+  that does not leave within REAP_SECONDS is killed. Signals are blocked while forking, so a
+  Ctrl-C there is taken by the parent (never by a child running on in the parent's code).
 - `func` must be idempotent per item and must not touch state the parent relies on: a
   child's writes to memory are lost, only its returned results count.
 """
@@ -43,7 +49,7 @@ _HEADER = struct.Struct("<Q")
 _TOKEN = struct.Struct("<Q")   # a chunk's start, as the parent deals it
 _TOKENS_PER_WRITE = 512        # 4096 bytes: one write of at most PIPE_BUF is all or nothing
 _PR_SET_PDEATHSIG = 1
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 REAP_SECONDS = 5.0    # a stopped worker that has not left by then is killed
 
 
@@ -264,11 +270,12 @@ def _child(func, items, queue: int, chunk: int, write_fd: int, stop,
            arm: Callable[[], None], mask) -> None:
     """A worker's whole life: the chunks it reads from `queue`, one message each, then os._exit.
     Ctrl-C (sent to the whole process group) is ignored: the parent stops the workers. SIGTERM
-    kills a worker outright (default action): its items are idempotent."""
+    and SIGHUP kill a worker outright (default action): its items are idempotent."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for kind in (signal.SIGTERM, signal.SIGHUP):   # not the parent's Python handlers
+            signal.signal(kind, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         arm()
         with os.fdopen(write_fd, "wb") as out:
