@@ -140,6 +140,10 @@ def test_repair_with_server_uses_size_and_hash(world, tmp_path):
     decoy_root.mkdir()
     (decoy_root / "file_1.fake").write_bytes(b"not the original")
     rc, out, err = world.mv("--repair", "--search", str(decoy_root),
+                            "--search", str(tmp_path / "elsewhere"), "--dry-run")
+    assert rc == 0, err
+    assert "candidate file(s) of the right name and size" in out   # not silently
+    rc, out, err = world.mv("--repair", "--search", str(decoy_root),
                             "--search", str(tmp_path / "elsewhere"))
     assert rc == 0, err
     assert None not in manifest(world.repo).values()

@@ -811,12 +811,15 @@ def plan_repair(request: Request, facts_for: FactsLookup) -> Plan:
                           "were not considered: a link to another fileset's file breaks when "
                           "that fileset is deleted")
     facts = facts_for([link for link, _ in dangling])
+    hashed = hashed_bytes = 0
     for link, target in dangling:
         fact = facts.get(link, NO_FACTS)
         candidates = index.get(os.path.basename(target), [])
         if fact.size is not None:
             candidates = [c for c in candidates if c[1] == fact.size]
         if fact.hash and fact.hasher:
+            hashed += len(candidates)
+            hashed_bytes += sum(c[1] for c in candidates)
             candidates = [c for c in candidates if checksum(c[0], fact.hasher) == fact.hash]
         chosen = _closest(os.path.normpath(os.path.join(os.path.dirname(link), target)),
                           [c[0] for c in candidates])
@@ -834,6 +837,10 @@ def plan_repair(request: Request, facts_for: FactsLookup) -> Plan:
                     fileset=fact.fileset)
         _hash_before(step, chosen, request)
         plan.steps.append(step)
+    if hashed:
+        plan.notes.append(f"{hashed} candidate file(s) of the right name and size "
+                          f"({hashed_bytes} bytes) were read to compare their checksum with the "
+                          "server's record")
     return plan
 
 
