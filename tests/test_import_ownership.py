@@ -249,3 +249,22 @@ def test_a_hung_importer_is_shown_stalled_then_killed_and_retried(world):
     assert driver.returncode == 4, err
     assert err.count("importer killed: no output and no upload progress") == 2
     assert "giving up for this run" in err
+
+
+def test_a_schema_1_job_is_upgraded_and_bound_to_its_planner(world, tmp_path):
+    sim, src, _ = world
+    shared = str(tmp_path / "old.sqlite")
+    assert imp(sim, "--journal", shared, "--job", "old", str(src))[0] == 0
+    with sqlite3.connect(shared) as db:       # back to what omero-cli-ext wrote before
+        db.execute("ALTER TABLE import_job DROP COLUMN identity")
+        db.execute("ALTER TABLE import_worker DROP COLUMN progress")
+        db.execute("DROP TABLE import_attempt")
+        db.execute("DROP TABLE import_announced")
+        db.execute("UPDATE journal_schema SET version = 1 WHERE component = 'import'")
+    rc, out, err = imp(sim, "--journal", shared, "--job", "old")
+    assert rc == 0 and "8/8 filesets done" in out, err
+    with sqlite3.connect(shared) as db:
+        [(identity,)] = db.execute("SELECT identity FROM import_job").fetchall()
+    assert json.loads(identity)["user"]["name"] == "alice"
+    rc, _, err = imp(sim, "--journal", shared, "--job", "old", user="bob")
+    assert rc == 19 and "belongs to user alice" in err, err
