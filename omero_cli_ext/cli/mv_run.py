@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shlex
 import time
 
@@ -15,6 +14,7 @@ from omero_cli_ext.cli.mv_session import (LoginRefused, MvOutput, Progress, logi
                                           terminate_as_interrupt)
 from omero_cli_ext.journal import JournalError, JournalLocked, open_journal
 from omero_cli_ext.mv import engine
+from omero_cli_ext.mv.arguments import FILESET_REF, choose_mode, command_line, repo_path
 from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL,
                                      EXIT_RENDER_FAILED, EXIT_SRC_MISSING, EXIT_UNRESOLVED,
                                      EXIT_USAGE, EXIT_VERIFY_FAILED, MvError)
@@ -30,7 +30,6 @@ from omero_cli_ext.workers import WorkerFailed, default_workers
 from omero_cli_ext.mv.store import JobStore
 from omero_cli_ext.mv.tree import canonical, fs_path, is_under, show
 
-FILESET_REF = re.compile(r"^Fileset:(\d+)$")
 
 
 class _Run:
@@ -47,43 +46,6 @@ class _Run:
         self.ctx.die(code, message)
 
     # --- arguments
-    def mode(self) -> str:
-        a = self.args
-        chosen = [flag for flag, on in (("--links-only", a.links_only), ("--inline", a.inline),
-                                        ("--repair", a.repair), ("--abandon", a.abandon),
-                                        ("--status", a.status),
-                                        ("--execute-plan", a.execute_plan),
-                                        ("--plan", a.plan)) if on]
-        if len(chosen) > 1:
-            self.die(EXIT_USAGE, f"choose one of {', '.join(chosen)}")
-        if a.abandon:
-            return "abandon"
-        if a.status:
-            return "status"
-        if a.execute_plan:
-            if a.source or a.destination or a.search:
-                self.die(EXIT_USAGE, "--execute-plan takes no SRC/DST: they are in the plan")
-            return "execute-plan"
-        if a.repair:
-            if a.source or a.destination:
-                self.die(EXIT_USAGE, "--repair takes no SRC/DST; name where to look with --search")
-            if not a.search:
-                self.die(EXIT_USAGE, "--repair needs at least one --search DIR")
-            return "repair"
-        if a.search:
-            self.die(EXIT_USAGE, "--search goes with --repair")
-        if a.inline:
-            if not a.source or a.destination:
-                self.die(EXIT_USAGE, "--inline takes one repository path: omero mv --inline PATH")
-            return "inline"
-        if not a.source or not a.destination:
-            self.die(EXIT_USAGE, "usage: omero mv SRC DST (see omero mv -h)")
-        if a.links_only:
-            return "links-only"
-        if FILESET_REF.match(a.source):
-            return "offload"
-        return "path"
-
     def connect(self, needs_server: bool):
         """The server port. A mode that needs no server goes on without one (a note says why)
         when `--repo` names the repository: no session, a server down, a bad host; it never
@@ -141,7 +103,7 @@ class _Run:
             prefix = self.readable_fileset(fileset_id).template_prefix
             return Request("inline", repo, src=os.path.join(repo, os.fsencode(prefix.rstrip("/"))),
                            checksums=checksums, force=a.force, fileset=fileset_id)
-        src = self.repo_path(a.source, repo)
+        src = repo_path(a.source, repo)
         if mode == "inline":
             return Request("inline", repo, src=src, checksums=checksums, force=a.force)
         dst = fs_path(a.destination)
@@ -153,15 +115,6 @@ class _Run:
             self.need_offload_rights()
             return Request("offload", repo, src=src, dst=dst, checksums=checksums, force=a.force)
         return Request("move", repo, src=src, dst=dst, force=a.force, checksums=checksums)
-
-    def repo_path(self, given: str, repo: bytes) -> bytes:
-        """A path as given; a relative one that exists only below the repository means that."""
-        path = fs_path(given)
-        raw = os.fsencode(given)
-        if not os.path.isabs(raw) and not os.path.lexists(path) \
-                and os.path.lexists(os.path.join(repo, raw)):
-            return os.path.normpath(os.path.join(repo, raw))
-        return path
 
     def need_offload_rights(self) -> None:
         if self.port is None:
@@ -196,23 +149,7 @@ class _Run:
         return imports_check(self.port) if self.port is not None else None
 
     def command_line(self) -> str:
-        a = self.args
-        words = ["omero", "mv"]
-        for flag, on in (("--links-only", a.links_only), ("--inline", a.inline),
-                         ("--repair", a.repair), ("--force", a.force), ("--no-server", a.no_server),
-                         ("--skip-mismatched", a.skip_mismatched)):
-            if on:
-                words.append(flag)
-        for root in a.search:
-            words += ["--search", root]
-        if a.repo:
-            words += ["--repo", a.repo]
-        if a.journal:
-            words += ["--journal", a.journal]
-        if a.execute_plan:
-            words += ["--execute-plan", a.execute_plan]
-        words += [w for w in (a.source, a.destination) if w]
-        return " ".join(shlex.quote(w) for w in words)
+        return command_line(self.args)
 
     # --- output
     def show_plan(self, plan) -> None:
@@ -243,7 +180,10 @@ class _Run:
 
     # --- the run
     def run(self) -> None:
-        mode = self.mode()
+        try:
+            mode = choose_mode(self.args)
+        except MvError as err:
+            self.die(err.code, str(err))
         needs_server = mode == "offload" or self.render_checking() \
             or (mode == "inline" and bool(FILESET_REF.match(self.args.source)))
         try:
