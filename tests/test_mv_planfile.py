@@ -51,3 +51,27 @@ def test_a_changed_plan_or_one_others_can_edit_is_refused(world, tmp_path):
     rc, out, err = other.mv("--execute-plan", plan_file, server=False)
     assert rc == errors.EXIT_USAGE and "made for another repository" in err
     assert snapshot(world.repo, world.data) == before
+
+
+def test_an_interrupted_plan_resumes_with_the_same_command(world, tmp_path, monkeypatch):
+    from omero_cli_ext.mv import execute
+    plan_file = str(tmp_path / "approved.jsonl")
+    new = os.path.join(world.data, "new")
+    rc, out, err = world.mv(world.old, new, "--plan", plan_file, server=False)
+    assert rc == 0, err
+    expected = manifest(world.repo)
+    real, calls = execute.Executor._retarget, []
+
+    def retarget_then_interrupt(self, step):
+        if len(calls) == 7:
+            raise KeyboardInterrupt()
+        calls.append(step)
+        real(self, step)
+    monkeypatch.setattr(execute.Executor, "_retarget", retarget_then_interrupt)
+    rc, out, err = world.mv("--execute-plan", plan_file, "--workers", "1", server=False)
+    assert rc == errors.EXIT_INTERRUPTED and f"--execute-plan {plan_file}" in err, err
+    monkeypatch.undo()
+    assert manifest(world.repo) == expected
+    rc, out, err = world.mv("--execute-plan", plan_file, server=False)
+    assert rc == 0 and "resuming job 1" in out, err
+    assert manifest(world.repo) == expected and not os.path.exists(world.old)
