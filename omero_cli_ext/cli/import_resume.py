@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -14,7 +11,7 @@ import threading
 from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_PERMISSION, open_port, output_for, server_errors
 from omero_cli_ext.cli.import_ext import RESUME_ONLY
 from omero_cli_ext.cli.import_view import View, drop_stdout
-from omero_cli_ext.importing import identity, outcome, progress, store
+from omero_cli_ext.importing import arguments, identity, outcome, progress, store
 from omero_cli_ext.importing.outcome import (EXIT_BAD_INPUT, EXIT_IDENTITY,
                                              EXIT_IMPORTER_FAILED, EXIT_JOURNAL,
                                              EXIT_JOURNAL_CORRUPT, EXIT_JOURNAL_LOCKED,
@@ -22,7 +19,7 @@ from omero_cli_ext.importing.outcome import (EXIT_BAD_INPUT, EXIT_IDENTITY,
                                              EXIT_PLAN_MISMATCH, EXIT_UNKNOWN_JOB)
 from omero_cli_ext.importing.driver import Driver, Settings
 from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, chunk_filesets,
-                                          file_sizes, new_groups, parse_duration, parse_groups,
+                                          file_sizes, new_groups, parse_groups,
                                           parse_size)
 from omero_cli_ext.pathrules import client_path
 from omero_cli_ext.journal import (JournalCorrupt, JournalError, JournalIntegrityError,
@@ -35,7 +32,6 @@ DEFAULT_RETRIES = 3
 DEFAULT_LEASE = 600
 DEFAULT_IMPORTER_TIMEOUT = 3600        # seconds without an importer line or upload byte
 DEFAULT_SERVER_STEP_TIMEOUT = 12 * 3600
-MAX_WORKERS = 32
 
 
 class _Session:
@@ -140,7 +136,7 @@ def run_resume(control, args) -> None:
 def _run_resume(control, args, out) -> None:
     ctx = control.ctx
     paths, target, chunk_bytes = _check_arguments(ctx, args)
-    job = args.job or (_derived_job_name(paths, target) if paths else None)
+    job = args.job or (arguments.derived_job_name(paths, target) if paths else None)
     if job is None:
         ctx.die(EXIT_BAD_INPUT, "give the paths to import, or --job NAME to resume a job")
     location = args.journal or progress.default_journal_path(job)
@@ -383,63 +379,10 @@ def _report(ctx, out, journal, job, args) -> int:
 
 def _check_arguments(ctx, args):
     """Paths, target and --chunk-bytes, refusing what cannot work (nothing touched yet)."""
-    if getattr(args, "bulk", None):
-        ctx.die(EXIT_BAD_INPUT, "--resume does not drive --bulk files (each bulk line is its own "
-                                "import); pass the paths instead, or run --bulk without --resume")
-    for flag in ("file", "errs"):
-        if getattr(args, flag, None):
-            ctx.die(EXIT_BAD_INPUT, f"--{flag} does not combine with --resume: the driver reads "
-                                    "the importer's output itself (see the journal and --json)")
-    if getattr(args, "f", False):
-        ctx.die(EXIT_BAD_INPUT, "-f only lists files: use --resume --dry-run to see the plan")
-    chunk_bytes = None
-    if args.chunk_bytes:
-        try:
-            chunk_bytes = parse_size(args.chunk_bytes)
-        except ValueError as err:
-            ctx.die(EXIT_BAD_INPUT, f"--chunk-bytes: {err}")
-    if args.retries is not None and args.retries < 0:
-        ctx.die(EXIT_BAD_INPUT, f"--retries must be 0 or more, got {args.retries}")
-    if args.workers is not None and args.workers > MAX_WORKERS:
-        ctx.die(EXIT_BAD_INPUT, f"--workers {args.workers} is more than {MAX_WORKERS}: each "
-                                "worker is a JVM and a database connection on the server; 1-4 "
-                                "is usually fastest (docs/import.md, Chunking advice)")
-    for flag in ("importer_timeout", "server_step_timeout"):
-        value = getattr(args, flag)
-        if value is not None:
-            try:
-                setattr(args, flag, parse_duration(value))
-            except ValueError as err:
-                ctx.die(EXIT_BAD_INPUT, f"--{flag.replace('_', '-')}: {err}")
-    if args.results and (args.retry_failed or args.rescan or args.clean_ghosts or args.dry_run):
-        ctx.die(EXIT_BAD_INPUT, "--results only re-prints a job's results: it combines with "
-                                "--job, --journal and --json, not with options that change it")
-    paths = []
-    for given in args.path or []:
-        path = os.path.abspath(given)
-        if not os.path.lexists(path):
-            ctx.die(EXIT_BAD_INPUT, f"no such file or directory: {printable(given)}")
-        if not os.access(path, os.R_OK) or (os.path.isdir(path) and not os.access(path, os.X_OK)):
-            ctx.die(EXIT_BAD_INPUT, f"cannot read {printable(given)} (permission denied)")
-        paths.append(path)
-    target = _target(ctx, args)
-    if target:
-        try:
-            identity.parse_target(target)
-        except ValueError as err:
-            ctx.die(EXIT_BAD_INPUT, str(err))
-    return paths, target, chunk_bytes
-
-
-def _target(ctx, args) -> str:
-    """The import target as text: "Dataset:5", "Screen:7", "Dataset:name:X", or ""."""
-    if args.target:
-        return args.target
-    if args.d:
-        return args.d if str(args.d).startswith("Dataset:") else f"Dataset:{args.d}"
-    if args.r:
-        return args.r if str(args.r).startswith("Screen:") else f"Screen:{args.r}"
-    return ""
+    try:
+        return arguments.check(args)
+    except arguments.BadInput as err:
+        ctx.die(EXIT_BAD_INPUT, str(err))
 
 
 def _check_target(ctx, port, target: str) -> None:
@@ -561,15 +504,6 @@ def _show_plan(out, job, plan) -> None:
                for c, f in sorted(chunks.items())])
     out.emit("summary", job=job, filesets_total=len(plan), chunks=len(chunks),
              bytes_total=sum(fs.size for fs in plan), dry_run=True)
-
-
-def _derived_job_name(paths, target) -> str:
-    """Stable across reruns of the same command: the first path's name plus a digest of all
-    paths and the target."""
-    digest = hashlib.sha1(json.dumps([sorted(paths), target or ""]).encode(
-        "utf-8", "surrogateescape")).hexdigest()[:10]
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(paths[0].rstrip("/")) or "root")
-    return f"{base[:40]}-{digest}"
 
 
 def _journal_exists(location: str) -> bool:
