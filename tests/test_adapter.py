@@ -825,3 +825,35 @@ def test_sudo_refused_by_glacier2_is_a_permission_error(srv, monkeypatch):
         side_effect=Glacier2.PermissionDeniedException(reason="session expired")))
     with pytest.raises(PermissionDenied, match="refused the login .session expired."):
         srv.port.sudo("bob")
+
+
+def test_file_sizes_moves_one_store_from_file_to_file_and_skips_refused_ones(srv):
+    """RawFileStore.size of each log (status: is it growing?); a refused file (SecurityViolation
+    FileNotFound/FileNotAccessible) is left out and the store replaced, never reused."""
+    stores = []
+
+    def create():
+        store = mock.create_autospec(omero.api.RawFileStorePrx, instance=True)
+        current = {}
+
+        def set_file(file_id, ctx):
+            assert ctx == ALL
+            if file_id == 2:
+                raise omero.SecurityViolation(message="FileNotAccessible")
+            current["id"] = file_id
+        store.setFileId.side_effect = set_file
+        store.size.side_effect = lambda: 1000 + current["id"]
+        stores.append(store)
+        return store
+    srv.sf.createRawFileStore.side_effect = create
+    assert srv.port.file_sizes([1, 2, 3]) == {1: 1001, 3: 1003}
+    assert len(stores) == 2
+    for store in stores:
+        store.close.assert_called_once_with()
+    assert srv.port.file_sizes([]) == {} and len(stores) == 2   # nothing asked: no store
+
+
+def test_lookup_groups_by_name(srv):
+    srv.answers[adapter.HQL_GROUPS] = lambda p: [
+        [rstring(n.val), rlong(5)] for n in p.map["names"].val if n.val == "lab"]
+    assert srv.port.lookup_groups(["lab", "nowhere", "lab"]) == {"lab": 5}
