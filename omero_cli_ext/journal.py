@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import itertools
 import json
@@ -24,6 +25,7 @@ import os
 import re
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from typing import Iterable, Iterator, Optional, Sequence
@@ -422,10 +424,7 @@ class _SqliteJournal(Journal):
 @contextlib.contextmanager
 def _flock_writer(path: str, name: str) -> Iterator[None]:
     """Exclusive, non-blocking flock on `path`, whose content names the holder."""
-    try:
-        handle = open(path, "a+", encoding="utf-8")
-    except OSError as exc:
-        raise JournalError(f"cannot create the lock file {path}: {exc.strerror}") from None
+    handle = _open_lock_file(path)
     try:
         try:
             portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
@@ -444,6 +443,28 @@ def _flock_writer(path: str, name: str) -> Iterator[None]:
             portalocker.unlock(handle)
     finally:
         handle.close()
+
+
+def _open_lock_file(path: str):
+    """The lock file, opened without following a symlink and refused unless it is a plain file
+    of its own: a link planted there by whoever can write the directory must not make this run
+    (root's, perhaps) truncate and write another file."""
+    planted = JournalError(f"the lock file {path} is not a plain file of its own (a symlink or "
+                           "a hard link); it was not written. Check who made it, remove it, and "
+                           "rerun; nothing was changed")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise planted from None
+        raise JournalError(f"cannot create the lock file {path}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise planted
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "r+", encoding="utf-8")
 
 
 def _locked_by_file(path: str, name: str) -> JournalLocked:

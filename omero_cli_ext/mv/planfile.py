@@ -19,7 +19,7 @@ from typing import Tuple
 
 from omero_cli_ext import fsops
 from omero_cli_ext.mv.errors import EXIT_SRC_MISSING, EXIT_USAGE, MvError
-from omero_cli_ext.mv.plan import PHASES, Plan, Request, Step
+from omero_cli_ext.mv.plan import MODES, PHASES, Plan, Request, Step
 from omero_cli_ext.mv.tree import show
 
 FORMAT = 1
@@ -51,18 +51,27 @@ def _request_record(request: Request) -> dict:
 
 
 def _request_from(record: dict) -> Request:
+    if not isinstance(record, dict):
+        raise ValueError("its request is not an object")
     known = {item.name for item in fields(Request)}
     values = {}
     for name, value in record.items():
         if name not in known:
             raise MvError(EXIT_USAGE, f"the plan names an unknown request field {name!r}")
-        if name in ("repo", "src", "dst") and value is not None:
-            value = os.fsencode(value)
+        if name in ("repo", "src", "dst"):
+            value = None if value is None else os.fsencode(_typed(name, value, str))
         elif name == "search":
-            value = tuple(os.fsencode(v) for v in value)
+            value = tuple(os.fsencode(_typed(name, v, str)) for v in _typed(name, value, list))
         elif name == "fileset_files":
-            value = tuple((os.fsencode(a), os.fsencode(b)) for a, b in value)
+            value = tuple((os.fsencode(_typed(name, a, str)), os.fsencode(_typed(name, b, str)))
+                          for a, b in _typed(name, value, list))
+        elif name in ("force", "checksums", "skip_mismatched"):
+            value = _typed(name, value, bool)
+        elif name in ("fileset", "workers"):
+            value = _typed(name, value, int)
         values[name] = value
+    if values.get("mode") not in MODES or values.get("repo") is None:
+        raise ValueError(f"its mode {values.get('mode')!r} or repository is not valid")
     return Request(**values)
 
 
@@ -103,12 +112,20 @@ def read_plan(path: str, repo_id: Tuple[int, int]) -> Tuple[Plan, str]:
             raise MvError(EXIT_USAGE, f"the plan {show(path)} can be changed by another user "
                           "(owner or mode): make it yours and not writable by others (chmod "
                           "go-w) after checking it, then run it")
-        raw = stream.read().decode("ascii", "strict").rstrip("\n").split("\n")
+        data = stream.read()
     try:
-        header = json.loads(raw[0])
-    except (ValueError, IndexError):
-        raise MvError(EXIT_USAGE, f"{show(path)} is not a plan written by omero mv --plan") \
-            from None
+        return _parse(path, data, repo_id)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        # hand-edited (and re-digested) or not a plan at all: never a traceback
+        raise MvError(EXIT_USAGE, f"{show(path)} is not a valid plan written by omero mv --plan "
+                      f"({exc}); nothing was changed") from None
+
+
+def _parse(path: str, data: bytes, repo_id: Tuple[int, int]) -> Tuple[Plan, str]:
+    raw = data.decode("ascii", "strict").rstrip("\n").split("\n")
+    header = json.loads(raw[0])
+    if not isinstance(header, dict):
+        raise ValueError("its first line is not the plan's header")
     if header.get("type") != "plan" or header.get("format") != FORMAT:
         raise MvError(EXIT_USAGE, f"{show(path)} is not a plan of this omero mv (format "
                       f"{header.get('format')!r})")
@@ -123,16 +140,47 @@ def read_plan(path: str, repo_id: Tuple[int, int]) -> Tuple[Plan, str]:
     if [s.seq for s in steps] != list(range(len(steps))) or \
             [s.phase for s in steps] != sorted(s.phase for s in steps):
         raise MvError(EXIT_USAGE, f"the plan {show(path)} has its steps out of order")
+    notes = header.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise ValueError("its notes are not a list of texts")
+    unresolved = header.get("unresolved", [])
+    if not isinstance(unresolved, list) or not all(isinstance(e, dict) for e in unresolved):
+        raise ValueError("its unresolved links are not a list of objects")
     plan = Plan(_request_from(header["request"]), steps, same_fs=bool(header.get("same_fs")),
-                notes=list(header.get("notes", [])),
+                notes=list(notes),
                 unresolved=[{k: (os.fsencode(v) if k in ("link", "target") and v else v)
-                             for k, v in entry.items()} for entry in header.get("unresolved", [])])
-    return plan, header.get("command", "")
+                             for k, v in entry.items()} for entry in unresolved])
+    command = header.get("command", "")
+    if not isinstance(command, str):
+        raise ValueError("its command is not a text")
+    return plan, command
+
+
+def _typed(name: str, value, kind):
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
+                              and kind is not bool):
+        raise TypeError(f"{name} is {type(value).__name__}, not {kind.__name__}")
+    return value
 
 
 def _step_from(record: dict) -> Step:
+    if not isinstance(record, dict):
+        raise ValueError("a step line is not an object")
     if record.get("kind") not in PHASES:
         raise MvError(EXIT_USAGE, f"the plan holds an unknown step kind {record.get('kind')!r}")
-    values = {name: (os.fsencode(record[name]) if name in _BYTES_FIELDS and record.get(name)
-                     is not None else record.get(name)) for name in _STEP_FIELDS}
+    unknown = set(record) - set(_STEP_FIELDS)
+    if unknown:
+        raise ValueError(f"a step has unknown fields {sorted(unknown)}")
+    values = {}
+    for name in _STEP_FIELDS:
+        value = record.get(name)
+        if name in _BYTES_FIELDS or name in ("kind", "hasher", "hash"):
+            _typed(name, value, str)
+            if name in _BYTES_FIELDS and value is not None:
+                value = os.fsencode(value)
+        else:
+            _typed(name, value, int)
+        values[name] = value
+    if values["path"] is None or values["seq"] is None:
+        raise ValueError("a step has no path or no seq")
     return Step(**values)

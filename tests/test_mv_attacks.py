@@ -1,0 +1,76 @@
+"""`omero mv` attacked as a hurried sysadmin and a hostile unprivileged user would: files planted
+in the control directory, managed files reached through another mount, tampered plan files,
+odd names."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from mv_helpers import World, manifest, snapshot, world  # noqa: F401 (fixture)
+from omero_cli_ext.journal import _lock_slug
+from omero_cli_ext.mv import errors
+from omero_cli_ext.mv.locations import repo_place
+from sim.launcher import run_cli
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_root_never_writes_through_a_link_planted_as_the_lock_file(tmp_path, kind):
+    """The repository's owner can write the control directory; a symlink or hard link planted
+    there under the lock file's name must not make root's run truncate or write another file."""
+    world = World(str(tmp_path / "w"), n_filesets=2, files_per_fileset=1, odd_names=False)
+    place = repo_place(os.fsencode(world.repo))
+    os.makedirs(place.control_dir, mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    lock = os.path.join(place.control_dir, os.fsencode(_lock_slug(place.lock_name) + ".lock"))
+    (os.symlink if kind == "symlink" else os.link)(str(victim), lock)
+    before = manifest(world.repo)
+    rc, out, err = run_cli(world.sim_root, ["mv", "--no-server", "--repo", world.repo,
+                                            world.old, os.path.join(world.data, "new")])
+    assert victim.read_bytes() == b"precious"
+    assert rc == errors.EXIT_JOURNAL and "not a plain file of its own" in err, err
+    assert manifest(world.repo) == before
+
+
+def _redigest(header: dict, steps: list) -> bytes:
+    from omero_cli_ext.mv import planfile
+    header = dict(header, steps=len(steps))
+    header["digest"] = planfile._digest(header, steps)
+    return (json.dumps(header, sort_keys=True) + "\n" + "\n".join(steps) + "\n").encode()
+
+
+def test_a_tampered_or_garbled_plan_file_is_refused_without_a_traceback(world, tmp_path):
+    """A plan edited by hand (even with its digest made to match again), cut, or replaced by
+    other bytes: exit 2 with a message, never a traceback, nothing changed."""
+    plan = str(tmp_path / "p.jsonl")
+    rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), "--plan", plan,
+                            server=False)
+    assert rc == 0, err
+    raw = open(plan, "rb").read()
+    lines = raw.decode().rstrip("\n").split("\n")
+    header = json.loads(lines[0])
+    first = json.loads(lines[1])
+    variants = {
+        "non-ascii": raw.replace(b'"plan"', b'"pl\xe9n"', 1),
+        "binary": b"\x00\xff\n",
+        "empty": b"",
+        "header not an object": b"[]\n",
+        "path not a text": _redigest(header, [json.dumps(dict(first, path=5))] + lines[2:]),
+        "step not an object": _redigest(header, ["[1]"] + lines[2:]),
+        "unknown step field": _redigest(header, [json.dumps(dict(first, x=1))] + lines[2:]),
+        "request not an object": _redigest(dict(header, request="x"), lines[1:]),
+        "bad mode": _redigest(dict(header, request=dict(header["request"], mode="rm")),
+                              lines[1:]),
+        "notes not a list": _redigest(dict(header, notes=5), lines[1:]),
+    }
+    before = snapshot(world.repo, world.data)
+    for label, data in variants.items():
+        with open(plan, "wb") as stream:
+            stream.write(data)
+        os.chmod(plan, 0o600)
+        rc, out, err = world.mv("--execute-plan", plan, server=False)
+        assert rc == errors.EXIT_USAGE and "Traceback" not in err, (label, err)
+        assert "plan" in err, (label, err)
+        assert snapshot(world.repo, world.data) == before, label
