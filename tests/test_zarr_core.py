@@ -221,3 +221,22 @@ def test_the_fake_importer_counts_images_and_plates_as_fakereader(tmp_path):
     found = {os.path.basename(c.main): (c.spw, c.images) for c in find_candidates(
         [str(spw), str(multi)])}
     assert found == {spw.name: (True, 12), multi.name: (False, 3)}
+
+
+def test_remove_tree_removes_symlinks_never_their_targets(tmp_path):
+    from omero_cli_ext.zarr import store
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "f").write_text("x")
+    tree_dir = tmp_path / "dest" / "img.ome.zarr" / "0" / "0"
+    tree_dir.mkdir(parents=True)
+    (tree_dir / "0").write_bytes(b"chunk")
+    os.symlink(outside / "keep", tree_dir / "link_dir")
+    os.symlink(outside / "keep" / "f", tree_dir / "link_file")
+    fd = os.open(tmp_path / "dest", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        store.remove_tree(fd, "img.ome.zarr")
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path / "dest") == []
+    assert (outside / "keep" / "f").read_text() == "x"

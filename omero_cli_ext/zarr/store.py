@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import secrets
-import shutil
 import stat
 from typing import Iterable, Optional
 
@@ -122,15 +121,29 @@ def write_json(dir_fd: int, name: str, doc, sync: bool = False) -> bool:
 
 
 def remove_tree(parent_fd: int, name: str) -> None:
-    """Remove `name` below `parent_fd` without following symlinks (shutil.rmtree with dir_fd)."""
+    """Remove `name` below `parent_fd` without following symlinks: every entry is removed
+    relative to its directory's descriptor (a symlink is removed itself, never its target)."""
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=parent_fd)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent_fd)
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        for _root, dirs, files, root_fd in os.fwalk(dir_fd=fd, topdown=False,
+                                                    follow_symlinks=False):
+            for entry in files:
+                os.unlink(entry, dir_fd=root_fd)
+            for entry in dirs:      # fwalk lists a symlink to a directory here, not entering it
+                try:
+                    os.rmdir(entry, dir_fd=root_fd)
+                except NotADirectoryError:
+                    os.unlink(entry, dir_fd=root_fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
 
 
 def remove_stale_temps(dir_fd: int, recursive: bool = True) -> int:
