@@ -92,6 +92,27 @@ def parse_iso(text: Optional[str]) -> Optional[_dt.datetime]:
     return _dt.datetime.fromisoformat(text) if text else None
 
 
+def path_text(path: str) -> str:
+    """A path as journal text. Undecodable bytes (lone surrogates from surrogateescape) cannot be
+    stored as text by SQLite or PostgreSQL: such a path is kept as its JSON string (which starts
+    with `"`, never with `/` as the absolute paths of a plan do), so the exact bytes come back."""
+    if any("\ud800" <= ch <= "\udfff" for ch in path):
+        return json.dumps(path)
+    return path
+
+
+def text_path(text: str) -> str:
+    """The path stored by `path_text`."""
+    return json.loads(text) if text.startswith('"') else text
+
+
+def plain_text(text: Optional[str]) -> Optional[str]:
+    """A message or command line as journal text: undecodable bytes as `\\xNN` (for reading)."""
+    if text is None or not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class PlannedFileset:
     """One fileset of the plan: its main file (the importer's group path) and all its files."""
@@ -164,7 +185,7 @@ def job_names(journal) -> list:
 
 def _fileset(row) -> PlannedFileset:
     idx, chunk, main, files, size, reader, spw = row
-    return PlannedFileset(idx=idx, main=main, files=tuple(json.loads(files)), size=size,
+    return PlannedFileset(idx=idx, main=text_path(main), files=tuple(json.loads(files)), size=size,
                           reader=reader or "", spw=bool(spw), chunk=chunk)
 
 
@@ -212,13 +233,13 @@ class JobStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.job, record.created, record.user_name, record.owner_id,
                  json.dumps(list(record.paths)), record.target, json.dumps(list(record.options)),
-                 record.command, record.chunk_size, record.chunk_bytes, record.filesets,
+                 plain_text(record.command), record.chunk_size, record.chunk_bytes, record.filesets,
                  record.bytes, record.chunks,
                  json.dumps(record.identity, sort_keys=True) if record.identity else None))
             self.journal.executemany(
                 "INSERT INTO import_fileset (job, idx, chunk, main, files, nfiles, size, reader, "
                 "spw, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
-                [(self.job, fs.idx, fs.chunk, fs.main, json.dumps(list(fs.files)), len(fs.files),
+                [(self.job, fs.idx, fs.chunk, path_text(fs.main), json.dumps(list(fs.files)), len(fs.files),
                   fs.size, fs.reader, int(fs.spw), now) for fs in filesets])
             self.journal.executemany(
                 "INSERT INTO import_chunk (job, chunk, state, filesets, bytes, attempts) "
@@ -343,12 +364,12 @@ class JobStore:
                 self.journal.execute(
                     "UPDATE import_chunk SET state = 'pending', lease_until = NULL, "
                     "not_before = ?, message = ? WHERE job = ? AND chunk = ? AND host = ? "
-                    "AND pid = ?", (iso(now + _dt.timedelta(seconds=backoff_seconds)), message,
+                    "AND pid = ?", (iso(now + _dt.timedelta(seconds=backoff_seconds)), plain_text(message),
                                     self.job, chunk, host, pid))
             else:
                 self.journal.execute(
                     "UPDATE import_chunk SET state = 'done', lease_until = NULL, finished = ?, "
-                    "message = ? WHERE job = ? AND chunk = ?", (iso(now), message, self.job, chunk))
+                    "message = ? WHERE job = ? AND chunk = ?", (iso(now), plain_text(message), self.job, chunk))
 
     # --- attempts and what they announced ---
     def begin_attempt(self, attempt: str, chunk: int, host: str, pid: int,
@@ -424,7 +445,7 @@ class JobStore:
             "UPDATE import_fileset SET state = ?, fileset_id = ?, images = ?, plates = ?, "
             "message = ?, updated = ? WHERE job = ? AND idx = ?",
             [(state, fid, json.dumps(list(images)) if images is not None else None,
-              json.dumps(list(plates)) if plates is not None else None, message, now, self.job,
+              json.dumps(list(plates)) if plates is not None else None, plain_text(message), now, self.job,
               idx) for idx, state, fid, images, plates, message in outcomes])
 
     def reopen_chunks(self, chunks: Iterable[int]) -> None:
@@ -482,7 +503,7 @@ class JobStore:
             self.journal.executemany(
                 "INSERT INTO import_fileset (job, idx, chunk, main, files, nfiles, size, reader, "
                 "spw, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
-                [(self.job, fs.idx, fs.chunk, fs.main, json.dumps(list(fs.files)), len(fs.files),
+                [(self.job, fs.idx, fs.chunk, path_text(fs.main), json.dumps(list(fs.files)), len(fs.files),
                   fs.size, fs.reader, int(fs.spw), now) for fs in filesets])
             self.journal.executemany(
                 "INSERT INTO import_chunk (job, chunk, state, filesets, bytes, attempts) "
@@ -513,7 +534,7 @@ class JobStore:
             "SELECT idx, main, state, fileset_id, images, plates, message, size FROM "
             "import_fileset WHERE job = ? AND state IN ('done', 'failed', 'ghost') ORDER BY idx",
             (self.job,))
-        return [{"idx": idx, "main": main, "state": state, "fileset_id": fid,
+        return [{"idx": idx, "main": text_path(main), "state": state, "fileset_id": fid,
                  "images": json.loads(images) if images else None,
                  "plates": json.loads(plates) if plates else None, "message": message,
                  "size": size} for idx, main, state, fid, images, plates, message, size in rows]

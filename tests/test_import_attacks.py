@@ -1,0 +1,55 @@
+"""`omero import --resume` attacked as a facility would: hostile file names, killed drivers,
+closed pipes and interrupts. Each test is an attack that once succeeded."""
+from __future__ import annotations
+
+import json
+import os
+
+from sim.launcher import run_cli
+from sim.server import SimServer
+
+from test_import_ownership import kill_driver_after_first_fileset, world  # noqa: F401
+
+# a file name of each kind the repository path rules rewrite, and names that are not UTF-8
+HOSTILE = [b"12:30:00.fake", b"what?.fake", b"CON.fake", b"CON", b"a*b.fake", b"$x.fake",
+           b"tab\tname.fake", b"caf\xe9.fake", b"\xff\xfe.fake", b"ok.fake"]
+
+
+def imp(sim, *argv, user="alice"):
+    return run_cli(sim.root, ["import", "--resume", *argv], user=user)
+
+
+def hostile_tree(root) -> str:
+    src = os.path.join(str(root), "hostile")
+    os.mkdir(src)
+    for name in HOSTILE:
+        with open(os.path.join(os.fsencode(src), name), "wb") as stream:
+            stream.write(b"x" * 50)
+    return src
+
+
+def test_names_the_server_rewrites_or_that_are_not_utf8_import_once_and_report(world):
+    sim, _, tmp_path = world
+    src = hostile_tree(tmp_path)
+    rc, out, err = imp(sim, "--json", "--chunk-size", "3", src)
+    assert rc == 0, err
+    done = [json.loads(line) for line in out.splitlines()]
+    assert sum(r["type"] == "fileset" and r["state"] == "done" for r in done) == len(HOSTILE)
+    rc, out, err = imp(sim, "--chunk-size", "3", src)       # the rerun finds them all done
+    assert rc == 0 and f"{len(HOSTILE)}/{len(HOSTILE)} filesets done" in out, err
+    rc, out, err = imp(sim, "--results", src)
+    assert rc == 0 and "caf\\xe9.fake" in out and "12:30:00.fake" in out, err
+    assert sim.query("SELECT count(*) FROM Fileset") == [(len(HOSTILE),)]
+
+
+def test_hostile_names_after_a_killed_driver_are_imported_exactly_once(world):
+    sim, _, tmp_path = world
+    src = hostile_tree(tmp_path)
+    kill_driver_after_first_fileset(sim, src, tmp_path)
+    sim.advance(13 * 3600)
+    rc, out, err = imp(sim, "--clean-ghosts", "--chunk-size", "20", src)
+    assert rc == 0, err
+    per_path = sim.query("SELECT fe.clientPath, count(DISTINCT fe.fileset) FROM FilesetEntry fe "
+                         "JOIN Image i ON i.fileset = fe.fileset GROUP BY fe.clientPath")
+    assert len(per_path) == len(HOSTILE) and {n for _, n in per_path} == {1}
+    assert sim.query("SELECT count(*) FROM Fileset") == [(len(HOSTILE),)]
