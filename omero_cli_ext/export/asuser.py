@@ -39,6 +39,7 @@ class ReaderProcess:
     def __init__(self, uid: int, gid: int, gids, timeout: float = 60.0):
         self._ids = (uid, gid, gids, timeout)
         self._sock = None
+        self._broken = False
         self._start()
 
     def _start(self) -> None:
@@ -88,20 +89,35 @@ class ReaderProcess:
         data = os.fsencode(path)
         if b"\0" in data or not data or len(data) > _MAX_PATH:
             raise OSError(22, "not a valid path", os.fsdecode(data))
+        if self._broken:
+            # she can stop (SIGSTOP) or kill every reader of hers: started again for each file,
+            # each would cost the timeout, and one user could hold a nightly loop for hours
+            raise ReaderError(5, "the DEST owner's reader process failed earlier in this run "
+                              "(not started again before the next run)")
         if self._sock is None:
-            self._start()
+            try:
+                self._start()
+            except ReaderError:
+                self._broken = True
+                raise
         try:
             self._sock.send(data)
             message, fds, _, _ = socket.recv_fds(self._sock, 64, 1)
         except OSError as err:
+            self._broken = True
             self._stop(kill=True)
             raise ReaderError(err.errno or 5, "the DEST owner's reader process stopped "
                               "answering (killed, or an open that never returned)") from None
-        if fds:
+        for extra in fds[1:]:
+            os.close(extra)
+        if fds and message == b"F":
             return fds[0]
-        if message.startswith(b"E"):
+        for fd in fds[:1]:
+            os.close(fd)
+        if message[:1] == b"E" and message[1:].isdigit():
             number = int(message[1:])
             raise OSError(number, os.strerror(number), os.fsdecode(data))
+        self._broken = True
         self._stop(kill=True)
         raise ReaderError(5, "the DEST owner's reader process ended")
 

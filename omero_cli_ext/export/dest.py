@@ -116,6 +116,14 @@ def _refuse(problem: Optional[str], here: str) -> None:
                         "owner), or sticky")
 
 
+def made_by_us(fd: int) -> bool:
+    """Is the directory open as `fd` the one we have just made (mkdir 0700)? Ours, and open to
+    nobody else: a directory that someone who may write its parent renamed over ours in the
+    meantime is one she could write, or not ours; it must never be given away (chown, chmod)."""
+    st = os.fstat(fd)
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o077 and stat.S_ISDIR(st.st_mode)
+
+
 def _make(parent: int, name: str, what: str, mode: int, owner: Optional[tuple]) -> int:
     try:
         os.mkdir(name, 0o700, dir_fd=parent)
@@ -125,6 +133,9 @@ def _make(parent: int, name: str, what: str, mode: int, owner: Optional[tuple]) 
         raise DestError(f"cannot create {what}: {err.strerror}") from None
     fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
     try:
+        if not made_by_us(fd):
+            raise DestError(f"{what} was swapped for another directory right after it was made "
+                            "(by a user who may write its parent); not used")
         if owner is not None:
             os.fchown(fd, *owner)
         os.fchmod(fd, mode)

@@ -216,8 +216,18 @@ class DestDir:
                 raise fsops.NoSpace(err.errno, "no space left in DEST for a directory",
                                     rel) from None
             raise
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=parent)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=parent)
+        except OSError as err:
+            self._not_made(rel)
+            raise PlantedLink(err.errno, "replaced right after it was made (not followed)",
+                              rel) from None
+        if not dest_io.made_by_us(fd):
+            os.close(fd)
+            self._not_made(rel)
+            raise PlantedLink(errno.EEXIST, "swapped for another directory right after it was "
+                              "made; not used", rel)
         try:
             if self._owner is not None:
                 os.fchown(fd, *self._owner)

@@ -1,0 +1,102 @@
+"""Second look at `omero export --originals` as root for a hostile DEST owner (issue 12):
+races inside a run (a directory swapped in right after root made it) and a reader process she
+stalls. Same site as test_export_hostile (real POSIX users made by the test; root only)."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+
+import pytest
+
+from omero_cli_ext.export import asuser, dest as dest_io, execute
+from test_export_hostile import ALICE, Site, as_alice, posix_users, site  # noqa: F401 (fixtures)
+from test_export_world import records
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (real POSIX users)")
+
+
+def _shared_dir(site) -> str:
+    """A lab directory every user may write (and so rename), owned by root: not hers."""
+    lab = os.path.join(site.base, "lab")
+    shared = os.path.join(lab, "shared")
+    os.makedirs(shared)
+    os.chmod(lab, 0o777)
+    os.chmod(shared, 0o777)
+    return shared
+
+
+def _swap_after_mkdir(monkeypatch, site, victim: str, wanted: str) -> list:
+    """Right after root's mkdir of `wanted`, she renames `victim` over the new, empty
+    directory (her parent directory: her right)."""
+    real = os.mkdir
+    swapped = []
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):
+        real(path, mode, dir_fd=dir_fd)
+        if path == wanted and not swapped:
+            where = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else ""
+            as_alice(site, "mv", "-T", victim, os.path.join(where, path))
+            swapped.append(os.path.join(where, path))
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    return swapped
+
+
+def test_a_directory_swapped_in_right_after_mkdir_is_never_given_to_her(site, monkeypatch):
+    rc, _, err = site.export()
+    assert rc == 0, err
+    shared = _shared_dir(site)
+    path = Site._file(os.path.join(site.base, "more", "new", "n.fake"), b"new one", 0o644)
+    site.sim.import_fileset(ALICE, [path], target=("Dataset", site.dataset))
+    swapped = _swap_after_mkdir(monkeypatch, site, shared, "new")
+    rc, out, err = site.export(extra=["--sync"])
+    monkeypatch.undo()
+    assert swapped, "the swap did not happen"
+    st = os.stat(swapped[0])
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o777), "root gave her the lab's directory"
+    assert rc == 7 and {r["path"] for r in records(out, "failed")} == {"new/n.fake"}, err
+    assert os.listdir(swapped[0]) == []                      # nothing made in it either
+
+
+def test_dest_swapped_in_right_after_mkdir_is_never_given_to_her(site, monkeypatch):
+    # DEST below a directory of hers (allowed: she owns the ancestor)
+    parent = os.path.join(site.base, "shares")
+    os.mkdir(parent)
+    os.chown(parent, site.alice.pw_uid, site.alice.pw_gid)
+    os.chmod(parent, 0o700)
+    shared = _shared_dir(site)
+    swapped = _swap_after_mkdir(monkeypatch, site, shared, ALICE)
+    rc, _, err = site.export(dest=os.path.join(parent, ALICE))
+    monkeypatch.undo()
+    assert swapped, "the swap did not happen"
+    st = os.stat(swapped[0])
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o777), "root gave her the lab's directory"
+    assert rc == 3 and "swapped" in err, err
+    assert os.listdir(swapped[0]) == []
+
+
+def test_a_reader_she_stops_or_kills_stalls_the_run_once_only(site, monkeypatch):
+    """Each in-place entry opened by a fresh reader she SIGSTOPs would cost the reader's
+    timeout: a nightly loop over users would be held for hours by one of them. After her reader
+    fails once, the run's other in-place entries fail at once (retried by the next run)."""
+    for n in range(5):
+        path = Site._file(os.path.join(site.src, f"more{n}", "m.fake"), b"more %d" % n, 0o644,
+                          site.alice)
+        os.chown(os.path.dirname(path), site.alice.pw_uid, site.alice.pw_gid)
+        site.sim.import_fileset(ALICE, [path], transfer="ln_s", target=("Dataset", site.dataset))
+    starts = []
+    real_start = asuser.ReaderProcess._start
+
+    def start(self):
+        real_start(self)
+        starts.append(self._pid)
+        os.kill(self._pid, signal.SIGKILL)        # she kills every reader of hers at once
+    monkeypatch.setattr(asuser.ReaderProcess, "_start", start)
+    rc, out, err = site.export()
+    monkeypatch.undo()
+    failed = records(out, "failed")
+    assert rc == 7 and len(failed) == 7, err                   # every in-place file, not others
+    assert len(starts) == 1, f"{len(starts)} readers started: each could stall the run"
+    assert sum("reader" in r["reason"] for r in failed) == 7
+    rc, out, err = site.export(extra=["--sync"])               # the next run retries them
+    assert rc == 0 and len(site.dest_files()) == 8, err
