@@ -123,7 +123,7 @@ def test_sim_sessions_expire_like_a_real_servers(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
-def test_the_reader_opens_as_the_user_and_survives_being_killed():
+def test_the_reader_opens_as_the_user_and_once_killed_is_not_restarted_in_the_run():
     import pathlib
     import shutil
     import tempfile
@@ -145,8 +145,14 @@ def test_the_reader_opens_as_the_user_and_survives_being_killed():
         os.kill(reader._pid, 9)                          # the user kills it
         with pytest.raises(ReaderError):
             reader.open(str(public))
-        fd = reader.open(str(public))                    # a new one is started
+        pid = reader._pid
+        with pytest.raises(ReaderError, match="earlier in this run"):
+            reader.open(str(public))                     # not started again: no stall per file
+        assert reader._pid == pid
+        again = ReaderProcess(65534, 65534, [65534])     # the next run's
+        fd = again.open(str(public))
         os.close(fd)
+        again.close()
     finally:
         reader.close()
         shutil.rmtree(tmp_path)
