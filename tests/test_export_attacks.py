@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import stat
 
 import pytest
@@ -100,3 +101,30 @@ def test_a_reader_she_stops_or_kills_stalls_the_run_once_only(site, monkeypatch)
     assert sum("reader" in r["reason"] for r in failed) == 7
     rc, out, err = site.export(extra=["--sync"])               # the next run retries them
     assert rc == 0 and len(site.dest_files()) == 8, err
+
+
+@pytest.mark.parametrize("link", ["copy", "download"])
+def test_a_full_dest_of_blocks_exits_6_leaves_no_partial_file_and_sync_completes(site, link):
+    big = Site._file(os.path.join(site.base, "upload", "big", "big.fake"), os.urandom(3 << 20),
+                     0o644)
+    site.sim.import_fileset(ALICE, [big], target=("Dataset", site.dataset))
+    mount = os.path.join(site.exports, "small")
+    os.mkdir(mount)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mount]).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    dest = os.path.join(mount, ALICE)
+    def outside():
+        return {k: v for k, v in site.outside().items() if not k.startswith(dest)}
+    before = outside()
+    rc, out, err = site.export(dest=dest, extra=["--link", link])
+    assert rc == 6 and "--sync" in err, err
+    assert outside() == before
+    names = [n for _, _, files in os.walk(dest) for n in files]
+    assert not any(n.startswith(".omero-cli-ext") for n in names) or link == "download", names
+    assert "big.fake" not in names                            # never a partial file
+    subprocess.run(["mount", "-o", "remount,size=8m", mount], check=True)
+    rc, out, err = site.export(dest=dest, extra=["--link", link, "--sync"])
+    assert rc == 0, err
+    files = site.dest_files(dest)
+    assert len(files) == 4 and files["big/big.fake"] == open(big, "rb").read(1 << 20)
+    assert not [n for _, _, fs in os.walk(dest) for n in fs if n.startswith(".omero-cli-ext")]
