@@ -134,9 +134,18 @@ def test_plain_export_takes_the_builtin_code_path(omero_cli, monkeypatch, tmp_pa
     (["export", "Image:1"], "the following arguments are required: -f/--file"),
     (["export", "-f", "{out}", "Image:1", "Image:2"], "the built-in export takes one object"),
     (["export", "-f", "{out}", "Image"], "Format: 'Image:<id>'"),
+    # options of --originals/--zarr were "unrecognized arguments" before: never silently ignored
+    (["export", "-f", "{out}", "Image:1", "--dry-run"], "--dry-run apply to --originals or --zarr"),
+    (["export", "-f", "{out}", "Image:1", "--as-user", "bob", "--sync"],
+     "--as-user, --sync apply to --originals or --zarr only"),
 ])
-def test_builtin_export_errors_unchanged(omero_cli, capsys, tmp_path, argv, message):
+def test_builtin_export_errors_unchanged(omero_cli, capsys, monkeypatch, tmp_path, argv,
+                                        message):
+    calls = []
+    monkeypatch.setattr(builtin_export.ExportControl, "handleImages",
+                        lambda self, args, images: calls.append(images))
     argv = [a.format(out=tmp_path / "o.tiff") for a in argv]
     omero_cli.invoke(argv, strict=False)
     assert omero_cli.rv != 0
     assert message in capsys.readouterr().err
+    assert calls == []          # (-f is opened by argparse, as the built-in always did)

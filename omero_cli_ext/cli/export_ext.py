@@ -48,8 +48,12 @@ class ExportControl(BuiltinExportControl):
         group = parser.add_argument_group(
             "Original files (omero-cli-ext)", "See docs/export.md.")
         add_originals_arguments(group)
-        add_zarr_arguments(parser.add_argument_group(
-            "OME-Zarr (omero-cli-ext)", "See docs/export.md, section --zarr."))
+        zarr = parser.add_argument_group("OME-Zarr (omero-cli-ext)",
+                                         "See docs/export.md, section --zarr.")
+        add_zarr_arguments(zarr)
+        # (dest, first option string, default) of every option the built-in export has not
+        self._ours = [(a.dest, a.option_strings[0], a.default)
+                      for a in group._group_actions + zarr._group_actions]
         parser.set_defaults(func=self.dispatch)
 
     def dispatch(self, args):
@@ -64,6 +68,11 @@ class ExportControl(BuiltinExportControl):
             args.layout = args.layout or "clientpath"
             from omero_cli_ext.cli.export_originals import run_export
             return run_export(self, args)
+        given = [option for dest, option, default in self._ours
+                 if getattr(args, dest, default) != default]
+        if given:      # before: "unrecognized arguments"; never ignored (--dry-run, --as-user)
+            self.ctx.die(2, f"{', '.join(given)} apply to --originals or --zarr only; the "
+                            "built-in export (-f FILE Image:<id>) takes none of them")
         if args.file is None:
             self.ctx.die(2, "the following arguments are required: -f/--file")
         if len(args.obj) != 1:
