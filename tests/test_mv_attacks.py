@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -13,6 +15,9 @@ from omero_cli_ext.journal import _lock_slug
 from omero_cli_ext.mv import errors
 from omero_cli_ext.mv.locations import repo_place
 from sim.launcher import run_cli
+
+LAUNCHER = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
@@ -74,3 +79,39 @@ def test_a_tampered_or_garbled_plan_file_is_refused_without_a_traceback(world, t
         assert rc == errors.EXIT_USAGE and "Traceback" not in err, (label, err)
         assert "plan" in err, (label, err)
         assert snapshot(world.repo, world.data) == before, label
+
+
+def _unfinished_job(world, monkeypatch):
+    from omero_cli_ext.mv import execute
+    real, calls = execute.Executor._retarget, []
+
+    def retarget_then_interrupt(self, step):
+        if len(calls) == 2:
+            raise KeyboardInterrupt()
+        calls.append(step)
+        real(self, step)
+    monkeypatch.setattr(execute.Executor, "_retarget", retarget_then_interrupt)
+    rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), "--workers", "1",
+                            server=False)
+    assert rc == errors.EXIT_INTERRUPTED, err
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink to a fifo"])
+def test_status_never_hangs_on_a_fifo_planted_as_a_lock_file(tmp_path, monkeypatch, kind):
+    """`--status` reads the lock files of the control directory (which the repository's owner
+    can write) to name the running process: a FIFO planted there must not block it."""
+    world = World(str(tmp_path / "w"), n_filesets=4, files_per_fileset=1, odd_names=False)
+    _unfinished_job(world, monkeypatch)
+    place = repo_place(os.fsencode(world.repo))
+    fifo = os.path.join(place.control_dir, b"planted.lock")
+    if kind == "fifo":
+        os.mkfifo(fifo)
+    else:
+        os.mkfifo(str(tmp_path / "fifo"))
+        os.symlink(str(tmp_path / "fifo"), fifo)
+    done = subprocess.run([sys.executable, LAUNCHER, "--sim-root", world.sim_root, "mv",
+                           "--no-server", "--repo", world.repo, "--status"],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0 and "job 1:" in done.stdout, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Optional
 
 from omero_cli_ext.mv.plan import PHASES
@@ -60,11 +61,26 @@ def lock_holder(lock_dir: Optional[bytes], lock_name: str) -> Optional[dict]:
             continue
         path = os.path.join(lock_dir, name)
         try:
-            with open(path, encoding="utf-8") as stream:
-                record = json.loads(stream.read() or "{}")
-            inode = os.stat(path).st_ino
+            record, inode = _lock_record(path)
         except (OSError, ValueError):
             continue
         if record.get("name") == lock_name and str(inode) in held:
             return {k: record.get(k) for k in ("pid", "host", "since")}
     return None
+
+
+def _lock_record(path: bytes) -> tuple:
+    """(holder record, inode) of a lock file. Whoever can write the control directory may plant
+    a FIFO, a device or a symlink under a lock file's name: opened without following links,
+    without blocking, read only when a regular file, and only its first KiB."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        record = json.loads(os.read(fd, 1024).decode("utf-8") or "{}")
+    finally:
+        os.close(fd)
+    if not isinstance(record, dict):
+        raise ValueError("not a lock record")
+    return record, st.st_ino
