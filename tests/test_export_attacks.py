@@ -128,3 +128,43 @@ def test_a_full_dest_of_blocks_exits_6_leaves_no_partial_file_and_sync_completes
     files = site.dest_files(dest)
     assert len(files) == 4 and files["big/big.fake"] == open(big, "rb").read(1 << 20)
     assert not [n for _, _, fs in os.walk(dest) for n in fs if n.startswith(".omero-cli-ext")]
+
+
+def _she_kills_every_reader(monkeypatch) -> list:
+    """`kill -KILL -1` in a loop as her: every reader of hers dies as soon as it exists (here:
+    right after the fork, before it could answer)."""
+    real_fork = os.fork
+    started = []
+
+    def fork():
+        pid = real_fork()
+        if pid:
+            started.append(pid)
+            os.kill(pid, signal.SIGKILL)
+        return pid
+    monkeypatch.setattr(os, "fork", fork)
+    return started
+
+
+def test_killing_her_readers_cannot_stop_revocation(site, monkeypatch):
+    rc, out, err = site.export(f"Project:{site.project}")
+    assert rc == 0, err
+    site.sim.query("UPDATE Project SET group_id = (SELECT id FROM ExperimenterGroup WHERE "
+                   "name = 'private') WHERE id = ?", (site.project,))
+    _she_kills_every_reader(monkeypatch)
+    rc, out, err = site.export(f"Project:{site.project}", extra=["--sync"])
+    monkeypatch.undo()
+    assert rc == 22 and records(out, "summary")[0]["removed"] == 3, err
+    assert site.dest_files() == {}
+
+
+def test_killing_her_readers_fails_in_place_entries_only(site, monkeypatch):
+    started = _she_kills_every_reader(monkeypatch)
+    rc, out, err = site.export()
+    monkeypatch.undo()
+    assert len(started) == 1
+    assert rc == 7 and {r["path"] for r in records(out, "failed")} == {
+        "run/a.fake", "run/a.fake.ini"}, err
+    assert set(site.dest_files()) == {"exp/b.fake"}
+    rc, out, err = site.export(extra=["--sync"])
+    assert rc == 0 and len(site.dest_files()) == 3, err

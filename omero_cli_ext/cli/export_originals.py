@@ -211,7 +211,7 @@ def run_export(control, args):
                 out.warn("note: " + control_files.migrated)
                 out.emit("note", message=control_files.migrated)
             if root_run and entry.pw_uid != 0:
-                reader = _reader(ctx, entry)
+                reader = asuser.ReaderProcess(entry.pw_uid, entry.pw_gid, _gids(entry))
             options = Options(link=args.link, dir_mode=args.dir_mode, owner=owner,
                               reader=(entry.pw_uid, _gids(entry)) if root_run else None,
                               sync=args.sync, dry_run=args.dry_run, verify=args.verify,
@@ -252,13 +252,6 @@ def run_export(control, args):
 
 def _gids(entry) -> set:
     return set(os.getgrouplist(entry.pw_name, entry.pw_gid))
-
-
-def _reader(ctx, entry):
-    try:
-        return asuser.ReaderProcess(entry.pw_uid, entry.pw_gid, _gids(entry))
-    except asuser.ReaderError as err:
-        ctx.die(EXIT_OWNER, str(err))
 
 
 def _create_dest(ctx, dest, args, owner, strict) -> int:

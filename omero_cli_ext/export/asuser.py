@@ -40,7 +40,9 @@ class ReaderProcess:
         self._ids = (uid, gid, gids, timeout)
         self._sock = None
         self._broken = False
-        self._start()
+        # started by the first open, never here: she can kill or stop every process of hers,
+        # and a reader that cannot start must fail the entries that need it, not the run (its
+        # removals, revocation, need no reader)
 
     def _start(self) -> None:
         uid, gid, gids, timeout = self._ids
