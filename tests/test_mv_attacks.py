@@ -3,6 +3,7 @@ in the control directory, managed files reached through another mount, tampered 
 odd names."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -115,3 +116,33 @@ def test_status_never_hangs_on_a_fifo_planted_as_a_lock_file(tmp_path, monkeypat
                           capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert done.returncode == 0 and "job 1:" in done.stdout, done.stderr
+
+
+@contextlib.contextmanager
+def _bind(source: str, target: str):
+    os.makedirs(target, exist_ok=True)
+    done = subprocess.run(["mount", "--bind", source, target], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here (needs root): {done.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", target], check=False)
+
+
+def test_repair_never_picks_a_managed_file_seen_through_a_bind_mount(world, tmp_path):
+    """A directory of the repository bind-mounted elsewhere (a sysadmin's view of one user's
+    data) under a search root: its files are still managed files, never candidates."""
+    up = world.uploaded(1, 1)
+    fileset = world.sim.port("root").filesets([up.fileset_ids[0]])[up.fileset_ids[0]]
+    managed = os.path.join(world.repo, fileset.entries[0].original_file.repo_path)
+    name = os.path.basename(managed)
+    link = os.path.join(world.repo, "dangling", name)
+    os.makedirs(os.path.dirname(link))
+    os.symlink(os.path.join(str(tmp_path), "gone", name), link)
+    search = tmp_path / "search"
+    with _bind(os.path.dirname(managed), str(search / "view")):
+        rc, out, err = world.mv("--repair", "--search", str(search), server=False)
+    assert rc == errors.EXIT_UNRESOLVED, err
+    assert not os.path.exists(link)
+    assert "inside the ManagedRepository were not considered" in err

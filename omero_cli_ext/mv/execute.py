@@ -15,7 +15,6 @@ import contextlib
 import errno
 import itertools
 import os
-import re
 import secrets
 import stat
 import time
@@ -24,6 +23,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Set
 from omero_cli_ext import fsops
 from omero_cli_ext.mv.errors import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_NO_SPACE,
                                      EXIT_REPO_PERMISSION, MvError)
+from omero_cli_ext.mv.mounts import unescape
 from omero_cli_ext.mv.plan import DEFAULT_HASHER, PHASES, Step
 from omero_cli_ext.mv.tree import show
 from omero_cli_ext.workers import parallel_map
@@ -90,16 +90,9 @@ def _mount_points_below(root: bytes) -> bool:
     prefix = root.rstrip(b"/") + b"/"
     for line in lines:
         fields = line.split(b" ")
-        if len(fields) > 4 and _unescape(fields[4]).startswith(prefix):
+        if len(fields) > 4 and unescape(fields[4]).startswith(prefix):
             return True
     return False
-
-
-def _unescape(field: bytes) -> bytes:
-    """mountinfo writes space, tab, newline and backslash as \\ooo octal escapes."""
-    if b"\\" not in field:
-        return field
-    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
 def recheck_unsynced(steps: Sequence[Step]) -> int:

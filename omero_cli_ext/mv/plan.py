@@ -24,6 +24,7 @@ from omero_cli_ext.mv.errors import (EXIT_BAD_RELATION, EXIT_DST_EXISTS, EXIT_DS
                                      EXIT_IMPORTING, EXIT_MISMATCH, EXIT_NO_LINKS,
                                      EXIT_REPO_OVERLAP, EXIT_SRC_MISSING, EXIT_SYMLINK_LOOP,
                                      MvError)
+from omero_cli_ext.mv.mounts import repository_views
 from omero_cli_ext.mv.preflight import check_space, check_writable
 from omero_cli_ext.mv.tree import (Node, below, canonical, is_under, show, split_tree,
                                    walk_links, walk_tree)
@@ -851,10 +852,11 @@ def _name_index(roots: Iterable[bytes], names: set, repo: bytes
     device and inode, whatever the spelling): a managed file belongs to another fileset, and a
     link to it would break silently when that fileset is deleted."""
     repo_st = os.stat(repo)
-    repo_id = (repo_st.st_dev, repo_st.st_ino)
+    # the root, and directories of it mounted elsewhere (bind mounts): found by identity
+    repo_ids = repository_views(repo) | {(repo_st.st_dev, repo_st.st_ino)}
     index: Dict[bytes, List[Tuple[bytes, int]]] = {}
     skipped = 0
-    stack = [(root, _inside(root, repo_id)) for root in roots]
+    stack = [(root, _inside(root, repo_ids)) for root in roots]
     seen = set()
     while stack:
         directory, in_repo = stack.pop()
@@ -866,7 +868,7 @@ def _name_index(roots: Iterable[bytes], names: set, repo: bytes
             entries = list(os.scandir(directory))
         except OSError:
             continue
-        in_repo = in_repo or (st.st_dev, st.st_ino) == repo_id
+        in_repo = in_repo or (st.st_dev, st.st_ino) in repo_ids
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
@@ -882,13 +884,14 @@ def _name_index(roots: Iterable[bytes], names: set, repo: bytes
     return index, skipped
 
 
-def _inside(path: bytes, ident: Tuple[int, int]) -> bool:
-    """Is `path` the directory `ident` (device, inode) or below it? (its resolved ancestors)"""
+def _inside(path: bytes, idents: set) -> bool:
+    """Is `path` one of the directories `idents` (device, inode) or below one? (its resolved
+    ancestors)"""
     probe = os.path.realpath(path)
     while True:
         try:
             st = os.stat(probe)
-            if (st.st_dev, st.st_ino) == ident:
+            if (st.st_dev, st.st_ino) in idents:
                 return True
         except OSError:
             pass
