@@ -53,3 +53,16 @@ def test_hostile_names_after_a_killed_driver_are_imported_exactly_once(world):
                          "JOIN Image i ON i.fileset = fe.fileset GROUP BY fe.clientPath")
     assert len(per_path) == len(HOSTILE) and {n for _, n in per_path} == {1}
     assert sim.query("SELECT count(*) FROM Fileset") == [(len(HOSTILE),)]
+
+
+def test_the_same_target_spelled_otherwise_continues_the_job(world):
+    sim, src, _ = world
+    did = sim.add_dataset("d", "alice")
+    rc, _, err = imp(sim, "--job", "j1", "-d", str(did), "--retries", "0", str(src))
+    assert rc == 0, err
+    for spelling in (["-T", f"Dataset:{did}"], ["-T", f"Dataset:id:{did}"], ["-d", str(did)]):
+        rc, out, err = imp(sim, "--job", "j1", *spelling, str(src))
+        assert rc == 0 and "8/8 filesets done" in out, (spelling, err)
+    rc, _, err = imp(sim, "--job", "j1", "-T", f"Dataset:{did + 1}", str(src))
+    assert rc == 12 and "its target is" in err, err
+    assert sim.query("SELECT count(*) FROM Fileset") == [(8,)]

@@ -19,6 +19,10 @@ NEUTRAL_FLAGS = ("-c", "--no-upgrade-check", "--no-stats-info", "--close-complet
                  "--wait-completed", "--auto-close", "--close_completed", "--wait_completed",
                  "--auto_close", "--report", "--upload", "--logs")
 
+# the target options: the target is part of the identity on its own, compared by what it names
+# (`-d 5`, `-T Dataset:5` and `-T Dataset:id:5` are one target), so not as options
+TARGET_WITH_VALUE = ("-d", "-r", "-T", "--target")
+
 # import targets the importer accepts (CommandLineImporter -T / -d / -r)
 TARGET_KINDS = ("Dataset", "Screen")
 
@@ -31,7 +35,7 @@ def result_options(options: Sequence[str]) -> list:
             skip = False
             continue
         name = item.split("=", 1)[0]
-        if name in NEUTRAL_WITH_VALUE:
+        if name in NEUTRAL_WITH_VALUE or name in TARGET_WITH_VALUE:
             skip = "=" not in item
         elif item not in NEUTRAL_FLAGS:
             kept.append(item)
@@ -53,6 +57,11 @@ def parse_target(text: str) -> tuple:
     if len(parts) == 3 and parts[1] == "name" and parts[2]:
         return kind, None, parts[2]
     raise ValueError(f"not an import target: {text} (use {kind}:ID or {kind}:name:NAME)")
+
+
+def same_target(text: str) -> tuple:
+    """What a target names, whichever way it is spelled ("" for none)."""
+    return parse_target(text) if text else ()
 
 
 def make_identity(host: str, port, repository: str, user_id: int, user_name: str,
@@ -94,9 +103,9 @@ def plan_mismatch(job: dict, paths: Sequence[str], target: Optional[str],
     given on this command line) match anything."""
     if paths and sorted(paths) != job["paths"]:
         return "its paths are " + " ".join(job["paths"])
-    if target is not None and target != job["target"]:
+    if target is not None and same_target(target) != same_target(job["target"]):
         return f"its target is {job['target'] or '(none)'}, not {target or '(none)'}"
-    if options is not None and result_options(options) != job["options"]:
-        return (f"its importer options are {' '.join(job['options']) or '(none)'}, not "
-                f"{' '.join(result_options(options)) or '(none)'}")
+    if options is not None and result_options(options) != result_options(job["options"]):
+        return (f"its importer options are {' '.join(result_options(job['options'])) or '(none)'}, "
+                f"not {' '.join(result_options(options)) or '(none)'}")
     return None
