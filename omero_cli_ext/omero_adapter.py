@@ -33,7 +33,7 @@ from omero_cli_ext.server import (
     ServerError, User, batched,
 )
 # RawFileStore (PublicRepositoryI.checkId) on a repository file it cannot find or give
-FILE_MISSING_PREFIXES = ("FileNotFound", "FileNotAccessible")
+REPO_FILE_REFUSED_PREFIXES = ("FileNotFound", "FileNotAccessible")
 
 PAGE_SIZE = 500
 FILESET_PAGE_SIZE = 1000          # filesets(): ids per page (their entries are paged apart)
@@ -942,12 +942,15 @@ class OmeroPort:
             size = store.size()
         except omero.SecurityViolation as err:
             store.close()
-            if _message(err).startswith(FILE_MISSING_PREFIXES):
-                # PublicRepositoryI.checkId: no such repository file, or not accessible
-                raise FileMissing(f"{what}: missing on the server ({_message(err)})") from err
+            if _message(err).startswith(REPO_FILE_REFUSED_PREFIXES):
+                # PublicRepositoryI.checkId, reached through RawFileStoreI.__redirect: no row of
+                # this repository with that id (FileNotFound), or a row the security filter
+                # hides from the caller (FileNotAccessible) -- the database's answer, not the disk's
+                raise NotFound(f"{what}: no such file or not readable ({_message(err)})",
+                               missing=(original_file_id,)) from err
             raise PermissionDenied(f"{what}: download not allowed ({_message(err)})") from err
         except omero.ResourceError as err:
-            store.close()      # RawFileBean: the bytes cannot be read on the server's disk
+            store.close()      # RawFileBean.size: FileBuffer cannot open the bytes on the server's disk
             raise FileMissing(f"{what}: missing on the server ({_message(err)})") from err
         except (omero.ValidationException, omero.ApiUsageException) as err:
             store.close()

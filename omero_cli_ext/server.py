@@ -54,8 +54,9 @@ class PermissionDenied(ServerError):
 
 class FileMissing(ServerError):
     """The OriginalFile's bytes are missing or unreadable in the server's repository (a real
-    RawFileStore raises SecurityViolation "FileNotFound"/"FileNotAccessible" for it): not a
-    permission the user lacks."""
+    RawFileStore raises ResourceError for it: RawFileBean.size/read, the FileBuffer cannot open
+    the file): not a permission the user lacks. SecurityViolation "FileNotFound"/"FileNotAccessible"
+    (PublicRepositoryI.checkId) are the database's answers: no such row, or not readable (NotFound)."""
 
 
 @dataclass(frozen=True)

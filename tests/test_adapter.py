@@ -676,15 +676,24 @@ def test_binary_restriction_is_permission_denied_and_closes_the_store(srv):
     srv.store.close.assert_called_once_with()
 
 
-@pytest.mark.parametrize("error", [omero.SecurityViolation(message="FileNotFound: 11"),
-                                   omero.SecurityViolation(message="FileNotAccessible: 11"),
-                                   omero.ResourceError(message="Cannot find path. Deleted?")])
-def test_a_repository_file_missing_on_the_server_is_named_so(srv, error):
-    """PublicRepositoryI.checkId raises SecurityViolation("FileNotFound"/"FileNotAccessible"),
-    RawFileBean ResourceError: the file is missing there, not restricted (BINARYACCESS)."""
-    srv.store.setFileId.side_effect = error
+def test_a_repository_file_missing_on_the_server_is_named_so(srv):
+    """RawFileBean.size: the FileBuffer cannot open the bytes on the server's disk (ResourceError):
+    the file is missing there, not restricted (BINARYACCESS)."""
+    srv.store.size.side_effect = omero.ResourceError(message="/OMERO/ManagedRepository/x (No such file)")
     with pytest.raises(server.FileMissing, match="missing on the server"):
         srv.port.open_original_file(11)
+    srv.store.close.assert_called_once_with()
+
+
+@pytest.mark.parametrize("message", ["FileNotFound: 11", "FileNotAccessible: 11"])
+def test_a_repository_file_the_database_refuses_is_not_found(srv, message):
+    """PublicRepositoryI.checkId (setFileId redirected by RawFileStoreI.__redirect) answers from
+    the database: no row of this repository (FileNotFound) or a row the caller may not read
+    (FileNotAccessible). Neither says the bytes are missing, nor is it BINARYACCESS."""
+    srv.store.setFileId.side_effect = omero.SecurityViolation(message=message)
+    with pytest.raises(NotFound) as err:
+        srv.port.open_original_file(11)
+    assert err.value.missing == (11,)
     srv.store.close.assert_called_once_with()
 
 
