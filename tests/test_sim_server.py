@@ -240,6 +240,15 @@ def test_list_imports_leaves_out_filesets_the_caller_cannot_edit(sim, tmp_path):
     assert sim.port("member").running_imports() == []    # read-only group: cannot edit it
 
 
+def test_list_imports_keeps_filesets_the_caller_cannot_read(sim, tmp_path):
+    """ManagedRepositoryI.listImports drops a process only when loadFilesets (a query in the
+    session's group, under the security filter) returns its fileset and canEdit() is false: a
+    fileset the caller cannot even read is not returned, so its process stays listed."""
+    people(sim, "rw----")
+    sim.create_import("owner", [write(str(tmp_path / "a.fake"))])
+    assert sim.port("member").running_imports() == [RunningImport(fileset_id=0, own_session=False)]
+
+
 def test_ghost_fileset_after_server_failure(sim, tmp_path):
     sim.add_user("owner", ["grw____"])
     source = write(str(tmp_path / "a.fake"), b"x" * 1000)

@@ -1293,7 +1293,12 @@ class SimPort:
                 "LEFT JOIN sim_import s ON s.fileset = p.fileset "
                 "WHERE p.group_id IN (%s) ORDER BY p.id" % self._PAGE_IDS,
                 (json.dumps(sorted(self._groups)),)).fetchall():
-            loadable = owner_id is not None and group_id == self._gid
+            # loadFilesets runs in the session's group under the security filter: a fileset of
+            # another group, deleted, or unreadable (a private group's other member's) is not
+            # returned, so canEdit is never asked and its process stays listed
+            loadable = owner_id is not None and group_id == self._gid and (
+                self._admin or group_id in self._led or owner_id == self._uid
+                or perms != "rw----")
             if loadable and not self._can_edit(owner_id, group_id, perms):
                 continue
             listed.append((session == self._session, closed, fid, bool(uploaded)))
