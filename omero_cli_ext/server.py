@@ -173,7 +173,7 @@ class RunningImport:
     session (`own_session=False`: another login, cron, web, another host) cannot be asked
     anything: it may be live or long closed, its fileset is 0 (docs/server-contract.md)."""
     fileset_id: int
-    upload_offsets: tuple = ()   # bytes received per used file, when the process answers
+    upload_offsets: tuple = ()   # never filled from a real server (docs/server-contract.md)
     own_session: bool = True
 
 

@@ -298,9 +298,11 @@ class Reference:
             if group_id not in self.groups:
                 continue
             row = self.one("SELECT owner_id, group_id FROM Fileset WHERE id = ?", (fid,))
-            if row and row[1] == session_group and not (
-                    self.admin or row[0] == self.uid or row[1] in self.led
-                    or self.perms(row[1]) == "rwrw--"):
+            loaded = row and row[1] == session_group and (   # loadFilesets: readable there
+                self.admin or row[0] == self.uid or row[1] in self.led
+                or self.perms(row[1]) != "rw----")
+            if loaded and not (self.admin or row[0] == self.uid or row[1] in self.led
+                               or self.perms(row[1]) == "rwrw--"):
                 continue
             if owner != session:
                 result.append(RunningImport(fileset_id=0, own_session=False))
@@ -309,12 +311,7 @@ class Reference:
                 continue
             imported = self.one("SELECT uploaded FROM sim_import WHERE fileset = ?", (fid,))
             uploaded = imported[0] if imported else 0   # its fileset deleted since
-            offsets = []
-            for _, path, name, _, _ in self.sim._entries(fid):
-                on_disk = os.path.join(self.sim.repo_dir, path, name)
-                offsets.append(os.path.getsize(on_disk) if os.path.exists(on_disk) else 0)
-            result.append(RunningImport(fileset_id=fid if uploaded else 0,
-                                        upload_offsets=tuple(offsets)))
+            result.append(RunningImport(fileset_id=fid if uploaded else 0))
         return result
 
     def file_at(self, key):

@@ -200,7 +200,7 @@ def test_the_importer_closes_its_process_right_after_verify_upload(sim, tmp_path
     port = sim.port("owner")
     session = port.session_login()[2]
     fid = sim.create_import("owner", [write(str(tmp_path / "a.fake"))], session=session)
-    assert port.running_imports() == [RunningImport(fileset_id=0, upload_offsets=(0,))]
+    assert port.running_imports() == [RunningImport(fileset_id=0)]
     sim.store_file(fid, 0)
     sim.verify_upload(fid)           # a client that keeps its process: the handle names the fileset
     assert [r.fileset_id for r in port.running_imports()] == [fid]
@@ -221,8 +221,8 @@ def test_list_imports_lists_every_process_but_only_the_own_session_answers(sim, 
     closed = sim.import_fileset("member", [write(str(tmp_path / "c.fake"))])
     sim.delete_fileset(closed)       # still listed: its process was never removed
     foreign = RunningImport(fileset_id=0, own_session=False)
-    assert mine.running_imports() == [RunningImport(0, (0,)), foreign, foreign]
-    assert other_login.running_imports() == [foreign, RunningImport(0, (0,)), foreign]
+    assert mine.running_imports() == [RunningImport(0), foreign, foreign]
+    assert other_login.running_imports() == [foreign, RunningImport(0), foreign]
     assert sim.port("member").running_imports() == [foreign] * 3   # rwrw--: may edit them
     assert sim.port("admin").running_imports() == []     # not a member of the group
     assert sim.port("outsider").running_imports() == []
@@ -230,7 +230,7 @@ def test_list_imports_lists_every_process_but_only_the_own_session_answers(sim, 
     assert [r.own_session for r in joined.running_imports()] == [True, False, False]
     sim.store_file(b, 0)
     sim.verify_upload(b)
-    assert other_login.running_imports()[1] == RunningImport(fileset_id=b, upload_offsets=(15,))
+    assert other_login.running_imports()[1] == RunningImport(fileset_id=b)
 
 
 def test_list_imports_leaves_out_filesets_the_caller_cannot_edit(sim, tmp_path):
@@ -282,7 +282,7 @@ def test_half_uploaded_fileset_after_client_death(sim, tmp_path):
     dead = sim.query("SELECT session FROM sim_process WHERE fileset = ?", (fid,))[0][0]
     running = sim.port("owner", session=dead).running_imports()   # the dead client's session
     assert [r.fileset_id for r in running] == [0]      # unknown before verifyUpload
-    assert running[0].upload_offsets == (1000, 1000, 500, 0)
+    assert running[0].upload_offsets == ()   # the adapter never asks getUploadOffset
 
 
 def test_client_paths_prefixes_directories_and_log(sim, tmp_path):

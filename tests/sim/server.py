@@ -1302,23 +1302,15 @@ class SimPort:
             if loadable and not self._can_edit(owner_id, group_id, perms):
                 continue
             listed.append((session == self._session, closed, fid, bool(uploaded)))
-        own_live = [(fid, uploaded) for own, closed, fid, uploaded in listed if own and not closed]
+        own_live = [uploaded for own, closed, _, uploaded in listed if own and not closed]
         # the adapter: listImports, then getHandle of this session's processes (pipelined: one
         # round trip) and, for those with a handle, the handles' getRequest (one more)
         self._server._count(1 + any(own for own, *_ in listed)
-                            + any(uploaded for _, uploaded in own_live))
-        offsets: dict = {}   # fileset -> bytes on disk per used file (as _entries lists them)
-        for page in port_api.batched([fid for fid, _ in own_live], PAGE):
-            for fid, path, name in self._db.execute(
-                    "SELECT fe.fileset, o.path, o.name FROM FilesetEntry fe "
-                    "JOIN OriginalFile o ON o.id = fe.originalFile "
-                    "JOIN sim_source s ON s.originalFile = o.id WHERE fe.fileset IN (%s) "
-                    "ORDER BY fe.fileset, fe.id" % self._PAGE_IDS, (json.dumps(page),)):
-                on_disk = os.path.join(self._server.repo_dir, path, name)
-                offsets.setdefault(fid, []).append(
-                    os.path.getsize(on_disk) if os.path.exists(on_disk) else 0)
-        return [RunningImport(fileset_id=fid if uploaded else 0,
-                              upload_offsets=tuple(offsets.get(fid, ())))
+                            + any(own_live))
+        # no upload offsets: the adapter never asks getUploadOffset(i) (ManagedImportProcessI
+        # answers it only for an uploader still open, and the number of files is unknown before
+        # the handle exists), so a real server's RunningImport has none either
+        return [RunningImport(fileset_id=fid if uploaded else 0)
                 if own else RunningImport(fileset_id=0, own_session=False)
                 for own, closed, fid, uploaded in listed if not (own and closed)]
 
