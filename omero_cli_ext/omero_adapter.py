@@ -46,6 +46,7 @@ ALL_GROUPS = {"omero.group": "-1"}
 SUDO_TIME_TO_LIVE_MS = 0
 SUDO_TIME_TO_IDLE_MS = server.SUDO_TIME_TO_IDLE_MS
 SUDO_KEEP_ALIVE_S = 60
+GROUP_SUDO_REFUSED = "Group sudo is not permitted"   # SessionManagerImpl.validateSessionInputs
 DELETE_POLL_MS = 500
 DELETE_POLL_LOOPS = 2400          # 20 minutes before a delete counts as "still running"
 UNKNOWN_FILESET = 0               # RunningImport.fileset_id of a process that is still uploading
@@ -469,7 +470,8 @@ class OmeroPort:
                     id=exp.id.val, name=exp.omeName.val,
                     group_id=default.id.val if default is not None else -1,
                     group_name=_val(default.name) if default is not None else "",
-                    is_admin=any(_val(g.name) == "system" for g in groups))
+                    is_admin=any(_val(g.name) == "system" for g in groups),
+                    groups=tuple((g.id.val, _val(g.name)) for g in groups))
         return found
 
     def server_time(self) -> _dt.datetime:
@@ -480,10 +482,23 @@ class OmeroPort:
         user = self.lookup_users([user_name]).get(user_name)
         if user is None:
             raise NotFound(f"no user named {user_name!r}", missing=(user_name,))
-        principal = omero.sys.Principal(user_name, user.group_name, "User")
-        with _server_call(f"creating a session for {user_name} (needs the Sudo privilege)"):
-            session = self._sf.getSessionService().createSessionWithTimeouts(
-                principal, SUDO_TIME_TO_LIVE_MS, SUDO_TIME_TO_IDLE_MS)
+        what = f"creating a session for {user_name} (needs the Sudo privilege or leading a group of theirs)"
+        sessions = self._sf.getSessionService()
+        with _server_call(what):
+            try:
+                session = sessions.createSessionWithTimeouts(
+                    omero.sys.Principal(user_name, user.group_name, "User"),
+                    SUDO_TIME_TO_LIVE_MS, SUDO_TIME_TO_IDLE_MS)
+            except omero.SecurityViolation as err:
+                # SessionManagerImpl.validateSessionInputs: a group leader's session (groupsLed) must be
+                # in a group they lead; the user's default group need not be one
+                led = set(self._sf.getAdminService().getEventContext().leaderOfGroups or ())
+                shared = [name for gid, name in user.groups if gid in led]
+                if not _message(err).startswith(GROUP_SUDO_REFUSED) or not shared:
+                    raise
+                session = sessions.createSessionWithTimeouts(
+                    omero.sys.Principal(user_name, shared[0], "User"),
+                    SUDO_TIME_TO_LIVE_MS, SUDO_TIME_TO_IDLE_MS)
             new_client = _join_session(self._client, session.getUuid().val)
             new_client.enableKeepAlive(SUDO_KEEP_ALIVE_S)
         return OmeroPort(new_client, owns_client=True)

@@ -9,7 +9,7 @@ Names follow the OMERO model (ome/omero-model mappings): see docs/server-contrac
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 # JobStatus values (ome/omero-model mappings/jobs.ome.xml, enum JobStatus)
@@ -75,6 +75,8 @@ class User:
     group_name: str = ""
     is_admin: bool = False
     privileges: frozenset = frozenset()   # AdminPrivilege values, e.g. {"Sudo", "WriteManagedRepo"}
+    # (id, name) of every group the user is a member of, the default first (lookup_users only)
+    groups: tuple = field(default=(), compare=False)
 
     @property
     def is_full_admin(self) -> bool:

@@ -261,6 +261,34 @@ def test_sudo_without_the_privilege_is_permission_denied(srv):
         srv.port.sudo("alice")
 
 
+def test_a_group_leader_sudo_goes_to_a_group_they_lead(srv, monkeypatch):
+    """SessionManagerImpl.validateSessionInputs: a leader's sudo session (groupsLed) must be in a
+    group they lead ("Group sudo is not permitted for group ..."); the member's default group may
+    be another one: the adapter asks again in the first of the member's groups the caller leads."""
+    alice = _with_groups(experimenter(7, "alice"), group(3, "lab"), group(9, "led"), group(1, "user"))
+    srv.answers[adapter.HQL_USERS] = lambda params: [alice]
+    srv.admin.getEventContext.return_value = omero.sys.EventContext(
+        userId=5, userName="pi", leaderOfGroups=[9], isAdmin=False)
+    session = omero.model.SessionI(1, True)
+    session.uuid = rstring("sess-uuid")
+
+    def create(principal, ttl, idle):
+        if principal.group != "led":
+            raise omero.SecurityViolation(
+                message="Group sudo is not permitted for group %s (gid=3)" % principal.group)
+        return session
+    srv.sessions.createSessionWithTimeouts.side_effect = create
+    monkeypatch.setattr(adapter, "_join_session", lambda client, uuid: mock.create_autospec(
+        omero.clients.BaseClient, instance=True))
+    srv.port.sudo("alice")
+    assert [c.args[0].group for c in srv.sessions.createSessionWithTimeouts.call_args_list] == [
+        "lab", "led"]
+    srv.admin.getEventContext.return_value = omero.sys.EventContext(
+        userId=5, userName="pi", leaderOfGroups=[], isAdmin=False)
+    with pytest.raises(PermissionDenied, match="Group sudo is not permitted"):
+        srv.port.sudo("alice")
+
+
 def test_sudo_to_an_unknown_user_is_not_found(srv):
     srv.answers[adapter.HQL_USERS] = lambda params: []
     with pytest.raises(NotFound) as err:
