@@ -146,3 +146,22 @@ def test_repair_never_picks_a_managed_file_seen_through_a_bind_mount(world, tmp_
     assert rc == errors.EXIT_UNRESOLVED, err
     assert not os.path.exists(link)
     assert "inside the ManagedRepository were not considered" in err
+
+
+def test_a_repository_bind_mounted_elsewhere_is_one_repository(world, tmp_path, monkeypatch):
+    """The repository spelled through a bind mount of it (or of a directory above it) finds
+    the same journal, job and lock as its usual path: an unfinished job started through one
+    spelling is seen through the other (exit 13, nothing changed)."""
+    _unfinished_job(world, monkeypatch)
+    view = str(tmp_path / "view")
+    with _bind(world.sim_root, view):
+        repo_view = os.path.join(view, os.path.basename(world.repo))
+        before = snapshot(world.repo, world.data)
+        other = os.path.join(world.data, "elsewhere")
+        rc, out, err = run_cli(world.sim_root, ["mv", "--no-server", "--repo", repo_view,
+                                                world.old, other])
+        assert rc == errors.EXIT_OTHER_JOB, err
+        assert snapshot(world.repo, world.data) == before
+        rc, out, err = run_cli(world.sim_root, ["mv", "--no-server", "--repo", repo_view,
+                                                "--status"])
+        assert rc == 0 and "job 1:" in out, err

@@ -70,8 +70,8 @@ class _Run:
                           "information (no fileset/owner details, checksums taken locally)")
 
     def repository(self) -> bytes:
-        """The repository root, resolved: every spelling of it (a symlinked path) finds the
-        same journal, job and lock."""
+        """The repository root, resolved: every spelling of it (a symlinked path, a bind
+        mount) finds the same journal, job and lock."""
         if self.args.repo:
             repo = fs_path(self.args.repo)
         else:

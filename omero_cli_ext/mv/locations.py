@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from omero_cli_ext.mv.errors import EXIT_JOURNAL, MvError
+from omero_cli_ext.mv.mounts import canonical_directory
 from omero_cli_ext.mv.tree import show
 
 CONTROL_DIR = b".omero-cli-ext"
@@ -48,7 +49,7 @@ class RepoPlace:
 
 
 def repo_place(repo: bytes) -> RepoPlace:
-    root = os.path.realpath(repo)
+    root = canonical_directory(os.path.realpath(repo))
     st = os.stat(root)
     return RepoPlace(root, st.st_dev, st.st_ino, st.st_uid, st.st_gid)
 

@@ -81,3 +81,28 @@ def repository_views(repo: bytes) -> Set[Tuple[int, int]]:
                 continue
             views.add((st.st_dev, st.st_ino))
     return views
+
+
+def canonical_directory(real: bytes) -> bytes:
+    """One path for a (resolved) directory whatever mount it is reached through: through the
+    mount showing the most of its filesystem (the shortest root; of equals, the first mounted),
+    so that a bind mount of the repository, or of a directory above it, finds the same control
+    directory, journal and lock as its usual path. `real` itself when the mounts cannot tell."""
+    mounts = mount_table()
+    where = filesystem_path(real, mounts) if mounts else None
+    if where is None:
+        return real
+    dev, inside = where
+    want = os.stat(real)
+    showing = [(len(m.root), order, m) for order, m in enumerate(mounts)
+               if m.dev == dev and _within(inside, m.root)]
+    for _, _, mount in sorted(showing, key=lambda item: item[:2]):
+        rest = inside[len(mount.root.rstrip(b"/")):].lstrip(b"/")
+        path = os.path.join(mount.point, rest) if rest else mount.point
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):   # not hidden by another mount
+            return path
+    return real
