@@ -3,15 +3,19 @@ races inside a run (a directory swapped in right after root made it) and a reade
 stalls. Same site as test_export_hostile (real POSIX users made by the test; root only)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
-import subprocess
 import stat
+import subprocess
 
 import pytest
 
-from omero_cli_ext.export import asuser, dest as dest_io, execute
-from test_export_hostile import ALICE, Site, as_alice, posix_users, site  # noqa: F401 (fixtures)
+from omero_cli_ext.export import asuser, state
+from omero_cli_ext.export.manifest import LEGACY_MANIFEST_NAME, MANIFEST_NAME
+from test_export_hostile import (ALICE, BOB, Site, as_alice, posix_users,  # noqa: F401
+                                 site)
 from test_export_world import records
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (real POSIX users)")
@@ -168,3 +172,25 @@ def test_killing_her_readers_fails_in_place_entries_only(site, monkeypatch):
     assert set(site.dest_files()) == {"exp/b.fake"}
     rc, out, err = site.export(extra=["--sync"])
     assert rc == 0 and len(site.dest_files()) == 3, err
+
+
+def test_an_old_manifest_she_forged_for_another_user_cannot_freeze_the_export(site):
+    """Before the first run of this version (DEST made earlier, hers), she writes a manifest
+    naming another user's export at the old in-DEST name: migrated into the state, it would
+    refuse every later run (exit 3, "another user's export")."""
+    rc, out, err = site.export()
+    assert rc == 0, err
+    key_dir = os.path.join(site.state, state.key(os.stat(site.dest)))
+    with open(os.path.join(key_dir, MANIFEST_NAME), "rb") as stream:
+        doc = json.loads(stream.read())
+    shutil.rmtree(site.state)                                    # as before the upgrade
+    doc["user"], doc["entries"], doc["directories"] = BOB, [], []
+    forged = os.path.join(site.home[ALICE], "forged.json")
+    with open(forged, "w") as stream:
+        json.dump(doc, stream)
+    as_alice(site, "cp", forged, os.path.join(site.dest, LEGACY_MANIFEST_NAME))
+    for _ in range(2):
+        rc, out, err = site.export(extra=["--sync"])
+        assert rc == 7, err        # her three files stand where the export wants them: left alone
+        assert {r["path"] for r in records(out, "failed")} == {
+            "run/a.fake", "run/a.fake.ini", "exp/b.fake"}

@@ -20,6 +20,7 @@ class DestControl:
         self.root_fd = self.state_fd = None
         self.lock = None
         self.migrated: Optional[str] = None    # a note: state moved, migrated or dropped
+        self._from_dest = False     # the manifest was DEST's (written by its owner) this run
 
     def open(self, dest_fd: int, create: bool) -> None:
         """Open (or make) DEST's state directory and take its lock (state.StateError,
@@ -38,7 +39,9 @@ class DestControl:
             return
         self.lock = state.Lock(self.state_fd, self._wait)
         if not self._dry_run:
-            self.migrated = manifest_io.migrate(dest_fd, self.state_fd) or self.migrated
+            note = manifest_io.migrate(dest_fd, self.state_fd)
+            self._from_dest = note is not None and note.startswith(manifest_io.MIGRATED)
+            self.migrated = note or self.migrated
 
     def _follow_renumbered(self, dest_st: os.stat_result, dest_path: str) -> None:
         """A filesystem whose device number changed (a reboot renumbering device-mapper or
@@ -79,6 +82,13 @@ class DestControl:
             manifest_io.discard(self.state_fd)
             self.migrated = (f"dropped the state of {found.user!r}'s export at {found.dest}, "
                              "a directory that had DEST's device and inode before")
+            return None
+        if (found.repository, found.user) != (repository, user) and self._from_dest:
+            # DEST's owner wrote what was under the old name: never a reason to refuse her
+            # exports for ever (as root, DEST is hers: no other user's export can be in it)
+            manifest_io.discard(self.state_fd)
+            self.migrated = (f"DEST's old manifest names {found.user!r}'s export from repository "
+                             f"{found.repository}, not this one: not trusted, dropped")
             return None
         if not sync:
             raise Refused("DEST already holds an export; rerun with --sync to update it")

@@ -36,6 +36,7 @@ MANIFEST_NAME = "manifest.json"
 JOURNAL_NAME = "journal"
 LEGACY_MANIFEST_NAME = RESERVED_PREFIX + "-export.json"     # in DEST, before version 3
 LEGACY_JOURNAL_NAME = RESERVED_PREFIX + "-export.journal"
+MIGRATED = "DEST's manifest"     # how migrate's note begins when it moved one
 LEGACY_LIMIT = 1 << 30        # what DEST holds under the old names is read up to 1 GiB
 FORMAT = "omero-cli-ext originals export"
 JOURNAL_FORMAT = "omero-cli-ext originals export journal"
@@ -265,7 +266,7 @@ def migrate(dest_fd: int, state_fd: int) -> Optional[str]:
             os.unlink(name, dir_fd=dest_fd)
         except FileNotFoundError:
             pass
-    return (f"DEST's manifest ({LEGACY_MANIFEST_NAME}) moved to the export's state directory, "
+    return (f"{MIGRATED} ({LEGACY_MANIFEST_NAME}) moved to the export's state directory, "
             "out of the DEST owner's reach")
 
 
