@@ -163,13 +163,17 @@ def run_writer(tmp_path, port, retries=4):
     info = server.PixelsInfo(9, "img", 9, 40, 30, 1, 1, 1, "uint16")
     plan = zplan.build({9: info}, {}, [9], [], "flat", 1024, {})
     events, sleeps = [], []
+    state = tmp_path.with_name(tmp_path.name + ".state")      # out of DEST, as in a run
+    state.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    state_fd = os.open(state, os.O_RDONLY | os.O_DIRECTORY)
     try:
         writer = Writer(port, fd, Options(retries=retries), emit=lambda t, **f: events.append((t, f)),
-                        sleep=sleeps.append)
+                        sleep=sleeps.append, state_fd=state_fd)
         result = writer.run(plan, index_io.Index("u", "alice", "0.4", "flat", 1024), {})
     finally:
         os.close(fd)
+        os.close(state_fd)
     return result, events, sleeps
 
 

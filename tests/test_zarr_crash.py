@@ -14,7 +14,7 @@ import time
 from numcodecs import Blosc
 
 from sim.launcher import run_cli
-from test_zarr_export import add_fake, fake_name, make_world, tree
+from test_zarr_export import add_fake, control_args, fake_name, make_world, tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "tests", "sim", "launcher.py")
@@ -48,7 +48,8 @@ def start(sim_root, dest, obj, workers):
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.Popen(
         [sys.executable, LAUNCHER, "--sim-root", sim_root, "--sim-user", "alice", "export",
-         "--zarr", dest, obj, "--chunk", "256", "--workers", str(workers)],
+         "--zarr", dest, obj, "--chunk", "256", "--workers", str(workers),
+         *control_args(sim_root)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -67,7 +68,7 @@ def test_kill_9_at_ten_random_moments_then_rerun_is_byte_identical(tmp_path):
     obj = "Project:%d" % world.project
     reference = tmp_path / "reference"
     rc, _out, err = run_cli(world.sim.root, ["export", "--zarr", str(reference), obj,
-                                             "--chunk", "256"], user="alice")
+                                             "--chunk", "256", *control_args(world.sim.root)], user="alice")
     assert rc == 0, err
     expected = tree(reference)
     total = len(chunk_files(reference))
@@ -83,7 +84,7 @@ def test_kill_9_at_ten_random_moments_then_rerun_is_byte_identical(tmp_path):
         check_whole(dest)
     assert kills >= 8       # (a run may finish its last chunks before the signal lands)
     rc, out, err = run_cli(world.sim.root, ["export", "--zarr", dest, obj, "--chunk", "256",
-                                            "--json"], user="alice")
+                                            "--json", *control_args(world.sim.root)], user="alice")
     assert rc == 0, err
     actions = {json.loads(line)["action"] for line in out.splitlines()
                if json.loads(line)["type"] == "image"}
@@ -103,10 +104,10 @@ def test_ctrl_c_ends_cleanly_with_exit_10_and_the_rerun_completes(tmp_path):
     assert proc.returncode == 10, err
     assert b"Traceback" not in err and b"rerun the same command" in err
     check_whole(dest)
-    rc, _out, err = run_cli(world.sim.root, ["export", "--zarr", dest, obj, "--chunk", "256"],
+    rc, _out, err = run_cli(world.sim.root, ["export", "--zarr", dest, obj, "--chunk", "256", *control_args(world.sim.root)],
                             user="alice")
     assert rc == 0, err
     reference = tmp_path / "reference"
     rc, _out, err = run_cli(world.sim.root, ["export", "--zarr", str(reference), obj,
-                                             "--chunk", "256"], user="alice")
+                                             "--chunk", "256", *control_args(world.sim.root)], user="alice")
     assert rc == 0 and tree(dest) == tree(reference)

@@ -15,6 +15,7 @@ from omero_cli_ext.zarr.index import INDEX_NAME
 from sim import pixels as simpix
 from sim.launcher import run_cli
 from sim.server import SimServer
+from test_export_world import state_root
 
 
 # --------------------------------------------------------------------------- helpers (shared)
@@ -91,9 +92,15 @@ def make_world(tmp_path) -> World:
     return World(sim, src, project, dataset, images)
 
 
+def control_args(sim_root, owner="root") -> list:
+    """--state-dir beside the simulated server (never /var/lib) and, as root, the DEST owner."""
+    return ["--state-dir", state_root(sim_root)] + (
+        ["--owner", owner] if os.geteuid() == 0 and owner else [])
+
+
 def export(world, dest, *objs, user="alice", extra=()):
-    return run_cli(world.sim.root, ["export", "--zarr", str(dest), *objs, "--json", *extra],
-                   user=user)
+    return run_cli(world.sim.root, ["export", "--zarr", str(dest), *objs, "--json",
+                                    *control_args(world.sim.root), *extra], user=user)
 
 
 def server_plane(sim, image_id, z, c, t) -> np.ndarray:
@@ -308,7 +315,8 @@ def test_permissions_restricted_and_unreadable_images_never_written(world, tmp_p
     assert rc == 0 and len(records(out, "image")) == len(world.images)
     rc, out, err = run_cli(world.sim.root, ["export", "--zarr", str(tmp_path / "asbob"),
                                             "Dataset:%d" % world.dataset, "--as-user", "bob",
-                                            "--json"], user="root")
+                                            "--json", *control_args(world.sim.root)],
+                           user="root")
     assert rc == 0, err
     assert records(out, "image") == [] and len(records(out, "skipped")) == len(world.images)
     world.sim.set_binary_access(False, group="lab")
@@ -363,14 +371,20 @@ def test_refusals_fileset_objects_other_users_dest_and_all_missing(world, tmp_pa
 
 
 def test_a_second_run_on_the_same_dest_is_refused(world, tmp_path):
-    import fcntl
+    from omero_cli_ext.export import state
     dest = tmp_path / "dest"
     dest.mkdir()
-    with open(dest / ".omero-cli-ext-zarr.lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    root_fd = state.open_root(state_root(world.sim.root))
+    state_fd = state.open_for(root_fd, os.stat(dest), create=True)
+    held = state.Lock(state_fd)      # the lock --originals takes: one run per DEST, either kind
+    try:
         rc, _out, err = export(world, dest, "Dataset:%d" % world.dataset)
-    assert rc == 9 and "another export is writing this DEST" in err
-    assert os.listdir(dest) == [".omero-cli-ext-zarr.lock"]
+    finally:
+        held.release()
+        os.close(state_fd)
+        os.close(root_fd)
+    assert rc == 9 and "another export is running on this DEST" in err
+    assert os.listdir(dest) == []
 
 
 def test_closed_stdout_ends_cleanly_and_the_rerun_completes(world, tmp_path):
@@ -380,7 +394,8 @@ def test_closed_stdout_ends_cleanly_and_the_rerun_completes(world, tmp_path):
     dest = tmp_path / "dest"
     argv = [sys.executable, os.path.join(root, "tests", "sim", "launcher.py"), "--sim-root",
             world.sim.root, "--sim-user", "alice", "export", "--zarr", str(dest),
-            "Dataset:%d" % world.dataset, "--json", "--chunk", "256"]
+            "Dataset:%d" % world.dataset, "--json", "--chunk", "256",
+            *control_args(world.sim.root)]
     head = subprocess.run(" ".join("'%s'" % a for a in argv) + " | head -1", shell=True,
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root))
     assert "Traceback" not in head.stderr, head.stderr

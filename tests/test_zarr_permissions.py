@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 
 from sim.launcher import run_cli
 from sim.server import SimServer
+from test_zarr_export import control_args
 from test_export_permissions import MEMBERS, PI_WORLD, allowed, worlds
 
 
@@ -50,7 +51,8 @@ def test_written_images_are_exactly_what_the_rules_allow(world):
             sim.set_binary_access(True)
         dest = os.path.join(tmp, "dest")
         rc, out, err = run_cli(sim.root, ["export", "--zarr", dest, "--layout", "flat",
-                                          "Image:" + ",".join(map(str, images)), "--json"],
+                                          "Image:" + ",".join(map(str, images)), "--json",
+                                          *control_args(sim.root)],
                                user=actor)
         assert rc in (0, 5, 22), err
         lines = [json.loads(line) for line in out.splitlines()]

@@ -3,34 +3,38 @@
 Checks what can be checked before the first change to disk (options, objects, DEST, its index,
 a second run on the same DEST), then hands the plan to `omero_cli_ext.zarr.writer.Writer`.
 Exit codes (docs/export.md, shared with --originals where the meaning is the same): 0 done;
-2 bad arguments; 3 DEST unusable; 5 some objects unknown or unreadable; 6 DEST full; 7 some
+2 bad arguments; 3 DEST or state directory unusable; 4 DEST owner unknown or not the acting
+user (as root: use --as-user); 5 some objects unknown or unreadable; 6 DEST full; 7 some
 images failed; 9 another run is writing DEST; 10 interrupted (Ctrl-C, closed stdout): rerun to
 continue; 20/21/22 shared.
 """
 from __future__ import annotations
 
 import ctypes
-import fcntl
+import errno
 import os
+import pwd
 import sys
 
 from omero_cli_ext import fsops
 from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, open_port, output_for,
                                     server_errors)
-from omero_cli_ext.cli.export_originals import (EXIT_BUSY, EXIT_DEST, EXIT_FULL,
-                                                EXIT_NOT_EXPORTED, EXIT_SOME_MISSING,
-                                                check_apart, open_existing_dest)
-from omero_cli_ext.export import dest as dest_io
+from omero_cli_ext.cli.export_originals import (EXIT_DEST, EXIT_FULL, EXIT_NOT_EXPORTED,
+                                                EXIT_OWNER, EXIT_SOME_MISSING, check_apart,
+                                                open_control, open_existing_dest,
+                                                read_owner_map, resolve_owner)
+from omero_cli_ext.cli.export_originals import _create_dest as create_originals_dest
+from omero_cli_ext.export import control as control_io
 from omero_cli_ext.export.plan import BadObject, format_ref, parse_objects
 from omero_cli_ext.output import printable
 from omero_cli_ext.zarr import LAYOUTS
 from omero_cli_ext.zarr import index as index_io
 from omero_cli_ext.zarr import plan as zplan
+from omero_cli_ext.zarr.owner import Effective
 from omero_cli_ext.zarr.writer import Options, Writer
 
 EXIT_INTERRUPTED = 10
-ORIGINALS_ONLY = (("link", "auto"), ("repo", None), ("owner", None), ("owner_map", None),
-                  ("verify", False))
+ORIGINALS_ONLY = (("link", "auto"), ("repo", None), ("verify", False))
 
 
 def _check_args(ctx, args) -> list:
@@ -58,43 +62,44 @@ def _check_args(ctx, args) -> list:
     return refs
 
 
-def _lock(ctx, dest_fd):
-    fd = os.open(index_io.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600, dir_fd=dest_fd)
+def _check_dest_owner(ctx, dest_fd: int, dest: str, entry, root_run: bool) -> None:
+    """As root, an existing DEST must be the DEST owner's: her files are written as hers, and
+    never what another OMERO user may read into a directory she owns."""
+    if not root_run:
+        return
+    uid = os.fstat(dest_fd).st_uid
+    if uid == entry.pw_uid:
+        return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        ctx.die(EXIT_BUSY, "another export is writing this DEST; wait for it to end")
-    return fd
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    ctx.die(EXIT_OWNER, "DEST %s belongs to %r, not to %r (the POSIX account of the acting "
+                        "user): the export would give %r what another user may read; rerun "
+                        "with --as-user %s, or choose another DEST"
+            % (printable(dest), name, entry.pw_name, name, name))
 
 
-def _create_dest(ctx, dest: str, mode: int, roots) -> int:
+def _create_dest(ctx, dest: str, args, roots, owner, strict) -> int:
     """DEST made (its parent must exist), resolved without following symlinks and kept apart
     from the ManagedRepository by device and inode (export.dest, as for --originals)."""
-    parent_fd = open_existing_dest(ctx, os.path.dirname(dest), None)
+    parent_fd = open_existing_dest(ctx, os.path.dirname(dest), strict)
     if parent_fd is None:
         ctx.die(EXIT_DEST, "the parent of DEST %s does not exist" % printable(dest))
     try:
         check_apart(ctx, parent_fd, dest, roots, inside_only=True)
     finally:
         os.close(parent_fd)
-    try:
-        fd = dest_io.open_dest(dest, create=True, mode=mode)[0]
-    except dest_io.DestError as err:
-        ctx.die(EXIT_DEST, "DEST unusable: %s" % err)
-    except OSError as err:
-        ctx.die(EXIT_FULL if err.errno in (28, 122) else EXIT_DEST,
-                "cannot create DEST: %s" % err.strerror)
+    fd = create_originals_dest(ctx, dest, args, owner, strict)
     check_apart(ctx, fd, dest, roots)
     return fd
 
 
-def _load_index(ctx, dest_fd, args, repository: str, user: str):
+def _load_index(ctx, state_fd, args, repository: str, user: str):
     try:
-        found = index_io.load(dest_fd) if dest_fd is not None else None
+        found = index_io.load(state_fd) if state_fd is not None else None
     except (index_io.IndexError_, OSError) as err:
-        ctx.die(EXIT_DEST, "DEST's index %s: %s" % (index_io.INDEX_NAME, err))
+        ctx.die(EXIT_DEST, "the export's index (state directory): %s" % err)
     if found is None:
         return index_io.Index(repository=repository, user=user, ngff=args.ngff,
                               layout=args.layout, chunk=args.chunk)
@@ -125,12 +130,15 @@ def run_export(control, args):
     _bounded_malloc()
     args.layout = args.layout or "tree"
     refs = _check_args(ctx, args)
+    owner_map = read_owner_map(ctx, args.owner_map) if args.owner_map else {}
     out = output_for(args)
     dest = os.path.abspath(args.zarr)
     port = open_port(ctx, args)
     acting = port
-    dest_fd = lock_fd = None
+    dest_fd = None
     result = plan = None
+    control_files = control_io.DestControl(args.state_dir, args.wait, args.dry_run)
+    owner = Effective()
     try:
         with server_errors(ctx):
             if args.as_user:
@@ -138,9 +146,14 @@ def run_export(control, args):
             user = acting.current_user()
             repository = acting.repository()
             roots = [repository.root]
-            dest_fd = open_existing_dest(ctx, dest, None)
+            entry = resolve_owner(ctx, args, user.name, owner_map)
+            root_run = os.geteuid() == 0
+            strict = {entry.pw_uid} if root_run else None
+            dest_fd = open_existing_dest(ctx, dest, strict)
             if dest_fd is not None:
                 check_apart(ctx, dest_fd, dest, roots)
+                _check_dest_owner(ctx, dest_fd, dest, entry, root_run)
+                open_control(ctx, control_files, dest_fd, create=not args.dry_run)
             image_ids, plate_ids, missing = zplan.resolve(acting, refs)
             for ref in missing:
                 out.emit("object_missing", object=format_ref(ref))
@@ -151,24 +164,34 @@ def run_export(control, args):
             field_ids = {i for p in plates.values() for w in p.wells for i, _a in w.fields}
             pixels = acting.pixels_info(sorted(set(image_ids) | field_ids))
             if dest_fd is None and not args.dry_run:
-                dest_fd = _create_dest(ctx, dest, args.dir_mode, roots)
-            if dest_fd is not None:
-                lock_fd = _lock(ctx, dest_fd)
-            index = _load_index(ctx, dest_fd, args, repository.uuid, user.name)
+                dest_fd = _create_dest(ctx, dest, args, roots,
+                                       (entry.pw_uid, entry.pw_gid) if root_run else None, strict)
+                open_control(ctx, control_files, dest_fd, create=True)
+            index = _load_index(ctx, control_files.state_fd, args, repository.uuid, user.name)
             plan = zplan.build(pixels, plates, image_ids, plate_ids, args.layout, args.chunk,
                                index.paths() if not args.dry_run or dest_fd is not None else {})
             renderings = acting.rendering_settings(sorted({j.image_id for j in plan.images}))
             options = Options(chunk=args.chunk, workers=args.workers, sync=args.sync,
                               dry_run=args.dry_run, dir_mode=args.dir_mode)
             total = sum(j.raw_bytes() for j in plan.images)
+            if not args.dry_run:
+                owner = Effective.of(entry.pw_uid, entry.pw_gid,
+                                     os.getgrouplist(entry.pw_name, entry.pw_gid))
             with out.progress("Exporting", total=total, bytes_unit=True) as bar:
-                writer = Writer(acting, dest_fd, options, emit=out.emit, progress=bar.advance)
+                writer = Writer(acting, dest_fd, options, emit=out.emit, progress=bar.advance,
+                                state_fd=control_files.state_fd, owner=owner)
+                owner.drop()
                 try:
                     result = writer.run(plan, index, renderings)
                 except fsops.NoSpace as err:
                     ctx.die(EXIT_FULL, "%s; free space and rerun the same command" % err)
                 except OSError as err:
+                    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                        ctx.die(EXIT_FULL, "no space left (%s); free space and rerun the same "
+                                           "command" % err.strerror)
                     ctx.die(EXIT_DEST, "cannot write in DEST: %s" % err)
+                finally:
+                    owner.restore()
     except KeyboardInterrupt:
         ctx.die(EXIT_INTERRUPTED, "interrupted; rerun the same command to continue")
     except BrokenPipeError:
@@ -177,9 +200,10 @@ def run_export(control, args):
         os.close(devnull)
         ctx.die(EXIT_INTERRUPTED, "output closed; rerun the same command to continue")
     finally:
-        for fd in (lock_fd, dest_fd):
-            if fd is not None:
-                os.close(fd)
+        owner.restore()
+        control_files.close()
+        if dest_fd is not None:
+            os.close(dest_fd)
         if acting is not port:
             acting.close()
         port.close()

@@ -1,24 +1,28 @@
-"""DEST's index: `omero-zarr-index.json` (for analysts and for reruns) and its journal.
+"""The export's index and its journal, kept in DEST's state directory (export/state.py: root's
+own, keyed by DEST's device and inode, out of the DEST owner's reach); a copy of the index,
+`omero-zarr-index.json`, is written into DEST for analysts and never read back.
 
 The index lists every object the export placed in DEST with its OMERO ids and path, and for
 --sync what each was written from (a key of the pixels, a key of the rendering settings). It is
 replaced atomically at the start of a run (the planned paths, so that what the export made is
 known before it makes it) and at its end. In between, each finished image or plate appends one
-line to `.omero-cli-ext-zarr.journal`; loading replays the journal onto the index."""
+line to the journal; loading replays the journal onto the index."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Optional
 
 from omero_cli_ext.export.paths import is_safe_relpath
 from omero_cli_ext.zarr import store
 
-INDEX_NAME = "omero-zarr-index.json"
-JOURNAL_NAME = ".omero-cli-ext-zarr.journal"
-LOCK_NAME = ".omero-cli-ext-zarr.lock"
+INDEX_NAME = "omero-zarr-index.json"          # DEST's copy, for analysts
+STATE_INDEX_NAME = "zarr-index.json"          # in the state directory: the one read back
+JOURNAL_NAME = "zarr-index.journal"           # in the state directory
 FORMAT = "omero-cli-ext zarr index"
 VERSION = 1
 
@@ -60,8 +64,9 @@ def doc_key(doc) -> str:
     return hashlib.sha1(store.json_bytes(doc)).hexdigest()
 
 
-def load(dest_fd: int) -> Optional[Index]:
-    raw = store.read_file(dest_fd, INDEX_NAME)
+def load(state_fd: int) -> Optional[Index]:
+    """The index in the state directory `state_fd` with its journal replayed (None: none)."""
+    raw = store.read_file(state_fd, STATE_INDEX_NAME)
     if raw is None:
         return None
     try:
@@ -75,7 +80,7 @@ def load(dest_fd: int) -> Optional[Index]:
             _add(index, entry)
     except (ValueError, KeyError, TypeError) as err:
         raise IndexError_(str(err)) from None
-    journal = store.read_file(dest_fd, JOURNAL_NAME) or b""
+    journal = store.read_file(state_fd, JOURNAL_NAME) or b""
     for line in journal.splitlines():
         try:
             _add(index, json.loads(line))
@@ -102,20 +107,34 @@ def entry_key(entry: dict) -> str:
     return "field:%d:%d" % (entry["plate"], entry["image"])
 
 
-def save(dest_fd: int, index: Index) -> None:
-    """Replace the index (temporary, fsync, rename, fsync DEST), then drop the journal."""
-    store.write_file(dest_fd, INDEX_NAME, store.json_bytes(index.document()), sync=True)
-    os.fsync(dest_fd)
+def save(state_fd: int, index: Index) -> None:
+    """Replace the index in the state directory (temporary, fsync, rename, fsync the
+    directory), then drop the journal."""
+    store.write_file(state_fd, STATE_INDEX_NAME, store.json_bytes(index.document()), sync=True)
+    os.fsync(state_fd)
     try:
-        os.unlink(JOURNAL_NAME, dir_fd=dest_fd)
+        os.unlink(JOURNAL_NAME, dir_fd=state_fd)
     except FileNotFoundError:
         pass
 
 
+def publish(dest_fd: int, index: Index) -> None:
+    """DEST's copy of the index for analysts (a new file renamed into place, by the DEST
+    owner when root exports for her; never read back)."""
+    store.write_json(dest_fd, INDEX_NAME, index.document())
+
+
 class Journal:
-    def __init__(self, dest_fd: int):
+    """Appends to the state directory's journal: opened without following a symlink and
+    checked (a regular file of the running user with one link) before the first line."""
+
+    def __init__(self, state_fd: int):
         fd = os.open(JOURNAL_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, store.FILE_MODE, dir_fd=dest_fd)
+                     | os.O_NONBLOCK | os.O_CLOEXEC, 0o600, dir_fd=state_fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+            os.close(fd)
+            raise store.NotOurs(errno.EINVAL, "not a journal made by the export", JOURNAL_NAME)
         self._fd = fd
 
     def append(self, entry: dict) -> None:

@@ -24,6 +24,7 @@ from omero_cli_ext import fsops
 from omero_cli_ext.server import NotFound, PermissionDenied, ServerError
 from omero_cli_ext.zarr import index as index_io
 from omero_cli_ext.zarr import ngff, store
+from omero_cli_ext.zarr.owner import Effective
 
 READ_TILE = 1024     # the largest getTile asked of the server (omero.pixeldata.max_tile_length)
 
@@ -114,9 +115,12 @@ def _close_quietly(reader) -> None:
 
 class Writer:
     def __init__(self, port, dest_fd: Optional[int], options: Options, emit: Callable,
-                 progress: Callable = lambda n: None, sleep: Callable = time.sleep):
+                 progress: Callable = lambda n: None, sleep: Callable = time.sleep,
+                 state_fd: Optional[int] = None, owner: Optional[Effective] = None):
         self.port = port
         self.dest_fd = dest_fd
+        self.state_fd = state_fd              # the index and journal (export/state.py)
+        self.owner = owner or Effective()     # DEST's work as its owner, the state's as root
         self.options = options
         self.emit = emit
         self.progress = progress
@@ -140,9 +144,10 @@ class Writer:
             index.entries.setdefault("plate:%d" % job.info.id, self._plate_entry(job, False, ""))
         for job in plan.images:
             index.entries.setdefault(self._key(job), self._image_entry(job, False, "", "", 0))
-        store.remove_stale_temps(self.dest_fd, recursive=False)   # of a killed run's index write
-        index_io.save(self.dest_fd, index)
-        self._journal = index_io.Journal(self.dest_fd)
+        store.remove_stale_temps(self.dest_fd, recursive=False)   # of a killed run's index copy
+        self._save(index, stale=True)
+        with self.owner.privileged():
+            self._journal = index_io.Journal(self.state_fd)
         try:
             if self.options.sync:
                 self._remove_unwanted(index, wanted)
@@ -170,8 +175,17 @@ class Writer:
             self._journal.close()
         self._forget_unmade(index)
         fsops.syncfs(self.dest_fd)
-        index_io.save(self.dest_fd, index)
+        self._save(index)
         return self.result
+
+    def _save(self, index, stale: bool = False) -> None:
+        """The index into the state directory (as root), then its copy into DEST (as the DEST
+        owner). Called only while no worker thread runs (the switch is process-wide)."""
+        with self.owner.privileged():
+            if stale:
+                store.remove_stale_temps(self.state_fd, recursive=False)
+            index_io.save(self.state_fd, index)
+        index_io.publish(self.dest_fd, index)
 
     def _forget_unmade(self, index) -> None:
         """Planned entries that never reached DEST (skipped, failed before their directory was
