@@ -5,8 +5,9 @@ a second run on the same DEST), then hands the plan to `omero_cli_ext.zarr.write
 Exit codes (docs/export.md, shared with --originals where the meaning is the same): 0 done;
 2 bad arguments; 3 DEST or state directory unusable; 4 DEST owner unknown or not the acting
 user (as root: use --as-user); 5 some objects unknown or unreadable; 6 DEST full; 7 some
-images failed; 9 another run is writing DEST; 10 interrupted (Ctrl-C, closed stdout): rerun to
-continue; 20/21/22 shared.
+images failed; 9 another run is writing DEST; 10 interrupted (Ctrl-C): rerun to continue;
+20/21/22 shared. A closed stdout (`--json | head`) does not stop the run: it ends with its own
+exit code.
 """
 from __future__ import annotations
 
@@ -17,16 +18,16 @@ import pwd
 import sys
 
 from omero_cli_ext import fsops
-from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, open_port, output_for,
-                                    server_errors)
+from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_USAGE, open_port, server_errors
 from omero_cli_ext.cli.export_originals import (EXIT_DEST, EXIT_FULL, EXIT_NOT_EXPORTED,
                                                 EXIT_OWNER, EXIT_SOME_MISSING, check_apart,
                                                 open_control, open_existing_dest,
                                                 read_owner_map, resolve_owner)
 from omero_cli_ext.cli.export_originals import _create_dest as create_originals_dest
+from omero_cli_ext.cli.export_originals import _QuietPipe as QuietPipe
 from omero_cli_ext.export import control as control_io
 from omero_cli_ext.export.plan import BadObject, format_ref, parse_objects
-from omero_cli_ext.output import printable
+from omero_cli_ext.output import Output, printable
 from omero_cli_ext.zarr import LAYOUTS
 from omero_cli_ext.zarr import index as index_io
 from omero_cli_ext.zarr import plan as zplan
@@ -131,7 +132,7 @@ def run_export(control, args):
     args.layout = args.layout or "tree"
     refs = _check_args(ctx, args)
     owner_map = read_owner_map(ctx, args.owner_map) if args.owner_map else {}
-    out = output_for(args)
+    out = Output(json_mode=bool(args.json), stdout=QuietPipe(sys.stdout))
     dest = os.path.abspath(args.zarr)
     port = open_port(ctx, args)
     acting = port
@@ -194,11 +195,6 @@ def run_export(control, args):
                     owner.restore()
     except KeyboardInterrupt:
         ctx.die(EXIT_INTERRUPTED, "interrupted; rerun the same command to continue")
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        ctx.die(EXIT_INTERRUPTED, "output closed; rerun the same command to continue")
     finally:
         owner.restore()
         control_files.close()

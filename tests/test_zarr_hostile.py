@@ -1,0 +1,151 @@
+"""`omero export --zarr` run by root for a hostile DEST owner (issue 12's rules, issue 16's
+export).
+
+The same host as tests/test_export_hostile.py (real POSIX users made with useradd, root only):
+ALICE owns DEST and controls everything inside it, and has an --originals export (repository
+hard links) on the same filesystem to move around. Every test asserts that no file outside DEST
+changed (the repository, the homes, a stand-in /etc: content, mode, owner and inode).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from omero_cli_ext.zarr.index import INDEX_NAME
+from sim.launcher import run_cli
+from test_export_hostile import ALICE, BOB, ROOT, as_alice, posix_users, site  # noqa: F401
+from test_export_world import records
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
+                                reason="needs root and useradd (real POSIX users)")
+
+
+def zarr(site, dest=None, extra=(), as_user=ALICE, objects=None):
+    argv = ["export", "--zarr", dest or site.dest,
+            *(objects or [f"Dataset:{site.dataset}"]), "--state-dir", site.state, "--json"]
+    if as_user:
+        argv += ["--as-user", as_user]
+    return run_cli(site.sim.root, argv + list(extra), user="root")
+
+
+def outside(site, *dests) -> dict:
+    """site.outside() without the zarr DESTs (which the export writes)."""
+    return {path: info for path, info in site.outside().items()
+            if not any(path == d or path.startswith(d + "/") for d in dests)}
+
+
+def image_ids(site) -> list:
+    return [row[0] for row in site.sim.query(
+        "SELECT child FROM DatasetImageLink WHERE parent = ? ORDER BY child", (site.dataset,))]
+
+
+def alice_dir(site, path) -> None:
+    os.makedirs(path, exist_ok=True)
+    os.chown(path, site.alice.pw_uid, site.alice.pw_gid)
+    os.chmod(path, 0o700)
+
+
+def test_repository_hard_links_moved_onto_every_name_are_never_written(site):
+    originals = os.path.join(site.exports, ALICE + "-originals")
+    rc, out, err = site.export(dest=originals)
+    assert rc == 0, err
+    links = sorted(r["path"] for r in records(out, "entry"))
+    dest = os.path.join(site.exports, ALICE + "-zarr")
+    alice_dir(site, dest)                  # hers, as her ~/export would be
+    rc, out, err = zarr(site, dest=dest, extra=["--layout", "flat"])
+    assert rc == 0, err
+    before = outside(site, dest)
+    # every control name an older version used, and the index copy
+    names = [".omero-cli-ext-zarr.journal", ".omero-cli-ext-zarr.lock", INDEX_NAME]
+    for rel, name in zip(links, names):   # one name a night
+        as_alice(site, "mv", os.path.join(originals, rel), os.path.join(dest, name))
+        rc, out, err = zarr(site, dest=dest, extra=["--layout", "flat", "--sync"])
+        assert rc == 0, err               # neither frozen (exit 3) ...
+        assert outside(site, dest) == before      # ... nor a repository inode written
+    st = os.lstat(os.path.join(dest, INDEX_NAME))
+    assert st.st_nlink == 1 and st.st_uid == site.alice.pw_uid
+
+
+@pytest.mark.parametrize("where", ["level", "row", "image"])
+def test_symlinks_planted_in_dest_never_redirect_roots_writes(site, where):
+    alice_dir(site, site.dest)
+    image = image_ids(site)[0]
+    base = os.path.join(site.dest, f"Image_{image}.ome.zarr")
+    if where == "image":
+        link = base
+    else:
+        alice_dir(site, base)
+        if where == "level":
+            link = os.path.join(base, "0")
+        else:
+            alice_dir(site, os.path.join(base, "0"))
+            alice_dir(site, os.path.join(base, "0", "0"))
+            link = os.path.join(base, "0", "0", "0")     # t/c/z directory of the first chunk
+    os.symlink(site.etc, link)
+    os.lchown(link, site.alice.pw_uid, site.alice.pw_gid)
+    before = site.outside()
+    rc, out, err = zarr(site, extra=["--layout", "flat"])
+    assert rc == 7, err
+    assert [r["image"] for r in records(out, "failed")] == [image]
+    assert site.outside() == before                   # nothing written into the stand-in /etc
+    assert os.path.islink(link)
+
+
+def test_what_root_writes_for_her_is_hers(site):
+    old = os.umask(0o077)
+    try:
+        rc, out, err = zarr(site)
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    for dirpath, dirnames, names in os.walk(site.dest):
+        for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + names]:
+            st = os.lstat(name)
+            assert (st.st_uid, st.st_gid) == (site.alice.pw_uid, site.alice.pw_gid), name
+    files = site.dest_files()              # every file opened as her
+    assert INDEX_NAME in files and any(p.endswith("/.zattrs") for p in files)
+    assert stat.S_IMODE(os.stat(site.dest).st_mode) == 0o700
+
+
+def test_root_for_a_dest_of_another_user_refuses_with_exit_4(site):
+    alice_dir(site, site.dest)
+    rc, _out, err = zarr(site, as_user=None)            # root's own view into her DEST
+    assert rc == 4 and f"--as-user {ALICE}" in err, err
+    rc, _out, err = zarr(site, as_user=BOB)             # bob's view into her DEST
+    assert rc == 4 and f"--as-user {ALICE}" in err, err
+    assert os.listdir(site.dest) == [] and not os.path.exists(site.state)
+
+
+def test_dest_through_a_symlink_or_under_a_directory_others_may_write_is_refused(site):
+    link = os.path.join(site.exports, "link")
+    os.symlink(site.etc, link)
+    shared = os.path.join(site.exports, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o777)
+    before = site.outside()
+    rc, _out, err = zarr(site, dest=os.path.join(link, "out"))
+    assert rc == 3 and "symlink" in err, err
+    rc, _out, err = zarr(site, dest=os.path.join(shared, ALICE))
+    assert rc == 3 and "writable by" in err, err
+    assert site.outside() == before
+
+
+def test_a_closed_stdout_ends_cleanly_and_the_rerun_completes(site):
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
+         site.sim.root, "--sim-user", "root", "export", "--zarr", site.dest,
+         f"Dataset:{site.dataset}", "--as-user", ALICE, "--state-dir", site.state, "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
+    proc.stdout.readline()
+    proc.stdout.close()                                   # `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err              # the run goes on to its own end
+    assert "Traceback" not in err and "cannot write" not in err and "Broken pipe" not in err
+    rc, out, err = zarr(site, extra=["--sync"])
+    assert rc == 0, err
+    assert {r["action"] for r in records(out, "image")} == {"kept"}
