@@ -24,7 +24,8 @@ unknown or not the acting user (use --as-user); 5 some objects unreadable; 6 DES
 not exported; 8 --verify mismatch; 9 another run holds DEST; 10 interrupted; 20/21
 server/privilege; 22 nothing readable (with --sync on the same objects: the export emptied).
 
---zarr exit codes: 0 done; 2 bad arguments; 3 DEST unusable or another export's; 5 some objects
+--zarr exit codes: 0 done; 2 bad arguments; 3 DEST or state directory unusable or another
+export's; 4 (as root) DEST owner unknown or not the acting user (use --as-user); 5 some objects
 unreadable; 6 DEST full; 7 images failed; 9 another run holds DEST; 10 interrupted (rerun the
 same command to continue); 20/21 server/privilege; 22 nothing readable.
 """
