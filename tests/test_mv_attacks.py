@@ -165,3 +165,36 @@ def test_a_repository_bind_mounted_elsewhere_is_one_repository(world, tmp_path, 
         rc, out, err = run_cli(world.sim_root, ["mv", "--no-server", "--repo", repo_view,
                                                 "--status"])
         assert rc == 0 and "job 1:" in out, err
+
+
+def test_names_with_newlines_undecodable_bytes_and_colons_move_and_resume(tmp_path, monkeypatch):
+    """SRC and DST whose names hold a newline, bytes that are not UTF-8 and a `:`: the job is
+    journaled (no traceback), an interruption names a rerun command the shell reads back to the
+    very same bytes, and that rerun finishes the job."""
+    from sim.builder import build_inplace_tree
+    world = World(str(tmp_path / "w"), n_filesets=1, files_per_fileset=1, odd_names=False)
+    old = os.path.join(world.data, os.fsdecode(b"old\xff\nline:x"))
+    build_inplace_tree(world.sim, "alice", old, 4, 2, odd_names=True)
+    new = os.path.join(world.data, os.fsdecode(b"new\xfe\n:y"))
+    before = manifest(world.repo)
+    from omero_cli_ext.mv import execute
+    real, calls = execute.Executor._retarget, []
+
+    def retarget_then_interrupt(self, step):
+        if len(calls) == 2:
+            raise KeyboardInterrupt()
+        calls.append(step)
+        real(self, step)
+    monkeypatch.setattr(execute.Executor, "_retarget", retarget_then_interrupt)
+    argv = ["mv", "--no-server", "--repo", world.repo, "--workers", "1", old, new]
+    rc, out, err = run_cli(world.sim_root, argv)
+    assert rc == errors.EXIT_INTERRUPTED and "Traceback" not in err, err
+    monkeypatch.undo()
+    rerun = err.split("To continue, rerun: ", 1)[1].splitlines()[0]
+    words = subprocess.run(["bash", "-c", f"printf '%s\\0' {rerun}"], capture_output=True,
+                           check=True).stdout.split(b"\0")[:-1]
+    assert words[0] == b"omero" and words[-2:] == [os.fsencode(old), os.fsencode(new)]
+    rc, out, err = run_cli(world.sim_root, [os.fsdecode(w) for w in words[1:]])
+    assert rc == 0 and "resuming job 1" in out, err
+    assert manifest(world.repo) == before
+    assert not os.path.exists(old)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 import time
 
 from omero_cli_ext import server
@@ -28,7 +27,7 @@ from omero_cli_ext.mv.report import (abandon_text, done_text, job_summary, json_
                                      status_text, step_record, unresolved_record, unresolved_rows)
 from omero_cli_ext.workers import WorkerFailed, default_workers
 from omero_cli_ext.mv.store import JobStore
-from omero_cli_ext.mv.tree import canonical, fs_path, is_under, show
+from omero_cli_ext.mv.tree import canonical, fs_path, is_under, shell_word, show
 
 
 
@@ -288,8 +287,8 @@ class _Run:
         if self.args.plan:
             write_plan(self.args.plan, plan, (self.place.dev, self.place.ino), self.command_line())
             self.out.info(f"plan written to {self.args.plan}: {len(plan.steps)} steps; run it "
-                          f"with: omero mv --execute-plan {shlex.quote(self.args.plan)}"
-                          + (f" --repo {shlex.quote(self.args.repo)}" if self.args.repo else ""))
+                          f"with: omero mv --execute-plan {shell_word(self.args.plan)}"
+                          + (f" --repo {shell_word(self.args.repo)}" if self.args.repo else ""))
         self.show_plan(plan)
 
     def status(self, repo: bytes) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 
 from omero_cli_ext.mv.errors import EXIT_USAGE, MvError
-from omero_cli_ext.mv.tree import fs_path
+from omero_cli_ext.mv.tree import fs_path, shell_word
 
 FILESET_REF = re.compile(r"^Fileset:(\d+)$")
 
@@ -82,4 +81,4 @@ def command_line(a) -> str:
     if a.execute_plan:
         words += ["--execute-plan", a.execute_plan]
     words += [w for w in (a.source, a.destination) if w]
-    return " ".join(shlex.quote(w) for w in words)
+    return " ".join(shell_word(w) for w in words)

@@ -13,7 +13,6 @@ import errno
 import filecmp
 import json
 import os
-import shlex
 import stat
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
@@ -26,8 +25,8 @@ from omero_cli_ext.mv.errors import (EXIT_BAD_RELATION, EXIT_DST_EXISTS, EXIT_DS
                                      MvError)
 from omero_cli_ext.mv.mounts import repository_views
 from omero_cli_ext.mv.preflight import check_space, check_writable
-from omero_cli_ext.mv.tree import (Node, below, canonical, is_under, show, split_tree,
-                                   walk_links, walk_tree)
+from omero_cli_ext.mv.tree import (Node, below, canonical, is_under, shell_word, show,
+                                   split_tree, walk_links, walk_tree)
 from omero_cli_ext.workers import parallel_map
 from omero_cli_ext.compat import DATACLASS_SLOTS
 
@@ -663,8 +662,8 @@ def plan_links_only(request: Request, facts_for: FactsLookup) -> Plan:
             f"{len(in_old)} link(s) point at files still in OLD and not at NEW (imported after "
             f"the files were moved?); they resolve and were left alone (e.g. {show(in_old[0])}). "
             "To move those files and retarget their links (NEW is merged into, nothing "
-            f"overwritten), run: omero mv --repo {shlex.quote(show(repo))} "
-            f"{shlex.quote(show(old))} {shlex.quote(show(new))}")
+            f"overwritten), run: omero mv --repo {shell_word(repo)} "
+            f"{shell_word(old)} {shell_word(new)}")
     if missing:
         plan.notes.append(f"{len(missing)} link(s) into OLD have no file at NEW and were left "
                           f"alone (e.g. {show(missing[0])})")

@@ -66,12 +66,19 @@ def _bytes(value) -> Optional[bytes]:
     return value if value is None or type(value) is bytes else bytes(value)
 
 
+def _text_column(text: str) -> str:
+    """A path as the journal's TEXT columns hold it: bytes that are not UTF-8 (surrogate
+    escapes) as `\\xNN`, always the same way, so a repository with such a name finds its job."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class JobStore:
     def __init__(self, journal: Journal):
         self.journal = journal
         journal.ensure_schema(COMPONENT, SCHEMA_VERSION, SCHEMA, UPGRADES)
 
     def unfinished(self, repo: str) -> Optional[Job]:
+        repo = _text_column(repo)
         row = self.journal.query_one(
             "SELECT id, repo, job_key, command, mode, same_fs, state, created FROM mv_job "
             "WHERE repo = ? AND state = ? ORDER BY id LIMIT 1", (repo, UNFINISHED))
@@ -81,6 +88,7 @@ class JobStore:
     def create(self, repo: str, command: str, plan: Plan) -> Job:
         """Record the job and its whole plan in one transaction."""
         now = self.journal.now()
+        repo, command = _text_column(repo), _text_column(command)
         key = plan.request.key()
         steps = plan.steps
         with self.journal.transaction():
@@ -168,6 +176,7 @@ class JobStore:
 
     def finished_same(self, repo: str, key: str) -> Optional[Job]:
         """The newest job with this identity that ended done (a rerun after completion)."""
+        repo = _text_column(repo)
         row = self.journal.query_one(
             "SELECT id, repo, job_key, command, mode, same_fs, state, updated FROM mv_job "
             "WHERE repo = ? AND job_key = ? AND state = 'done' ORDER BY id DESC LIMIT 1",

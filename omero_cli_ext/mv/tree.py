@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import stat
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Tuple
@@ -165,3 +166,18 @@ def _node(rel: bytes, st: os.stat_result, path: bytes) -> Node:
 
 # A path for a message: undecodable bytes and control characters (newlines) escaped.
 show = printable
+
+
+def shell_word(word) -> str:
+    """A word (text with surrogate escapes, or bytes) as a POSIX shell reads it back byte for
+    byte: shell-quoted when it is printable UTF-8, else in bash's $'...' with \\xNN escapes (a
+    newline or an undecodable byte in a name still gives a command one can paste)."""
+    raw = word if isinstance(word, bytes) else os.fsencode(word)
+    try:
+        text = raw.decode("utf-8")
+        if text.isprintable():
+            return shlex.quote(text)
+    except UnicodeDecodeError:
+        pass
+    return "$'" + "".join(chr(b) if 0x20 <= b < 0x7f and b not in (0x27, 0x5c) else f"\\x{b:02x}"
+                          for b in raw) + "'"
