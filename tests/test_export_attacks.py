@@ -194,3 +194,41 @@ def test_an_old_manifest_she_forged_for_another_user_cannot_freeze_the_export(si
         assert rc == 7, err        # her three files stand where the export wants them: left alone
         assert {r["path"] for r in records(out, "failed")} == {
             "run/a.fake", "run/a.fake.ini", "exp/b.fake"}
+
+
+def test_a_directory_made_just_before_ctrl_c_is_hers_after_the_next_run(site, monkeypatch):
+    """Ctrl-C (or kill -9) between root's mkdir and the chown leaves a root-owned 0700
+    directory: the next run must give it to her, or the entries it makes in it are unreadable
+    to her."""
+    real = os.fchown
+    calls = []
+
+    def fchown(fd, uid, gid):
+        calls.append(fd)
+        if len(calls) == 2:          # DEST is the first directory, "exp" the second
+            raise KeyboardInterrupt
+        real(fd, uid, gid)
+    monkeypatch.setattr(os, "fchown", fchown)
+    rc, _, err = site.export()
+    monkeypatch.undo()
+    assert rc == 10, err
+    rc, out, err = site.export(extra=["--sync"])
+    assert rc == 0, err
+    for name in ("exp", "run"):
+        st = os.stat(os.path.join(site.dest, name))
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (site.alice.pw_uid, 0o700), name
+    assert len(site.dest_files()) == 3
+
+
+def test_dest_made_just_before_ctrl_c_is_hers_after_the_next_run(site, monkeypatch):
+    def fchown(fd, uid, gid):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "fchown", fchown)
+    rc, _, err = site.export()
+    monkeypatch.undo()
+    assert rc == 10, err
+    rc, out, err = site.export()
+    assert rc == 0, err
+    st = os.stat(site.dest)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (site.alice.pw_uid, 0o700)
+    assert len(site.dest_files()) == 3

@@ -175,6 +175,10 @@ def run_export(control, args):
                 open_control(ctx, control_files, dest_fd, create=not args.dry_run)
             manifest = load_manifest(ctx, control_files, repository.uuid, user.name, args.sync,
                                      dest)
+            if dest_fd is not None and manifest is None and owner is not None \
+                    and not args.dry_run and dest_io.give_unfinished(dest_fd, args.dir_mode, owner):
+                out.emit("note", message="DEST, left root's by a run stopped as it made it, "
+                                         f"given to {entry.pw_name}")
             resolution = resolve(acting, refs)
             for ref in resolution.missing:
                 out.emit("object_missing", object=format_ref(ref))

@@ -128,6 +128,17 @@ def made_by_us(fd: int) -> bool:
     return st.st_uid == os.geteuid() and not st.st_mode & 0o077 and stat.S_ISDIR(st.st_mode)
 
 
+def give_unfinished(fd: int, mode: int, owner: tuple) -> bool:
+    """DEST with no export in it yet, empty and still as mkdir left it (root's, 0700: a run
+    stopped between making it and giving it away) is given to `owner` with `mode` now; True if
+    it was. Otherwise every entry would be made where its owner cannot enter."""
+    if owner[0] == 0 or not made_by_us(fd) or os.fstat(fd).st_uid == owner[0] or os.listdir(fd):
+        return False
+    os.fchown(fd, *owner)
+    os.fchmod(fd, mode)
+    return True
+
+
 def _make(parent: int, name: str, what: str, mode: int, owner: Optional[tuple]) -> int:
     try:
         os.mkdir(name, 0o700, dir_fd=parent)

@@ -293,8 +293,8 @@ class Exporter:
         self._journal: Optional[Journal] = None
         self.manifest: Optional[Manifest] = None
         self.dest = DestDir(dest_fd, options.dir_mode, options.owner, self._made_dir,
-                            self._clean_dir if options.sync and not options.dry_run else
-                            (lambda fd, rel: None), self._making_dir, self._dir_not_made)
+                            (lambda fd, rel: None) if options.dry_run else self._opened_dir,
+                            self._making_dir, self._dir_not_made)
 
     # ----------------------------------------------------------------------------- the run
     def run(self, plan, manifest: Manifest) -> Result:
@@ -935,6 +935,18 @@ class Exporter:
     def _dir_not_made(self, rel: str) -> None:
         if self._journal is not None:
             self._journal.not_made(rel)
+
+    def _opened_dir(self, fd: int, rel: str) -> None:
+        """An existing directory on the way: one of ours still as mkdir left it (root's, 0700:
+        a run stopped before giving it away) is given to the DEST owner now; on --sync, what a
+        killed run left in it is cleaned."""
+        if self.options.owner is not None and self.manifest is not None \
+                and rel in self.manifest.directories and dest_io.made_by_us(fd) \
+                and os.fstat(fd).st_uid != self.options.owner[0]:
+            os.fchown(fd, *self.options.owner)
+            os.fchmod(fd, self.options.dir_mode)
+        if self.options.sync:
+            self._clean_dir(fd, rel)
 
     def _clean_dir(self, fd: int, rel: str) -> None:
         """On --sync, drop what a killed run left in a directory we pass: fsops temporaries of
