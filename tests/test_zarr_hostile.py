@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -20,6 +22,8 @@ from omero_cli_ext.zarr.index import INDEX_NAME
 from sim.launcher import run_cli
 from test_export_hostile import ALICE, BOB, ROOT, as_alice, posix_users, site  # noqa: F401
 from test_export_world import records
+from test_zarr_crash import check_whole, chunk_files
+from test_zarr_export import tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
                                 reason="needs root and useradd (real POSIX users)")
@@ -149,3 +153,70 @@ def test_a_closed_stdout_ends_cleanly_and_the_rerun_completes(site):
     rc, out, err = zarr(site, extra=["--sync"])
     assert rc == 0, err
     assert {r["action"] for r in records(out, "image")} == {"kept"}
+
+
+def start(site, dest, extra=()):
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
+         site.sim.root, "--sim-user", "root", "export", "--zarr", dest, f"Dataset:{site.dataset}",
+         "--as-user", ALICE, "--state-dir", site.state, "--chunk", "64", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def test_kill_9_and_ctrl_c_as_root_for_her_then_rerun_is_byte_identical(site):
+    reference = os.path.join(site.exports, "reference")
+    rc, _out, err = zarr(site, dest=reference, extra=["--chunk", "64"])
+    assert rc == 0, err
+    expected = tree(reference)
+    total = len(chunk_files(reference))
+    assert total > 40
+    for target, sig in ((total // 4, signal.SIGKILL), (total // 2, signal.SIGINT)):
+        proc = start(site, site.dest)
+        while len(chunk_files(site.dest)) < target and proc.poll() is None:
+            time.sleep(0.001)
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+        if sig == signal.SIGINT and proc.returncode != 0:
+            assert proc.returncode == 10 and b"Traceback" not in err, err
+        check_whole(site.dest)
+    rc, out, err = zarr(site, extra=["--chunk", "64"])
+    assert rc == 0, err
+    assert tree(site.dest) == expected
+    for dirpath, dirnames, names in os.walk(site.dest):
+        for name in dirnames + names:
+            assert os.lstat(os.path.join(dirpath, name)).st_uid == site.alice.pw_uid
+
+
+def test_a_full_dest_exits_6_and_the_rerun_completes(site):
+    mount = os.path.join(site.exports, "small")
+    os.mkdir(mount)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=12", "tmpfs", mount]
+                      ).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    dest = os.path.join(mount, ALICE)
+    rc, _out, err = zarr(site, dest=dest, extra=["--chunk", "64"])
+    assert rc == 6 and "rerun the same command" in err, err
+    assert "Traceback" not in err and "/proc/self/fd" not in err
+    check_whole(dest)
+    subprocess.run(["mount", "-o", "remount,nr_inodes=10000", mount], check=True)
+    rc, out, err = zarr(site, dest=dest, extra=["--chunk", "64"])
+    assert rc == 0, err
+    reference = os.path.join(site.exports, "reference")
+    assert zarr(site, dest=reference, extra=["--chunk", "64"])[0] == 0
+    assert tree(dest) == tree(reference)
+
+
+def test_an_image_she_can_no_longer_read_is_removed_on_sync(site):
+    rc, out, err = zarr(site, extra=["--layout", "flat"])
+    assert rc == 0, err
+    paths = {r["image"]: r["path"] for r in records(out, "image")}
+    gone = image_ids(site)[0]
+    private = site.sim.query("SELECT id FROM ExperimenterGroup WHERE name = 'private'")[0][0]
+    site.sim.query("UPDATE Image SET group_id = ? WHERE id = ?", (private, gone))
+    before = site.outside()
+    rc, out, err = zarr(site, extra=["--layout", "flat", "--sync"])
+    assert rc == 0, err
+    assert [r["image"] for r in records(out, "removed")] == [gone]
+    assert not os.path.exists(os.path.join(site.dest, paths[gone]))
+    assert all(os.path.isdir(os.path.join(site.dest, p)) for i, p in paths.items() if i != gone)
+    assert site.outside() == before
