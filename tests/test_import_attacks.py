@@ -66,3 +66,19 @@ def test_the_same_target_spelled_otherwise_continues_the_job(world):
     rc, _, err = imp(sim, "--job", "j1", "-T", f"Dataset:{did + 1}", str(src))
     assert rc == 12 and "its target is" in err, err
     assert sim.query("SELECT count(*) FROM Fileset") == [(8,)]
+
+
+def test_dry_run_of_an_existing_job_refuses_what_the_run_would_refuse(world):
+    sim, src, tmp_path = world
+    did = sim.add_dataset("d", "alice")
+    assert imp(sim, "--job", "j1", "-d", str(did), str(src))[0] == 0
+    rc, out, err = imp(sim, "--job", "j1", "--dry-run")
+    assert rc == 0, err
+    for argv, user, code in ((["-d", "999"], "alice", 12),
+                             ([str(tmp_path)], "alice", 12),
+                             (["--transfer=ln_s", "-d", str(did), str(src)], "alice", 12),
+                             ([], "bob", 19)):
+        rc, out, err = imp(sim, "--job", "j1", "--dry-run", *argv, user=user)
+        assert rc == code and "job j1" in err, (argv, user, rc, err)
+        assert "chunk" not in out
+    assert sim.query("SELECT count(*) FROM Fileset") == [(8,)]

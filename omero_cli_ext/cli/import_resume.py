@@ -168,6 +168,15 @@ def _run_resume(control, args, out) -> None:
                 try:
                     record = _existing_job(journal, job)
                     if record is not None:
+                        # the same refusals as the run itself (identity, paths, target, options)
+                        port = open_port(ctx, args)
+                        try:
+                            with server_errors(ctx):
+                                _JobRun(control, args, out, port, job, paths, target,
+                                        chunk_bytes, java).check_identity(journal, record,
+                                                                          bind=False)
+                        finally:
+                            port.close()
                         _show_plan(out, job, _remaining_plan(journal, job))
                         return
                 finally:
@@ -238,7 +247,7 @@ class _JobRun:
             ctx.die(EXIT_UNKNOWN_JOB, _unknown_job(job, journal.location, store.job_names(journal)
                                                    if _has_import_schema(journal) else []))
         if record is not None:
-            self._check_identity(journal, record)
+            self.check_identity(journal, record)
         if record is None:
             if self.plan is None:
                 self.prepare()
@@ -268,9 +277,10 @@ class _JobRun:
         return _drive(self.ctx, self.args, self.out, jobs, self.port, self.user, self.java,
                       login + list(record.options), record)
 
-    def _check_identity(self, journal, record) -> None:
+    def check_identity(self, journal, record, bind: bool = True) -> None:
         """Refuse to continue a job for another server, user, group, paths, target or importer
-        options (nothing may be reported done that was not imported for this identity)."""
+        options (nothing may be reported done that was not imported for this identity).
+        `bind`: record the identity of a job planned before identities were (not in --dry-run)."""
         ctx, job = self.ctx, self.job
         bound = record.identity
         if bound is None:       # planned before identities were recorded: bind it now
@@ -278,7 +288,8 @@ class _JobRun:
                          options=identity.result_options(record.options))
             if record.owner_id != self.user.id:
                 bound["user"] = {"id": record.owner_id, "name": record.user_name}
-            store.JobStore(journal, job).bind_identity(bound)
+            if bind:
+                store.JobStore(journal, job).bind_identity(bound)
         why = identity.server_mismatch(bound, self.identity)
         if why:
             ctx.die(EXIT_IDENTITY, f"job {job} cannot be continued here: {why}. Start a separate "
