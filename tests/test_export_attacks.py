@@ -232,3 +232,15 @@ def test_dest_made_just_before_ctrl_c_is_hers_after_the_next_run(site, monkeypat
     st = os.stat(site.dest)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (site.alice.pw_uid, 0o700)
     assert len(site.dest_files()) == 3
+
+
+def test_a_repository_file_she_could_not_read_on_disk_is_copied_not_linked(site):
+    """A server with umask 077 makes 0600 repository files: a hard link (or symlink) of one
+    is an entry she cannot open; auto gives her a verified copy (she may read it in OMERO)."""
+    os.chmod(site.repo_file(site.uploaded), 0o600)
+    rc, out, err = site.export()
+    assert rc == 0, err
+    assert site.dest_files()["exp/b.fake"] == b"alice's image B\n"          # opened as her
+    assert {r["path"]: r["method"] for r in records(out, "entry")}["exp/b.fake"] == "copy"
+    rc, out, err = site.export(dest=site.dest + "-hard", extra=["--link", "hard"])
+    assert rc == 7 and "could not read" in out, err

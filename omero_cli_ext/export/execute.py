@@ -115,6 +115,15 @@ def may_link(st: os.stat_result, uid: int, gids) -> bool:
     return st.st_mode & need == need
 
 
+def may_read(st: os.stat_result, uid: int, gids) -> bool:
+    """Do the mode bits let (uid, gids) read this file (the class the kernel would pick)?"""
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid in gids:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
 class Source:
     """A repository file open for reading: its descriptor, its fstat, whether it is the target
     of an in-place import (opened by the DEST owner)."""
@@ -624,6 +633,7 @@ class Exporter:
                     if method == "sym":
                         if source is None:
                             source = self._open_source(entry, src)
+                        self._check_readable(source, "sym")
                         os.symlink(src, name, dir_fd=fd)
                         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                         return method, (st.st_dev, st.st_ino)
@@ -708,6 +718,16 @@ class Exporter:
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             self.result.writable.append(entry.path)
 
+    def _check_readable(self, source: Source, method: str) -> None:
+        """A link shares the repository file's mode: one the DEST owner could not read would be
+        an entry she cannot open (a server with umask 077). `auto` copies it instead (she may
+        read it in OMERO). An in-place target was opened by her: readable."""
+        reader = self.options.reader
+        if reader is not None and not source.in_place and not may_read(source.st, *reader):
+            raise fsops.LinkRefused(errno.EACCES, method, "the DEST owner could not read the "
+                                    f"repository file (mode {stat.S_IMODE(source.st.st_mode):04o})"
+                                    " through a link", "", "")
+
     def _check_content(self, entry, source: Source) -> None:
         """An in-place target (which its owner may rewrite at any time) must hold what OMERO
         recorded before it is linked."""
@@ -720,6 +740,7 @@ class Exporter:
         """Link the very inode opened (through its descriptor): nothing swapped since can be
         linked instead. An in-place target is linked only if the DEST owner could have linked it
         herself (fs.protected_hardlinks) and its content is OMERO's."""
+        self._check_readable(source, "hard")
         if source.in_place:
             reader = self.options.reader
             if reader is not None and not may_link(source.st, *reader):
