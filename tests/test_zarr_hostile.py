@@ -54,6 +54,15 @@ def alice_dir(site, path) -> None:
     os.chmod(path, 0o700)
 
 
+def start(site, dest, extra=(), stdout=subprocess.DEVNULL):
+    """The CLI in its own process, as root for ALICE (64 px chunks: many of them)."""
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
+         site.sim.root, "--sim-user", "root", "export", "--zarr", dest, f"Dataset:{site.dataset}",
+         "--as-user", ALICE, "--state-dir", site.state, "--chunk", "64", *extra],
+        stdout=stdout, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
 def test_repository_hard_links_moved_onto_every_name_are_never_written(site):
     originals = os.path.join(site.exports, ALICE + "-originals")
     rc, out, err = site.export(dest=originals)
@@ -140,27 +149,15 @@ def test_dest_through_a_symlink_or_under_a_directory_others_may_write_is_refused
 
 
 def test_a_closed_stdout_ends_cleanly_and_the_rerun_completes(site):
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
-         site.sim.root, "--sim-user", "root", "export", "--zarr", site.dest,
-         f"Dataset:{site.dataset}", "--as-user", ALICE, "--state-dir", site.state, "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
+    proc = start(site, site.dest, extra=["--json"], stdout=subprocess.PIPE)
     proc.stdout.readline()
     proc.stdout.close()                                   # `| head -1`
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err              # the run goes on to its own end
     assert "Traceback" not in err and "cannot write" not in err and "Broken pipe" not in err
-    rc, out, err = zarr(site, extra=["--sync"])
+    rc, out, err = zarr(site, extra=["--sync", "--chunk", "64"])
     assert rc == 0, err
     assert {r["action"] for r in records(out, "image")} == {"kept"}
-
-
-def start(site, dest, extra=()):
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
-         site.sim.root, "--sim-user", "root", "export", "--zarr", dest, f"Dataset:{site.dataset}",
-         "--as-user", ALICE, "--state-dir", site.state, "--chunk", "64", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
 def test_kill_9_and_ctrl_c_as_root_for_her_then_rerun_is_byte_identical(site):
