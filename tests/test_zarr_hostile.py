@@ -132,6 +132,9 @@ def test_root_for_a_dest_of_another_user_refuses_with_exit_4(site):
     rc, _out, err = zarr(site, as_user=BOB)             # bob's view into her DEST
     assert rc == 4 and f"--as-user {ALICE}" in err, err
     assert os.listdir(site.dest) == [] and not os.path.exists(site.state)
+    os.chown(site.dest, 0, 0)                           # as an earlier version made it
+    rc, _out, err = zarr(site)
+    assert rc == 4 and f"chown -R {ALICE}" in err, err
 
 
 def test_dest_through_a_symlink_or_under_a_directory_others_may_write_is_refused(site):
@@ -217,3 +220,24 @@ def test_an_image_she_can_no_longer_read_is_removed_on_sync(site):
     assert not os.path.exists(os.path.join(site.dest, paths[gone]))
     assert all(os.path.isdir(os.path.join(site.dest, p)) for i, p in paths.items() if i != gone)
     assert site.outside() == before
+
+
+def test_chunks_she_planted_are_never_read_whole_and_fail_only_their_image(site):
+    src = os.path.join(site.base, "upload", "big&sizeX=1100&sizeY=70.fake")
+    site._file(src, b"", 0o644)
+    site.sim.import_fileset(ALICE, [src], target=("Dataset", site.dataset))
+    big = image_ids(site)[-1]
+    level0 = os.path.join(site.dest, f"Image_{big}.ome.zarr", "0", "0", "0", "0", "0")
+    os.makedirs(level0)
+    with open(os.path.join(level0, "0"), "wb") as stream:
+        stream.write(b"not a blosc chunk")
+    with open(os.path.join(level0, "1"), "wb") as stream:
+        stream.truncate(8 << 30)                     # 8 GiB, sparse: never read into memory
+    subprocess.run(["chown", "-R", f"{site.alice.pw_uid}:{site.alice.pw_gid}", site.dest],
+                   check=True)
+    rc, out, err = zarr(site, extra=["--layout", "flat", "--chunk", "64"])
+    assert rc == 7, err
+    assert "Traceback" not in err
+    (failed,) = records(out, "failed")
+    assert failed["image"] == big and "level above" in failed["reason"]
+    assert len(records(out, "image")) == len(image_ids(site)) - 1

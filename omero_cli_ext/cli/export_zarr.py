@@ -71,6 +71,10 @@ def _check_dest_owner(ctx, dest_fd: int, dest: str, entry, root_run: bool) -> No
     uid = os.fstat(dest_fd).st_uid
     if uid == entry.pw_uid:
         return
+    if uid == 0:       # as an earlier version made DEST: root's, so nothing in it is hers
+        ctx.die(EXIT_OWNER, "DEST %s belongs to root, not to %r: if it is her export, give it "
+                            "to her (chown -R %s) and rerun; else choose another DEST"
+                % (printable(dest), entry.pw_name, entry.pw_name))
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:

@@ -85,9 +85,10 @@ def write_file(dir_fd: int, name: str, data: bytes, sync: bool = False) -> None:
         raise
 
 
-def read_file(dir_fd: int, name: str) -> Optional[bytes]:
+def read_file(dir_fd: int, name: str, limit: Optional[int] = None) -> Optional[bytes]:
     """The bytes of the regular file `name` (None when absent); anything else in its place (a
-    symlink, a FIFO that would block the read, a directory) raises NotOurs."""
+    symlink, a FIFO that would block the read, a directory) raises NotOurs, and so does a file
+    larger than `limit` bytes (a file planted in DEST is never read whole into memory)."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=dir_fd)
@@ -98,10 +99,13 @@ def read_file(dir_fd: int, name: str) -> Optional[bytes]:
             raise NotOurs(err.errno, "not a file made by the export", name) from None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise NotOurs(errno.EINVAL, "not a file made by the export", name)
+        if limit is not None and st.st_size > limit:
+            raise NotOurs(errno.EFBIG, "larger than any file the export writes there", name)
         with os.fdopen(fd, "rb", closefd=False) as stream:
-            return stream.read()
+            return stream.read() if limit is None else stream.read(limit + 1)
     finally:
         os.close(fd)
 
@@ -114,8 +118,13 @@ def json_bytes(doc) -> bytes:
 def write_json(dir_fd: int, name: str, doc, sync: bool = False) -> bool:
     """Write when the content differs; returns whether it wrote."""
     data = json_bytes(doc)
-    if read_file(dir_fd, name) == data:
-        return False
+    try:
+        if read_file(dir_fd, name, limit=len(data)) == data:
+            return False
+    except NotOurs as err:
+        if err.errno != errno.EFBIG:
+            raise
+
     write_file(dir_fd, name, data, sync)
     return True
 

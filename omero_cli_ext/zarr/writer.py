@@ -26,6 +26,7 @@ from omero_cli_ext.zarr import index as index_io
 from omero_cli_ext.zarr import ngff, store
 from omero_cli_ext.zarr.owner import Effective
 
+BLOSC_OVERHEAD = 16 + 4096    # a Blosc chunk is at most its raw size + 16 bytes (+ margin)
 READ_TILE = 1024     # the largest getTile asked of the server (omero.pixeldata.max_tile_length)
 
 
@@ -529,13 +530,18 @@ class Writer:
 
     def _read_chunk(self, fd_level, index, chunks, dtype) -> np.ndarray:
         fd, name = self._chunk_dir(fd_level, index, False)
+        raw = int(np.prod(chunks)) * np.dtype(dtype).itemsize
         try:
-            data = store.read_file(fd, name)
+            data = store.read_file(fd, name, limit=raw + BLOSC_OVERHEAD)
         finally:
             os.close(fd)
         if data is None:
             raise ImageFailed("chunk %s of the level above is missing" % (index,))
-        return np.frombuffer(self.codec.decode(data), dtype=dtype).reshape(chunks)[0, 0, 0]
+        try:
+            return np.frombuffer(self.codec.decode(data), dtype=dtype).reshape(chunks)[0, 0, 0]
+        except (RuntimeError, ValueError, TypeError):
+            raise ImageFailed("chunk %s of the level above is not one the export wrote (remove "
+                              "the image's directory and rerun)" % (index,)) from None
 
     def _down_chunk(self, job, dtype, above_fd, level_fd, level, index) -> tuple:
         shape, chunks = job.shapes[level], job.chunks[level]
