@@ -82,3 +82,15 @@ def test_dry_run_of_an_existing_job_refuses_what_the_run_would_refuse(world):
         assert rc == code and "job j1" in err, (argv, user, rc, err)
         assert "chunk" not in out
     assert sim.query("SELECT count(*) FROM Fileset") == [(8,)]
+
+
+def test_a_file_skipped_by_exclude_clientpath_names_the_fileset_that_has_it(world):
+    sim, src, tmp_path = world
+    first = sorted(str(p) for p in src.iterdir())[0]
+    assert imp(sim, "--job", "one", first)[0] == 0
+    rc, out, err = imp(sim, "--json", "--exclude", "clientpath", str(src))
+    assert rc == 3, err
+    records = [json.loads(line) for line in out.splitlines()]
+    [failed] = [r for r in records if r["type"] == "fileset" and r["state"] == "failed"]
+    assert failed["path"] == first and "complete Fileset 1 of another client" in failed["message"]
+    assert sim.query("SELECT count(*) FROM Fileset") == [(8,)]

@@ -257,7 +257,9 @@ def test_a_complete_foreign_fileset_is_done_only_when_in_the_target():
     decision = decide(port, [fs(0, "/d/a.fake"), fs(1, "/d/b.fake")], final=True)
     assert [d[:2] for d in decision.done] == [(0, 11)]
     assert "another client" in decision.done[0][4]
-    assert decision.failed == [(1, "the importer reported no result for it")]
+    assert decision.failed == [(1, "the importer reported no result for it (complete Fileset 12 "
+                                   "of another client uses its files: an importer with "
+                                   "--exclude=clientpath skips it)")]
     assert (1, 12, True, ("Project", "P", "Dataset", "elsewhere")) in decision.foreign
     assert port.deleted == []
 

@@ -228,7 +228,10 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
                                   f"already in the target as Fileset {theirs_in_target[0]}, "
                                   "imported by another client"))
         elif final:
-            decision.failed.append((fs.idx, "the importer reported no result for it"))
+            theirs = [fid for idx, fid, c, _ in decision.foreign if idx == fs.idx and c]
+            decision.failed.append((fs.idx, "the importer reported no result for it" + (
+                f" (complete Fileset {theirs[0]} of another client uses its files: an importer "
+                "with --exclude=clientpath skips it)" if theirs else "")))
         else:
             decision.replan.append(fs.idx)
     if foreign_complete:
