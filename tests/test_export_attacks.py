@@ -238,6 +238,10 @@ def test_a_repository_file_she_could_not_read_on_disk_is_copied_not_linked(site)
     """A server with umask 077 makes 0600 repository files: a hard link (or symlink) of one
     is an entry she cannot open; auto gives her a verified copy (she may read it in OMERO)."""
     os.chmod(site.repo_file(site.uploaded), 0o600)
+    rc, out, err = site.export(extra=["--dry-run"])
+    planned = {r["path"]: r["method"] for r in records(out, "entry")}
+    assert rc == 0 and planned["run/a.fake"] == "hard", err
+    assert planned["exp/b.fake"] in ("reflink", "copy")      # (reflink support is not foreseen)
     rc, out, err = site.export()
     assert rc == 0, err
     assert site.dest_files()["exp/b.fake"] == b"alice's image B\n"          # opened as her

@@ -380,12 +380,17 @@ class Exporter:
         if len(chain) == 1:
             return chain[0]
         try:
-            src_dev = os.stat(self._source(entry.repo_path), follow_symlinks=False).st_dev
+            st = os.stat(self._source(entry.repo_path), follow_symlinks=False)
         except (OSError, EntryFailed):
             return "download" if "download" in chain else chain[0]
+        reader = self.options.reader
+        unreadable = reader is not None and not stat.S_ISLNK(st.st_mode) \
+            and not may_read(st, *reader)
         for method in chain:
-            if method in ("hard", "reflink") and src_dev != dest_dev:
+            if method in ("hard", "reflink") and st.st_dev != dest_dev:
                 continue
+            if method in ("hard", "sym") and unreadable:
+                continue       # _check_readable: a link she could not open
             return method
         return chain[-1]
 
