@@ -241,3 +241,18 @@ def test_chunks_she_planted_are_never_read_whole_and_fail_only_their_image(site)
     (failed,) = records(out, "failed")
     assert failed["image"] == big and "level above" in failed["reason"]
     assert len(records(out, "image")) == len(image_ids(site)) - 1
+
+
+def test_sync_writes_again_what_she_removed_from_dest(site):
+    rc, out, err = zarr(site, extra=["--layout", "flat"])
+    assert rc == 0, err
+    expected = tree(site.dest)
+    removed = [r["path"] for r in records(out, "image")][:2]
+    as_alice(site, "rm", "-rf", os.path.join(site.dest, removed[0]))          # an image
+    as_alice(site, "rm", "-rf", os.path.join(site.dest, removed[1], "0"))     # a level of one
+    rc, out, err = zarr(site, extra=["--layout", "flat", "--sync"])
+    assert rc == 0, err
+    actions = {r["path"]: r["action"] for r in records(out, "image")}
+    assert {a for p, a in actions.items() if p in removed} <= {"resumed", "written"}
+    assert {a for p, a in actions.items() if p not in removed} <= {"kept"}
+    assert tree(site.dest) == expected

@@ -282,7 +282,8 @@ class Writer:
         if entry and entry["path"] != job.path and entry["complete"]:
             self._remove_path(entry["path"])       # a plate field that moved
             entry = None
-        if entry and entry["complete"] and entry["pixels_key"] == pkey and self.options.sync:
+        if entry and entry["complete"] and entry["pixels_key"] == pkey and self.options.sync \
+                and self._on_disk(job):
             if entry["rendering_key"] == rkey:
                 self._done(job, "kept", 0, 0)
                 return True
@@ -310,6 +311,31 @@ class Writer:
             later.append((job, first, attrs, (pkey, rkey)))
             return None
         return self._finish(job, index, (pkey, rkey), self._attempt(job, first, attrs))
+
+    def _on_disk(self, job) -> bool:
+        """Is the image still in DEST (its `.zattrs`, written last, and each level's
+        `.zarray`)? One the DEST owner removed, or a level of it, is written again (its missing
+        chunks only), never reported kept."""
+        try:
+            fd = store.open_path(self.dest_fd, job.path.split("/"), False, self.options.dir_mode)
+        except (FileNotFoundError, store.NotOurs):
+            return False
+        try:
+            if not store.exists(fd, ".zattrs"):
+                return False
+            for level in range(len(job.shapes)):
+                try:
+                    level_fd = store.open_dir(fd, str(level), False, self.options.dir_mode)
+                except (FileNotFoundError, store.NotOurs):
+                    return False
+                try:
+                    if not store.exists(level_fd, ".zarray"):
+                        return False
+                finally:
+                    os.close(level_fd)
+            return True
+        finally:
+            os.close(fd)
 
     def _attempt(self, job, first, attrs, inline: bool = False):
         """(chunks written, bytes, metadata changed), or the failure's text."""
