@@ -232,6 +232,13 @@ def test_dest_made_just_before_ctrl_c_is_hers_after_the_next_run(site, monkeypat
     st = os.stat(site.dest)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (site.alice.pw_uid, 0o700)
     assert len(site.dest_files()) == 3
+    # in a directory of hers, a root 0700 directory she renamed to DEST's name is not given
+    parent = os.path.join(site.home[ALICE], "shares")
+    as_alice(site, "mkdir", parent)
+    os.mkdir(os.path.join(parent, "rootdir"), 0o700)
+    as_alice(site, "mv", os.path.join(parent, "rootdir"), os.path.join(parent, "export"))
+    rc, _, err = site.export(dest=os.path.join(parent, "export"))
+    assert os.stat(os.path.join(parent, "export")).st_uid == 0, err
 
 
 def test_a_repository_file_she_could_not_read_on_disk_is_copied_not_linked(site):

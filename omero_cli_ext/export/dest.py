@@ -134,6 +134,8 @@ def give_unfinished(fd: int, mode: int, owner: tuple) -> bool:
     it was. Otherwise every entry would be made where its owner cannot enter."""
     if owner[0] == 0 or not made_by_us(fd) or os.fstat(fd).st_uid == owner[0] or os.listdir(fd):
         return False
+    if os.stat("..", dir_fd=fd, follow_symlinks=False).st_uid == owner[0]:
+        return False    # in a directory of hers she could have renamed any root 0700 one there
     os.fchown(fd, *owner)
     os.fchmod(fd, mode)
     return True
