@@ -4,6 +4,7 @@ odd names."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -198,3 +199,47 @@ def test_names_with_newlines_undecodable_bytes_and_colons_move_and_resume(tmp_pa
     assert rc == 0 and "resuming job 1" in out, err
     assert manifest(world.repo) == before
     assert not os.path.exists(old)
+
+
+@pytest.mark.parametrize("when", ["before placing", "before removing sources"])
+def test_a_same_size_file_planted_at_the_destination_never_replaces_an_original(
+        world, monkeypatch, when):
+    """A user who can write DST's directories (a second pass into group-writable directories)
+    plants a file of the same size where an original is to go, while the job runs (or before a
+    rerun): it is never taken for the copy, so no link points at it and no source goes."""
+    from omero_cli_ext.mv import execute
+    new = os.path.join(world.data, "new")
+    before = manifest(world.repo)
+    planted = {}
+    hook = "_place" if when == "before placing" else "_unlink"
+    real = getattr(execute.Executor, hook)
+
+    def plant_then_run(self, step):
+        if not planted:
+            target = step.path if hook == "_place" else step.other
+            size = os.path.getsize(step.other if hook == "_place" else step.path)
+            if os.path.lexists(target):
+                os.unlink(target)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as stream:
+                stream.write(b"X" * size)
+            planted["path"], planted["source"] = target, step.other if hook == "_place" \
+                else step.path
+        real(self, step)
+    monkeypatch.setattr(execute.Executor, hook, plant_then_run)
+    rc, out, err = world.mv(world.old, new, "--workers", "1", server=False)
+    monkeypatch.undo()
+    assert rc == errors.EXIT_INTERRUPTED, err
+    assert "Traceback" not in err
+    with open(planted["path"], "rb") as stream:
+        assert stream.read(1) == b"X"        # the planted file is left for the admin to judge
+    if when == "before placing":
+        assert manifest(world.repo) == before   # no link points at the planted file
+    else:
+        # the link was switched to the destination before the file there was replaced (the
+        # planter could do that after the job too); what matters: the original was kept
+        assert sum(1 for digest in manifest(world.repo).values()
+                   if digest not in set(before.values())) == 1
+        assert "the source was kept" in err
+        with open(planted["source"], "rb") as stream:
+            assert hashlib.sha1(stream.read()).hexdigest() in set(before.values())

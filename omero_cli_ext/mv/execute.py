@@ -322,8 +322,11 @@ class Executor:
                     return
             except FileNotFoundError:
                 pass
-            # a copy is renamed to its final name only once verified (fsops.copy_verified)
-            if stat.S_ISREG(have.st_mode) and have.st_size == step.size:
+            # a copy is renamed to its final name only once verified (fsops.copy_verified); a
+            # file of the same size someone else put there is not one: compare the bytes (a
+            # source already gone was removed once its copy was found in place)
+            if stat.S_ISREG(have.st_mode) and have.st_size == step.size \
+                    and (not os.path.lexists(src) or _same_bytes(dst, src)):
                 self._done(step, "copy")
                 return
             raise MvError(EXIT_INTERRUPTED, f"{show(dst)} exists and is not the file being "
@@ -455,13 +458,25 @@ class Executor:
 
     @staticmethod
     def _copy_in_place(step: Step) -> bool:
+        """Is the placed copy still the one this job made? The source's own inode (a hard
+        link); else a regular file of the size, which on the source's filesystem must have
+        its bytes, and elsewhere its owner (as root copies keep the source's owner; otherwise
+        they are this user's): a file of the same size planted in a directory others can
+        write is never taken for the copy, and its source is kept."""
         try:
             copy = os.lstat(step.other)
         except FileNotFoundError:
             return False
         if step.size is None:
             return stat.S_ISLNK(copy.st_mode)
-        return stat.S_ISREG(copy.st_mode) and copy.st_size == step.size
+        if not (stat.S_ISREG(copy.st_mode) and copy.st_size == step.size):
+            return False
+        source = os.lstat(step.path)
+        if os.path.samestat(copy, source):
+            return True
+        if copy.st_dev == source.st_dev:
+            return _same_bytes(step.other, step.path)
+        return copy.st_uid == (source.st_uid if os.geteuid() == 0 else os.geteuid())
 
     def _rmdir(self, step: Step) -> None:
         try:
@@ -474,6 +489,20 @@ class Executor:
             self._skip(step, "not empty (files appeared or were kept); left in place")
             return
         self._done(step)
+
+
+def _same_bytes(a: bytes, b: bytes, chunk: int = 1 << 20) -> bool:
+    """Do the files `a` and `b` hold the same bytes? (read, never trusting sizes or times)"""
+    try:
+        with open(a, "rb") as first, open(b, "rb") as second:
+            while True:
+                block = first.read(chunk)
+                if block != second.read(chunk):
+                    return False
+                if not block:
+                    return True
+    except OSError:
+        return False
 
 
 def roll_back_copies(steps: Sequence[Step]) -> List[bytes]:
