@@ -243,3 +243,23 @@ def test_a_same_size_file_planted_at_the_destination_never_replaces_an_original(
         assert "the source was kept" in err
         with open(planted["source"], "rb") as stream:
             assert hashlib.sha1(stream.read()).hexdigest() in set(before.values())
+
+
+def test_src_and_dst_spelled_through_a_bind_mount_are_seen_as_one_place(world, tmp_path):
+    """DST naming SRC itself, or a directory inside it, through a bind mount (which realpath
+    does not resolve): refused before anything changes (exit 5), as the plain spellings are."""
+    view = str(tmp_path / "view")
+    before = snapshot(world.repo, world.data)
+    with _bind(world.data, view):
+        for src, dst in [(world.old, os.path.join(view, "old")),
+                         (world.old, os.path.join(view, "old", "sub")),
+                         (os.path.join(view, "old"), os.path.join(world.old, "sub")),
+                         (world.data, os.path.join(view, "elsewhere"))]:
+            rc, out, err = world.mv(src, dst, server=False)
+            assert rc == errors.EXIT_BAD_RELATION, (src, dst, err)
+            assert snapshot(world.repo, world.data) == before
+    with _bind(os.path.dirname(world.repo), view):
+        rc, out, err = world.mv(world.old, os.path.join(view, "ManagedRepository", "x"),
+                                server=False)
+        assert rc == errors.EXIT_REPO_OVERLAP, err
+    assert snapshot(world.repo, world.data) == before

@@ -143,12 +143,37 @@ def _exists(path: bytes) -> bool:
     return os.path.lexists(path)
 
 
+def _directory_id(path: bytes) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _within_directory(path: bytes, ident: Optional[Tuple[int, int]]) -> Optional[bool]:
+    """Is `path` the directory `ident` (True: the same), or below it (False)? None when neither.
+    By device and inode of `path`'s resolved existing ancestors, so that a spelling through a
+    bind mount (which realpath does not see) is caught too."""
+    if ident is None:
+        return None
+    probe, first = os.path.realpath(path), True
+    while True:
+        if _directory_id(probe) == ident:
+            return first
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe, first = parent, False
+
+
 def check_source(request: Request) -> None:
     """SRC exists and does not hold the repository."""
     src, repo = request.src, request.repo
     if not _exists(src):
         raise MvError(EXIT_SRC_MISSING, f"SRC {show(src)} does not exist; nothing was changed")
-    if is_under(canonical(repo), canonical(src)) or is_under(repo, src):
+    if is_under(canonical(repo), canonical(src)) or is_under(repo, src) \
+            or _within_directory(repo, _directory_id(src)) is not None:
         raise MvError(EXIT_REPO_OVERLAP, f"SRC {show(src)} is or contains the repository root "
                       f"{show(repo)}; omero mv never moves the repository itself")
 
@@ -160,12 +185,16 @@ def check_destination(request: Request, *, must_not_exist: bool = True) -> None:
     dst_c = canonical(dst)
     if src is not None:
         src_c = canonical(src)
-        if dst == src or dst_c == src_c:
+        # by identity too: SRC and DST spelled through a bind mount of one of them
+        within = _within_directory(dst, _directory_id(src))
+        if dst == src or dst_c == src_c or within is True:
             raise MvError(EXIT_BAD_RELATION, f"SRC and DST are the same place ({show(src)})")
-        if request.mode != "links-only" and (is_under(dst, src) or is_under(dst_c, src_c)):
+        if request.mode != "links-only" and (is_under(dst, src) or is_under(dst_c, src_c)
+                                             or within is False):
             raise MvError(EXIT_BAD_RELATION,
                           f"DST {show(dst)} is inside SRC {show(src)}; choose a DST outside it")
-    if is_under(dst, repo) or is_under(dst_c, canonical(repo)):
+    if is_under(dst, repo) or is_under(dst_c, canonical(repo)) \
+            or _within_directory(dst, _directory_id(repo)) is not None:
         raise MvError(EXIT_REPO_OVERLAP, f"DST {show(dst)} is inside the repository "
                       f"{show(repo)}; the destination must be outside it")
     if not must_not_exist:
