@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -142,6 +144,28 @@ def test_check_with_json_is_one_record(sim):
     assert (rc, record["type"], record["code"]) == (0, "check", 0)
     assert record["line"].startswith("OK - imports: 1 done")
     assert record["imports_by_state"]["done"] == 1
+
+
+LAUNCHER = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
+
+
+@pytest.mark.parametrize("argv, rc", [(["--json"], 0), ([], 0), (["--check", "--json"], EXIT_CHECK_FAILED),
+                                      (["--check"], EXIT_CHECK_FAILED)])
+def test_a_reader_gone_before_the_first_line_ends_the_command_cleanly(sim, argv, rc):
+    """`status imports --json | head -1`: the reader closed the pipe; no traceback, and --check
+    still answers with its exit code."""
+    sim.import_fileset("alice", files(sim, "ok.fake"))
+    sim.import_fileset("alice", files(sim, "bad.fake"), outcome="server-failure")
+    reader, writer = os.pipe()
+    os.close(reader)                      # the reader is gone before anything is written
+    try:
+        child = subprocess.run([sys.executable, LAUNCHER, "--sim-root", sim.root, "--sim-user",
+                                "alice", "status", "imports", *argv], stdout=writer,
+                               stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(writer)
+    assert "Traceback" not in child.stderr and "Broken pipe" not in child.stderr, child.stderr
+    assert child.returncode == rc
 
 
 def test_a_server_side_failure_is_failed_at_once(sim):

@@ -13,6 +13,7 @@ from omero.cli import NonZeroReturnCode
 
 from omero_cli_ext import server
 from omero_cli_ext.cli.base import output_for, server_errors
+from omero_cli_ext.cli.import_view import drop_stdout
 from omero_cli_ext.cli.status_args import EXIT_METRICS, CheckContext, check_arguments, scope_of
 from omero_cli_ext.status import views
 from omero_cli_ext.status.classify import DONE
@@ -55,10 +56,13 @@ def run_status_imports(control, args) -> None:
         def take() -> tuple:
             return _take_snapshot(port, scope, viewer_id, args, open_error, memory)
         memory = SizeMemory(None if args.local_only else default_memory_path())
-        if args.watch is not None:
-            _watch(ctx, out, take, args)
-        else:
-            _once(ctx, out, take, args)
+        try:
+            if args.watch is not None:
+                _watch(ctx, out, take, args)
+            else:
+                _once(ctx, out, take, args)
+        except BrokenPipeError:
+            drop_stdout(out)     # `| head`: the reader has what it wanted; rc 0, no traceback
     finally:
         if port is not None:
             port.close()
@@ -93,11 +97,14 @@ def _once(ctx, out, take, args) -> None:
         _write_metrics(ctx, args.prometheus, snapshot)
     if args.check:
         code, line = check(snapshot)
-        if out.mode == "json":
-            out.emit("check", code=code, line=line, **views.summary_record(snapshot))
-        else:
-            out.stdout.write(line + "\n")
-            out.stdout.flush()
+        try:
+            if out.mode == "json":
+                out.emit("check", code=code, line=line, **views.summary_record(snapshot))
+            else:
+                out.stdout.write(line + "\n")
+                out.stdout.flush()
+        except BrokenPipeError:
+            drop_stdout(out)     # the exit code still tells the check's answer
         if code:
             raise NonZeroReturnCode(code, line)
         return
