@@ -94,3 +94,18 @@ def test_a_file_skipped_by_exclude_clientpath_names_the_fileset_that_has_it(worl
     [failed] = [r for r in records if r["type"] == "fileset" and r["state"] == "failed"]
     assert failed["path"] == first and "complete Fileset 1 of another client" in failed["message"]
     assert sim.query("SELECT count(*) FROM Fileset") == [(8,)]
+
+
+def test_files_that_reach_the_server_under_one_name_are_refused_before_anything(world):
+    sim, _, tmp_path = world
+    for pair in ((b"12:30.fake", b"12;30.fake"), (b"caf\xe9.fake", b"caf\xe8.fake"),
+                 (b"CON", b"CON_")):
+        src = os.path.join(os.fsencode(str(tmp_path)), b"pair-" + pair[1])
+        os.mkdir(src)
+        for name in pair:
+            with open(os.path.join(src, name), "wb") as stream:
+                stream.write(b"x" * 10)
+        rc, out, err = imp(sim, os.fsdecode(src))
+        assert rc == 10 and "reach the server under the same name" in err, (pair, err)
+    assert sim.query("SELECT count(*) FROM Fileset") == [(0,)]
+    assert not os.path.exists(str(tmp_path / "userdir" / "omero-cli-ext"))

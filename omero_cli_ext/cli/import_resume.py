@@ -18,8 +18,8 @@ from omero_cli_ext.importing.outcome import (EXIT_BAD_INPUT, EXIT_IDENTITY,
                                              EXIT_NO_IMPORTER, EXIT_NOTHING_TO_IMPORT,
                                              EXIT_PLAN_MISMATCH, EXIT_UNKNOWN_JOB)
 from omero_cli_ext.importing.driver import Driver, Settings
-from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, chunk_filesets,
-                                          file_sizes, new_groups, parse_groups,
+from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, check_server_names,
+                                          chunk_filesets, file_sizes, new_groups, parse_groups,
                                           parse_size)
 from omero_cli_ext.pathrules import client_path
 from omero_cli_ext.journal import (JournalCorrupt, JournalError, JournalIntegrityError,
@@ -435,10 +435,12 @@ def _plan(ctx, paths, java, chunk_size, chunk_bytes, options, after=None):
     if not groups:
         ctx.die(EXIT_NOTHING_TO_IMPORT, f"no importable files in {' '.join(map(printable, paths))}")
     first_idx = first_chunk = 0
+    known = ()
     if after is not None:
         known, first_idx, first_chunk = after
         groups = new_groups(groups, known)
     try:
+        check_server_names(groups, known)
         sizes = file_sizes(groups)
     except PlanError as err:
         ctx.die(EXIT_BAD_INPUT, str(err))

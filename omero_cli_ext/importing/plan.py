@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 from omero_cli_ext.importing.store import PlannedFileset
+from omero_cli_ext.output import printable
+from omero_cli_ext.pathrules import client_path
 
 NOTHING_IMPORTABLE_RC = 125     # CommandLineImporter -f: no import candidates found
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B)?\s*$", re.I)
@@ -95,6 +97,20 @@ def parse_groups(lines: Iterable[str]) -> list:
 def new_groups(groups: Sequence[Group], known_files: set) -> list:
     """The groups of a new listing none of whose files is in the plan yet (--rescan)."""
     return [g for g in groups if not any(f in known_files for f in g.files)]
+
+
+def check_server_names(groups: Sequence[Group], known_files: Iterable[str] = ()) -> None:
+    """Refuse files that reach the server under the same name (`a:b` and `a;b`, `CON` and
+    `CON_`, names differing only in bytes that are not UTF-8): the server's entries could not
+    tell their filesets apart, so one would be counted done for the other."""
+    seen = {client_path(f): f for f in known_files}
+    for group in groups:
+        for path in group.files:
+            name = client_path(path)
+            other = seen.setdefault(name, path)
+            if other != path:
+                raise PlanError(f"{printable(other)} and {printable(path)} reach the server under "
+                                f"the same name (/{name}): rename one of them")
 
 
 def file_sizes(groups: Sequence[Group]) -> dict:
