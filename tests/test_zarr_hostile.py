@@ -256,3 +256,21 @@ def test_sync_writes_again_what_she_removed_from_dest(site):
     assert {a for p, a in actions.items() if p in removed} <= {"resumed", "written"}
     assert {a for p, a in actions.items() if p not in removed} <= {"kept"}
     assert tree(site.dest) == expected
+
+
+def test_the_state_of_a_deleted_dest_whose_inode_is_reused_does_not_freeze_another(site):
+    rc, _out, err = zarr(site, extra=["--layout", "flat"])
+    assert rc == 0, err
+    st = os.stat(site.dest)
+    shutil.rmtree(site.dest)
+    other = os.path.join(site.exports, BOB)
+    # bob's new DEST gets the inode (as a filesystem reusing it would): the old state's key
+    os.mkdir(other)
+    os.chown(other, site.bob.pw_uid, site.bob.pw_gid)
+    key = f"{st.st_dev:x}-{st.st_ino:x}"
+    new = os.stat(other)
+    os.rename(os.path.join(site.state, key),
+              os.path.join(site.state, f"{new.st_dev:x}-{new.st_ino:x}"))
+    rc, out, err = zarr(site, dest=other, as_user=BOB, extra=["--layout", "flat"])
+    assert rc == 0, err
+    assert ALICE in records(out, "note")[0]["message"]

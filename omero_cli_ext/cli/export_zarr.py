@@ -100,14 +100,24 @@ def _create_dest(ctx, dest: str, args, roots, owner, strict) -> int:
     return fd
 
 
-def _load_index(ctx, state_fd, args, repository: str, user: str):
+def _load_index(ctx, out, state_fd, args, dest: str, repository: str, user: str):
     try:
         found = index_io.load(state_fd) if state_fd is not None else None
     except (index_io.IndexError_, OSError) as err:
         ctx.die(EXIT_DEST, "the export's index (state directory): %s" % err)
+    if found is not None and (found.repository, found.user) != (repository, user) \
+            and found.dest and found.dest != dest and not args.dry_run:
+        # the state of a directory that had DEST's device and inode before (deleted since)
+        index_io.discard(state_fd)
+        note = ("dropped the state of %r's export at %s, a directory that had DEST's device "
+                "and inode before" % (found.user, found.dest))
+        out.warn("note: " + note)
+        out.emit("note", message=note)
+        found = None
     if found is None:
         return index_io.Index(repository=repository, user=user, ngff=args.ngff,
-                              layout=args.layout, chunk=args.chunk)
+                              layout=args.layout, chunk=args.chunk, dest=dest)
+    found.dest = dest
     if (found.repository, found.user) != (repository, user):
         ctx.die(EXIT_DEST, "DEST holds the export of %r from repository %s, not of %r from %s; "
                            "choose another DEST" % (found.user, found.repository, user, repository))
@@ -172,7 +182,8 @@ def run_export(control, args):
                 dest_fd = _create_dest(ctx, dest, args, roots,
                                        (entry.pw_uid, entry.pw_gid) if root_run else None, strict)
                 open_control(ctx, control_files, dest_fd, create=True)
-            index = _load_index(ctx, control_files.state_fd, args, repository.uuid, user.name)
+            index = _load_index(ctx, out, control_files.state_fd, args, dest, repository.uuid,
+                                user.name)
             plan = zplan.build(pixels, plates, image_ids, plate_ids, args.layout, args.chunk,
                                index.paths() if not args.dry_run or dest_fd is not None else {})
             renderings = acting.rendering_settings(sorted({j.image_id for j in plan.images}))

@@ -38,6 +38,7 @@ class Index:
     ngff: str
     layout: str
     chunk: int
+    dest: str = ""          # DEST's path when the index was written (inode reuse, see cli)
     # "image:<id>" / "plate:<id>" -> entry dict (path, ids, keys, complete, bytes)
     entries: dict = field(default_factory=dict)
 
@@ -75,7 +76,7 @@ def load(state_fd: int) -> Optional[Index]:
             raise IndexError_("not an index of this export (format %r, version %r)"
                               % (doc.get("format"), doc.get("version")))
         index = Index(repository=doc["repository"], user=doc["user"], ngff=doc["ngff"],
-                      layout=doc["layout"], chunk=int(doc["chunk"]))
+                      layout=doc["layout"], chunk=int(doc["chunk"]), dest=doc.get("dest", ""))
         for entry in doc["images"] + doc["plates"]:
             _add(index, entry)
     except (ValueError, KeyError, TypeError) as err:
@@ -110,12 +111,22 @@ def entry_key(entry: dict) -> str:
 def save(state_fd: int, index: Index) -> None:
     """Replace the index in the state directory (temporary, fsync, rename, fsync the
     directory), then drop the journal."""
-    store.write_file(state_fd, STATE_INDEX_NAME, store.json_bytes(index.document()), sync=True)
+    doc = dict(index.document(), dest=index.dest)     # the state's copy also knows DEST's path
+    store.write_file(state_fd, STATE_INDEX_NAME, store.json_bytes(doc), sync=True)
     os.fsync(state_fd)
     try:
         os.unlink(JOURNAL_NAME, dir_fd=state_fd)
     except FileNotFoundError:
         pass
+
+
+def discard(state_fd: int) -> None:
+    """Remove the index and its journal from a state directory (journal first)."""
+    for name in (JOURNAL_NAME, STATE_INDEX_NAME):
+        try:
+            os.unlink(name, dir_fd=state_fd)
+        except FileNotFoundError:
+            pass
 
 
 def publish(dest_fd: int, index: Index) -> None:
