@@ -112,7 +112,7 @@ def test_symlinks_planted_in_dest_never_redirect_roots_writes(site, where):
 def test_what_root_writes_for_her_is_hers(site):
     old = os.umask(0o077)
     try:
-        rc, out, err = zarr(site)
+        rc, out, err = zarr(site, extra=["--workers", "2", "--chunk", "64"])    # threads too
     finally:
         os.umask(old)
     assert rc == 0, err
@@ -274,3 +274,10 @@ def test_the_state_of_a_deleted_dest_whose_inode_is_reused_does_not_freeze_anoth
     rc, out, err = zarr(site, dest=other, as_user=BOB, extra=["--layout", "flat"])
     assert rc == 0, err
     assert ALICE in records(out, "note")[0]["message"]
+
+
+def test_a_dir_mode_letting_her_group_in_is_warned_about(site):
+    rc, _out, err = zarr(site, extra=["--dir-mode", "0750"])
+    assert rc == 0, err
+    assert "warning: --dir-mode 0750" in err and BOB in err
+    assert stat.S_IMODE(os.stat(site.dest).st_mode) == 0o750

@@ -21,6 +21,7 @@ from omero_cli_ext import fsops
 from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_USAGE, open_port, server_errors
 from omero_cli_ext.cli.export_originals import (EXIT_DEST, EXIT_FULL, EXIT_NOT_EXPORTED,
                                                 EXIT_OWNER, EXIT_SOME_MISSING, check_apart,
+                                                dir_mode_warning,
                                                 open_control, open_existing_dest,
                                                 read_owner_map, resolve_owner)
 from omero_cli_ext.cli.export_originals import _create_dest as create_originals_dest
@@ -164,6 +165,7 @@ def run_export(control, args):
             entry = resolve_owner(ctx, args, user.name, owner_map)
             root_run = os.geteuid() == 0
             strict = {entry.pw_uid} if root_run else None
+            dir_mode_warning(out, args, entry)
             dest_fd = open_existing_dest(ctx, dest, strict)
             if dest_fd is not None:
                 check_apart(ctx, dest_fd, dest, roots)
