@@ -109,3 +109,11 @@ def test_files_that_reach_the_server_under_one_name_are_refused_before_anything(
         assert rc == 10 and "reach the server under the same name" in err, (pair, err)
     assert sim.query("SELECT count(*) FROM Fileset") == [(0,)]
     assert not os.path.exists(str(tmp_path / "userdir" / "omero-cli-ext"))
+
+
+def test_plain_import_refuses_every_resume_option_even_zero(world):
+    sim, src, _ = world
+    for option in (["--retries", "0"], ["--json"], ["--job", "x"]):
+        rc, out, err = run_cli(sim.root, ["import", *option, str(src)], user="alice")
+        assert rc == 2 and "only apply to resumable imports: add --resume" in err, (option, err)
+    assert sim.query("SELECT count(*) FROM Fileset") == [(0,)]

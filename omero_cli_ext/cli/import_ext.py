@@ -44,7 +44,9 @@ class ImportControl(BuiltinImportControl):
 
     def dispatch(self, args):
         if not getattr(args, "resume", False):
-            given = [name for name in RESUME_ONLY if getattr(args, name, None) not in (None, False)]
+            # `is` tests: `--retries 0` is given although 0 == False
+            given = [name for name in RESUME_ONLY
+                     if getattr(args, name, None) is not None and getattr(args, name) is not False]
             if given:
                 flags = ", ".join("--" + name.replace("_", "-") for name in given)
                 self.ctx.die(2, f"{flags} only apply to resumable imports: add --resume")
