@@ -255,3 +255,31 @@ def test_a_repository_file_she_could_not_read_on_disk_is_copied_not_linked(site)
     assert {r["path"]: r["method"] for r in records(out, "entry")}["exp/b.fake"] == "copy"
     rc, out, err = site.export(dest=site.dest + "-hard", extra=["--link", "hard"])
     assert rc == 7 and "could not read" in out, err
+
+
+def test_lost_found_renamed_onto_an_unfinished_directory_is_not_given_to_her(site, monkeypatch):
+    """DEST the root of a filesystem: its lost+found (root's, 0700; fsck puts other users'
+    orphaned files there) renamed by her onto a directory a stopped run recorded is not hers
+    after the next run."""
+    mount = os.path.join(site.exports, "fs")
+    os.mkdir(mount)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mount]).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    lost = os.path.join(mount, "lost+found")
+    os.mkdir(lost, 0o700)
+    os.chown(mount, site.alice.pw_uid, site.alice.pw_gid)
+    real, calls = os.fchown, []
+
+    def fchown(fd, uid, gid):
+        calls.append(fd)
+        if len(calls) == 1:           # DEST exists: "exp" is the first directory made
+            raise KeyboardInterrupt
+        real(fd, uid, gid)
+    monkeypatch.setattr(os, "fchown", fchown)
+    rc, _, err = site.export(dest=mount)
+    monkeypatch.undo()
+    assert rc == 10, err
+    as_alice(site, "rmdir", os.path.join(mount, "exp"))           # empty, in her directory
+    as_alice(site, "mv", lost, os.path.join(mount, "exp"))
+    site.export(dest=mount, extra=["--sync"])
+    assert os.stat(os.path.join(mount, "exp")).st_uid == 0

@@ -346,6 +346,17 @@ def check_apart(dest_fd: int, dest_text: str, repo_fd: int, repo_text: str,
                             f"({point}); choose a directory outside it")
 
 
+def is_mount_root(fd: int) -> bool:
+    """Is the directory open as `fd` the root of a mount (its parent on another mount, or
+    /proc cannot tell)? A filesystem's root holds lost+found (root's, 0700)."""
+    parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        here, above = mount_id(fd), mount_id(parent)
+    finally:
+        os.close(parent)
+    return here is None or here != above
+
+
 def mount_id(fd: int) -> Optional[int]:
     """The mount the open `fd` is on (/proc/self/fdinfo), None where /proc cannot tell."""
     return _mount_id(fd)

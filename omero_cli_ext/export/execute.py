@@ -299,6 +299,7 @@ class Exporter:
         self.result = Result()
         self._noted: set = set()
         self._active_parts: set = set()
+        self._fs_root: Optional[bool] = None
         self._journal: Optional[Journal] = None
         self.manifest: Optional[Manifest] = None
         self.dest = DestDir(dest_fd, options.dir_mode, options.owner, self._made_dir,
@@ -968,11 +969,18 @@ class Exporter:
         killed run left in it is cleaned."""
         if self.options.owner is not None and self.manifest is not None \
                 and rel in self.manifest.directories and dest_io.made_by_us(fd) \
-                and os.fstat(fd).st_uid != self.options.owner[0]:
+                and os.fstat(fd).st_uid != self.options.owner[0] and not self._dest_is_fs_root():
             os.fchown(fd, *self.options.owner)
             os.fchmod(fd, self.options.dir_mode)
         if self.options.sync:
             self._clean_dir(fd, rel)
+
+    def _dest_is_fs_root(self) -> bool:
+        """DEST a filesystem's root: its lost+found (root's, 0700) could be renamed by her onto
+        a directory name we recorded; no directory is repaired there."""
+        if self._fs_root is None:
+            self._fs_root = dest_io.is_mount_root(self.dest_fd)
+        return self._fs_root
 
     def _clean_dir(self, fd: int, rel: str) -> None:
         """On --sync, drop what a killed run left in a directory we pass: fsops temporaries of
