@@ -233,9 +233,10 @@ def save(state_fd: int, manifest: Manifest) -> None:
     manifest.replayed = False
 
 
-def discard(state_fd: int) -> None:
-    """Remove the manifest and journal of a state directory (journal first)."""
-    for name in (JOURNAL_NAME, MANIFEST_NAME):
+def discard(state_fd: int, names: tuple = (JOURNAL_NAME, MANIFEST_NAME)) -> None:
+    """Remove the manifest and journal (or the other control files `names`, journal first)
+    of a state directory."""
+    for name in names:
         try:
             os.unlink(name, dir_fd=state_fd)
         except FileNotFoundError:

@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Optional
 
+from omero_cli_ext.export import manifest as manifest_io
 from omero_cli_ext.export.paths import is_safe_relpath
 from omero_cli_ext.zarr import store
 
@@ -122,11 +123,7 @@ def save(state_fd: int, index: Index) -> None:
 
 def discard(state_fd: int) -> None:
     """Remove the index and its journal from a state directory (journal first)."""
-    for name in (JOURNAL_NAME, STATE_INDEX_NAME):
-        try:
-            os.unlink(name, dir_fd=state_fd)
-        except FileNotFoundError:
-            pass
+    manifest_io.discard(state_fd, (JOURNAL_NAME, STATE_INDEX_NAME))
 
 
 def publish(dest_fd: int, index: Index) -> None:
