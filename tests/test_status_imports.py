@@ -137,6 +137,21 @@ def test_growth_read_through_rawfilestore_is_remembered_between_runs(sim):
     assert status(sim)[1][fid]["state"] == "stalled"
 
 
+def test_a_log_unchanged_since_a_first_look_is_not_growth(sim):
+    """A first look through RawFileStore sees a size, not when it was reached: the next look at
+    the same size must not count the first look as growth (a stalled import flipping to active
+    for another --stalled-after)."""
+    sim.set_reported_root("/nonexistent/ManagedRepository")
+    fid = sim.import_fileset("alice", files(sim, "plate.fake"), steps=0)
+    sim.advance(120 * MINUTE)
+    first = status(sim)[1][fid]
+    assert first["state"] == "stalled" and first["reason"].endswith("first look)")
+    sim.advance(1 * MINUTE)
+    again = status(sim)[1][fid]
+    assert again["state"] == "stalled", again["reason"]
+    assert again["log_grew"] is None
+
+
 def test_check_with_json_is_one_record(sim):
     sim.import_fileset("alice", files(sim, "ok.fake"))
     rc, out, err = run_cli(sim.root, ["status", "imports", "--check", "--json"], user="alice")

@@ -53,9 +53,14 @@ def test_an_unreadable_repository_asks_the_server_and_remembers(tmp_path):
     assert json.loads(memory_file.read_text())["uuid/10"][0] == 100
     later = T0 + dt.timedelta(minutes=5)
     port.sizes[20] = 250                        # one log grew, the other did not
-    again = logwatch.probe_logs(port, repo, [(1, log(10)), (2, log(20))], later,
-                                logwatch.SizeMemory(str(memory_file)))
-    assert again == {1: logwatch.LogProbe(100, T0, "server"), 2: logwatch.LogProbe(250, later, "server")}
+    memory = logwatch.SizeMemory(str(memory_file))
+    again = logwatch.probe_logs(port, repo, [(1, log(10)), (2, log(20))], later, memory)
+    memory.save()
+    # unchanged since a first look: no growth seen at all (the first look is not growth)
+    assert again == {1: logwatch.LogProbe(100, None, "server"), 2: logwatch.LogProbe(250, later, "server")}
+    last = logwatch.probe_logs(port, repo, [(1, log(10)), (2, log(20))], later + dt.timedelta(hours=1),
+                               logwatch.SizeMemory(str(memory_file)))
+    assert last[2] == logwatch.LogProbe(250, later, "server")   # no change since: grew then
 
 
 def test_server_looks_are_bounded_to_the_first_candidates(monkeypatch, tmp_path):

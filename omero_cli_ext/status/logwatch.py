@@ -9,7 +9,8 @@ import log on disk grows, as the server's logback appender writes it (ManagedImp
 - else `RawFileStore.size()` through the port, for at most MAX_SERVER_PROBES candidates (the
   newest), and a memory of the sizes seen before (in-process across `--watch` refreshes, and in a
   small file between runs): a size that changed since the last look means growth now; a size seen
-  before means no growth since it was first seen.
+  before means no growth since then, and says when it grew only if a look saw it change (a first
+  look sees a size, not when the log reached it).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def default_memory_path() -> str:
 
 
 class SizeMemory:
-    """Per (repository uuid, log OriginalFile id): (size, first seen at that size). `path` None
+    """Per (repository uuid, log OriginalFile id): (size, when a look saw it change to that size,
+    None when no look has: the first one). `path` None
     keeps it in memory only; else it is read once and rewritten (crash-safe) after each look."""
 
     def __init__(self, path: Optional[str] = None):
@@ -44,17 +46,18 @@ class SizeMemory:
             try:
                 with open(path, encoding="utf-8") as f:
                     raw = json.load(f)
-                self.seen = {key: (int(size), _dt.datetime.strptime(when, _TIME))
+                self.seen = {key: (int(size), None if when is None
+                                   else _dt.datetime.strptime(when, _TIME))
                              for key, (size, when) in raw.items()}
             except (OSError, ValueError, TypeError):
                 self.seen = {}   # absent or damaged: start afresh (it only holds hints)
             self._saved = dict(self.seen)
 
     def look(self, key: str, size: int, now: _dt.datetime) -> Optional[_dt.datetime]:
-        """Record `size`; return when the log last grew as far as the looks tell (None: first look)."""
+        """Record `size`; return when a look last saw the log grow (None: no look has yet)."""
         before = self.seen.get(key)
         if before is None:
-            self.seen[key] = (size, now)
+            self.seen[key] = (size, None)
             return None
         if before[0] != size:
             self.seen[key] = (size, now)
@@ -72,7 +75,8 @@ class SizeMemory:
             return
         from omero_cli_ext.fsops import atomic_write
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        data = {k: [size, when.strftime(_TIME)] for k, (size, when) in sorted(self.seen.items())}
+        data = {k: [size, None if when is None else when.strftime(_TIME)]
+                for k, (size, when) in sorted(self.seen.items())}
         atomic_write(self.path, json.dumps(data).encode("utf-8"), 0o600)
         self._saved = dict(self.seen)
 
