@@ -263,3 +263,23 @@ def test_src_and_dst_spelled_through_a_bind_mount_are_seen_as_one_place(world, t
                                 server=False)
         assert rc == errors.EXIT_REPO_OVERLAP, err
     assert snapshot(world.repo, world.data) == before
+
+
+def test_a_mistyped_plan_file_never_replaces_a_file_and_is_refused_before_planning(world):
+    """`--plan FILE` naming an original (a repository link points at it), a directory, or a
+    place whose directory is missing: refused with its own exit code, the file untouched; a
+    plan written before is replaced by the new one."""
+    original = os.fsdecode(os.path.realpath(next(iter(manifest(world.repo)))))
+    with open(original, "rb") as stream:
+        content = stream.read()
+    new = os.path.join(world.data, "new")
+    for target, code in [(original, errors.EXIT_USAGE), (world.data, errors.EXIT_USAGE),
+                         (os.path.join(world.base, "missing", "p"), errors.EXIT_SRC_MISSING)]:
+        rc, out, err = world.mv(world.old, new, "--plan", target, server=False)
+        assert rc == code and "nothing was changed" in err, (target, err)
+    with open(original, "rb") as stream:
+        assert stream.read() == content
+    plan = os.path.join(world.base, "p.jsonl")
+    for _ in range(2):
+        rc, out, err = world.mv(world.old, new, "--plan", plan, server=False)
+        assert rc == 0, err

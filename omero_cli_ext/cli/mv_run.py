@@ -20,7 +20,7 @@ from omero_cli_ext.mv.errors import (EXIT_BUSY, EXIT_INTERRUPTED, EXIT_JOURNAL,
 from omero_cli_ext.mv.locations import (journal_location, open_repo_journal, repo_place,
                                         writer_lock)
 from omero_cli_ext.mv.plan import Request, plan_for
-from omero_cli_ext.mv.planfile import read_plan, write_plan
+from omero_cli_ext.mv.planfile import check_plan_target, read_plan, write_plan
 from omero_cli_ext.mv.preflight import imports_check
 from omero_cli_ext.mv.serverfacts import facts_lookup, fileset_files
 from omero_cli_ext.mv.report import (abandon_text, done_text, job_summary, json_path, preview,
@@ -271,6 +271,8 @@ class _Run:
         if mode == "execute-plan":
             return self.show_plan(read_plan(self.args.execute_plan,
                                             (self.place.dev, self.place.ino))[0])
+        if self.args.plan:
+            check_plan_target(self.args.plan)   # before minutes of planning, and never an original
         request = self.request(mode, repo)
         location = self.journal_location()
         if "://" in location or os.path.exists(location):

@@ -96,6 +96,33 @@ def write_plan(path: str, plan: Plan, repo_id: Tuple[int, int], command: str) ->
     fsops.atomic_write(path, text.encode("ascii"), mode=0o600)
 
 
+def check_plan_target(path: str) -> None:
+    """`--plan FILE` can be written: its directory exists (exit 3) and is writable, and FILE is
+    absent or a plan written before (exit 2) — a mistyped FILE never replaces someone's file (an
+    original a repository link points at)."""
+    where = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(where):
+        raise MvError(EXIT_SRC_MISSING, f"the directory {show(where)} for the plan does not "
+                      "exist; nothing was changed")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise MvError(EXIT_USAGE, f"cannot write the plan in {show(where)}; nothing was changed")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as stream:
+            first = stream.readline(1 << 16)
+        try:
+            header = json.loads(first)
+        except ValueError:
+            header = None
+        if isinstance(header, dict) and header.get("type") == "plan":
+            return
+    raise MvError(EXIT_USAGE, f"{show(path)} exists and is not a plan written by omero mv "
+                  "--plan; it is not replaced: name a new file; nothing was changed")
+
+
 def read_plan(path: str, repo_id: Tuple[int, int]) -> Tuple[Plan, str]:
     """The plan written by write_plan, and the command that made it; MvError when the file is
     missing, editable by another user, altered, or made for another repository."""
