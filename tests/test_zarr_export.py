@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -429,3 +430,24 @@ def test_a_plate_whose_fields_are_all_restricted_writes_nothing(world, tmp_path)
     assert [p for p in tree(dest) if not p.startswith(".omero") and p != INDEX_NAME] == []
     index = json.loads((dest / INDEX_NAME).read_text())
     assert index["images"] == [] and index["plates"] == []
+
+
+def test_a_symlink_planted_at_a_plates_row_fails_the_plate_not_the_run(world, tmp_path):
+    name = "SPW&plates=1&plateRows=2&plateCols=1&fields=1&sizeX=40&sizeY=30.fake"
+    screen = world.sim.add_screen("Scr", "alice")
+    add_fake(world.sim, world.src, name, target=("Screen", screen), spw=True)
+    dest = tmp_path / "dest"
+    rc, out, err = export(world, dest, "Screen:%d" % screen, "Dataset:%d" % world.dataset)
+    assert rc == 0, err
+    plate = records(out, "plate")[0]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(dest / plate["path"] / "B")
+    os.symlink(outside, dest / plate["path"] / "B")
+    (dest / plate["path"] / ".zattrs").unlink()
+    rc, out, err = export(world, dest, "Screen:%d" % screen, "Dataset:%d" % world.dataset)
+    assert rc == 7, err
+    failed = records(out, "failed")            # the field in row B, then the plate itself
+    assert [r["plate"] for r in failed] == [plate["plate"]] * 2 and failed[1]["image"] is None
+    assert os.listdir(outside) == []
+    assert len(records(out, "image")) == len(world.images) + 1     # the field in row A

@@ -281,3 +281,16 @@ def test_a_dir_mode_letting_her_group_in_is_warned_about(site):
     assert rc == 0, err
     assert "warning: --dir-mode 0750" in err and BOB in err
     assert stat.S_IMODE(os.stat(site.dest).st_mode) == 0o750
+
+
+def test_a_directory_planted_at_a_chunk_name_fails_only_its_image(site):
+    alice_dir(site, site.dest)
+    image = image_ids(site)[0]
+    chunk = os.path.join(site.dest, f"Image_{image}.ome.zarr", "0", "0", "0", "0", "0", "0")
+    os.makedirs(os.path.join(chunk, "full"))
+    subprocess.run(["chown", "-R", f"{site.alice.pw_uid}:{site.alice.pw_gid}", site.dest],
+                   check=True)
+    rc, out, err = zarr(site, extra=["--layout", "flat"])
+    assert rc == 7, err
+    assert [r["image"] for r in records(out, "failed")] == [image]
+    assert len(records(out, "image")) == len(image_ids(site)) - 1

@@ -82,6 +82,10 @@ def write_file(dir_fd: int, name: str, data: bytes, sync: bool = False) -> None:
             pass
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise fsops.NoSpace(exc.errno, "no space left in DEST while writing " + name) from exc
+        if isinstance(exc, OSError) and exc.errno in (errno.EISDIR, errno.ENOTEMPTY,
+                                                      errno.EEXIST, errno.ENOTDIR):
+            raise NotOurs(exc.errno, "a directory the export did not make stands there",
+                          name) from None
         raise
 
 

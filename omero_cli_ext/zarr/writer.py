@@ -171,7 +171,13 @@ class Writer:
                 if plate_id is not None and ok:
                     done_fields.setdefault(plate_id, set()).add(image_id)
             for pjob in plan.plates:
-                self._plate(pjob, index, done_fields.get(pjob.info.id, set()))
+                try:
+                    self._plate(pjob, index, done_fields.get(pjob.info.id, set()))
+                except store.NotOurs as err:     # planted where a row or well group goes
+                    reason = "%s: %s" % (err.filename, err.strerror)
+                    self.result.failed.append(("Plate:%d" % pjob.info.id, reason))
+                    self.emit("failed", image=None, plate=pjob.info.id, path=pjob.path,
+                              reason=reason)
         finally:
             self._journal.close()
         self._forget_unmade(index)
