@@ -294,3 +294,31 @@ def test_a_directory_planted_at_a_chunk_name_fails_only_its_image(site):
     assert rc == 7, err
     assert [r["image"] for r in records(out, "failed")] == [image]
     assert len(records(out, "image")) == len(image_ids(site)) - 1
+
+
+def test_what_she_did_to_a_revoked_images_place_never_stops_the_sync(site):
+    rc, out, err = zarr(site)
+    assert rc == 0, err
+    paths = {r["image"]: r["path"] for r in records(out, "image")}
+    first, second = image_ids(site)[:2]
+    private = site.sim.query("SELECT id FROM ExperimenterGroup WHERE name = 'private'")[0][0]
+    # the second revoked, a directory of it made unreadable to her by her
+    site.sim.query("UPDATE Image SET group_id = ? WHERE id = ?", (private, second))
+    level = os.path.join(site.dest, paths[second], "0")
+    as_alice(site, "chmod", "000", level)
+    before = site.outside()
+    rc, out, err = zarr(site, extra=["--sync"])
+    assert rc == 7, err                     # the one she keeps from being removed is listed
+    assert records(out, "removed") == [] and [r["image"] for r in records(out, "failed")] == [
+        second]
+    assert "cannot remove" in records(out, "failed")[0]["reason"]
+    # both revoked, their parent directory swapped for a symlink to /etc
+    as_alice(site, "chmod", "700", level)
+    site.sim.query("UPDATE Image SET group_id = ? WHERE id = ?", (private, first))
+    parent = os.path.join(site.dest, os.path.dirname(paths[first]))
+    as_alice(site, "mv", parent, parent + ".moved")
+    as_alice(site, "ln", "-s", site.etc, parent)
+    rc, out, err = zarr(site, extra=["--sync"])
+    assert rc == 0, err
+    assert sorted(r["image"] for r in records(out, "removed")) == sorted([first, second])
+    assert site.outside() == before and os.path.islink(parent)

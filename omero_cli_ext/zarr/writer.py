@@ -256,7 +256,15 @@ class Writer:
             if key.startswith("field:") and "plate:%s" % key.split(":")[1] not in wanted:
                 index.entries.pop(key)   # removed with its plate below
                 continue
-            self._remove_path(entry["path"])
+            try:
+                self._remove_path(entry["path"])
+            except OSError as err:    # her own modes (chmod 000) keep it: next run again
+                reason = "cannot remove %s: %s" % (entry["path"], err.strerror)
+                self.result.failed.append(("%s:%s" % (entry.get("kind"), key.split(":")[-1]),
+                                           reason))
+                self.emit("failed", image=entry.get("image"), plate=entry.get("plate"),
+                          path=entry["path"], reason=reason)
+                continue
             index.entries.pop(key)
             self._journal.append(dict(entry, removed=True))
             self.result.removed.append(entry["path"])
@@ -267,8 +275,8 @@ class Writer:
         parts = path.split("/")
         try:
             parent = store.open_path(self.dest_fd, parts[:-1], False, self.options.dir_mode)
-        except FileNotFoundError:
-            return
+        except (FileNotFoundError, store.NotOurs):
+            return       # nothing of the export's is there any more (a symlink is not followed)
         try:
             store.remove_tree(parent, parts[-1])
         finally:
