@@ -283,3 +283,18 @@ def test_a_mistyped_plan_file_never_replaces_a_file_and_is_refused_before_planni
     for _ in range(2):
         rc, out, err = world.mv(world.old, new, "--plan", plan, server=False)
         assert rc == 0, err
+
+
+def test_managed_files_named_through_a_bind_mount_are_never_moved_as_originals(world, tmp_path):
+    """A repository directory spelled through a bind mount is not outside the repository: a
+    move of it (even --force, which moves a SRC no link points into) is refused (exit 6) —
+    it would take managed files out of the repository."""
+    up = world.uploaded(1, 1)
+    fileset = world.sim.port("root").filesets([up.fileset_ids[0]])[up.fileset_ids[0]]
+    managed = os.path.join(world.repo, fileset.entries[0].original_file.repo_path)
+    view = str(tmp_path / "view")
+    before = snapshot(world.repo, world.data)
+    with _bind(os.path.dirname(managed), view):
+        rc, out, err = world.mv(view, os.path.join(world.data, "out"), "--force", server=False)
+    assert rc == errors.EXIT_REPO_OVERLAP, err
+    assert snapshot(world.repo, world.data) == before

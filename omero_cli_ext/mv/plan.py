@@ -167,6 +167,19 @@ def _within_directory(path: bytes, ident: Optional[Tuple[int, int]]) -> Optional
         probe, first = parent, False
 
 
+def _repo_ids(repo: bytes) -> set:
+    """(device, inode) of the repository root and of every mount point showing a directory of
+    it (bind mounts)."""
+    ident = _directory_id(repo)
+    return repository_views(repo) | ({ident} if ident else set())
+
+
+def _existing_ancestor(path: bytes) -> bytes:
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 def check_source(request: Request) -> None:
     """SRC exists and does not hold the repository."""
     src, repo = request.src, request.repo
@@ -176,6 +189,12 @@ def check_source(request: Request) -> None:
             or _within_directory(repo, _directory_id(src)) is not None:
         raise MvError(EXIT_REPO_OVERLAP, f"SRC {show(src)} is or contains the repository root "
                       f"{show(repo)}; omero mv never moves the repository itself")
+    if request.mode == "move" and _inside(src, _repo_ids(repo)):
+        # named by the repository's path it would be an offload; through a bind mount it is
+        # still managed files, never to be moved out as if they were users' originals
+        raise MvError(EXIT_REPO_OVERLAP, f"SRC {show(src)} is inside the repository {show(repo)} "
+                      "(reached through another mount); name it by its path in the repository "
+                      "to offload it; nothing was changed")
 
 
 def check_destination(request: Request, *, must_not_exist: bool = True) -> None:
@@ -194,7 +213,7 @@ def check_destination(request: Request, *, must_not_exist: bool = True) -> None:
             raise MvError(EXIT_BAD_RELATION,
                           f"DST {show(dst)} is inside SRC {show(src)}; choose a DST outside it")
     if is_under(dst, repo) or is_under(dst_c, canonical(repo)) \
-            or _within_directory(dst, _directory_id(repo)) is not None:
+            or _inside(_existing_ancestor(dst), _repo_ids(repo)):
         raise MvError(EXIT_REPO_OVERLAP, f"DST {show(dst)} is inside the repository "
                       f"{show(repo)}; the destination must be outside it")
     if not must_not_exist:
@@ -879,9 +898,8 @@ def _name_index(roots: Iterable[bytes], names: set, repo: bytes
     many such files were left out because they are inside the repository `repo` (found by
     device and inode, whatever the spelling): a managed file belongs to another fileset, and a
     link to it would break silently when that fileset is deleted."""
-    repo_st = os.stat(repo)
     # the root, and directories of it mounted elsewhere (bind mounts): found by identity
-    repo_ids = repository_views(repo) | {(repo_st.st_dev, repo_st.st_ino)}
+    repo_ids = _repo_ids(repo)
     index: Dict[bytes, List[Tuple[bytes, int]]] = {}
     skipped = 0
     stack = [(root, _inside(root, repo_ids)) for root in roots]
