@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 
 from sim.launcher import run_cli
 from sim.server import SimServer
@@ -117,3 +118,18 @@ def test_plain_import_refuses_every_resume_option_even_zero(world):
         rc, out, err = run_cli(sim.root, ["import", *option, str(src)], user="alice")
         assert rc == 2 and "only apply to resumable imports: add --resume" in err, (option, err)
     assert sim.query("SELECT count(*) FROM Fileset") == [(0,)]
+
+
+def test_a_target_deleted_since_the_plan_stops_the_rerun_before_any_import(world, monkeypatch):
+    sim, src, tmp_path = world
+    did = sim.add_dataset("d", "alice")
+    monkeypatch.setenv("OMERO_CLI_EXT_SIM_CRASH_AFTER", "2")     # the importer dies mid-job
+    assert imp(sim, "--job", "j1", "-d", str(did), "--retries", "0", str(src))[0] == 4
+    monkeypatch.delenv("OMERO_CLI_EXT_SIM_CRASH_AFTER")
+    with sqlite3.connect(os.path.join(sim.root, "sim.sqlite")) as db:   # deleted by its owner
+        db.execute("DELETE FROM DatasetImageLink WHERE parent = ?", (did,))
+        db.execute("DELETE FROM Dataset WHERE id = ?", (did,))
+    before = sim.query("SELECT count(*) FROM Fileset")
+    rc, out, err = imp(sim, "--job", "j1")
+    assert rc == 22 and f"Dataset:{did} not found" in err, err
+    assert sim.query("SELECT count(*) FROM Fileset") == before

@@ -248,6 +248,9 @@ class _JobRun:
                                                    if _has_import_schema(journal) else []))
         if record is not None:
             self.check_identity(journal, record)
+            # the target may have been deleted, or its group made read-only, since the plan
+            _check_target(ctx, self.port, record.identity["target"] if record.identity
+                          else record.target)
         if record is None:
             if self.plan is None:
                 self.prepare()
