@@ -200,7 +200,10 @@ def run_export(control, args):
                                 state_fd=control_files.state_fd, owner=owner)
                 owner.drop()
                 try:
-                    result = writer.run(plan, index, renderings)
+                    try:
+                        result = writer.run(plan, index, renderings)
+                    finally:
+                        owner.restore()      # root again before anything else runs
                 except fsops.NoSpace as err:
                     ctx.die(EXIT_FULL, "%s; free space and rerun the same command" % err)
                 except OSError as err:
@@ -208,8 +211,6 @@ def run_export(control, args):
                         ctx.die(EXIT_FULL, "no space left (%s); free space and rerun the same "
                                            "command" % err.strerror)
                     ctx.die(EXIT_DEST, "cannot write in DEST: %s" % err)
-                finally:
-                    owner.restore()
     except KeyboardInterrupt:
         ctx.die(EXIT_INTERRUPTED, "interrupted; rerun the same command to continue")
     finally:
