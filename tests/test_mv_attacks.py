@@ -298,3 +298,16 @@ def test_managed_files_named_through_a_bind_mount_are_never_moved_as_originals(w
         rc, out, err = world.mv(view, os.path.join(world.data, "out"), "--force", server=False)
     assert rc == errors.EXIT_REPO_OVERLAP, err
     assert snapshot(world.repo, world.data) == before
+
+
+def test_a_control_directory_left_to_root_by_a_killed_run_is_handed_over(world):
+    """A root run killed between making the control directory and giving it to the
+    repository's owner left it root's: the next root run hands it over, so the owner's runs
+    (the usual ones) can use the journal again."""
+    os.chown(world.repo, 65534, 65534)
+    place = repo_place(os.fsencode(world.repo))
+    os.mkdir(place.control_dir, 0o700)
+    rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), server=False)
+    assert rc == 0, err
+    st = os.stat(place.control_dir)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o700)

@@ -72,6 +72,13 @@ def ensure_control_dir(place: RepoPlace) -> bytes:
         raise _unusable(place, exc.strerror) from None
     if not stat.S_ISDIR(st.st_mode):
         raise _unusable(place, "it is not a directory")
+    if os.geteuid() == 0 and st.st_uid == 0 and place.uid != 0:
+        # made by a root run killed before it handed the directory over: finish that
+        try:
+            os.lchown(directory, place.uid, place.gid)
+            st = os.lstat(directory)
+        except OSError as exc:
+            raise _unusable(place, exc.strerror) from None
     if st.st_uid not in (os.geteuid(), place.uid, 0) or st.st_mode & 0o022:
         raise _unusable(place, "it is writable by users other than root and the repository's "
                         "owner")
