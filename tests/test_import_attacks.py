@@ -133,3 +133,16 @@ def test_a_target_deleted_since_the_plan_stops_the_rerun_before_any_import(world
     rc, out, err = imp(sim, "--job", "j1")
     assert rc == 22 and f"Dataset:{did} not found" in err, err
     assert sim.query("SELECT count(*) FROM Fileset") == before
+
+
+def test_results_say_whose_job_they_are(world, tmp_path):
+    sim, src, _ = world
+    shared = str(tmp_path / "shared.sqlite")
+    assert imp(sim, "--journal", shared, "--job", "run3", str(src))[0] == 0
+    rc, out, err = imp(sim, "--journal", shared, "--job", "run3", "--results", "--json",
+                       user="bob")
+    assert rc == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["identity"]["user"]["name"] == "alice"
+    rc, out, err = imp(sim, "--journal", shared, "--job", "run3", "--results", user="bob")
+    assert rc == 0 and "imports as alice in group lab" in out, err

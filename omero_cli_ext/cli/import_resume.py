@@ -383,8 +383,12 @@ def _report(ctx, out, journal, job, args) -> int:
         view.report("fileset", **row)
     counts = jobs.counts()
     rc = outcome.job_exit_code(counts, False, len(jobs.ghosts("left")))
+    # no server is asked: say whose job this is, so that another user's pipeline reading a
+    # shared journal does not take these results for its own
     out.emit("summary", **outcome.totals(job, journal.location, record, counts), exit_code=rc,
-             report=True)
+             report=True, identity=record.identity)
+    if record.identity:
+        out.info(f"job {job} imports as {identity.describe(record.identity)}")
     out.info(outcome.totals_line(job, record, counts))
     return rc
 
