@@ -50,7 +50,7 @@ def run_export(sim_root, dest, dataset, workers) -> tuple:
     read by /usr/bin/time (GNU time forks from a small process: a child forked from this one
     would count this process's own memory in its ru_maxrss)."""
     argv = [sys.executable, LAUNCHER, "--sim-root", sim_root, "--sim-user", "alice", "export",
-            "--zarr", dest, "Dataset:%d" % dataset, "--workers", str(workers)]
+            "--zarr", dest, "Dataset:%d" % dataset, "--workers", str(workers), "--owner", "root"]
     with tempfile.NamedTemporaryFile("r") as stats:
         if os.access(GNU_TIME, os.X_OK):
             argv = [GNU_TIME, "-o", stats.name, "-f", "%M %U %S"] + argv
