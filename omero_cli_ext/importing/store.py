@@ -239,7 +239,8 @@ class JobStore:
             self.journal.executemany(
                 "INSERT INTO import_fileset (job, idx, chunk, main, files, nfiles, size, reader, "
                 "spw, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
-                [(self.job, fs.idx, fs.chunk, path_text(fs.main), json.dumps(list(fs.files)), len(fs.files),
+                [(self.job, fs.idx, fs.chunk, path_text(fs.main), json.dumps(list(fs.files)),
+                  len(fs.files),
                   fs.size, fs.reader, int(fs.spw), now) for fs in filesets])
             self.journal.executemany(
                 "INSERT INTO import_chunk (job, chunk, state, filesets, bytes, attempts) "
@@ -364,12 +365,13 @@ class JobStore:
                 self.journal.execute(
                     "UPDATE import_chunk SET state = 'pending', lease_until = NULL, "
                     "not_before = ?, message = ? WHERE job = ? AND chunk = ? AND host = ? "
-                    "AND pid = ?", (iso(now + _dt.timedelta(seconds=backoff_seconds)), plain_text(message),
-                                    self.job, chunk, host, pid))
+                    "AND pid = ?", (iso(now + _dt.timedelta(seconds=backoff_seconds)),
+                                    plain_text(message), self.job, chunk, host, pid))
             else:
                 self.journal.execute(
                     "UPDATE import_chunk SET state = 'done', lease_until = NULL, finished = ?, "
-                    "message = ? WHERE job = ? AND chunk = ?", (iso(now), plain_text(message), self.job, chunk))
+                    "message = ? WHERE job = ? AND chunk = ?",
+                    (iso(now), plain_text(message), self.job, chunk))
 
     # --- attempts and what they announced ---
     def begin_attempt(self, attempt: str, chunk: int, host: str, pid: int,
@@ -445,8 +447,8 @@ class JobStore:
             "UPDATE import_fileset SET state = ?, fileset_id = ?, images = ?, plates = ?, "
             "message = ?, updated = ? WHERE job = ? AND idx = ?",
             [(state, fid, json.dumps(list(images)) if images is not None else None,
-              json.dumps(list(plates)) if plates is not None else None, plain_text(message), now, self.job,
-              idx) for idx, state, fid, images, plates, message in outcomes])
+              json.dumps(list(plates)) if plates is not None else None, plain_text(message), now,
+              self.job, idx) for idx, state, fid, images, plates, message in outcomes])
 
     def reopen_chunks(self, chunks: Iterable[int]) -> None:
         """Chunks marked done get filesets to import again (ghosts deleted by --clean-ghosts)."""
@@ -503,7 +505,8 @@ class JobStore:
             self.journal.executemany(
                 "INSERT INTO import_fileset (job, idx, chunk, main, files, nfiles, size, reader, "
                 "spw, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
-                [(self.job, fs.idx, fs.chunk, path_text(fs.main), json.dumps(list(fs.files)), len(fs.files),
+                [(self.job, fs.idx, fs.chunk, path_text(fs.main), json.dumps(list(fs.files)),
+                  len(fs.files),
                   fs.size, fs.reader, int(fs.spw), now) for fs in filesets])
             self.journal.executemany(
                 "INSERT INTO import_chunk (job, chunk, state, filesets, bytes, attempts) "
