@@ -28,7 +28,7 @@ LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     monkeypatch.setenv("OMERO_USERDIR", str(tmp_path / "userdir"))
-    for name in ("CRASH_AFTER", "HANG", "FAIL_PATTERN", "SECONDS_PER_FILESET"):
+    for name in ("CRASH_AFTER", "HANG", "FAIL_PATTERN", "SECONDS_PER_FILESET", "UPLOAD_SECONDS"):
         monkeypatch.delenv("OMERO_CLI_EXT_SIM_" + name, raising=False)
     sim = SimServer(str(tmp_path / "sim"))
     sim.add_group("lab", "rwr---")
@@ -249,6 +249,20 @@ def test_a_hung_importer_is_shown_stalled_then_killed_and_retried(world):
     assert driver.returncode == 4, err
     assert err.count("importer killed: no output and no upload progress") == 2
     assert "giving up for this run" in err
+
+
+def test_an_importer_silently_uploading_a_big_file_is_not_killed(world, monkeypatch):
+    """The Java importer prints nothing while one file uploads and a real server gives other
+    processes no upload offsets: the watchdog must see the file growing on the server."""
+    sim, src, tmp_path = world
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(2):
+        (big / f"big{i}.fake").write_bytes(b"y" * 1000)
+    monkeypatch.setenv("OMERO_CLI_EXT_SIM_UPLOAD_SECONDS", "6")
+    rc, out, err = imp(sim, "--lease", "1", "--importer-timeout", "2", str(big))
+    assert "importer killed" not in err
+    assert rc == 0 and "2/2 filesets done" in out, err
 
 
 def test_a_schema_1_job_is_upgraded_and_bound_to_its_planner(world, tmp_path):

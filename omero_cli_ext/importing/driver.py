@@ -80,7 +80,8 @@ class _Attempt:
     ended: bool = False
     name: str = ""
     last_progress: float = field(default_factory=time.monotonic)   # written by the reader
-    offsets: Optional[int] = None     # upload bytes the server reported at the last check
+    uploading: Optional[str] = None   # the file between FILE_UPLOAD_STARTED and _COMPLETE
+    upload_size: Optional[int] = None  # its size on the server at the watchdog's last look
     timed_out: bool = False
     nothing: bool = False             # "No imports found": its files are gone
     mapped: dict = field(default_factory=dict)      # idx -> fileset id of its result
@@ -262,6 +263,10 @@ class Driver:
                     self._events.put(("log", attempt.chunk, event.log_id))
                 elif event.kind == "nothing":
                     attempt.nothing = True
+                elif event.kind == "uploading":
+                    attempt.uploading, attempt.upload_size = event.path, None
+                elif event.kind == "uploaded":
+                    attempt.uploading = None
 
         def read_stderr():
             reader = LogReader()
@@ -475,28 +480,43 @@ class Driver:
 
     def _watchdog(self) -> None:
         """Kill importers with no output line and no upload byte for --importer-timeout; their
-        chunk is retried (transient failure)."""
+        chunk is retried (transient failure). The Java importer prints nothing while one file
+        uploads, and a real server reports no upload offsets to other processes
+        (`getUploadOffset` answers only the uploader's own, still-open RawFileStore), so bytes
+        arriving are seen as the growing size of that file on the server (RawFileStore.size)."""
         limit = self.settings.importer_timeout
         now = time.monotonic()
         quiet = [a for a in self._active.values() if not a.ended and a.process is not None
                  and not a.timed_out and now - a.last_progress >= limit]
-        if not quiet:
-            return
-        try:
-            uploaded = sum(sum(r.upload_offsets) for r in self.port.running_imports())
-        except Exception:       # the server does not answer: the silence decides
-            uploaded = 0
         for attempt in quiet:
-            if attempt.offsets is not None and uploaded != attempt.offsets:
-                attempt.offsets, attempt.last_progress = uploaded, now   # bytes still arrive
-                continue
-            if attempt.offsets is None and uploaded:
-                attempt.offsets, attempt.last_progress = uploaded, now
+            size = self._uploading_size(attempt)
+            if size is not None and size != attempt.upload_size:
+                attempt.upload_size, attempt.last_progress = size, now   # bytes still arrive
                 continue
             attempt.timed_out = True
             self.summary.timed_out += 1
             if attempt.process.poll() is None:
                 attempt.process.kill()
+
+    def _uploading_size(self, attempt) -> Optional[int]:
+        """The server's size of the file `attempt` is uploading (its newest fileset using that
+        clientPath), or None when no upload is under way or the server cannot tell."""
+        path = attempt.uploading
+        if path is None:
+            return None
+        client = client_path(path)
+        try:
+            ids = self.port.filesets_by_client_paths([client], self.owner_id).get(client, ())
+            if not ids:
+                return None
+            fileset = self.port.filesets([max(ids)], image_counts=False).get(max(ids))
+            entry = next((e for e in fileset.entries if e.client_path == client), None) \
+                if fileset is not None else None
+            if entry is None:
+                return None
+            return self.port.file_sizes([entry.original_file.id]).get(entry.original_file.id)
+        except Exception:       # the server does not answer: the silence decides
+            return None
 
     def _report_fileset(self, fs, state, fid, images, plates, message=None) -> None:
         self.report("fileset", idx=fs.idx, main=fs.main, state=state, fileset_id=fid,

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, Optional
 
 _KEY = re.compile(r"^-?\s*(Fileset|Image|Plate)\s*:\s*(.*)$")
 _UPLOADED = re.compile(r"FILE_UPLOAD_COMPLETE: (.+)$")
+_UPLOADING = re.compile(r"FILE_UPLOAD_STARTED: (.+)$")
 _IMPORTED = re.compile(r"IMPORT_DONE Imported file: (.+)$")
 _FAILED = re.compile(r"\b([A-Z][A-Z_]*(?:EXCEPTION|FORMAT|FAILURE|ERROR|FILE|LIBRARY)): (/.*)$")
 _STARTED = re.compile(r"\bIMPORT_STARTED\b.*?Logfile: (\d+)")
@@ -104,7 +105,8 @@ class LogReader:
         if line.strip() == _NOTHING:
             events.append(LogEvent("nothing"))
             return events
-        for kind, pattern in (("uploaded", _UPLOADED), ("imported", _IMPORTED)):
+        for kind, pattern in (("uploading", _UPLOADING), ("uploaded", _UPLOADED),
+                              ("imported", _IMPORTED)):
             match = pattern.search(line)
             if match:
                 events.append(LogEvent(kind, match.group(1)))

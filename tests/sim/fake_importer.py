@@ -23,7 +23,9 @@ next one half uploaded), OMERO_CLI_EXT_SIM_HANG=1 (sleep forever after the first
 OMERO_CLI_EXT_SIM_FAIL_PATTERN=glob (filesets whose main file path or name matches fail server-side),
 OMERO_CLI_EXT_SIM_UPLOAD_FAIL_PATTERN=glob (the upload of a used file whose name matches fails
 client-side: `FILE_EXCEPTION: <that file>`, as ImportLibrary.uploadFile reports it, upload unverified),
-OMERO_CLI_EXT_SIM_SECONDS_PER_FILESET=float (busy time per fileset).
+OMERO_CLI_EXT_SIM_SECONDS_PER_FILESET=float (busy time per fileset),
+OMERO_CLI_EXT_SIM_UPLOAD_SECONDS=float (each file's bytes arrive in tenths over this time, with
+nothing printed between FILE_UPLOAD_STARTED and FILE_UPLOAD_COMPLETE, as a big file's upload).
 """
 from __future__ import annotations
 
@@ -375,6 +377,10 @@ def import_one(sim, user, group, cand, target, settings, counts, fail_pattern) -
             log("ERROR", HANDLER, "FILE_EXCEPTION: %s\njava.io.IOException: upload failed "
                 "(OMERO_CLI_EXT_SIM_UPLOAD_FAIL_PATTERN)" % path)
             return False
+        upload_seconds = float(os.environ.get(ENV + "UPLOAD_SECONDS") or 0)
+        for step in range(1, 10 if upload_seconds else 1):   # bytes arrive, nothing printed
+            sim.store_file(fid, i, partial=True, fraction=step / 10)
+            time.sleep(upload_seconds / 9)
         sim.store_file(fid, i)
         log("INFO", MONITOR, "FILE_UPLOAD_COMPLETE: %s" % path)
         counts["files"] += 1

@@ -610,10 +610,12 @@ class SimServer:
             raise KeyError("no import of fileset %d" % fid)
         return row
 
-    def store_file(self, fid: int, index: int, *, partial: bool = False) -> None:
+    def store_file(self, fid: int, index: int, *, partial: bool = False,
+                   fraction: float = 0.5) -> None:
         """Transfer used file `index` into the repository (RawFileStore writes, or the in-place
-        transfer's link/copy). `partial` stops halfway, as a client that dies mid-upload: the bytes
-        so far are on disk, OriginalFile.size/hash stay unset."""
+        transfer's link/copy). `partial` stops after `fraction` of the bytes, as a client still
+        uploading or dead mid-upload: the bytes so far are on disk, OriginalFile.size/hash stay
+        unset."""
         with self.transaction():
             transfer = self._import_row(fid)[0]
             of_id, path, name, hasher, source = self._entries(fid)[index]
@@ -623,7 +625,7 @@ class SimServer:
                 if transfer in ("ln", "ln_rm", "ln_s"):
                     return   # a link is made whole or not at all
                 with open(source, "rb") as src, open(dest, "wb") as out:
-                    out.write(src.read(max(1, os.path.getsize(source) // 2)))
+                    out.write(src.read(max(1, int(os.path.getsize(source) * fraction))))
                 return
             if transfer == "ln_s":
                 os.symlink(source, dest)
