@@ -108,22 +108,20 @@ def key(dest_st: os.stat_result) -> str:
 
 def open_for(root_fd: int, dest_st: os.stat_result, create: bool) -> Optional[int]:
     """DEST's state directory (made when `create`), or None when it has none."""
-    name = key(dest_st)
     try:
-        fd = _open_child(root_fd, name, f"the state directory {name}", create)
+        return _open_private(root_fd, key(dest_st), create)
     except FileNotFoundError:
         return None
-    try:
-        _check_private(fd, f"the state directory {name}")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def open_for_name(root_fd: int, name: str) -> int:
     """An existing state subdirectory by name (checked like open_for)."""
-    fd = _open_child(root_fd, name, f"the state directory {name}", False)
+    return _open_private(root_fd, name, False)
+
+
+def _open_private(root_fd: int, name: str, create: bool) -> int:
+    """A state subdirectory, checked private (closed again when it is not)."""
+    fd = _open_child(root_fd, name, f"the state directory {name}", create)
     try:
         _check_private(fd, f"the state directory {name}")
     except BaseException:

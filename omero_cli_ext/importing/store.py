@@ -219,13 +219,22 @@ class JobStore:
         self.journal.execute("UPDATE import_job SET identity = ? WHERE job = ? AND identity IS NULL",
                              (json.dumps(identity, sort_keys=True), self.job))
 
+    def _insert_planned(self, filesets: Sequence[PlannedFileset], chunks: dict, now: str) -> None:
+        """The plan's fileset and chunk rows (inside the caller's transaction)."""
+        self.journal.executemany(
+            "INSERT INTO import_fileset (job, idx, chunk, main, files, nfiles, size, reader, "
+            "spw, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
+            [(self.job, fs.idx, fs.chunk, path_text(fs.main), json.dumps(list(fs.files)),
+              len(fs.files), fs.size, fs.reader, int(fs.spw), now) for fs in filesets])
+        self.journal.executemany(
+            "INSERT INTO import_chunk (job, chunk, state, filesets, bytes, attempts) "
+            "VALUES (?, ?, 'pending', ?, ?, 0)",
+            [(self.job, chunk, count, size) for chunk, (count, size) in sorted(chunks.items())])
+
     def create(self, record: JobRecord, filesets: Sequence[PlannedFileset]) -> None:
         """The whole plan in one transaction: a job exists completely or not at all."""
         now = iso(utc_now())
-        chunks: dict = {}
-        for fs in filesets:
-            count, size = chunks.get(fs.chunk, (0, 0))
-            chunks[fs.chunk] = (count + 1, size + fs.size)
+        chunks = _chunk_totals(filesets)
         with self.journal.transaction():
             self.journal.execute(
                 "INSERT INTO import_job (job, created, user_name, owner_id, paths, target, "
@@ -236,16 +245,7 @@ class JobStore:
                  plain_text(record.command), record.chunk_size, record.chunk_bytes, record.filesets,
                  record.bytes, record.chunks,
                  json.dumps(record.identity, sort_keys=True) if record.identity else None))
-            self.journal.executemany(
-                "INSERT INTO import_fileset (job, idx, chunk, main, files, nfiles, size, reader, "
-                "spw, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
-                [(self.job, fs.idx, fs.chunk, path_text(fs.main), json.dumps(list(fs.files)),
-                  len(fs.files),
-                  fs.size, fs.reader, int(fs.spw), now) for fs in filesets])
-            self.journal.executemany(
-                "INSERT INTO import_chunk (job, chunk, state, filesets, bytes, attempts) "
-                "VALUES (?, ?, 'pending', ?, ?, 0)",
-                [(self.job, chunk, count, size) for chunk, (count, size) in sorted(chunks.items())])
+            self._insert_planned(filesets, chunks, now)
 
     def filesets(self, idxs: Iterable[int]) -> list:
         wanted = sorted(set(idxs))
@@ -497,21 +497,9 @@ class JobStore:
     def extend(self, filesets: Sequence[PlannedFileset]) -> None:
         """Add filesets (new chunks) to the plan in one transaction (--rescan)."""
         now = iso(utc_now())
-        chunks: dict = {}
-        for fs in filesets:
-            count, size = chunks.get(fs.chunk, (0, 0))
-            chunks[fs.chunk] = (count + 1, size + fs.size)
+        chunks = _chunk_totals(filesets)
         with self.journal.transaction():
-            self.journal.executemany(
-                "INSERT INTO import_fileset (job, idx, chunk, main, files, nfiles, size, reader, "
-                "spw, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
-                [(self.job, fs.idx, fs.chunk, path_text(fs.main), json.dumps(list(fs.files)),
-                  len(fs.files),
-                  fs.size, fs.reader, int(fs.spw), now) for fs in filesets])
-            self.journal.executemany(
-                "INSERT INTO import_chunk (job, chunk, state, filesets, bytes, attempts) "
-                "VALUES (?, ?, 'pending', ?, ?, 0)",
-                [(self.job, chunk, count, size) for chunk, (count, size) in sorted(chunks.items())])
+            self._insert_planned(filesets, chunks, now)
             self.journal.execute(
                 "UPDATE import_job SET filesets = filesets + ?, bytes = bytes + ?, "
                 "chunks = chunks + ? WHERE job = ?",
@@ -556,3 +544,12 @@ class JobStore:
         return [tuple(r) for r in self.journal.query(
             "SELECT fileset_id, idx FROM import_ghost WHERE job = ? AND state = ? "
             "ORDER BY fileset_id", (self.job, state))]
+
+
+def _chunk_totals(filesets: Sequence[PlannedFileset]) -> dict:
+    """chunk -> (filesets, bytes) of a plan."""
+    chunks: dict = {}
+    for fs in filesets:
+        count, size = chunks.get(fs.chunk, (0, 0))
+        chunks[fs.chunk] = (count + 1, size + fs.size)
+    return chunks
