@@ -128,8 +128,12 @@ HQL_FILESET_CREATED = (
     "select fs.id, fs.details.creationEvent.time from Fileset fs where fs.id in (:ids)")
 
 HQL_FILESET_JOBS = (
-    "select l from FilesetJobLink l join fetch l.child j join fetch j.status s"
-    " where l.parent.id in (:ids)")
+    "select l.parent.id, j.id, s.value, j.submitted, j.started, j.finished, j.message"
+    " from FilesetJobLink l join l.child j join j.status s where l.parent.id in (:ids)")
+
+HQL_FILESET_UPLOAD_JOBS = (
+    "select l.child.id from FilesetJobLink l, UploadJob u"
+    " where u.id = l.child.id and l.parent.id in (:ids)")
 
 HQL_IMPORT_LOGS = (
     "select l.parent.id, f.id, f.size, f.path, f.name from FilesetJobLink l join l.child j"
@@ -320,11 +324,6 @@ def _transfer_name(text: str | None) -> str | None:
     if not text:
         return None
     return TRANSFERS.get(text, text) or None
-
-
-def _job_kind(job) -> str:
-    name = type(job).__name__
-    return name[:-1] if name.endswith("I") else name
 
 
 def _ids_params(ids: Sequence[int]) -> ParametersI:
@@ -594,13 +593,14 @@ class OmeroPort:
             params = _ids_params(page)
             created = dict(unwrap(self._projection(HQL_FILESET_CREATED, params, "reading filesets")))
             jobs: dict[int, list] = {}
-            for link in self._find_all(HQL_FILESET_JOBS, params, "reading import jobs"):
-                job = link.child
-                fs_id = link.parent.id.val
+            uploads = {job_id for (job_id,) in unwrap(self._projection(
+                HQL_FILESET_UPLOAD_JOBS, params, "finding upload jobs"))}
+            for fs_id, job_id, status, submitted, started, finished, message in unwrap(
+                    self._projection(HQL_FILESET_JOBS, params, "reading import jobs")):
+                kind = server.UPLOAD_JOB if job_id in uploads else server.OTHER_JOB
                 jobs.setdefault(fs_id, []).append(Job(
-                    id=job.id.val, fileset_id=fs_id, kind=_job_kind(job), status=job.status.value.val,
-                    submitted=_time(_val(job.submitted)), started=_time(_val(job.started)),
-                    finished=_time(_val(job.finished)), message=_val(job.message) or ""))
+                    id=job_id, fileset_id=fs_id, kind=kind, status=status, submitted=_time(submitted), started=_time(started),
+                    finished=_time(finished), message=message or ""))
             counts = dict(unwrap(self._projection(HQL_IMAGE_COUNTS, params, "counting images")))
             logs = {fs_id: (log_id, size, (path or "") + (name or ""))
                     for fs_id, log_id, size, path, name in unwrap(self._projection(

@@ -18,6 +18,9 @@ JOB_STATUSES = ("Submitted", "Resubmitted", "Queued", "Requeued", "Running",
 # Job subclasses an import creates, in the order the server runs them (jobs.ome.xml)
 IMPORT_JOB_CLASSES = ("UploadJob", "MetadataImportJob", "PixelDataJob",
                       "ThumbnailGenerationJob", "IndexingJob")
+# Job.kind as the port tells it: the client's UploadJob, or "Job" for any other (server) job
+UPLOAD_JOB = "UploadJob"
+OTHER_JOB = "Job"
 # ChecksumAlgorithm values (mappings/fs.ome.xml enum ChecksumAlgorithm)
 HASHERS = ("Adler-32", "CRC-32", "MD5-128", "Murmur3-32", "Murmur3-128", "SHA1-160", "File-Size-64")
 # Container classes an object reference may name
@@ -131,7 +134,7 @@ class Job:
     """A Job linked to a fileset via FilesetJobLink."""
     id: int
     fileset_id: int
-    kind: str             # one of IMPORT_JOB_CLASSES
+    kind: str             # UPLOAD_JOB or OTHER_JOB
     status: str           # one of JOB_STATUSES
     submitted: Optional[_dt.datetime] = None
     started: Optional[_dt.datetime] = None

@@ -470,25 +470,12 @@ def test_filesets_by_client_paths(srv):
     assert srv.port.filesets_by_client_paths(["d/a.fake", "d/b.fake"], 7) == {"d/a.fake": (1, 4)}
 
 
-def _job(cls, job_id, status, fs_id, submitted=None, finished=None):
-    job = cls(job_id, True)
-    s = omero.model.JobStatusI(1, True)
-    s.value = rstring(status)
-    job.status = s
-    job.message = rstring("")
-    job.submitted = rtime(submitted) if submitted else None
-    job.finished = rtime(finished) if finished else None
-    link = omero.model.FilesetJobLinkI(100 + job_id, True)
-    link.parent = omero.model.FilesetI(fs_id, False)
-    link.child = job
-    return link
-
-
 def test_activity_combines_jobs_images_log_and_events(srv):
-    links = [_job(omero.model.UploadJobI, 1, "Finished", 5, submitted=T0, finished=T0 + 10),
-             _job(omero.model.MetadataImportJobI, 2, "Submitted", 5, submitted=T0)]
     srv.answers[adapter.HQL_FILESET_CREATED] = lambda p: [[rlong(5), rtime(T0)]]
-    srv.answers[adapter.HQL_FILESET_JOBS] = lambda p: links
+    srv.answers[adapter.HQL_FILESET_JOBS] = lambda p: [
+        [rlong(5), rlong(1), rstring("Finished"), rtime(T0), None, rtime(T0 + 10), rstring("")],
+        [rlong(5), rlong(2), rstring("Submitted"), rtime(T0), None, None, None]]
+    srv.answers[adapter.HQL_FILESET_UPLOAD_JOBS] = lambda p: [[rlong(1)]]
     srv.answers[adapter.HQL_IMAGE_COUNTS] = lambda p: [[rlong(5), rlong(3)]]
     srv.answers[adapter.HQL_IMPORT_LOGS] = lambda p: (
         [[rlong(5), rlong(77), rlong(4096), rstring("alice_7/2024-01/02/"),
@@ -507,8 +494,11 @@ def test_activity_combines_jobs_images_log_and_events(srv):
     assert list(act) == [5]
     a = act[5]
     assert [(j.kind, j.status, j.fileset_id) for j in a.jobs] == [
-        ("UploadJob", "Finished", 5), ("MetadataImportJob", "Submitted", 5)]
+        ("UploadJob", "Finished", 5), ("Job", "Submitted", 5)]
     assert a.jobs[0].finished == when(T0 + 10) and a.jobs[1].finished is None
+    assert a.jobs[0].submitted == when(T0) and a.jobs[0].started is None and a.jobs[1].message == ""
+    assert [ids_of(c.args[1]) for c in srv.calls(adapter.HQL_FILESET_UPLOAD_JOBS)] == [[5, 6]]
+    assert srv.query.findAllByQuery.call_args_list == []   # scalar rows only, no Job objects
     assert a.image_count == 3
     assert a.log == server.ImportLog(fileset_id=5, original_file_id=77, size=4096, updated=when(T0 + 500),
                                      updates=2, repo_path="alice_7/2024-01/02/03-04-05.678.log")
@@ -519,8 +509,8 @@ def test_activity_combines_jobs_images_log_and_events(srv):
 
 def test_activity_without_log_skips_the_eventlog_query_for_it(srv):
     srv.answers[adapter.HQL_FILESET_CREATED] = lambda p: [[rlong(5), rtime(T0)]]
-    for hql in (adapter.HQL_FILESET_JOBS, adapter.HQL_IMAGE_COUNTS, adapter.HQL_IMPORT_LOGS,
-                adapter.HQL_LAST_JOB_EVENTS, adapter.HQL_LAST_IMAGE_EVENTS):
+    for hql in (adapter.HQL_FILESET_JOBS, adapter.HQL_FILESET_UPLOAD_JOBS, adapter.HQL_IMAGE_COUNTS,
+                adapter.HQL_IMPORT_LOGS, adapter.HQL_LAST_JOB_EVENTS, adapter.HQL_LAST_IMAGE_EVENTS):
         srv.answers[hql] = lambda p: []
     a = srv.port.activity([5])[5]
     assert (a.jobs, a.image_count, a.log, a.last_event) == ((), 0, None, when(T0))

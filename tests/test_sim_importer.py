@@ -176,8 +176,9 @@ def test_checksum_and_thumbnail_options(world):
     fileset = sim.port("alice").filesets([fid])[fid]
     assert fileset.entries[0].original_file.hasher == "File-Size-64"
     assert fileset.entries[0].original_file.hash == "0600000000000000"   # 6 bytes, little-endian
-    kinds = [j.kind for j in sim.port("alice").activity([fid])[fid].jobs]
-    assert "ThumbnailGenerationJob" not in kinds
+    kinds = [kind for (kind,) in sim.query("SELECT j.kind FROM FilesetJobLink l JOIN Job j "
+                                           "ON j.id = l.child WHERE l.parent = ?", (fid,))]
+    assert "UploadJob" in kinds and "ThumbnailGenerationJob" not in kinds
 
 
 def test_default_output_prints_ids(world):

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from omero_cli_ext.server import (
-    FilesetQuery, NotFound, PermissionDenied, RunningImport, ServerPort, MIMETYPE_DIRECTORY,
-    MIMETYPE_IMPORT_LOG,
+    IMPORT_JOB_CLASSES, FilesetQuery, NotFound, PermissionDenied, RunningImport, ServerPort,
+    MIMETYPE_DIRECTORY, MIMETYPE_IMPORT_LOG,
 )
 from sim.server import SimServer, IMPORT_STEPS
 
@@ -141,8 +141,11 @@ def test_only_the_upload_job_changes_and_steps_save_the_log_size(sim, tmp_path):
     port = sim.port("owner")
     act = port.activity([fid])[fid]
     assert [(j.kind, j.status) for j in act.jobs] == [
-        ("UploadJob", "Finished"), ("MetadataImportJob", "Submitted"), ("PixelDataJob", "Submitted"),
-        ("ThumbnailGenerationJob", "Submitted"), ("IndexingJob", "Submitted")]
+        ("UploadJob", "Finished"), ("Job", "Submitted"), ("Job", "Submitted"),
+        ("Job", "Submitted"), ("Job", "Submitted")]
+    assert [kind for (kind,) in sim.query(
+        "SELECT j.kind FROM FilesetJobLink l JOIN Job j ON j.id = l.child WHERE l.parent = ? "
+        "ORDER BY l.id", (fid,))] == list(IMPORT_JOB_CLASSES)
     assert act.image_count == 0 and act.log.size == 0 and act.log.updates == 0
     sizes = []
     for step in range(1, len(IMPORT_STEPS) + 1):
@@ -375,14 +378,14 @@ def test_port_protocol_and_round_trips(sim, tmp_path):
     assert sim.round_trips == 3 + 4
     port.filesets(range(1, 2201), image_counts=False)   # no counting query
     assert sim.round_trips == 7 + 3 + 3
-    port.activity([fid])                          # six queries and one for its import log
+    port.activity([fid])                          # seven queries and one for its import log
     port.current_user()
     assert port.server_time() == sim.now()
-    assert SimServer(sim.root).round_trips == 22  # persisted, shared by every process
+    assert SimServer(sim.root).round_trips == 23  # persisted, shared by every process
     reader = port.open_original_file(
         port.filesets([fid], image_counts=False)[fid].entries[0].original_file.id)
     reader.read(0, 4)
-    assert sim.round_trips == 28                  # filesets (4) + open + one read
+    assert sim.round_trips == 29                  # filesets (4) + open + one read
 
 
 def test_filesets_by_client_paths_and_find_since(sim, tmp_path):

@@ -28,8 +28,8 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from omero_cli_ext.pathrules import client_path
 from omero_cli_ext.importing.store import Ownership
+from omero_cli_ext.server import UPLOAD_JOB
 
-UPLOAD_JOB = "UploadJob"
 FINISHED = "Finished"
 DEAD_JOB_STATUSES = ("Error", "Cancelled")
 SPAN_MARGIN = _dt.timedelta(seconds=5)   # the driver's estimate of the server clock may lag this

@@ -73,7 +73,7 @@ DATA_MIMETYPE = "application/octet-stream"   # the database default for Original
 PAGE = 500                                   # ids per `in (:ids)` page of the real adapter
 FILESET_PAGE = 1000                          # its pages of Port.filesets (FILESET_PAGE_SIZE)
 ENTRY_PAGE = 5000                            # its entries per answer (ENTRY_PAGE_SIZE)
-ACTIVITY_QUERIES = 6                         # its queries per page of Port.activity
+ACTIVITY_QUERIES = 7                         # its queries per page of Port.activity
 START_TIME = _dt.datetime(2026, 11, 27, 15, 58, 1, 123000, tzinfo=_dt.timezone.utc)
 _TIME_FMT = "%Y-%m-%dT%H:%M:%S.%f"
 
@@ -1213,8 +1213,10 @@ class SimPort:
         return found
 
     def activity(self, fileset_ids: Iterable[int]) -> Mapping[int, FilesetActivity]:
-        """Round trips as the adapter's: per page of ids six queries (filesets, jobs, image
-        counts, import logs, job events, image events), a seventh when the page has logs."""
+        """Round trips as the adapter's: per page of ids seven queries (filesets, upload jobs,
+        jobs, image counts, import logs, job events, image events), an eighth when the page has
+        logs. A job's kind is UploadJob or, for every other subclass, Job (the adapter tells only
+        UploadJobs apart)."""
         self._check_open()
         ids = list(fileset_ids)
         self._server._count(ACTIVITY_QUERIES * _pages(len(set(ids))))
@@ -1229,8 +1231,9 @@ class SimPort:
                     "SELECT l.parent, j.id, j.kind, j.status, j.submitted, j.started, j.finished, "
                     "j.message FROM FilesetJobLink l JOIN Job j ON j.id = l.child "
                     "WHERE l.parent IN (%s) ORDER BY l.parent, l.id" % self._PAGE_IDS, (page_json,)):
+                kind = port_api.UPLOAD_JOB if r[2] == port_api.UPLOAD_JOB else port_api.OTHER_JOB
                 jobs.setdefault(r[0], []).append(Job(
-                    id=r[1], fileset_id=r[0], kind=r[2], status=r[3], submitted=_parse(r[4]),
+                    id=r[1], fileset_id=r[0], kind=kind, status=r[3], submitted=_parse(r[4]),
                     started=_parse(r[5]), finished=_parse(r[6]), message=r[7]))
             logs: dict = {}
             for fid, of_id, size, updated, updates, repo_path in self._db.execute(
