@@ -41,8 +41,8 @@ def schemas():
 
 
 def validate(attrs: dict, kind: str) -> None:
+    loaded, registry = schemas()      # skips first where the schema tools are not installed
     import jsonschema
-    loaded, registry = schemas()
     jsonschema.Draft202012Validator(loaded["strict_%s.schema" % kind],
                                     registry=registry).validate(attrs)
 
