@@ -14,7 +14,8 @@ from typing import Optional, Protocol
 
 from omero_cli_ext import pathrules
 from omero_cli_ext.server import (
-    GROUP_LEVELS, IMPORT_JOB_CLASSES, OTHER_JOB, UPLOAD_JOB, FilesetQuery, PermissionDenied, ServerPort,
+    GROUP_LEVELS, IMPORT_JOB_CLASSES, OTHER_JOB, UPLOAD_JOB, FilesetQuery, PermissionDenied,
+    RunningImport, ServerError, ServerPort,
 )
 
 
@@ -31,9 +32,23 @@ class World(Protocol):
     def import_fake(self, owner: str, group: str, name: str, *, dataset: Optional[int] = None) -> tuple:
         """Write a small `<name>.fake` file and import it (upload); returns (fileset id, local path)."""
 
+    def start_upload(self, owner: str, name: str) -> tuple:
+        """Start importing a small `<name>.fake` in the owner's default group as the Java importer
+        does (ManagedRepository.importFileset, then half of the file written through its
+        uploader) and stop before verifyUpload. Returns (a port on that importer's session, a
+        callable that closes the uploader and the ImportProcess)."""
+
     def port(self, user: str) -> ServerPort: ...
 
+    def timed_port(self, user: str, *, time_to_live_ms: int = 0, time_to_idle_ms: int = 0
+                   ) -> ServerPort:
+        """A port on a session that an admin created for `user` with these timeouts
+        (ISession.createSessionWithTimeouts; 0 is no limit)."""
+
     def admin_port(self) -> ServerPort: ...
+
+    def wait(self, seconds: float) -> None:
+        """Let `seconds` pass on the server's clock."""
 
 
 def _sha1(path: str) -> str:
@@ -216,6 +231,62 @@ def scenario_group_leader_reads_links_and_sudoes_members(world: World) -> None:
             raise AssertionError("a group leader created a session for a user of another group")
     finally:
         port.close()
+
+
+def scenario_live_upload_answers_only_its_own_session(world: World) -> None:
+    """While a client uploads (importFileset done, verifyUpload not yet), its ImportProcess is
+    listed to every session of the fileset's group members that can edit it, but only the
+    importer's own session may ask it anything: there it is live with no fileset yet
+    (getHandle is null before verifyUpload); from the owner's other login it is
+    `own_session=False`; a user of another group does not see it (listImports filters by
+    memberOfGroups). Once closed, its own session leaves it out (ObjectNotExistException) and
+    the other login still lists it (ProcessContainer never removes a process)."""
+    group = world.add_group("live", "rw----")
+    elsewhere = world.add_group("live-other", "rw----")
+    owner = world.add_user("live-owner", [group])
+    stranger = world.add_user("live-stranger", [elsewhere])
+    importer, close_process = world.start_upload(owner, "live")
+    other_login, outsider = world.port(owner), world.port(stranger)
+    try:
+        assert [r for r in importer.running_imports() if r.own_session] == [
+            RunningImport(fileset_id=0)]
+        foreign = [RunningImport(fileset_id=0, own_session=False)]
+        assert other_login.running_imports() == foreign
+        assert outsider.running_imports() == []
+        close_process()
+        assert importer.running_imports() == []
+        assert other_login.running_imports() == foreign
+    finally:
+        for port in (importer, other_login, outsider):
+            port.close()
+
+
+def scenario_session_timeouts_end_a_session(world: World) -> None:
+    """A session's time to live is a hard lifetime, whatever its use; its time to idle ends it
+    only after that long without a call (SessionCache: `0 < timeToLive < alive`, then
+    `0 < timeToIdle < idle`, checked on each call, which also renews the access time)."""
+    group = world.add_group("timeouts", "rw----")
+    user = world.add_user("timeouts-user", [group])
+    lived = world.timed_port(user, time_to_live_ms=3000)
+    idled = world.timed_port(user, time_to_idle_ms=3000)
+    try:
+        for _ in range(3):       # 4.5 s in all, never 3 s without a call on `idled`
+            world.wait(1.5)
+            assert idled.current_user().name == user
+        _assert_expired(lived)
+        world.wait(4)
+        _assert_expired(idled)
+    finally:
+        lived.close()
+        idled.close()
+
+
+def _assert_expired(port: ServerPort) -> None:
+    try:
+        port.current_user()
+    except ServerError:
+        return
+    raise AssertionError("a session outlived its timeout")
 
 
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in sorted(globals().items())

@@ -37,19 +37,36 @@ class SimWorld:
             self._projects[project] = project_id
         return self.sim.add_dataset(name, owner, group, project=project_id)
 
-    def import_fake(self, owner, group, name, *, dataset=None):
+    def _fake_file(self, owner, name):
         path = os.path.join(self.data_dir, owner, f"{name}.fake")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as fh:
             fh.write(f"fake image {name}\n".encode())
+        return path
+
+    def import_fake(self, owner, group, name, *, dataset=None):
+        path = self._fake_file(owner, name)
         target = ("Dataset", dataset) if dataset is not None else None
         return self.sim.import_fileset(owner, [path], group=group, target=target), path
+
+    def start_upload(self, owner, name):
+        importer = self.sim.port(owner)
+        fileset = self.sim.create_import(owner, [self._fake_file(owner, name)],
+                                         session=importer.session_login()[2])
+        self.sim.store_file(fileset, 0, partial=True)
+        return importer, lambda: self.sim.close_import_process(fileset)
 
     def port(self, user):
         return self.sim.port(user)
 
+    def timed_port(self, user, *, time_to_live_ms=0, time_to_idle_ms=0):
+        return self.sim.port(user, time_to_live_ms=time_to_live_ms, time_to_idle_ms=time_to_idle_ms)
+
     def admin_port(self):
         return self.sim.port(ADMIN)
+
+    def wait(self, seconds):
+        self.sim.advance(seconds)
 
 
 @pytest.fixture

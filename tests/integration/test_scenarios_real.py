@@ -7,12 +7,14 @@ FakeReader.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
 import yaml
 
 import scenarios
+from omero_cli_ext import pathrules
 
 PASSWORD = "omero-cli-ext-test"
 
@@ -82,13 +84,17 @@ class RealWorld:
             update.saveAndReturnObject(container, ctx)
         return dataset.id.val
 
-    def import_fake(self, owner, group, name, *, dataset=None):
-        from omero.cli import CLI
+    def _fake_file(self, owner, name):
         folder = os.path.join(self.data_dir, owner)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{name}.fake")
         with open(path, "wb") as fh:
             fh.write(f"fake image {name}\n".encode())
+        return path
+
+    def import_fake(self, owner, group, name, *, dataset=None):
+        from omero.cli import CLI
+        path = self._fake_file(owner, name)
         out, err = path + ".yaml", path + ".err"
         argv = ["import", "-s", self.host, "-p", str(self.port_number), "-u", owner, "-w", PASSWORD,
                 "-g", group, "--output", "yaml", "--file", out, "--errs", err]
@@ -102,15 +108,60 @@ class RealWorld:
         (result,) = [item for doc in documents for item in doc]
         return int(result["Fileset"]), path
 
-    def port(self, user):
+    def start_upload(self, owner, name):
+        """As omero-py's testlib (create_fileset, create_settings, upload_folder) drives
+        ManagedRepository.importFileset, stopping before verifyUpload."""
+        import omero.grid
+        from omero.model import ChecksumAlgorithmI, FilesetEntryI, FilesetI, UploadJobI
+        from omero.model.enums import ChecksumAlgorithmSHA1160
+        from omero.rtypes import rbool, rstring
+        path = self._fake_file(owner, name)
+        client = self._session(owner)
+        fileset = FilesetI()
+        entry = FilesetEntryI()
+        entry.setClientPath(rstring(pathrules.client_path(path)))
+        fileset.addFilesetEntry(entry)
+        fileset.linkJob(UploadJobI())
+        settings = omero.grid.ImportSettings()
+        settings.doThumbnails, settings.noStatsInfo = rbool(True), rbool(False)
+        settings.checksumAlgorithm = ChecksumAlgorithmI()
+        settings.checksumAlgorithm.value = rstring(ChecksumAlgorithmSHA1160)
+        process = client.getManagedRepository().importFileset(fileset, settings)
+        uploader = process.getUploader(0)
+        with open(path, "rb") as fh:
+            data = fh.read()
+        uploader.write(data[:len(data) // 2], 0, len(data) // 2)
+
+        def close_process():
+            uploader.close()
+            process.close()
+        return self._own(client), close_process
+
+    def _own(self, client):
+        """A port that owns `client` (its close() ends the session)."""
         from omero_cli_ext.omero_adapter import OmeroPort
-        client = self._session(user)
         self._clients.remove(client)
         return OmeroPort(client, owns_client=True)
+
+    def port(self, user):
+        return self._own(self._session(user))
+
+    def timed_port(self, user, *, time_to_live_ms=0, time_to_idle_ms=0):
+        experimenter = self.admin.lookupExperimenter(user)
+        group = self.admin.getDefaultGroup(experimenter.id.val).name.val
+        session = self.root.sf.getSessionService().createSessionWithTimeouts(
+            self._omero.sys.Principal(user, group, "User"), time_to_live_ms, time_to_idle_ms)
+        client = self._omero.client(self.host, self.port_number)
+        client.joinSession(session.getUuid().val)
+        self._clients.append(client)
+        return self._own(client)
 
     def admin_port(self):
         from omero_cli_ext.omero_adapter import OmeroPort
         return OmeroPort(self.root)
+
+    def wait(self, seconds):
+        time.sleep(seconds)
 
     def close(self):
         for client in self._clients:
