@@ -135,6 +135,40 @@ def _parent(path):
     return os.path.dirname(os.path.abspath(path))
 
 
+# --------------------------------------------------------------------------- reads
+
+class NotRegularFile(OSError):
+    """What `read_regular` found is not a plain file to read: a symlink (ELOOP), a FIFO, device
+    or directory (EINVAL), or a file larger than the limit (EFBIG). Callers map it to their own
+    error and message."""
+
+
+def read_regular(dir_fd: int, name: str, limit: Optional[int] = None) -> Optional[bytes]:
+    """The bytes of the regular file `name` in the directory open as `dir_fd`, None when absent.
+    Never through a symlink, never a FIFO or device (O_NOFOLLOW|O_NONBLOCK, then fstat), never
+    more than `limit` bytes in memory (a larger file raises): a file someone else controls is
+    read safely."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise NotRegularFile(err.errno, "a symlink", name) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", name)
+        if limit is not None and st.st_size > limit:
+            raise NotRegularFile(errno.EFBIG, "larger than the limit", name)
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            return stream.read() if limit is None else stream.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
 # --------------------------------------------------------------------------- sync and writes
 
 def fsync_dir(path) -> None:

@@ -184,25 +184,18 @@ def fd_path(dir_fd: int, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
+_NOT_READ = {errno.ELOOP: "is a symlink; not following it",
+             errno.EINVAL: "is not a regular file",
+             errno.EFBIG: "is larger than any manifest"}
+
+
 def _read(dir_fd: int, name: str, where: str, limit: Optional[int] = None) -> Optional[bytes]:
-    """The bytes of the regular file `name` (never through a symlink, never a fifo or device:
-    O_NOFOLLOW|O_NONBLOCK, then fstat; at most `limit` bytes), None when there is none."""
+    """The bytes of the regular file `name` (fsops.read_regular: never through a symlink, never
+    a fifo or device, at most `limit` bytes), None when there is none."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise ManifestError(f"{name} in {where} is a symlink; not following it") from None
-        raise
-    with os.fdopen(fd, "rb") as stream:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ManifestError(f"{name} in {where} is not a regular file")
-        if limit is not None and st.st_size > limit:
-            raise ManifestError(f"{name} in {where} is larger than any manifest")
-        return stream.read(limit if limit is not None else -1)
+        return fsops.read_regular(dir_fd, name, limit)
+    except fsops.NotRegularFile as err:
+        raise ManifestError(f"{name} in {where} {_NOT_READ[err.errno]}") from None
 
 
 def load(state_fd: int) -> Optional[Manifest]:

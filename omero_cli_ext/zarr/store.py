@@ -94,24 +94,11 @@ def read_file(dir_fd: int, name: str, limit: Optional[int] = None) -> Optional[b
     symlink, a FIFO that would block the read, a directory) raises NotOurs, and so does a file
     larger than `limit` bytes (a file planted in DEST is never read whole into memory)."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise NotOurs(err.errno, "not a file made by the export", name) from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotOurs(errno.EINVAL, "not a file made by the export", name)
-        if limit is not None and st.st_size > limit:
-            raise NotOurs(errno.EFBIG, "larger than any file the export writes there", name)
-        with os.fdopen(fd, "rb", closefd=False) as stream:
-            return stream.read() if limit is None else stream.read(limit + 1)
-    finally:
-        os.close(fd)
+        return fsops.read_regular(dir_fd, name, limit)
+    except fsops.NotRegularFile as err:
+        why = ("larger than any file the export writes there" if err.errno == errno.EFBIG
+               else "not a file made by the export")
+        raise NotOurs(err.errno, why, name) from None
 
 
 def json_bytes(doc) -> bytes:
