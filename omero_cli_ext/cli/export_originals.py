@@ -17,112 +17,21 @@ import sys
 from omero_cli_ext import fsops
 from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, collector_paused, open_port,
                                     server_errors)
+from omero_cli_ext.cli.export_common import (EXIT_DEST, EXIT_FULL, EXIT_INTERRUPTED,
+                                             EXIT_NOT_EXPORTED, EXIT_OWNER, EXIT_SOME_MISSING,
+                                             QuietPipe, check_apart, close_run, create_dest,
+                                             dir_mode_warning, open_control, open_existing_dest,
+                                             read_owner_map, resolve_owner)
 from omero_cli_ext.export import (asuser, control as control_io, dest as dest_io,
-                                  manifest as manifest_io, state)
+                                  manifest as manifest_io)
 from omero_cli_ext.export.execute import Exporter, Options
 from omero_cli_ext.export.plan import BadObject, format_ref, parse_objects, plan_layout, resolve
 from omero_cli_ext.output import Output, printable
 
-EXIT_DEST = 3
-EXIT_OWNER = 4
-EXIT_SOME_MISSING = 5
-EXIT_FULL = 6
-EXIT_NOT_EXPORTED = 7
 EXIT_VERIFY = 8
-EXIT_BUSY = 9
-EXIT_INTERRUPTED = 10
-
-
-class _QuietPipe:
-    """stdout that a closed reader (`| head`) cannot stop: the run goes on to its own end and
-    exit code; what it would still print goes to /dev/null."""
-
-    def __init__(self, stream):
-        self._stream = stream
-        self.closed_by_reader = False
-
-    def write(self, text):
-        if not self.closed_by_reader:
-            try:
-                return self._stream.write(text)
-            except BrokenPipeError:
-                self._closed()
-        return len(text)
-
-    def flush(self):
-        if not self.closed_by_reader:
-            try:
-                self._stream.flush()
-            except BrokenPipeError:
-                self._closed()
-
-    def _closed(self):
-        self.closed_by_reader = True
-        try:
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, self._stream.fileno())
-            os.close(null)
-        except (OSError, ValueError, AttributeError):
-            pass
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
 
 
 # --------------------------------------------------------------------------- checks before any change
-
-def read_owner_map(ctx, path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            return asuser.parse_owner_map(stream.readlines())
-    except OSError as err:
-        ctx.die(EXIT_OWNER, f"cannot read the owner map {path}: {err.strerror}")
-    except ValueError as err:
-        ctx.die(EXIT_OWNER, f"{path}:{err}")
-
-
-def resolve_owner(ctx, args, omero_name: str, owner_map: dict):
-    """The DEST owner's passwd entry (asuser.dest_owner: as root, the acting user's own)."""
-    try:
-        return asuser.dest_owner(args.owner, omero_name, owner_map, bool(args.as_user),
-                                 bool(args.owner or args.owner_map))
-    except asuser.OwnerError as err:
-        ctx.die(EXIT_OWNER, str(err))
-
-
-def open_existing_dest(ctx, dest: str, strict):
-    """DEST's descriptor when it exists (None otherwise), resolved without following symlinks."""
-    try:
-        return dest_io.open_dest(dest, create=False, strict=strict)[0]
-    except dest_io.DestMissing:
-        return None
-    except dest_io.DestError as err:
-        ctx.die(EXIT_DEST, f"DEST unusable: {err}")
-
-
-def check_apart(ctx, dest_fd: int, dest: str, repo_roots, inside_only: bool = False) -> None:
-    for root in repo_roots:
-        try:
-            repo_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue     # not mounted on this host: nothing of it can be reached from DEST
-        try:
-            dest_io.check_apart(dest_fd, printable(dest), repo_fd, printable(root), inside_only)
-        except dest_io.DestError as err:
-            ctx.die(EXIT_DEST, str(err))
-        finally:
-            os.close(repo_fd)
-
-
-def open_control(ctx, control_files, dest_fd, create) -> None:
-    try:
-        control_files.open(dest_fd, create)
-    except state.StateError as err:
-        ctx.die(EXIT_DEST, f"the export's state directory: {err}")
-    except state.Busy:
-        ctx.die(EXIT_BUSY, "another export is running on this DEST; try later or give "
-                           "--wait SECONDS")
-
 
 def load_manifest(ctx, control_files, repository, user, sync, dest):
     try:
@@ -133,19 +42,11 @@ def load_manifest(ctx, control_files, repository, user, sync, dest):
         ctx.die(EXIT_DEST, str(err))
 
 
-def dir_mode_warning(out, args, owner) -> int:
-    """Warn (and count) when --dir-mode lets others than the DEST owner in."""
-    problem = asuser.dir_mode_problem(args.dir_mode, owner.pw_gid, owner.pw_name)
-    if problem:
-        out.warn(f"warning: --dir-mode {args.dir_mode:04o} {problem}")
-    return int(bool(problem))
-
-
 # --------------------------------------------------------------------------- the command
 
 def run_export(control, args):
     ctx = control.ctx
-    out = Output(json_mode=bool(args.json), stdout=_QuietPipe(sys.stdout))
+    out = Output(json_mode=bool(args.json), stdout=QuietPipe(sys.stdout))
     try:
         refs = parse_objects(args.obj)
     except BadObject as err:
@@ -191,15 +92,7 @@ def run_export(control, args):
             containers = (acting.containers_of(sorted(resolution.filesets))
                           if args.layout == "tree" and resolution.filesets else {})
             if dest_fd is None and not args.dry_run:
-                parent_fd = open_existing_dest(ctx, os.path.dirname(dest), strict)
-                if parent_fd is None:
-                    ctx.die(EXIT_DEST, f"the parent of DEST {printable(dest)} does not exist")
-                try:
-                    check_apart(ctx, parent_fd, dest, roots, inside_only=True)
-                finally:
-                    os.close(parent_fd)
-                dest_fd = _create_dest(ctx, dest, args, owner, strict)
-                check_apart(ctx, dest_fd, dest, roots)
+                dest_fd = create_dest(ctx, dest, args, roots, owner, strict)
                 open_control(ctx, control_files, dest_fd, create=True)
             keep = {}
             if manifest is None:
@@ -242,12 +135,7 @@ def run_export(control, args):
     finally:
         if reader is not None:
             reader.close()
-        control_files.close()
-        if dest_fd is not None:
-            os.close(dest_fd)
-        if acting is not port:
-            acting.close()
-        port.close()
+        close_run(control_files, dest_fd, acting, port)
     rc, message = _exit_code(result, resolution, revoking)
     _report_result(out, dest, args, plan, resolution, result, rc, warnings)
     if rc:
@@ -256,18 +144,6 @@ def run_export(control, args):
 
 def _gids(entry) -> set:
     return set(os.getgrouplist(entry.pw_name, entry.pw_gid))
-
-
-def _create_dest(ctx, dest, args, owner, strict) -> int:
-    try:
-        return dest_io.open_dest(dest, create=True, mode=args.dir_mode, owner=owner,
-                                 strict=strict)[0]
-    except dest_io.DestError as err:
-        ctx.die(EXIT_DEST, f"DEST unusable: {err}")
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            ctx.die(EXIT_FULL, f"no space left to create DEST ({err.strerror})")
-        ctx.die(EXIT_DEST, f"cannot create DEST: {err.strerror}")
 
 
 def _exit_code(result, resolution, revoking: bool) -> tuple:

@@ -19,13 +19,11 @@ import sys
 
 from omero_cli_ext import fsops
 from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_USAGE, open_port, server_errors
-from omero_cli_ext.cli.export_originals import (EXIT_DEST, EXIT_FULL, EXIT_NOT_EXPORTED,
-                                                EXIT_OWNER, EXIT_SOME_MISSING, check_apart,
-                                                dir_mode_warning,
-                                                open_control, open_existing_dest,
-                                                read_owner_map, resolve_owner)
-from omero_cli_ext.cli.export_originals import _create_dest as create_originals_dest
-from omero_cli_ext.cli.export_originals import _QuietPipe as QuietPipe
+from omero_cli_ext.cli.export_common import (EXIT_DEST, EXIT_FULL, EXIT_INTERRUPTED,
+                                             EXIT_NOT_EXPORTED, EXIT_OWNER, EXIT_SOME_MISSING,
+                                             QuietPipe, check_apart, close_run, create_dest,
+                                             dir_mode_warning, open_control, open_existing_dest,
+                                             read_owner_map, resolve_owner)
 from omero_cli_ext.export import control as control_io
 from omero_cli_ext.export.plan import BadObject, format_ref, parse_objects
 from omero_cli_ext.output import Output, printable
@@ -35,7 +33,6 @@ from omero_cli_ext.zarr import plan as zplan
 from omero_cli_ext.zarr.owner import Effective
 from omero_cli_ext.zarr.writer import Options, Writer
 
-EXIT_INTERRUPTED = 10
 ORIGINALS_ONLY = (("link", "auto"), ("repo", None), ("verify", False))
 
 
@@ -84,21 +81,6 @@ def _check_dest_owner(ctx, dest_fd: int, dest: str, entry, root_run: bool) -> No
                         "user): the export would give %r what another user may read; rerun "
                         "with --as-user %s, or choose another DEST"
             % (printable(dest), name, entry.pw_name, name, name))
-
-
-def _create_dest(ctx, dest: str, args, roots, owner, strict) -> int:
-    """DEST made (its parent must exist), resolved without following symlinks and kept apart
-    from the ManagedRepository by device and inode (export.dest, as for --originals)."""
-    parent_fd = open_existing_dest(ctx, os.path.dirname(dest), strict)
-    if parent_fd is None:
-        ctx.die(EXIT_DEST, "the parent of DEST %s does not exist" % printable(dest))
-    try:
-        check_apart(ctx, parent_fd, dest, roots, inside_only=True)
-    finally:
-        os.close(parent_fd)
-    fd = create_originals_dest(ctx, dest, args, owner, strict)
-    check_apart(ctx, fd, dest, roots)
-    return fd
 
 
 def _load_index(ctx, out, state_fd, args, dest: str, repository: str, user: str):
@@ -181,8 +163,8 @@ def run_export(control, args):
             field_ids = {i for p in plates.values() for w in p.wells for i, _a in w.fields}
             pixels = acting.pixels_info(sorted(set(image_ids) | field_ids))
             if dest_fd is None and not args.dry_run:
-                dest_fd = _create_dest(ctx, dest, args, roots,
-                                       (entry.pw_uid, entry.pw_gid) if root_run else None, strict)
+                dest_fd = create_dest(ctx, dest, args, roots,
+                                      (entry.pw_uid, entry.pw_gid) if root_run else None, strict)
                 open_control(ctx, control_files, dest_fd, create=True)
             index = _load_index(ctx, out, control_files.state_fd, args, dest, repository.uuid,
                                 user.name)
@@ -215,12 +197,7 @@ def run_export(control, args):
         ctx.die(EXIT_INTERRUPTED, "interrupted; rerun the same command to continue")
     finally:
         owner.restore()
-        control_files.close()
-        if dest_fd is not None:
-            os.close(dest_fd)
-        if acting is not port:
-            acting.close()
-        port.close()
+        close_run(control_files, dest_fd, acting, port)
     rc, message = _exit_code(result, missing)
     _report(out, dest, args, plan, result, missing, rc)
     if rc:

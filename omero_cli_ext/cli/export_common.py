@@ -1,0 +1,158 @@
+"""What the --originals and --zarr controls share: their common exit codes, a stdout that a
+closed reader cannot stop, the checks made before the first change to disk (owner, DEST, state
+directory and lock), the making of DEST, and the release of what a run opened."""
+from __future__ import annotations
+
+import errno
+import os
+
+from omero_cli_ext.export import asuser, dest as dest_io, state
+from omero_cli_ext.output import printable
+
+# Exit codes of both exports (docs/export.md), on top of those of cli.base
+EXIT_DEST = 3
+EXIT_OWNER = 4
+EXIT_SOME_MISSING = 5
+EXIT_FULL = 6
+EXIT_NOT_EXPORTED = 7
+EXIT_BUSY = 9
+EXIT_INTERRUPTED = 10
+
+
+class QuietPipe:
+    """stdout that a closed reader (`| head`) cannot stop: the run goes on to its own end and
+    exit code; what it would still print goes to /dev/null."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def write(self, text):
+        if not self.closed_by_reader:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._closed()
+        return len(text)
+
+    def flush(self):
+        if not self.closed_by_reader:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._closed()
+
+    def _closed(self):
+        self.closed_by_reader = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+# --------------------------------------------------------------------------- checks before any change
+
+def read_owner_map(ctx, path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return asuser.parse_owner_map(stream.readlines())
+    except OSError as err:
+        ctx.die(EXIT_OWNER, f"cannot read the owner map {path}: {err.strerror}")
+    except ValueError as err:
+        ctx.die(EXIT_OWNER, f"{path}:{err}")
+
+
+def resolve_owner(ctx, args, omero_name: str, owner_map: dict):
+    """The DEST owner's passwd entry (asuser.dest_owner: as root, the acting user's own)."""
+    try:
+        return asuser.dest_owner(args.owner, omero_name, owner_map, bool(args.as_user),
+                                 bool(args.owner or args.owner_map))
+    except asuser.OwnerError as err:
+        ctx.die(EXIT_OWNER, str(err))
+
+
+def dir_mode_warning(out, args, owner) -> int:
+    """Warn (and count) when --dir-mode lets others than the DEST owner in."""
+    problem = asuser.dir_mode_problem(args.dir_mode, owner.pw_gid, owner.pw_name)
+    if problem:
+        out.warn(f"warning: --dir-mode {args.dir_mode:04o} {problem}")
+    return int(bool(problem))
+
+
+def open_existing_dest(ctx, dest: str, strict):
+    """DEST's descriptor when it exists (None otherwise), resolved without following symlinks."""
+    try:
+        return dest_io.open_dest(dest, create=False, strict=strict)[0]
+    except dest_io.DestMissing:
+        return None
+    except dest_io.DestError as err:
+        ctx.die(EXIT_DEST, f"DEST unusable: {err}")
+
+
+def check_apart(ctx, dest_fd: int, dest: str, repo_roots, inside_only: bool = False) -> None:
+    for root in repo_roots:
+        try:
+            repo_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue     # not mounted on this host: nothing of it can be reached from DEST
+        try:
+            dest_io.check_apart(dest_fd, printable(dest), repo_fd, printable(root), inside_only)
+        except dest_io.DestError as err:
+            ctx.die(EXIT_DEST, str(err))
+        finally:
+            os.close(repo_fd)
+
+
+def open_control(ctx, control_files, dest_fd, create) -> None:
+    try:
+        control_files.open(dest_fd, create)
+    except state.StateError as err:
+        ctx.die(EXIT_DEST, f"the export's state directory: {err}")
+    except state.Busy:
+        ctx.die(EXIT_BUSY, "another export is running on this DEST; try later or give "
+                           "--wait SECONDS")
+
+
+# --------------------------------------------------------------------------- DEST and the end of a run
+
+def create_dest(ctx, dest: str, args, roots, owner, strict) -> int:
+    """DEST made (its parent must exist), resolved without following symlinks and kept apart
+    from the ManagedRepository by device and inode (export.dest)."""
+    parent_fd = open_existing_dest(ctx, os.path.dirname(dest), strict)
+    if parent_fd is None:
+        ctx.die(EXIT_DEST, f"the parent of DEST {printable(dest)} does not exist")
+    try:
+        check_apart(ctx, parent_fd, dest, roots, inside_only=True)
+    finally:
+        os.close(parent_fd)
+    try:
+        fd = dest_io.open_dest(dest, create=True, mode=args.dir_mode, owner=owner,
+                               strict=strict)[0]
+    except dest_io.DestError as err:
+        ctx.die(EXIT_DEST, f"DEST unusable: {err}")
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            ctx.die(EXIT_FULL, f"no space left to create DEST ({err.strerror})")
+        ctx.die(EXIT_DEST, f"cannot create DEST: {err.strerror}")
+    try:
+        check_apart(ctx, fd, dest, roots)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def close_run(control_files, dest_fd, acting, port) -> None:
+    """Release what a run opened, whatever ended it: DEST's lock and state directory, DEST, the
+    session of --as-user, the server connection."""
+    control_files.close()
+    if dest_fd is not None:
+        os.close(dest_fd)
+    if acting is not port:
+        acting.close()
+    port.close()
