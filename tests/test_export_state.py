@@ -78,6 +78,30 @@ def test_dest_is_resolved_without_following_symlinks(tmp_path):
         dest_io.split("/a/../b")
 
 
+def test_dest_made_by_another_run_first_is_opened_as_an_existing_dest(tmp_path, monkeypatch):
+    """Two runs that find DEST missing race to make it: the loser opens the winner's DEST (then
+    waits for or is refused its lock, exit 9), it is not refused as uncreatable (exit 3)."""
+    real_mkdir = os.mkdir
+
+    def winner_first(name, mode=0o777, *, dir_fd=None):
+        real_mkdir(name, dir_fd=dir_fd)      # the other run's mkdir lands in between
+        os.chmod(name, 0o711, dir_fd=dir_fd)
+        real_mkdir(name, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(dest_io.os, "mkdir", winner_first)
+    fd, created = dest_io.open_dest(str(tmp_path / "new"), create=True, mode=0o750)
+    try:
+        assert not created
+        assert os.path.samestat(os.fstat(fd), os.stat(tmp_path / "new"))
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o711     # the winner's, left as it made it
+    finally:
+        os.close(fd)
+    monkeypatch.setattr(dest_io.os, "mkdir", lambda name, mode=0o777, *, dir_fd=None: (
+        os.symlink("/", name, dir_fd=dir_fd), real_mkdir(name, mode, dir_fd=dir_fd)))
+    with pytest.raises(dest_io.DestError, match="symlink"):
+        dest_io.open_dest(str(tmp_path / "planted"), create=True)
+
+
 def test_dest_inside_equal_or_above_the_repository(tmp_path):
     repo = tmp_path / "top" / "repo"
     (repo / "alice").mkdir(parents=True)

@@ -76,13 +76,13 @@ def open_dest(path: str, *, create: bool, mode: int = 0o700, owner: Optional[tup
                     raise DestMissing(f"{what} does not exist") from None
                 if trusted is not None:     # checked before DEST is made in it (made by root)
                     _refuse(ancestor_problem(os.fstat(fd), 0, trusted), here)
-                child = _make(fd, name, what, mode, owner)
-                created = True
+                try:
+                    child = _make(fd, name, what, mode, owner)
+                    created = True
+                except FileExistsError:   # another run made it first: an existing DEST now
+                    child = _open_child(fd, name, what)
             except OSError as err:
-                if err.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise DestError(f"{what} is a symlink or not a directory; DEST is resolved "
-                                    "without following symlinks") from None
-                raise DestError(f"cannot open {what}: {err.strerror}") from None
+                raise _open_error(err, what) from None
             if trusted is not None:
                 try:
                     _refuse(ancestor_problem(os.fstat(fd), os.fstat(child).st_uid, trusted),
@@ -141,9 +141,26 @@ def give_unfinished(fd: int, mode: int, owner: tuple) -> bool:
     return True
 
 
+def _open_error(err: OSError, what: str) -> DestError:
+    if err.errno in (errno.ELOOP, errno.ENOTDIR):
+        return DestError(f"{what} is a symlink or not a directory; DEST is resolved without "
+                         "following symlinks")
+    return DestError(f"cannot open {what}: {err.strerror}")
+
+
+def _open_child(parent: int, name: str, what: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as err:
+        raise _open_error(err, what) from None
+
+
 def _make(parent: int, name: str, what: str, mode: int, owner: Optional[tuple]) -> int:
+    """DEST made 0700 and opened; FileExistsError when another run made it first."""
     try:
         os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError:
+        raise
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
