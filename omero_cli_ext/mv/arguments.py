@@ -1,13 +1,19 @@
-"""`omero mv`'s arguments as the core reads them: which mode they ask for, how a path given
-relative to the repository is meant, and the command line that reruns a job. Plain values in
-(an argparse namespace), plain values or MvError(EXIT_USAGE) out."""
+"""`omero mv`'s arguments as the core reads them: which mode they ask for, whether it needs the
+server, the Request it makes, how a path given relative to the repository is meant, and the
+command line that reruns a job. Plain values in (an argparse namespace), plain values or
+MvError(EXIT_USAGE) out; what the Request needs from the server comes through the caller."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from typing import Callable
 
 from omero_cli_ext.mv.errors import EXIT_USAGE, MvError
-from omero_cli_ext.mv.tree import fs_path, shell_word
+from omero_cli_ext.mv.plan import Request
+from omero_cli_ext.mv.serverfacts import fileset_files
+from omero_cli_ext.mv.tree import canonical, fs_path, is_under, shell_word
+from omero_cli_ext.workers import default_workers
 
 FILESET_REF = re.compile(r"^Fileset:(\d+)$")
 
@@ -52,6 +58,57 @@ def choose_mode(a) -> str:
     if FILESET_REF.match(a.source):
         return "offload"
     return "path"
+
+
+def needs_server(mode: str, a) -> bool:
+    """Offloading, inlining a Fileset:ID and the render checks ask the server."""
+    return mode == "offload" or render_checking(a) \
+        or (mode == "inline" and bool(FILESET_REF.match(a.source)))
+
+
+def render_checking(a) -> bool:
+    return a.render_check or a.render_check_all
+
+
+def request_for(mode: str, a, repo: bytes, readable_fileset: Callable[[int], object],
+                check_offload_rights: Callable[[], None]) -> Request:
+    """The Request `mode`'s arguments make, with the processes it may use. The server's part is
+    the caller's, which ends the command when the server says no: `readable_fileset(id)` (the
+    fileset as the port gives it) and `check_offload_rights()`."""
+    return dataclasses.replace(_request(mode, a, repo, readable_fileset, check_offload_rights),
+                               workers=a.workers or default_workers(),
+                               skip_mismatched=a.skip_mismatched)
+
+
+def _request(mode: str, a, repo: bytes, readable_fileset: Callable[[int], object],
+             check_offload_rights: Callable[[], None]) -> Request:
+    checksums = a.verify == "checksum"
+    if mode == "repair":
+        return Request("repair", repo, search=tuple(fs_path(s) for s in a.search),
+                       checksums=checksums)
+    if mode == "offload":
+        fileset_id, dst = int(FILESET_REF.match(a.source).group(1)), fs_path(a.destination)
+        check_offload_rights()
+        src, files = fileset_files(readable_fileset(fileset_id), repo)
+        return Request("offload", repo, src=src, dst=dst, fileset=fileset_id,
+                       fileset_files=files, checksums=checksums, force=a.force)
+    if mode == "inline" and FILESET_REF.match(a.source):
+        fileset_id = int(FILESET_REF.match(a.source).group(1))
+        prefix = readable_fileset(fileset_id).template_prefix
+        return Request("inline", repo, src=os.path.join(repo, os.fsencode(prefix.rstrip("/"))),
+                       checksums=checksums, force=a.force, fileset=fileset_id)
+    src = repo_path(a.source, repo)
+    if mode == "inline":
+        return Request("inline", repo, src=src, checksums=checksums, force=a.force)
+    dst = fs_path(a.destination)
+    if mode == "links-only":
+        return Request("links-only", repo, src=src, dst=dst, checksums=checksums)
+    inside = (is_under(src, repo) or is_under(canonical(src), canonical(repo))) \
+        and src != repo and canonical(src) != canonical(repo)
+    if inside:
+        check_offload_rights()
+        return Request("offload", repo, src=src, dst=dst, checksums=checksums, force=a.force)
+    return Request("move", repo, src=src, dst=dst, force=a.force, checksums=checksums)
 
 
 def repo_path(given: str, repo: bytes) -> bytes:
