@@ -36,7 +36,7 @@ class _Run:
         self.out.emit("error", code=code, message=message)
         self.ctx.die(code, message)
 
-    # --- arguments
+    # --- the server and the repository
     def connect(self, needs_server: bool):
         """The server port. A mode that needs no server goes on without one (a note says why)
         when `--repo` names the repository: no session, a server down, a bad host; it never
