@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from omero_cli_ext.importing.outcome import human
 from omero_cli_ext.output import printable
 
 
@@ -79,6 +80,47 @@ class View:
         elif kind == "chunk" and out.mode == "plain":
             out.info(f"chunk {fields['chunk']}: importing {fields['filesets']} filesets "
                      f"(attempt {fields['attempt']})")
+
+
+def opening_report(out):
+    """How job.JobRun's reports (a job planned or continued, before the driver) are shown."""
+    def report(kind, **fields) -> None:
+        job = fields["job"]
+        if kind == "planned":
+            out.info(f"job {job}: {fields['filesets']} filesets, {human(fields['bytes'])} "
+                     f"in {fields['chunks']} chunks (journal {fields['journal']})")
+        elif kind == "existing":
+            where = list(fields["containers"])
+            out.emit("foreign", job=job, index=fields["idx"], path=fields["main"],
+                     fileset=fields["fileset_id"], complete=fields["complete"], containers=where)
+            out.warn(f"foreign: Fileset {fields['fileset_id']} ("
+                     f"{' / '.join(map(str, where)) or 'no container'}) already uses "
+                     f"{printable(fields['main'])}: not this job's, left alone")
+        elif kind == "job":
+            out.emit("job", **fields)
+        elif kind == "rescanned":
+            out.info(f"job {job}: {fields['filesets']} new filesets found by --rescan")
+        elif kind == "retried":
+            out.info(f"job {job}: {fields['filesets']} failed filesets planned again "
+                     "(--retry-failed)")
+    return report
+
+
+def show_plan(out, job, plan) -> None:
+    """The --dry-run: every planned fileset (JSON), a table of the chunks, the totals."""
+    chunks: dict = {}
+    for fs in plan:
+        chunks.setdefault(fs.chunk, []).append(fs)
+        out.emit("plan", job=job, index=fs.idx, chunk=fs.chunk, path=fs.main,
+                 files=list(fs.files), bytes=fs.size, reader=fs.reader, spw=fs.spw)
+    title = f"job {job}: {len(plan)} filesets in {len(chunks)} chunks (dry run)"
+    if out.mode == "plain":
+        out.info(title)
+    out.table(title, ["chunk", "filesets", "bytes", "first fileset"],
+              [(c, len(f), human(sum(x.size for x in f)), printable(f[0].main))
+               for c, f in sorted(chunks.items())])
+    out.emit("summary", job=job, filesets_total=len(plan), chunks=len(chunks),
+             bytes_total=sum(fs.size for fs in plan), dry_run=True)
 
 
 def drop_stdout(out) -> None:

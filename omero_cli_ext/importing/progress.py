@@ -126,18 +126,26 @@ def read_jobs(location: str) -> list:
     """Progress of every job in the journal at `location` (an SQLite path or a postgresql:// URL);
     an empty list when it holds no import job."""
     from omero_cli_ext.journal import open_journal
-    if not location.startswith(("postgresql://", "postgres://")) and not os.path.exists(location):
+    if not journal_exists(location):
         return []
     journal = open_journal(location)
     try:
-        exists = journal.query_one(
-            "SELECT version FROM journal_schema WHERE component = ?", (store.COMPONENT,)) \
-            if _has_schema_table(journal) else None
-        if not exists:
+        if not has_import_schema(journal):
             return []
         return [job_progress(journal, job) for job in store.job_names(journal)]
     finally:
         journal.close()
+
+
+def journal_exists(location: str) -> bool:
+    """A PostgreSQL journal is taken to exist; an SQLite one is a file."""
+    return location.startswith(("postgresql://", "postgres://")) or os.path.exists(location)
+
+
+def has_import_schema(journal) -> bool:
+    """The journal holds the import tables (a journal of another command may not)."""
+    return _has_schema_table(journal) and bool(journal.query_one(
+        "SELECT version FROM journal_schema WHERE component = ?", (store.COMPONENT,)))
 
 
 def _has_schema_table(journal) -> bool:
