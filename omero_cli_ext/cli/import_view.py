@@ -90,7 +90,7 @@ def opening_report(out):
             out.info(f"job {job}: {fields['filesets']} filesets, {human(fields['bytes'])} "
                      f"in {fields['chunks']} chunks (journal {fields['journal']})")
         elif kind == "existing":
-            where = list(fields["containers"])
+            where = fields["containers"]
             out.emit("foreign", job=job, index=fields["idx"], path=fields["main"],
                      fileset=fields["fileset_id"], complete=fields["complete"], containers=where)
             out.warn(f"foreign: Fileset {fields['fileset_id']} ("
