@@ -163,6 +163,35 @@ def test_the_jobs_own_metadata_step_is_server_processing_until_the_step_timeout(
     assert len(sim.query("SELECT DISTINCT clientPath FROM FilesetEntry")) == len(files)
 
 
+@pytest.mark.parametrize("repository", ["readable here", "on the server only"])
+def test_a_metadata_step_still_writing_its_log_outlives_the_step_timeout(world, repository):
+    """Step 1 (setId + saveToDB) records nothing in the database for hours on a big plate; only
+    its import log grows. --clean-ghosts must not delete such a fileset at the step timeout:
+    the log's mtime (repository readable here), else its size through RawFileStore compared with
+    an earlier look, in this run or a remembered one (a first look gives it a full timeout)."""
+    sim, src, tmp_path = world
+    if repository != "readable here":
+        sim.set_reported_root(str(tmp_path / "server-host" / "ManagedRepository"))
+    files = sorted(str(p) for p in src.iterdir())
+    session = kill_driver_after_first_fileset(sim, src, tmp_path)
+    busy = sim.import_fileset("alice", [files[1]], steps=0, session=session)
+    present = lambda: busy in {r[0] for r in sim.query("SELECT id FROM Fileset")}  # noqa: E731
+    args = ("--clean-ghosts", "--retries", "0", "--chunk-size", "20", str(src))
+    if repository != "readable here":     # a first look, 13 h in: no past can be told from it
+        sim.advance(13 * 3600)
+        rc, out, err = imp(sim, *args)
+        assert rc == 4 and "still processing" in err and present(), err
+    sim.advance(11 * 3600)
+    sim.grow_import_log(busy, ["Reading plate 512 of 1536..."])
+    sim.advance(2 * 3600)                 # 13 h without a database sign, the log grew 2 h ago
+    rc, out, err = imp(sim, *args)
+    assert rc == 4 and "still processing" in err and present(), err
+    sim.advance(12 * 3600)                # the step stopped writing 14 h ago: dead
+    rc, out, err = imp(sim, *args)
+    assert rc == 0, err
+    assert not present()
+
+
 # --- identity -----------------------------------------------------------------------------------
 
 def test_another_server_is_refused_and_never_reported_done(world, tmp_path):

@@ -19,6 +19,7 @@ from omero_cli_ext.importing.outcome import (EXIT_BAD_INPUT, EXIT_JOURNAL, EXIT_
                                              EXIT_JOURNAL_LOCKED, Refused, job_exit_code,
                                              totals, totals_line)
 from omero_cli_ext.journal import JournalCorrupt, JournalError, JournalLocked, open_journal
+from omero_cli_ext.status.logwatch import IMPORT_MEMORY_FILE, SizeMemory, default_memory_path
 
 
 class _Session:
@@ -221,7 +222,8 @@ def _drive(args, out, jobs, port, user, java, options, record) -> int:
     view = View(out, jobs.job, record, done_before)
     driver = Driver(jobs, port, user.id, importer_launcher(options, java),
                     driver_settings(args, user, record), view.report,
-                    session_id=port.session_id())
+                    session_id=port.session_id(),
+                    log_sizes=SizeMemory(default_memory_path(IMPORT_MEMORY_FILE)))
     view.on_closed = driver.stop
     previous = signal.signal(signal.SIGTERM, lambda *_: driver.stop()) \
         if threading.current_thread() is threading.main_thread() else None

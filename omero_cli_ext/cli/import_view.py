@@ -75,6 +75,8 @@ class View:
             out.warn(f"chunk {fields['chunk']}: {fields['reason']}; "
                      f"{'retry' if kind == 'retry' else 'look again'} {fields['attempt']} in "
                      f"{fields['delay']:.0f} s")
+        elif kind == "warning":
+            out.warn(fields["message"])
         elif kind == "gave_up":
             out.warn(f"chunk {fields['chunk']}: {fields['reason']}; giving up for this run")
         elif kind == "chunk" and out.mode == "plain":

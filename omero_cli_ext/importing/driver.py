@@ -26,6 +26,7 @@ from omero_cli_ext.importing import store
 from omero_cli_ext.pathrules import client_path
 from omero_cli_ext.importing.reconcile import Decision, Limits, reconcile
 from omero_cli_ext.importing.results import LogReader, parse_results
+from omero_cli_ext.status.logwatch import SizeMemory, log_unchanged_since
 
 STDERR_TAIL = 20
 MAP_EVERY = 1.0      # seconds: results are matched to filesets (one server query) this often
@@ -99,7 +100,7 @@ class Driver:
     def __init__(self, jobs: store.JobStore, port, owner_id: int,
                  launch: Callable[[Sequence], subprocess.Popen], settings: Settings,
                  report: Callable[..., None] = lambda kind, **fields: None,
-                 session_id: Optional[int] = None):
+                 session_id: Optional[int] = None, log_sizes: Optional[SizeMemory] = None):
         self.jobs = jobs
         self.port = port
         self.owner_id = owner_id
@@ -114,6 +115,9 @@ class Driver:
         self._active: dict = {}          # chunk -> _Attempt, until its bookkeeping is done
         self._failures: dict = {}        # chunk -> transient failures in this run
         self.session_id = session_id
+        # import log sizes seen through RawFileStore (a repository not readable here), so a
+        # later look, in this run or the next, tells a server step still writing from a dead one
+        self.log_sizes = log_sizes if log_sizes is not None else SizeMemory()
         self._clock_offset = _dt.timedelta(0)   # server clock minus local clock
         self._waits: dict = {}           # chunk -> times the server was still importing
         self._pending: list = []         # (attempt, result) journaled, not yet matched
@@ -411,12 +415,20 @@ class Driver:
             return Decision()
         chunks = {fs.chunk for fs in doubtful}
         raw = self.jobs.raw_results(chunks)
+        server_now = self.port.server_time()
         decision = reconcile(
             self.port, self.owner_id, self.settings.group_id, doubtful,
             ownership=self.jobs.ownership(chunks), clean_ghosts=self.settings.clean_ghosts,
-            server_now=self.port.server_time(), raw_results=raw, reported=reported, final=final,
+            server_now=server_now, raw_results=raw, reported=reported, final=final,
             limits=Limits(self.settings.lease_seconds, self.settings.server_step_timeout),
-            target_filesets=self._target_filesets)
+            target_filesets=self._target_filesets,
+            log_quiet_since=lambda log: log_unchanged_since(
+                self.port, self.port.repository(), log, self.log_sizes, server_now))
+        try:
+            self.log_sizes.save()
+        except OSError as err:
+            self.report("warning", message=f"cannot remember import log sizes in "
+                                           f"{self.log_sizes.path}: {err.strerror}")
         by_idx = {fs.idx: fs for fs in doubtful}
         decision.done = self._with_ids(decision.done)
         for idx, fid, complete, containers in decision.foreign:

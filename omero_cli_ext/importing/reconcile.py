@@ -12,7 +12,8 @@ Of the job's own candidates:
 - upload verified, no images: the server's metadata step may run for hours without a visible
   process, an EventLog or an import log update (DESIGN.md §3), so it is **server processing**
   (wait) until the import log shows an error, the UploadJob is `Error`/`Cancelled`, or
-  `server_step_timeout` passed since the last sign of it; only then dead;
+  `server_step_timeout` passed since the last sign of it — the database's, and the import log
+  file's own growth (`log_quiet_since`: the server writes it as a step runs); only then dead;
 - upload not verified: dead when the UploadJob is `Error`/`Cancelled` or nothing of it moved for
   `lease` on the server's clock; waiting before that;
 - dead ones are ghosts: deleted (and the fileset re-imported) with `clean_ghosts`, reported
@@ -85,7 +86,8 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
               limits: Limits = Limits(),
               raw_results: Optional[Mapping[int, tuple]] = None,
               reported: Optional[Mapping[int, str]] = None, final: bool = False,
-              target_filesets: Optional[Callable[[], set]] = None) -> Decision:
+              target_filesets: Optional[Callable[[], set]] = None,
+              log_quiet_since: Optional[Callable] = None) -> Decision:
     """Decide every doubtful PlannedFileset against the server.
 
     `raw_results`: importer results already journaled (fileset id -> (images, plates)).
@@ -94,6 +96,8 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
     failed (or, skipped by `--exclude`, is done when a complete foreign one is in the target).
     `target_filesets()`: ids of the filesets already in the job's target, None for a job without
     a target (asked only when a complete fileset not announced by the job is found).
+    `log_quiet_since(log)`: since when that ImportLog's file has not grown (None: unknown);
+    asked only for a fileset the database's signals would declare dead by the step timeout.
     """
     decision = Decision()
     if not doubtful:
@@ -162,9 +166,11 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
             if server_failed(act):
                 return True, "the server import failed (its import log has an ERROR)"
             quiet = quiet_for(act, upload.finished)
+            if quiet >= limits.server_step_timeout and log_quiet_since and act.log is not None:
+                quiet = quiet_for(act, upload.finished, log_quiet_since(act.log))
             if quiet >= limits.server_step_timeout:
-                return True, (f"no images {quiet / 3600:.1f} h after its upload was verified "
-                              "(--server-step-timeout)")
+                return True, (f"no images, and no sign of the server for {quiet / 3600:.1f} h "
+                              "since its upload was verified (--server-step-timeout)")
             return False, "the server is still processing it (upload verified, no images yet)"
         if failed_upload:
             return True, "its importer reported the failure before the upload was verified"

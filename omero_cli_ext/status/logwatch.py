@@ -24,19 +24,21 @@ from omero_cli_ext.status.classify import LogProbe
 
 MAX_SERVER_PROBES = 50     # RawFileStore looks per snapshot (2 round trips each, plus 2)
 MEMORY_FILE = os.path.join("omero-cli-ext", "status-log-sizes.json")
+IMPORT_MEMORY_FILE = os.path.join("omero-cli-ext", "import-log-sizes.json")   # import --resume's
 _TIME = "%Y-%m-%dT%H:%M:%S.%f%z"
 
 
-def default_memory_path() -> str:
-    """<OMERO user dir>/omero-cli-ext/status-log-sizes.json (OMERO_USERDIR moves the user dir)."""
+def default_memory_path(name: str = MEMORY_FILE) -> str:
+    """<OMERO user dir>/omero-cli-ext/status-log-sizes.json, or `name` there (OMERO_USERDIR
+    moves the user dir)."""
     from omero.util import get_omero_userdir
-    return os.path.join(str(get_omero_userdir()), MEMORY_FILE)
+    return os.path.join(str(get_omero_userdir()), name)
 
 
 class SizeMemory:
-    """Per (repository uuid, log OriginalFile id): (size, when a look saw it change to that size,
-    None when no look has: the first one). `path` None
-    keeps it in memory only; else it is read once and rewritten (crash-safe) after each look."""
+    """Per (repository uuid, log OriginalFile id): (size, when a look saw it change to that size
+    (None when no look has: the first one), when a look first saw that size). `path` None keeps
+    it in memory only; else it is read once and rewritten (crash-safe) after each look."""
 
     def __init__(self, path: Optional[str] = None):
         self.path = path
@@ -46,23 +48,28 @@ class SizeMemory:
             try:
                 with open(path, encoding="utf-8") as f:
                     raw = json.load(f)
-                self.seen = {key: (int(size), None if when is None
-                                   else _dt.datetime.strptime(when, _TIME))
-                             for key, (size, when) in raw.items()}
+                self.seen = {key: (int(size), _parse(grew), _parse(since))
+                             for key, (size, grew, since) in raw.items()}
             except (OSError, ValueError, TypeError):
-                self.seen = {}   # absent or damaged: start afresh (it only holds hints)
+                self.seen = {}   # absent, damaged or of an older layout: start afresh (hints only)
             self._saved = dict(self.seen)
 
     def look(self, key: str, size: int, now: _dt.datetime) -> Optional[_dt.datetime]:
         """Record `size`; return when a look last saw the log grow (None: no look has yet)."""
         before = self.seen.get(key)
         if before is None:
-            self.seen[key] = (size, None)
+            self.seen[key] = (size, None, now)
             return None
         if before[0] != size:
-            self.seen[key] = (size, now)
+            self.seen[key] = (size, now, now)
             return now
         return before[1]
+
+    def unchanged_since(self, key: str, size: int, now: _dt.datetime) -> _dt.datetime:
+        """Record `size`; return the first look that saw it (now, for a first look or a change):
+        the log has not grown since then, as far as the looks can tell."""
+        self.look(key, size, now)
+        return self.seen[key][2]
 
     def keep_only(self, prefix: str, keys: set) -> None:
         """Forget the logs under `prefix` (one repository) not looked at this time."""
@@ -75,10 +82,18 @@ class SizeMemory:
             return
         from omero_cli_ext.fsops import atomic_write
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        data = {k: [size, None if when is None else when.strftime(_TIME)]
-                for k, (size, when) in sorted(self.seen.items())}
+        data = {k: [size, _format(grew), _format(since)]
+                for k, (size, grew, since) in sorted(self.seen.items())}
         atomic_write(self.path, json.dumps(data).encode("utf-8"), 0o600)
         self._saved = dict(self.seen)
+
+
+def _parse(text: Optional[str]) -> Optional[_dt.datetime]:
+    return None if text is None else _dt.datetime.strptime(text, _TIME)
+
+
+def _format(when: Optional[_dt.datetime]) -> Optional[str]:
+    return None if when is None else when.strftime(_TIME)
 
 
 def _stat_in_repository(root: str, repo_path: str):
@@ -119,3 +134,19 @@ def probe_logs(port, repository, candidates: Sequence[tuple], now: _dt.datetime,
         probes[fileset_id] = LogProbe(size=size, source="server", grew=memory.look(key, size, now))
     memory.keep_only(repository.uuid + "/", keys)
     return probes
+
+
+def log_unchanged_since(port, repository, log, memory: SizeMemory,
+                        now: _dt.datetime) -> Optional[_dt.datetime]:
+    """Since when one import log has not grown, as far as can be told: its mtime when the
+    repository is readable here; else the first look (this one or a remembered one) that saw its
+    current `RawFileStore.size()`; None when the server refuses it. A first look proves nothing
+    about the past, so it answers `now`: a step found writing nothing is given a full timeout
+    from the first look, never judged dead on the database's signals alone."""
+    st = _stat_in_repository(repository.root, log.repo_path)
+    if st is not None:
+        return _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc)
+    size = port.file_sizes([log.original_file_id]).get(log.original_file_id)
+    if size is None:
+        return None
+    return memory.unchanged_since("%s/%d" % (repository.uuid, log.original_file_id), size, now)

@@ -502,7 +502,10 @@ class SimServer:
                 "creation_id) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
                 (log_path + "/", log_name, port_api.MIMETYPE_IMPORT_LOG, self.uuid, uid, gid, ev)
             ).lastrowid
-            open(os.path.join(self.repo_dir, log_path, log_name), "wb").close()
+            on_disk = os.path.join(self.repo_dir, log_path, log_name)
+            open(on_disk, "wb").close()
+            made = self.now().timestamp()     # written by the server, on the server's clock
+            os.utime(on_disk, (made, made))
             self._log(ev, "OriginalFile", [log_id], "INSERT")
             self._create_jobs(fid, log_id, uid, gid, ev, thumbnails)
             if transfer != "upload":
