@@ -61,3 +61,21 @@ def test_without_repo_and_without_session_exit_20_says_to_name_the_repository(wo
     rc, out, err = _invoke(["mv", world.old, os.path.join(world.data, "new")], capsys)
     assert rc == 20 and "--repo DIR" in err
     assert os.path.isdir(world.old)
+
+
+def test_a_server_error_during_the_run_ends_with_exit_20_and_a_json_error_line(tmp_path,
+                                                                                monkeypatch):
+    """docs/mv.md: with --json the last line is an "error" object whenever the code is not 0."""
+    from sim import server as sim_server
+    from omero_cli_ext.server import ServerError
+    world = World(str(tmp_path / "w"), n_filesets=2, files_per_fileset=1, odd_names=False)
+
+    def refuse(self, *args, **kwargs):
+        raise ServerError("the server went away")
+    monkeypatch.setattr(sim_server.SimPort, "current_user", refuse)   # asked once the run starts
+    rc, out, err = world.mv("--json", "Fileset:1", os.path.join(world.data, "x"))
+    assert rc == 20, err
+    assert "server error: the server went away" in err
+    refusal = json.loads(out.splitlines()[-1])
+    assert refusal == {"type": "error", "code": 20,
+                       "message": "server error: the server went away"}

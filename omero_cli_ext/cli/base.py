@@ -42,16 +42,18 @@ def output_for(args) -> Output:
 
 
 @contextlib.contextmanager
-def server_errors(ctx):
-    """Turn the port's exceptions into `ctx.die` with the documented exit codes."""
+def server_errors(ctx, die=None):
+    """Turn the port's exceptions into `die` (default `ctx.die`; a command whose own `die` also
+    writes its --json "error" line passes it) with the documented exit codes."""
+    die = die or ctx.die
     try:
         yield
     except server.PermissionDenied as err:
-        ctx.die(EXIT_PERMISSION, f"permission denied: {err}")
+        die(EXIT_PERMISSION, f"permission denied: {err}")
     except server.NotFound as err:
-        ctx.die(EXIT_NOT_FOUND, f"not found: {err}")
+        die(EXIT_NOT_FOUND, f"not found: {err}")
     except server.ServerError as err:
-        ctx.die(EXIT_SERVER, f"server error: {err}")
+        die(EXIT_SERVER, f"server error: {err}")
 
 
 def open_port(ctx, args) -> server.ServerPort:

@@ -132,7 +132,7 @@ class _Run:
             repo = self.repository()
             self.command = MvCommand(self.args, self.place, self.port, self)
             try:
-                with server_errors(self.ctx):
+                with server_errors(self.ctx, self.die):
                     self.run_in_repo(mode)
             except MvError as err:
                 self.die(err.code, str(err))
