@@ -5,14 +5,9 @@ import contextlib
 import gc
 
 from omero_cli_ext import server
+from omero_cli_ext.exitcodes import EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER
 from omero_cli_ext.output import Output
 
-# Exit codes shared by every command (each command's docs page lists its own on top of these)
-EXIT_OK = 0
-EXIT_USAGE = 2          # bad arguments (argparse uses 2 as well)
-EXIT_SERVER = 20        # the server could not be reached or refused the session
-EXIT_PERMISSION = 21    # the current user lacks a privilege the command needs
-EXIT_NOT_FOUND = 22     # objects unknown or not readable by the current user
 
 
 def add_json_argument(parser) -> None:

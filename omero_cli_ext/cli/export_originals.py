@@ -15,13 +15,13 @@ import os
 import sys
 
 from omero_cli_ext import fsops
-from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_USAGE, collector_paused, open_port,
-                                    server_errors)
+from omero_cli_ext.cli.base import collector_paused, open_port, server_errors
 from omero_cli_ext.cli.export_common import (EXIT_DEST, EXIT_FULL, EXIT_INTERRUPTED,
                                              EXIT_NOT_EXPORTED, EXIT_OWNER, EXIT_SOME_MISSING,
                                              QuietPipe, check_apart, close_run, create_dest,
                                              dir_mode_warning, open_control, open_existing_dest,
                                              read_owner_map, resolve_owner)
+from omero_cli_ext.exitcodes import EXIT_NOT_FOUND, EXIT_USAGE
 from omero_cli_ext.export import (asuser, control as control_io, dest as dest_io,
                                   manifest as manifest_io)
 from omero_cli_ext.export.execute import Exporter, Options

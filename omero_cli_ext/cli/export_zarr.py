@@ -18,7 +18,8 @@ import pwd
 import sys
 
 from omero_cli_ext import fsops
-from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_USAGE, open_port, server_errors
+from omero_cli_ext.cli.base import open_port, server_errors
+from omero_cli_ext.exitcodes import EXIT_NOT_FOUND, EXIT_USAGE
 from omero_cli_ext.cli.export_common import (EXIT_DEST, EXIT_FULL, EXIT_INTERRUPTED,
                                              EXIT_NOT_EXPORTED, EXIT_OWNER, EXIT_SOME_MISSING,
                                              QuietPipe, check_apart, close_run, create_dest,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 from omero_cli_ext import server
-from omero_cli_ext.cli.base import (EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER, collector_paused,
-                                    server_errors)
+from omero_cli_ext.cli.base import collector_paused, server_errors
 from omero_cli_ext.cli.mv_session import (LoginRefused, MvOutput, Progress, login_without_exit,
                                           terminate_as_interrupt)
+from omero_cli_ext.exitcodes import EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_SERVER
 from omero_cli_ext.journal import JournalError, JournalLocked
 from omero_cli_ext.mv.arguments import choose_mode, command_line, needs_server
 from omero_cli_ext.mv.command import MvCommand

@@ -6,7 +6,7 @@ import os
 
 from omero.cli import NonZeroReturnCode
 
-from omero_cli_ext.cli.base import EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_USAGE
+from omero_cli_ext.exitcodes import EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_USAGE
 from omero_cli_ext.status.snapshot import EXIT_CHECK_UNKNOWN, ServerScope
 
 EXIT_METRICS = 13            # the --prometheus file cannot be written

@@ -14,9 +14,9 @@ import subprocess
 
 from omero_cli_ext.importing import identity, importer, outcome, progress, store
 from omero_cli_ext.importing.driver import Settings
+from omero_cli_ext.exitcodes import EXIT_NOT_FOUND, EXIT_PERMISSION
 from omero_cli_ext.importing.outcome import (EXIT_BAD_INPUT, EXIT_IDENTITY, EXIT_IMPORTER_FAILED,
-                                             EXIT_NO_IMPORTER, EXIT_NOT_FOUND,
-                                             EXIT_NOTHING_TO_IMPORT, EXIT_PERMISSION,
+                                             EXIT_NO_IMPORTER, EXIT_NOTHING_TO_IMPORT,
                                              EXIT_PLAN_MISMATCH, EXIT_UNKNOWN_JOB, Refused)
 from omero_cli_ext.importing.plan import (NOTHING_IMPORTABLE_RC, PlanError, check_server_names,
                                           chunk_filesets, file_sizes, new_groups, parse_groups,

@@ -18,8 +18,8 @@ EXIT_JOURNAL = 16           # the journal cannot be used (unreachable, no access
 EXIT_NO_IMPORTER = 17       # no Java or no importer jars
 EXIT_IMPORTER_FAILED = 18   # the importer could not list the files (-f failed otherwise)
 EXIT_IDENTITY = 19          # the job belongs to another server, user or group
-EXIT_PERMISSION = 21        # the target is not the user's and its group is not read-write
-EXIT_NOT_FOUND = 22         # the target does not exist or is not readable by the user
+# 20, 21 (the target is not the user's and its group is not read-write), 22 (the target does not
+# exist or is not readable): omero_cli_ext.exitcodes
 # (21 and 22 are the codes every command gives these, omero_cli_ext/cli/base.py)
 
 
