@@ -6,18 +6,14 @@ import json
 import os
 import sqlite3
 
+from import_helpers import imp
 from sim.launcher import run_cli
-from sim.server import SimServer
 
 from test_import_ownership import kill_driver_after_first_fileset, world  # noqa: F401
 
 # a file name of each kind the repository path rules rewrite, and names that are not UTF-8
 HOSTILE = [b"12:30:00.fake", b"what?.fake", b"CON.fake", b"CON", b"a*b.fake", b"$x.fake",
            b"tab\tname.fake", b"caf\xe9.fake", b"\xff\xfe.fake", b"ok.fake"]
-
-
-def imp(sim, *argv, user="alice"):
-    return run_cli(sim.root, ["import", "--resume", *argv], user=user)
 
 
 def hostile_tree(root) -> str:

@@ -8,15 +8,13 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
 
-from sim.server import SimServer
+from import_helpers import driver_command, driver_env
+from sim.builder import lab_server
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
 N_FILESETS = 1000
 DRIVER_KILLS = 20
 IMPORTER_KILLS = 10
@@ -34,27 +32,20 @@ def children(pid: int) -> list:
 
 
 def start(sim_root, src, env):
-    return subprocess.Popen([sys.executable, LAUNCHER, "--sim-root", sim_root, "--sim-user",
-                             "alice", "import", "--resume", "--chunk-size", "50",
-                             "--clean-ghosts", "--retries", "50", src],
+    return subprocess.Popen(driver_command(sim_root, "--chunk-size", "50", "--clean-ghosts",
+                                           "--retries", "50", src),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 @pytest.mark.slow
 def test_kill_driver_and_importer_at_random_moments_then_finish_exactly_once(tmp_path):
-    sim = SimServer(str(tmp_path / "sim"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
+    sim = lab_server(str(tmp_path / "sim"))
     src = tmp_path / "src"
     for d in range(10):
         (src / f"d{d}").mkdir(parents=True)
         for i in range(N_FILESETS // 10):
             (src / f"d{d}" / f"img{i:03d}.fake").write_bytes(b"x" * (64 + i))
-    # the subprocess imports omero_cli_ext from this work tree, as pytest does
-    pythonpath = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH"))
-                                 if p)
-    env = dict(os.environ, PYTHONPATH=pythonpath, OMERO_USERDIR=str(tmp_path / "userdir"),
-               OMERO_CLI_EXT_SIM_SECONDS_PER_FILESET="0.03")
+    env = driver_env(tmp_path, SECONDS_PER_FILESET="0.03")
     rng = random.Random(20240501)
     kills = ["driver"] * DRIVER_KILLS + ["importer"] * IMPORTER_KILLS
     rng.shuffle(kills)

@@ -4,39 +4,22 @@ disk, `--json | head -1`, --fetch-jars, importer output and locale."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from sim.launcher import run_cli
-from sim.server import SimServer
+from import_helpers import LAUNCHER, driver_env, fake_images, imp, import_world
 
 from omero_cli_ext.importing import importer, progress, results, store
 from omero_cli_ext.journal import JournalError, open_journal
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
-
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMERO_USERDIR", str(tmp_path / "userdir"))
-    for name in ("CRASH_AFTER", "HANG", "FAIL_PATTERN", "SECONDS_PER_FILESET"):
-        monkeypatch.delenv("OMERO_CLI_EXT_SIM_" + name, raising=False)
-    sim = SimServer(str(tmp_path / "sim"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(4):
-        (src / f"img{i}.fake").write_bytes(b"x" * (10 + i))
+    sim, src = import_world(tmp_path, monkeypatch, users=("alice",))
+    fake_images(src, 4, name="img{}.fake", size=10)
     return sim, src, tmp_path
-
-
-def imp(sim, *argv):
-    return run_cli(sim.root, ["import", "--resume", *argv], user="alice")
 
 
 def filesets(sim):
@@ -127,10 +110,7 @@ def test_json_into_head_stops_like_ctrl_c_without_a_traceback(world):
     sim, src, tmp_path = world
     for i in range(4, 40):
         (src / f"img{i}.fake").write_bytes(b"y")
-    pythonpath = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH"))
-                                 if p)
-    env = dict(os.environ, PYTHONPATH=pythonpath, OMERO_USERDIR=str(tmp_path / "userdir"),
-               OMERO_CLI_EXT_SIM_SECONDS_PER_FILESET="0.05")
+    env = driver_env(tmp_path, SECONDS_PER_FILESET="0.05")
     head = subprocess.run(
         f"{sys.executable} {LAUNCHER} --sim-root {sim.root} --sim-user alice import --resume "
         f"--json --chunk-size 5 {src} 2>{tmp_path}/err | head -1; exit ${{PIPESTATUS[0]}}",

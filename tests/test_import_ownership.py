@@ -10,39 +10,22 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
 
-from sim.launcher import run_cli
-from sim.server import SimServer
+from import_helpers import driver_command, driver_env, fake_images, imp, import_world
+from sim.builder import lab_server
 
 from omero_cli_ext.importing import progress
 from omero_cli_ext.status.jobs import job_status
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
-
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMERO_USERDIR", str(tmp_path / "userdir"))
-    for name in ("CRASH_AFTER", "HANG", "FAIL_PATTERN", "SECONDS_PER_FILESET", "UPLOAD_SECONDS"):
-        monkeypatch.delenv("OMERO_CLI_EXT_SIM_" + name, raising=False)
-    sim = SimServer(str(tmp_path / "sim"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
-    sim.add_user("bob", ["lab"])
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(8):
-        (src / f"img{i:03d}.fake").write_bytes(b"x" * (100 + i))
+    sim, src = import_world(tmp_path, monkeypatch)
+    fake_images(src, 8)
     return sim, src, tmp_path
-
-
-def imp(sim, *argv, user="alice"):
-    return run_cli(sim.root, ["import", "--resume", *argv], user=user)
 
 
 def journal_path(tmp_path):
@@ -67,12 +50,7 @@ def wait_for(condition, timeout=60.0):
 
 
 def spawn_driver(sim, tmp_path, *argv, **env):
-    pythonpath = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH"))
-                                 if p)
-    environ = dict(os.environ, PYTHONPATH=pythonpath, OMERO_USERDIR=str(tmp_path / "userdir"),
-                   **{"OMERO_CLI_EXT_SIM_" + k: v for k, v in env.items()})
-    return subprocess.Popen([sys.executable, LAUNCHER, "--sim-root", sim.root, "--sim-user",
-                             "alice", "import", "--resume", *argv], env=environ,
+    return subprocess.Popen(driver_command(sim.root, *argv), env=driver_env(tmp_path, **env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -197,9 +175,7 @@ def test_a_metadata_step_still_writing_its_log_outlives_the_step_timeout(world, 
 def test_another_server_is_refused_and_never_reported_done(world, tmp_path):
     sim, src, _ = world
     assert imp(sim, "--chunk-size", "4", str(src))[0] == 0
-    other = SimServer(str(tmp_path / "other"))
-    other.add_group("lab", "rwr---")
-    other.add_user("alice", ["lab"])
+    other = lab_server(str(tmp_path / "other"))
     rc, out, err = imp(other, "--chunk-size", "4", str(src))
     assert rc == 19, err
     assert "another server" in err and "--job NEW_NAME" in err

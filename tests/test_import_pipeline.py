@@ -11,11 +11,10 @@ import stat
 import subprocess
 import sys
 
-from sim.server import SimServer
+from import_helpers import HERE, LAUNCHER, driver_env, fake_images
+from sim.builder import lab_server
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(os.path.dirname(HERE), "docs", "import.md")
-LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
 
 
 def pipeline_script() -> str:
@@ -32,15 +31,12 @@ def stand_in(path, body):
 
 
 def test_the_documented_pipeline_gets_every_image_id_across_interrupted_runs(tmp_path):
-    sim = SimServer(str(tmp_path / "sim"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
+    sim = lab_server(str(tmp_path / "sim"))
     while sim.add_dataset("run3", "alice") < 51:
         pass
     src = tmp_path / "run3"
     src.mkdir()
-    for i in range(6):
-        (src / f"img{i}.fake").write_bytes(b"x" * (10 + i))
+    fake_images(src, 6, name="img{}.fake", size=10)
     (src / "bad.fake").write_bytes(b"bad")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -55,11 +51,8 @@ exec {sys.executable} {LAUNCHER} --sim-root {sim.root} --sim-user alice "$@"
 exec {sys.executable} -c 'import sys; sys.path.insert(0, "{HERE}"); from sim.server import SimServer; SimServer("{sim.root}").advance(700)'
 """)
     script = pipeline_script().replace("/data/run3", str(src))
-    pythonpath = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH"))
-                                 if p)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=pythonpath, OMERO_USERDIR=str(tmp_path / "userdir"),
-               OMERO_CLI_EXT_SIM_FAIL_PATTERN="bad.fake")
+    env = dict(driver_env(tmp_path, FAIL_PATTERN="bad.fake"),
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     for name in ("CRASH_AFTER", "HANG", "SECONDS_PER_FILESET"):
         env.pop("OMERO_CLI_EXT_SIM_" + name, None)
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,

@@ -7,25 +7,15 @@ import sqlite3
 
 import pytest
 
-from sim.launcher import run_cli
-from sim.server import SimServer
+from import_helpers import driver_command, fake_images, imp, import_world
 
 from omero_cli_ext.importing import progress
 
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMERO_USERDIR", str(tmp_path / "userdir"))
-    for name in ("CRASH_AFTER", "HANG", "FAIL_PATTERN", "SECONDS_PER_FILESET"):
-        monkeypatch.delenv("OMERO_CLI_EXT_SIM_" + name, raising=False)
-    sim = SimServer(str(tmp_path / "sim"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
-    sim.add_user("bob", ["lab"])
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(12):
-        (src / f"img{i:03d}.fake").write_bytes(b"x" * (100 + i))
+    sim, src = import_world(tmp_path, monkeypatch)
+    fake_images(src, 12)
     plate = src / "plate1"
     plate.mkdir()
     (plate / "p.screen").write_text("screen")
@@ -33,10 +23,6 @@ def world(tmp_path, monkeypatch):
         (plate / f"w{w}.tif").write_text("well")
     (src / "notes.txt").write_text("not importable")
     return sim, str(src), tmp_path
-
-
-def imp(sim, *argv, user="alice"):
-    return run_cli(sim.root, ["import", "--resume", *argv], user=user)
 
 
 def fileset_paths(sim):
@@ -221,7 +207,6 @@ def test_unreadable_path(world):
 
 def import_as_nobody(sim, tmp_path, *paths):
     import subprocess
-    import sys
     from unprivileged import require_unprivileged_python
     require_unprivileged_python()
     for directory in tmp_path.parents:
@@ -232,12 +217,10 @@ def import_as_nobody(sim, tmp_path, *paths):
         os.chmod(directory, 0o777)
         for name in files:
             os.chmod(os.path.join(directory, name), 0o666)
-    launcher = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
     # omero's own temp directory (created by any CLI start) kept apart from the journal's user dir
     env = dict(os.environ, HOME=str(tmp_path), OMERO_TMPDIR=str(tmp_path / "omero-tmp"))
     done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           sys.executable, launcher, "--sim-root", sim.root, "--sim-user", "alice",
-                           "import", "--resume", *paths],
+                           *driver_command(sim.root, *paths)],
                           capture_output=True, text=True, env=env, timeout=120)
     return done.returncode, done.stderr
 

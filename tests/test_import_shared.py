@@ -2,24 +2,21 @@
 tests/pg_fixture.py): every chunk is imported once, and none is lost when a worker is killed."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 
 import pytest
 
-from sim.server import SimServer
+from import_helpers import driver_command, driver_env, fake_images
+from sim.builder import lab_server
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
 N_FILESETS = 120
 
 
 def start(sim_root, src, url, env):
-    return subprocess.Popen([sys.executable, LAUNCHER, "--sim-root", sim_root, "--sim-user",
-                             "alice", "import", "--resume", "--job", "shared", "--journal", url,
-                             "--chunk-size", "5", "--lease", "2", "--clean-ghosts", src],
+    return subprocess.Popen(driver_command(sim_root, "--job", "shared", "--journal", url,
+                                           "--chunk-size", "5", "--lease", "2", "--clean-ghosts",
+                                           src),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -27,17 +24,11 @@ def start(sim_root, src, url, env):
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 3])
 def test_workers_share_a_job_and_survive_the_death_of_one(tmp_path, postgres_db_url, workers):
-    sim = SimServer(str(tmp_path / "sim"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
+    sim = lab_server(str(tmp_path / "sim"))
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(N_FILESETS):
-        (src / f"img{i:03d}.fake").write_bytes(b"x" * (10 + i))
-    pythonpath = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH"))
-                                 if p)
-    env = dict(os.environ, PYTHONPATH=pythonpath, OMERO_USERDIR=str(tmp_path / "userdir"),
-               OMERO_CLI_EXT_SIM_SECONDS_PER_FILESET="0.05")
+    fake_images(src, N_FILESETS, size=10)
+    env = driver_env(tmp_path, SECONDS_PER_FILESET="0.05")
     procs = [start(sim.root, str(src), postgres_db_url, env) for _ in range(workers)]
     import psycopg
     with psycopg.connect(postgres_db_url, autocommit=True) as db:

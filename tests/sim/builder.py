@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sim.server import SimServer
+
 # Names that tools get wrong: a space, a newline, bytes that are not UTF-8 (surrogate-escaped)
 ODD_NAMES = ("with space.fake", "new\nline.fake", os.fsdecode(b"latin1-\xe9.fake"))
 
@@ -24,6 +26,15 @@ class BuiltTree:
     @property
     def all_files(self) -> list:
         return [f for fid in self.fileset_ids for f in self.files[fid]]
+
+
+def lab_server(root: str, users=("alice",)):
+    """A SimServer at `root` with group `lab` (read-only, rwr---) and `users` in it."""
+    sim = SimServer(root)
+    sim.add_group("lab", "rwr---")
+    for user in users:
+        sim.add_user(user, ["lab"])
+    return sim
 
 
 def _content(fileset_index: int, file_index: int, size: int) -> bytes:
