@@ -49,6 +49,30 @@ def allowed(actor, owner, group, level, membership, restricted_groups, server_wi
     return readable and not withheld
 
 
+def rules_server(root, groups, membership, led) -> SimServer:
+    """A drawn world's server: its groups and members, a PI leading `led`, an outsider, a full and
+    a restricted admin (all four in a group of their own, `elsewhere`)."""
+    sim = SimServer(root)
+    for name, level in groups.items():
+        sim.add_group(name, level)
+    sim.add_group("elsewhere", "rwrw--")
+    for user in MEMBERS:
+        sim.add_user(user, sorted(membership[user]))
+    sim.add_user("outsider", ["elsewhere"])
+    sim.add_user("pi", ["elsewhere"] + sorted(led), leads=sorted(led))
+    sim.add_user("admin", ["elsewhere"], admin=True)
+    sim.add_user("radmin", ["elsewhere"], admin=True, privileges={"ReadSession"})
+    return sim
+
+
+def withhold_binaries(sim, restricted_groups, server_wide) -> None:
+    """BINARYACCESS restrictions of a drawn world, set once its filesets are imported."""
+    for group in restricted_groups:
+        sim.set_binary_access(True, group=group)
+    if server_wide:
+        sim.set_binary_access(True)
+
+
 # the group leader's own cases, always run: a private group's files of another user, and a
 # BINARYACCESS-restricted group's, that a PI reads and a plain member does not
 PI_WORLD = ({f"g{i}": level for i, level in enumerate(LEVELS)}, {"u1": {"g0"}, "u2": {"g0", "g1"}},
@@ -62,16 +86,7 @@ PI_WORLD = ({f"g{i}": level for i, level in enumerate(LEVELS)}, {"u1": {"g0"}, "
 def test_exported_set_is_exactly_what_the_rules_allow(world):
     groups, membership, filesets, restricted_groups, server_wide, actor, led = world
     with tempfile.TemporaryDirectory() as tmp:
-        sim = SimServer(os.path.join(tmp, "sim"))
-        for name, level in groups.items():
-            sim.add_group(name, level)
-        sim.add_group("elsewhere", "rwrw--")
-        for user in MEMBERS:
-            sim.add_user(user, sorted(membership[user]))
-        sim.add_user("outsider", ["elsewhere"])
-        sim.add_user("pi", ["elsewhere"] + sorted(led), leads=sorted(led))
-        sim.add_user("admin", ["elsewhere"], admin=True)
-        sim.add_user("radmin", ["elsewhere"], admin=True, privileges={"ReadSession"})
+        sim = rules_server(os.path.join(tmp, "sim"), groups, membership, led)
         expected, ids = set(), []
         for index, (owner, group, n_files) in enumerate(filesets):
             paths = []
@@ -87,10 +102,7 @@ def test_exported_set_is_exactly_what_the_rules_allow(world):
                        server_wide, led):
                 expected |= {r[0] for r in sim.query(
                     "SELECT originalFile FROM FilesetEntry WHERE fileset = ?", (fid,))}
-        for group in restricted_groups:
-            sim.set_binary_access(True, group=group)
-        if server_wide:
-            sim.set_binary_access(True)
+        withhold_binaries(sim, restricted_groups, server_wide)
         dest = os.path.join(tmp, "dest")
         rc, out, err = export(sim.root, dest, "Fileset:" + ",".join(map(str, ids)), user=actor,
                               extra=["--json", "--link", "hard"])

@@ -12,9 +12,8 @@ import tempfile
 from hypothesis import HealthCheck, example, given, settings
 
 from sim.launcher import run_cli
-from sim.server import SimServer
 from test_zarr_export import control_args
-from test_export_permissions import MEMBERS, PI_WORLD, allowed, worlds
+from test_export_permissions import PI_WORLD, allowed, rules_server, withhold_binaries, worlds
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -24,16 +23,7 @@ from test_export_permissions import MEMBERS, PI_WORLD, allowed, worlds
 def test_written_images_are_exactly_what_the_rules_allow(world):
     groups, membership, filesets, restricted_groups, server_wide, actor, led = world
     with tempfile.TemporaryDirectory() as tmp:
-        sim = SimServer(os.path.join(tmp, "sim"))
-        for name, level in groups.items():
-            sim.add_group(name, level)
-        sim.add_group("elsewhere", "rwrw--")
-        for user in MEMBERS:
-            sim.add_user(user, sorted(membership[user]))
-        sim.add_user("outsider", ["elsewhere"])
-        sim.add_user("pi", ["elsewhere"] + sorted(led), leads=sorted(led))
-        sim.add_user("admin", ["elsewhere"], admin=True)
-        sim.add_user("radmin", ["elsewhere"], admin=True, privileges={"ReadSession"})
+        sim = rules_server(os.path.join(tmp, "sim"), groups, membership, led)
         expected, images = set(), []
         for index, (owner, group, series) in enumerate(filesets):
             path = os.path.join(tmp, "src", "img%d&sizeX=8&sizeY=8&series=%d.fake" % (index, series))
@@ -45,10 +35,7 @@ def test_written_images_are_exactly_what_the_rules_allow(world):
             if allowed(actor, owner, group, groups[group], membership, restricted_groups,
                        server_wide, led):
                 expected |= set(ids)
-        for group in restricted_groups:
-            sim.set_binary_access(True, group=group)
-        if server_wide:
-            sim.set_binary_access(True)
+        withhold_binaries(sim, restricted_groups, server_wide)
         dest = os.path.join(tmp, "dest")
         rc, out, err = run_cli(sim.root, ["export", "--zarr", dest, "--layout", "flat",
                                           "Image:" + ",".join(map(str, images)), "--json",
