@@ -1,11 +1,13 @@
 """Shared fixtures for the `omero mv` tests: a simulated server with in-place imports, disk
-snapshots (to prove nothing changed), content manifests, and tmpfs mounts for cross-FS cases."""
+snapshots (to prove nothing changed), content manifests, tmpfs mounts for cross-FS cases, the
+command in its own process, and an interrupt mid-job."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -13,6 +15,9 @@ from omero_cli_ext.fsops import is_temp_name
 from sim.builder import build_inplace_tree, build_uploaded
 from sim.launcher import run_cli
 from sim.server import SimServer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
 
 
 def snapshot(*roots) -> dict:
@@ -89,6 +94,31 @@ class World:
         if not server:
             args += ["--no-server", "--repo", self.repo]
         return run_cli(self.sim_root, args, user=user)
+
+    def mv_command(self, *argv) -> list:
+        """`omero mv --no-server --repo REPO ARGV` as the command line of a process of its own
+        (run with `launcher_env()`)."""
+        return [sys.executable, LAUNCHER, "--sim-root", self.sim_root, "mv", "--no-server",
+                "--repo", self.repo, *argv]
+
+
+def launcher_env(**extra) -> dict:
+    """The environment of `World.mv_command`: omero_cli_ext from this work tree."""
+    return dict(os.environ, PYTHONPATH=os.path.dirname(HERE), **extra)
+
+
+def interrupt_after_retargets(monkeypatch, count: int) -> None:
+    """Ctrl-C (KeyboardInterrupt) in an in-process job once `count` links point at the new place:
+    an unfinished job to resume, abandon or show. `monkeypatch.undo()` lifts it."""
+    from omero_cli_ext.mv import execute
+    real, calls = execute.Executor._retarget, []
+
+    def retarget_then_interrupt(self, step):
+        if len(calls) == count:
+            raise KeyboardInterrupt()
+        calls.append(step)
+        real(self, step)
+    monkeypatch.setattr(execute.Executor, "_retarget", retarget_then_interrupt)
 
 
 @pytest.fixture

@@ -8,18 +8,16 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from mv_helpers import World, manifest, snapshot, world  # noqa: F401 (fixture)
+from mv_helpers import World, interrupt_after_retargets, launcher_env, manifest, snapshot
+from mv_helpers import world  # noqa: F401 (fixture)
 from omero_cli_ext.journal import _lock_slug
 from omero_cli_ext.mv import errors
 from omero_cli_ext.mv.locations import repo_place
 from sim.launcher import run_cli
 
-LAUNCHER = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
@@ -84,15 +82,7 @@ def test_a_tampered_or_garbled_plan_file_is_refused_without_a_traceback(world, t
 
 
 def _unfinished_job(world, monkeypatch):
-    from omero_cli_ext.mv import execute
-    real, calls = execute.Executor._retarget, []
-
-    def retarget_then_interrupt(self, step):
-        if len(calls) == 2:
-            raise KeyboardInterrupt()
-        calls.append(step)
-        real(self, step)
-    monkeypatch.setattr(execute.Executor, "_retarget", retarget_then_interrupt)
+    interrupt_after_retargets(monkeypatch, 2)
     rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), "--workers", "1",
                             server=False)
     assert rc == errors.EXIT_INTERRUPTED, err
@@ -112,10 +102,8 @@ def test_status_never_hangs_on_a_fifo_planted_as_a_lock_file(tmp_path, monkeypat
     else:
         os.mkfifo(str(tmp_path / "fifo"))
         os.symlink(str(tmp_path / "fifo"), fifo)
-    done = subprocess.run([sys.executable, LAUNCHER, "--sim-root", world.sim_root, "mv",
-                           "--no-server", "--repo", world.repo, "--status"],
-                          capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+    done = subprocess.run(world.mv_command("--status"), capture_output=True, text=True,
+                          timeout=120, env=launcher_env())
     assert done.returncode == 0 and "job 1:" in done.stdout, done.stderr
 
 
@@ -178,15 +166,7 @@ def test_names_with_newlines_undecodable_bytes_and_colons_move_and_resume(tmp_pa
     build_inplace_tree(world.sim, "alice", old, 4, 2, odd_names=True)
     new = os.path.join(world.data, os.fsdecode(b"new\xfe\n:y"))
     before = manifest(world.repo)
-    from omero_cli_ext.mv import execute
-    real, calls = execute.Executor._retarget, []
-
-    def retarget_then_interrupt(self, step):
-        if len(calls) == 2:
-            raise KeyboardInterrupt()
-        calls.append(step)
-        real(self, step)
-    monkeypatch.setattr(execute.Executor, "_retarget", retarget_then_interrupt)
+    interrupt_after_retargets(monkeypatch, 2)
     argv = ["mv", "--no-server", "--repo", world.repo, "--workers", "1", old, new]
     rc, out, err = run_cli(world.sim_root, argv)
     assert rc == errors.EXIT_INTERRUPTED and "Traceback" not in err, err

@@ -4,10 +4,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
 from unprivileged import require_unprivileged_python
-from mv_helpers import World, snapshot, tmpfs, world  # noqa: F401
+from mv_helpers import World, launcher_env, snapshot, tmpfs, world  # noqa: F401
 from omero_cli_ext.journal import open_journal
 from omero_cli_ext.mv import errors
 from sim.launcher import run_cli
@@ -132,13 +131,10 @@ def test_permission_denied_on_a_repository_directory():
                     os.chmod(os.path.join(directory, name), 0o666)
         os.chmod(locked, 0o700)
         before = snapshot(world.repo, world.data)
-        launcher = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
-        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)), HOME=base)
         done = subprocess.run(
             ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
-             sys.executable, launcher, "--sim-root", world.sim_root, "mv", "--no-server",
-             "--repo", world.repo, world.old, os.path.join(world.data, "new")],
-            capture_output=True, text=True, env=env, timeout=120)
+             *world.mv_command(world.old, os.path.join(world.data, "new"))],
+            capture_output=True, text=True, env=launcher_env(HOME=base), timeout=120)
         assert done.returncode == errors.EXIT_REPO_PERMISSION, done.stderr
         assert "permission denied reading" in done.stderr and "locked" in done.stderr
         assert snapshot(world.repo, world.data) == before

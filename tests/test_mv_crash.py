@@ -13,28 +13,16 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from mv_helpers import World, manifest, repo_links, tmpfs
+from mv_helpers import World, launcher_env, manifest, repo_links, tmpfs
 from omero_cli_ext.fsops import is_temp_name
 from omero_cli_ext.workers import MIN_ITEMS
 
-LAUNCHER = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLS = 20
-
-
-def _command(world: World, argv) -> list:
-    return [sys.executable, LAUNCHER, "--sim-root", world.sim_root, "mv", "--no-server",
-            "--repo", world.repo, *argv]
-
-
-def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=ROOT)
 
 
 def _temporaries(*roots) -> list:
@@ -46,7 +34,7 @@ def _temporaries(*roots) -> list:
 
 
 def _planned_steps(world: World, argv) -> int:
-    done = subprocess.run(_command(world, [*argv, "--dry-run", "--json"]), env=_env(),
+    done = subprocess.run(world.mv_command(*argv, "--dry-run", "--json"), env=launcher_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     plan = [json.loads(line) for line in done.stdout.splitlines() if '"type": "plan"' in line]
@@ -61,7 +49,7 @@ def _kill_and_rerun(world: World, argv, expected: dict, seed: int) -> int:
     per_kill = _planned_steps(world, argv) / KILLS
     landed = 0
     for attempt in range(KILLS):
-        proc = subprocess.Popen(_command(world, [*argv, "--json"]), env=_env(),
+        proc = subprocess.Popen(world.mv_command(*argv, "--json"), env=launcher_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wanted = rng.randint(max(1, int(0.4 * per_kill)), max(2, int(1.4 * per_kill)))
         seen = 0
@@ -80,8 +68,8 @@ def _kill_and_rerun(world: World, argv, expected: dict, seed: int) -> int:
         if proc.returncode == 0:
             return landed
         landed += 1
-    done = subprocess.run(_command(world, argv), env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(world.mv_command(*argv), env=launcher_env(), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return landed
 

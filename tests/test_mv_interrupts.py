@@ -11,16 +11,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
-from mv_helpers import World, manifest, repo_links, tmpfs
+from mv_helpers import (World, interrupt_after_retargets, launcher_env, manifest, repo_links,
+                        tmpfs)
 from omero_cli_ext.mv import errors
 from omero_cli_ext.workers import MIN_ITEMS
 
-LAUNCHER = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG = 300   # seconds: far beyond any run here; reaching it means the command hung
 
 
@@ -35,9 +33,8 @@ def big(tmp_path):
 
 def _start(world: World, *argv) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, LAUNCHER, "--sim-root", world.sim_root, "mv", "--no-server", "--repo",
-         world.repo, "--workers", "2", *argv],
-        env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        world.mv_command("--workers", "2", *argv),
+        env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True)
 
 
@@ -66,9 +63,8 @@ def _read_until_retargets(proc: subprocess.Popen) -> None:
 
 def _finish_with_rerun(world: World, new: str, expected: dict) -> None:
     done = subprocess.run(
-        [sys.executable, LAUNCHER, "--sim-root", world.sim_root, "mv", "--no-server", "--repo",
-         world.repo, "--workers", "2", world.old, new],
-        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=HANG)
+        world.mv_command("--workers", "2", world.old, new),
+        env=launcher_env(), capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 0, done.stderr
     assert manifest(world.repo) == expected
     assert all(t.startswith(os.fsencode(new + "/")) for t in repo_links(world.repo).values())
@@ -173,19 +169,11 @@ def test_abandon_after_an_interrupt_says_what_it_leaves(tmp_path, monkeypatch):
 
 def test_status_shows_the_unfinished_job_and_who_runs_it(tmp_path, monkeypatch):
     from omero_cli_ext.journal import open_journal
-    from omero_cli_ext.mv import execute
     from omero_cli_ext.mv.locations import ensure_control_dir, repo_place
     world = World(str(tmp_path), n_filesets=10, files_per_fileset=2, odd_names=False)
     rc, out, err = world.mv("--status", server=False)
     assert rc == 0 and "no unfinished job" in out, err
-    real, calls = execute.Executor._retarget, []
-
-    def retarget_then_interrupt(self, step):
-        if len(calls) == 5:
-            raise KeyboardInterrupt()
-        calls.append(step)
-        real(self, step)
-    monkeypatch.setattr(execute.Executor, "_retarget", retarget_then_interrupt)
+    interrupt_after_retargets(monkeypatch, 5)
     rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), "--workers", "1",
                             server=False)
     assert rc == errors.EXIT_INTERRUPTED, err

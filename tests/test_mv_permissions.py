@@ -6,20 +6,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
-from mv_helpers import World, manifest, repo_links, snapshot
+from mv_helpers import World, launcher_env, manifest, repo_links, snapshot
 from omero_cli_ext.mv import errors
 from omero_cli_ext.mv.locations import repo_place
 from sim.launcher import run_cli
 from unprivileged import require_unprivileged_python
 
 NOBODY = 65534
-LAUNCHER = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -40,11 +37,10 @@ def owned_by_nobody():
 
 
 def as_nobody(world: World, *argv) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT, HOME=world.base)
     return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable,
-         LAUNCHER, "--sim-root", world.sim_root, "mv", "--no-server", "--repo", world.repo,
-         *argv], capture_output=True, text=True, env=env, timeout=300)
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         *world.mv_command(*argv)], capture_output=True, text=True,
+        env=launcher_env(HOME=world.base), timeout=300)
 
 
 def test_a_repository_directory_the_user_cannot_write_is_refused_before_any_copy(owned_by_nobody):

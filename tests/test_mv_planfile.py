@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-from mv_helpers import World, manifest, repo_links, snapshot, world  # noqa: F401
+from mv_helpers import World, interrupt_after_retargets, manifest, repo_links, snapshot
+from mv_helpers import world  # noqa: F401 (fixture)
 from omero_cli_ext.mv import errors
 
 
@@ -54,20 +55,12 @@ def test_a_changed_plan_or_one_others_can_edit_is_refused(world, tmp_path):
 
 
 def test_an_interrupted_plan_resumes_with_the_same_command(world, tmp_path, monkeypatch):
-    from omero_cli_ext.mv import execute
     plan_file = str(tmp_path / "approved.jsonl")
     new = os.path.join(world.data, "new")
     rc, out, err = world.mv(world.old, new, "--plan", plan_file, server=False)
     assert rc == 0, err
     expected = manifest(world.repo)
-    real, calls = execute.Executor._retarget, []
-
-    def retarget_then_interrupt(self, step):
-        if len(calls) == 7:
-            raise KeyboardInterrupt()
-        calls.append(step)
-        real(self, step)
-    monkeypatch.setattr(execute.Executor, "_retarget", retarget_then_interrupt)
+    interrupt_after_retargets(monkeypatch, 7)
     rc, out, err = world.mv("--execute-plan", plan_file, "--workers", "1", server=False)
     assert rc == errors.EXIT_INTERRUPTED and f"--execute-plan {plan_file}" in err, err
     monkeypatch.undo()
