@@ -12,9 +12,8 @@ import sys
 import pytest
 
 from omero_cli_ext.fsops import is_temp_name
-from sim.builder import build_inplace_tree, build_uploaded
+from sim.builder import build_inplace_tree, build_uploaded, lab_server
 from sim.launcher import run_cli
-from sim.server import SimServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
@@ -75,10 +74,7 @@ class World:
                  odd_names: bool = True, file_size: int = 64):
         self.base = base
         self.sim_root = os.path.join(base, "sim")
-        self.sim = SimServer(self.sim_root)
-        self.sim.add_group("lab", "rwr---")
-        self.sim.add_user("alice", ["lab"])
-        self.sim.add_user("bob", ["lab"])
+        self.sim = lab_server(self.sim_root, ("alice", "bob"))
         self.data = os.path.join(base, "data")
         self.old = os.path.join(self.data, "old")
         self.built = build_inplace_tree(self.sim, "alice", self.old, n_filesets,

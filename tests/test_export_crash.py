@@ -13,8 +13,7 @@ import pytest
 
 from omero_cli_ext.export import manifest as manifest_io
 from omero_cli_ext.export.manifest import MANIFEST_NAME
-from sim.builder import build_uploaded
-from sim.server import SimServer
+from sim.builder import build_uploaded, lab_server
 from test_export_world import manifest, state_dir, state_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +40,16 @@ def start(sim_root, dest, dataset, link):
          "--originals", dest, f"Dataset:{dataset}", "--owner", "root", "--link", link, "--sync",
          "--state-dir", state_root(sim_root)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def uploaded_dataset(tmp_path, n_filesets: int) -> tuple:
+    """(sim, dataset, built): alice's dataset of `n_filesets` uploaded filesets of two 3 MB files
+    (under tmp_path/up), long enough to download that a kill lands inside one."""
+    sim = lab_server(str(tmp_path / "sim"))
+    dataset = sim.add_dataset("D", "alice")
+    built = build_uploaded(sim, "alice", str(tmp_path / "up"), n_filesets, 2, file_size=3_000_000,
+                           target=("Dataset", dataset))
+    return sim, dataset, built
 
 
 def final_files(dest) -> int:
@@ -95,12 +104,7 @@ def check_consistent(dest, originals: dict) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("link", ["copy", "download", "hard", "sym"])
 def test_kill_9_then_sync_completes(tmp_path, link):
-    sim = SimServer(str(tmp_path / "sim"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
-    dataset = sim.add_dataset("D", "alice")
-    built = build_uploaded(sim, "alice", str(tmp_path / "up"), 20, 2, file_size=3_000_000,
-                           target=("Dataset", dataset))
+    sim, dataset, built = uploaded_dataset(tmp_path, 20)
     originals = {}
     for path in built.all_files:
         with open(path, "rb") as stream:
@@ -132,12 +136,7 @@ def test_kill_9_then_sync_completes(tmp_path, link):
 
 
 def test_ctrl_c_ends_cleanly_and_sync_goes_on(tmp_path):
-    sim = SimServer(str(tmp_path / "sim"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
-    dataset = sim.add_dataset("D", "alice")
-    built = build_uploaded(sim, "alice", str(tmp_path / "up"), 10, 2, file_size=3_000_000,
-                           target=("Dataset", dataset))
+    sim, dataset, built = uploaded_dataset(tmp_path, 10)
     dest = str(tmp_path / "dest")
     proc = start(sim.root, dest, dataset, "download")
     while final_files(dest) < 3 and proc.poll() is None:

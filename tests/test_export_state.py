@@ -11,7 +11,7 @@ import pytest
 from omero_cli_ext.export import dest as dest_io, state
 from omero_cli_ext.export.dest import ancestor_problem
 from omero_cli_ext.server import SUDO_TIME_TO_IDLE_MS, ServerError
-from sim.server import SimServer
+from sim.builder import lab_server
 
 
 def fake_stat(uid=0, mode=0o755):
@@ -123,9 +123,7 @@ def test_dest_inside_equal_or_above_the_repository(tmp_path):
 
 
 def test_sim_sessions_expire_like_a_real_servers(tmp_path):
-    sim = SimServer(str(tmp_path / "sim"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
+    sim = lab_server(str(tmp_path / "sim"))
     sim.add_user("admin", ["lab"], admin=True)
     # createSessionWithTimeout(p, 10 min): a hard lifetime, however busy the session is
     hard = sim.port("alice", time_to_live_ms=600_000)

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from sim.builder import build_inplace_tree, build_uploaded
+from sim.builder import build_inplace_tree, build_uploaded, lab_server
 from sim.launcher import run_cli
 from sim.server import SimServer
 
@@ -26,10 +26,7 @@ class World:
 
 def make_world(tmp_path, n_inplace: int = 3, n_uploaded: int = 2, files: int = 2) -> World:
     root = str(tmp_path / "sim")
-    sim = SimServer(root)
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
-    sim.add_user("bob", ["lab"])
+    sim = lab_server(root, ("alice", "bob"))
     sim.add_group("other", "rw----")
     sim.add_user("carol", ["other"])
     project = sim.add_project("Proj", "alice")

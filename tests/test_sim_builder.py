@@ -4,16 +4,13 @@ import time
 
 import pytest
 
-from sim.builder import ODD_NAMES, build_inplace_tree, build_uploaded
-from sim.server import SimServer, file_hash
+from sim.builder import ODD_NAMES, build_inplace_tree, build_uploaded, lab_server
+from sim.server import file_hash
 
 
 @pytest.fixture
 def sim(tmp_path):
-    server = SimServer(str(tmp_path / "server"))
-    server.add_group("lab", "rwr---")
-    server.add_user("alice", ["lab"])
-    return server
+    return lab_server(str(tmp_path / "server"))
 
 
 def test_inplace_tree_links_every_file_absolutely(sim, tmp_path):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from sim.server import SimServer
+from sim.builder import lab_server
 
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sim", "fake_importer.py")
 SUMMARY = re.compile(r"^(\d+) files? uploaded, (\d+) filesets?(?:, (\d+) plates?)? created, "
@@ -24,9 +24,7 @@ def write(path, data=b"bytes\n"):
 
 @pytest.fixture
 def world(tmp_path):
-    sim = SimServer(str(tmp_path / "server"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
+    sim = lab_server(str(tmp_path / "server"))
     src = tmp_path / "data"
     write(str(src / "a.fake"))
     write(str(src / "a.fake.ini"))

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from sim import launcher
+from sim.builder import lab_server
 from sim.server import SimServer
 
 PROBE = '''
@@ -40,11 +41,7 @@ def sim_root(tmp_path, monkeypatch):
     plugins.mkdir(parents=True)
     (plugins / "simprobe_ext.py").write_text(PROBE)
     monkeypatch.syspath_prepend(str(tmp_path / "plugins_root"))
-    sim = SimServer(str(tmp_path / "server"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
-    sim.add_user("bob", ["lab"])
-    return sim.root
+    return lab_server(str(tmp_path / "server"), ("alice", "bob")).root
 
 
 def test_builtin_command_runs_in_process(sim_root):

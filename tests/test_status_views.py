@@ -22,8 +22,8 @@ from omero_cli_ext.server import Fileset, FilesetActivity, ImportLog, Job
 from omero_cli_ext.status import classify as c
 from omero_cli_ext.status.jobs import job_status
 from omero_cli_ext.status.snapshot import ServerView, Snapshot
+from sim.builder import lab_server
 from sim.launcher import run_cli
-from sim.server import SimServer
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc)
 STALL = 900.0
@@ -120,9 +120,7 @@ def test_problems_are_shown_in_red():
 @pytest.fixture
 def sim(tmp_path, monkeypatch):
     monkeypatch.setenv("OMERO_USERDIR", str(tmp_path / "userdir"))
-    s = SimServer(str(tmp_path / "sim"))
-    s.add_group("lab", "rwr---")
-    s.add_user("alice", ["lab"])
+    s = lab_server(str(tmp_path / "sim"))
     source = tmp_path / "busy.fake"
     source.write_bytes(b"x" * 100)
     s.fid = s.import_fileset("alice", [str(source)], steps=1)

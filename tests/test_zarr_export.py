@@ -14,6 +14,7 @@ import pytest
 
 from omero_cli_ext.zarr.index import INDEX_NAME
 from sim import pixels as simpix
+from sim.builder import lab_server
 from sim.launcher import run_cli
 from sim.server import SimServer
 from test_export_world import state_root
@@ -75,10 +76,7 @@ def add_fake(world_or_sim, src, name, owner="alice", target=None, spw=False, gro
 
 
 def make_world(tmp_path) -> World:
-    sim = SimServer(str(tmp_path / "server"))
-    sim.add_group("lab", "rwr---")
-    sim.add_user("alice", ["lab"])
-    sim.add_user("bob", ["lab"])
+    sim = lab_server(str(tmp_path / "server"), ("alice", "bob"))
     src = str(tmp_path / "src")
     os.makedirs(src)
     project = sim.add_project("Proj", "alice")
