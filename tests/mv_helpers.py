@@ -123,15 +123,25 @@ def world(tmp_path):
 
 
 @contextlib.contextmanager
-def tmpfs(path: str, size: str = "64m", options: str = ""):
-    """A tmpfs at `path` (another filesystem); skips the test visibly when mount is refused."""
-    os.makedirs(path, exist_ok=True)
-    opts = f"size={size}" + (f",{options}" if options else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", path],
-                          capture_output=True, text=True)
+def mounted(target: str, mount_args: list, what: str):
+    """`mount MOUNT_ARGS TARGET` for the duration; skips the test visibly (`cannot WHAT here`)
+    when mount is refused."""
+    os.makedirs(target, exist_ok=True)
+    done = subprocess.run(["mount", *mount_args, target], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        pytest.skip(f"cannot {what} here (needs root): {done.stderr.strip()}")
     try:
-        yield path
+        yield target
     finally:
-        subprocess.run(["umount", "-l", path], check=False)
+        subprocess.run(["umount", "-l", target], check=False)
+
+
+def tmpfs(path: str, size: str = "64m", options: str = ""):
+    """A tmpfs at `path` (another filesystem)."""
+    opts = f"size={size}" + (f",{options}" if options else "")
+    return mounted(path, ["-t", "tmpfs", "-o", opts, "tmpfs"], "mount a tmpfs")
+
+
+def bind(source: str, target: str):
+    """`source` seen again at `target` (a bind mount)."""
+    return mounted(target, ["--bind", source], "bind-mount")

@@ -3,7 +3,6 @@ in the control directory, managed files reached through another mount, tampered 
 odd names."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -11,7 +10,8 @@ import subprocess
 
 import pytest
 
-from mv_helpers import World, interrupt_after_retargets, launcher_env, manifest, snapshot
+from mv_helpers import (World, bind, interrupt_after_retargets, launcher_env, manifest,
+                        snapshot)
 from mv_helpers import world  # noqa: F401 (fixture)
 from omero_cli_ext.journal import _lock_slug
 from omero_cli_ext.mv import errors
@@ -107,18 +107,6 @@ def test_status_never_hangs_on_a_fifo_planted_as_a_lock_file(tmp_path, monkeypat
     assert done.returncode == 0 and "job 1:" in done.stdout, done.stderr
 
 
-@contextlib.contextmanager
-def _bind(source: str, target: str):
-    os.makedirs(target, exist_ok=True)
-    done = subprocess.run(["mount", "--bind", source, target], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot bind-mount here (needs root): {done.stderr.strip()}")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "-l", target], check=False)
-
-
 def test_repair_never_picks_a_managed_file_seen_through_a_bind_mount(world, tmp_path):
     """A directory of the repository bind-mounted elsewhere (a sysadmin's view of one user's
     data) under a search root: its files are still managed files, never candidates."""
@@ -130,7 +118,7 @@ def test_repair_never_picks_a_managed_file_seen_through_a_bind_mount(world, tmp_
     os.makedirs(os.path.dirname(link))
     os.symlink(os.path.join(str(tmp_path), "gone", name), link)
     search = tmp_path / "search"
-    with _bind(os.path.dirname(managed), str(search / "view")):
+    with bind(os.path.dirname(managed), str(search / "view")):
         rc, out, err = world.mv("--repair", "--search", str(search), server=False)
     assert rc == errors.EXIT_UNRESOLVED, err
     assert not os.path.exists(link)
@@ -143,7 +131,7 @@ def test_a_repository_bind_mounted_elsewhere_is_one_repository(world, tmp_path, 
     spelling is seen through the other (exit 13, nothing changed)."""
     _unfinished_job(world, monkeypatch)
     view = str(tmp_path / "view")
-    with _bind(world.sim_root, view):
+    with bind(world.sim_root, view):
         repo_view = os.path.join(view, os.path.basename(world.repo))
         before = snapshot(world.repo, world.data)
         other = os.path.join(world.data, "elsewhere")
@@ -230,7 +218,7 @@ def test_src_and_dst_spelled_through_a_bind_mount_are_seen_as_one_place(world, t
     does not resolve): refused before anything changes (exit 5), as the plain spellings are."""
     view = str(tmp_path / "view")
     before = snapshot(world.repo, world.data)
-    with _bind(world.data, view):
+    with bind(world.data, view):
         for src, dst in [(world.old, os.path.join(view, "old")),
                          (world.old, os.path.join(view, "old", "sub")),
                          (os.path.join(view, "old"), os.path.join(world.old, "sub")),
@@ -238,7 +226,7 @@ def test_src_and_dst_spelled_through_a_bind_mount_are_seen_as_one_place(world, t
             rc, out, err = world.mv(src, dst, server=False)
             assert rc == errors.EXIT_BAD_RELATION, (src, dst, err)
             assert snapshot(world.repo, world.data) == before
-    with _bind(os.path.dirname(world.repo), view):
+    with bind(os.path.dirname(world.repo), view):
         rc, out, err = world.mv(world.old, os.path.join(view, "ManagedRepository", "x"),
                                 server=False)
         assert rc == errors.EXIT_REPO_OVERLAP, err
@@ -274,7 +262,7 @@ def test_managed_files_named_through_a_bind_mount_are_never_moved_as_originals(w
     managed = os.path.join(world.repo, fileset.entries[0].original_file.repo_path)
     view = str(tmp_path / "view")
     before = snapshot(world.repo, world.data)
-    with _bind(os.path.dirname(managed), view):
+    with bind(os.path.dirname(managed), view):
         rc, out, err = world.mv(view, os.path.join(world.data, "out"), "--force", server=False)
     assert rc == errors.EXIT_REPO_OVERLAP, err
     assert snapshot(world.repo, world.data) == before
