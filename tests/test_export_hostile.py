@@ -634,3 +634,34 @@ def test_a_state_left_by_another_users_deleted_dest_is_dropped(site):
     rc, out, err = site.export(f"Dataset:{bobs}", dest=other, as_user=BOB)
     assert rc == 0 and f"dropped the state of '{ALICE}'" in err, err
     assert state.key(os.stat(other)) == key
+
+
+@pytest.mark.parametrize("when", ["before the run", "by a run whose mkdir won"])
+def test_a_dest_of_another_user_made_by_another_run_is_refused_as_an_existing_one(site, when,
+                                                                                 monkeypatch):
+    """Bob's root run makes DEST (his, 0770: their shared group) before alice's run, or at once
+    with it, winning the mkdir. Either way alice's run meets an existing DEST that is not hers:
+    the same checks apply (exit 4), nothing of hers is written into his DEST."""
+    def bobs(name, dir_fd=None):
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+        os.chown(name, site.bob.pw_uid, site.bob.pw_gid, dir_fd=dir_fd)
+        os.chmod(name, 0o770, dir_fd=dir_fd)
+
+    if when == "before the run":
+        bobs(site.dest)
+    else:
+        real_mkdir, made = os.mkdir, []
+
+        def bob_first(name, mode=0o777, *, dir_fd=None):
+            if dir_fd is not None and name == os.path.basename(site.dest) and not made:
+                made.append(name)
+                monkeypatch.setattr(os, "mkdir", real_mkdir)
+                bobs(name, dir_fd)
+                monkeypatch.setattr(os, "mkdir", bob_first)
+            return real_mkdir(name, mode, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, "mkdir", bob_first)
+    rc, _out, err = site.export(extra=["--wait", "5"])
+    monkeypatch.undo()
+    assert rc == 4 and f"--as-user {BOB}" in err, (rc, err)
+    assert os.stat(site.dest).st_uid == site.bob.pw_uid and os.listdir(site.dest) == []

@@ -322,3 +322,27 @@ def test_what_she_did_to_a_revoked_images_place_never_stops_the_sync(site):
     assert rc == 0, err
     assert sorted(r["image"] for r in records(out, "removed")) == sorted([first, second])
     assert site.outside() == before and os.path.islink(parent)
+
+
+def test_a_dest_another_run_made_first_for_another_user_is_refused_as_an_existing_one(site,
+                                                                                     monkeypatch):
+    """Two root runs make the same missing DEST: bob's wins the mkdir and gives DEST to bob.
+    Alice's run, whose mkdir lost, opens bob's DEST (0770, their shared group) as an existing
+    one: the checks of an existing DEST apply (exit 4, nothing of hers written into his DEST), as when it was there
+    before the run."""
+    real_mkdir = os.mkdir
+    made = []
+
+    def bob_first(name, mode=0o777, *, dir_fd=None):
+        if dir_fd is not None and name == os.path.basename(site.dest) and not made:
+            made.append(name)
+            real_mkdir(name, 0o700, dir_fd=dir_fd)
+            os.chown(name, site.bob.pw_uid, site.bob.pw_gid, dir_fd=dir_fd)
+            os.chmod(name, 0o770, dir_fd=dir_fd)      # his run's --dir-mode 0770: their group
+        return real_mkdir(name, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", bob_first)
+    rc, _out, err = zarr(site, extra=["--wait", "5"])
+    monkeypatch.undo()
+    assert made and rc == 4 and f"--as-user {BOB}" in err, (rc, err)
+    assert os.stat(site.dest).st_uid == site.bob.pw_uid and os.listdir(site.dest) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 
 from omero_cli_ext.export import asuser, dest as dest_io, state
 from omero_cli_ext.output import printable
@@ -94,6 +95,31 @@ def open_existing_dest(ctx, dest: str, strict):
         ctx.die(EXIT_DEST, f"DEST unusable: {err}")
 
 
+def check_dest_owner(ctx, dest_fd: int, dest: str, entry, root_run: bool,
+                     root_dest_ok: bool = False) -> None:
+    """As root, an existing DEST (there before the run, or made by another run whose mkdir won)
+    must be the DEST owner's: her files are written or linked as hers, and never what another
+    OMERO user may read into a directory she owns. `root_dest_ok`: a DEST of root's is accepted
+    (--originals: a run stopped as it made DEST leaves it root's, given away by the next)."""
+    if not root_run:
+        return
+    uid = os.fstat(dest_fd).st_uid
+    if uid == entry.pw_uid or (uid == 0 and root_dest_ok):
+        return
+    if uid == 0:       # as an earlier version made DEST: root's, so nothing in it is hers
+        ctx.die(EXIT_OWNER, "DEST %s belongs to root, not to %r: if it is her export, give it "
+                            "to her (chown -R %s) and rerun; else choose another DEST"
+                % (printable(dest), entry.pw_name, entry.pw_name))
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    ctx.die(EXIT_OWNER, "DEST %s belongs to %r, not to %r (the POSIX account of the acting "
+                        "user): the export would give %r what another user may read; rerun "
+                        "with --as-user %s, or choose another DEST"
+            % (printable(dest), name, entry.pw_name, name, name))
+
+
 def check_apart(ctx, dest_fd: int, dest: str, repo_roots, inside_only: bool = False) -> None:
     for root in repo_roots:
         try:
@@ -120,9 +146,10 @@ def open_control(ctx, control_files, dest_fd, create) -> None:
 
 # --------------------------------------------------------------------------- DEST and the end of a run
 
-def create_dest(ctx, dest: str, args, roots, owner, strict) -> int:
-    """DEST made (its parent must exist), resolved without following symlinks and kept apart
-    from the ManagedRepository by device and inode (export.dest)."""
+def create_dest(ctx, dest: str, args, roots, owner, strict) -> tuple:
+    """(fd, created) of DEST made (its parent must exist), resolved without following symlinks
+    and kept apart from the ManagedRepository by device and inode (export.dest). Not `created`:
+    another run made it first, an existing DEST whose other checks are the caller's."""
     parent_fd = open_existing_dest(ctx, os.path.dirname(dest), strict)
     if parent_fd is None:
         ctx.die(EXIT_DEST, f"the parent of DEST {printable(dest)} does not exist")
@@ -131,8 +158,8 @@ def create_dest(ctx, dest: str, args, roots, owner, strict) -> int:
     finally:
         os.close(parent_fd)
     try:
-        fd = dest_io.open_dest(dest, create=True, mode=args.dir_mode, owner=owner,
-                               strict=strict)[0]
+        fd, created = dest_io.open_dest(dest, create=True, mode=args.dir_mode, owner=owner,
+                                        strict=strict)
     except dest_io.DestError as err:
         ctx.die(EXIT_DEST, f"DEST unusable: {err}")
     except OSError as err:
@@ -144,7 +171,7 @@ def create_dest(ctx, dest: str, args, roots, owner, strict) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, created
 
 
 def close_run(control_files, dest_fd, acting, port) -> None:

@@ -18,7 +18,8 @@ from omero_cli_ext import fsops
 from omero_cli_ext.cli.base import collector_paused, open_port, server_errors
 from omero_cli_ext.cli.export_common import (EXIT_DEST, EXIT_FULL, EXIT_INTERRUPTED,
                                              EXIT_NOT_EXPORTED, EXIT_OWNER, EXIT_SOME_MISSING,
-                                             QuietPipe, check_apart, close_run, create_dest,
+                                             QuietPipe, check_apart, check_dest_owner,
+                                             close_run, create_dest,
                                              dir_mode_warning, open_control, open_existing_dest,
                                              read_owner_map, resolve_owner)
 from omero_cli_ext.exitcodes import EXIT_NOT_FOUND, EXIT_USAGE
@@ -40,6 +41,13 @@ def load_manifest(ctx, control_files, repository, user, sync, dest):
         ctx.die(EXIT_DEST, f"the export's manifest: {err}")
     except control_io.Refused as err:
         ctx.die(EXIT_DEST, str(err))
+
+
+def give_unfinished(out, args, dest_fd, manifest, owner, entry) -> None:
+    if manifest is None and owner is not None and not args.dry_run \
+            and dest_io.give_unfinished(dest_fd, args.dir_mode, owner):
+        out.emit("note", message="DEST, left root's by a run stopped as it made it, "
+                                 f"given to {entry.pw_name}")
 
 
 # --------------------------------------------------------------------------- the command
@@ -73,13 +81,12 @@ def run_export(control, args):
             dest_fd = open_existing_dest(ctx, dest, strict)
             if dest_fd is not None:
                 check_apart(ctx, dest_fd, dest, roots)
+                check_dest_owner(ctx, dest_fd, dest, entry, root_run, root_dest_ok=True)
                 open_control(ctx, control_files, dest_fd, create=not args.dry_run)
             manifest = load_manifest(ctx, control_files, repository.uuid, user.name, args.sync,
                                      dest)
-            if dest_fd is not None and manifest is None and owner is not None \
-                    and not args.dry_run and dest_io.give_unfinished(dest_fd, args.dir_mode, owner):
-                out.emit("note", message="DEST, left root's by a run stopped as it made it, "
-                                         f"given to {entry.pw_name}")
+            if dest_fd is not None:
+                give_unfinished(out, args, dest_fd, manifest, owner, entry)
             resolution = resolve(acting, refs)
             for ref in resolution.missing:
                 out.emit("object_missing", object=format_ref(ref))
@@ -92,8 +99,14 @@ def run_export(control, args):
             containers = (acting.containers_of(sorted(resolution.filesets))
                           if args.layout == "tree" and resolution.filesets else {})
             if dest_fd is None and not args.dry_run:
-                dest_fd = create_dest(ctx, dest, args, roots, owner, strict)
+                dest_fd, created = create_dest(ctx, dest, args, roots, owner, strict)
+                if not created:     # another run made it first: an existing DEST's checks
+                    check_dest_owner(ctx, dest_fd, dest, entry, root_run, root_dest_ok=True)
                 open_control(ctx, control_files, dest_fd, create=True)
+                if not created:     # and its manifest, read once its lock is ours
+                    manifest = load_manifest(ctx, control_files, repository.uuid, user.name,
+                                             args.sync, dest)
+                    give_unfinished(out, args, dest_fd, manifest, owner, entry)
             keep = {}
             if manifest is None:
                 manifest = manifest_io.Manifest(repository=repository.uuid, user=user.name,

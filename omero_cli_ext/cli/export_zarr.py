@@ -14,15 +14,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import pwd
 import sys
 
 from omero_cli_ext import fsops
 from omero_cli_ext.cli.base import open_port, server_errors
 from omero_cli_ext.exitcodes import EXIT_NOT_FOUND, EXIT_USAGE
 from omero_cli_ext.cli.export_common import (EXIT_DEST, EXIT_FULL, EXIT_INTERRUPTED,
-                                             EXIT_NOT_EXPORTED, EXIT_OWNER, EXIT_SOME_MISSING,
-                                             QuietPipe, check_apart, close_run, create_dest,
+                                             EXIT_NOT_EXPORTED, EXIT_SOME_MISSING,
+                                             QuietPipe, check_apart, check_dest_owner,
+                                             close_run, create_dest,
                                              dir_mode_warning, open_control, open_existing_dest,
                                              read_owner_map, resolve_owner)
 from omero_cli_ext.export import control as control_io
@@ -60,28 +60,6 @@ def _check_args(ctx, args) -> list:
         ctx.die(EXIT_USAGE, "--zarr exports Project, Dataset, Image, Screen and Plate, not %s"
                 % ", ".join(filesets))
     return refs
-
-
-def _check_dest_owner(ctx, dest_fd: int, dest: str, entry, root_run: bool) -> None:
-    """As root, an existing DEST must be the DEST owner's: her files are written as hers, and
-    never what another OMERO user may read into a directory she owns."""
-    if not root_run:
-        return
-    uid = os.fstat(dest_fd).st_uid
-    if uid == entry.pw_uid:
-        return
-    if uid == 0:       # as an earlier version made DEST: root's, so nothing in it is hers
-        ctx.die(EXIT_OWNER, "DEST %s belongs to root, not to %r: if it is her export, give it "
-                            "to her (chown -R %s) and rerun; else choose another DEST"
-                % (printable(dest), entry.pw_name, entry.pw_name))
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = str(uid)
-    ctx.die(EXIT_OWNER, "DEST %s belongs to %r, not to %r (the POSIX account of the acting "
-                        "user): the export would give %r what another user may read; rerun "
-                        "with --as-user %s, or choose another DEST"
-            % (printable(dest), name, entry.pw_name, name, name))
 
 
 def _load_index(ctx, out, state_fd, args, dest: str, repository: str, user: str):
@@ -152,7 +130,7 @@ def run_export(control, args):
             dest_fd = open_existing_dest(ctx, dest, strict)
             if dest_fd is not None:
                 check_apart(ctx, dest_fd, dest, roots)
-                _check_dest_owner(ctx, dest_fd, dest, entry, root_run)
+                check_dest_owner(ctx, dest_fd, dest, entry, root_run)
                 open_control(ctx, control_files, dest_fd, create=not args.dry_run)
             image_ids, plate_ids, missing = zplan.resolve(acting, refs)
             for ref in missing:
@@ -164,8 +142,11 @@ def run_export(control, args):
             field_ids = {i for p in plates.values() for w in p.wells for i, _a in w.fields}
             pixels = acting.pixels_info(sorted(set(image_ids) | field_ids))
             if dest_fd is None and not args.dry_run:
-                dest_fd = create_dest(ctx, dest, args, roots,
-                                      (entry.pw_uid, entry.pw_gid) if root_run else None, strict)
+                dest_fd, created = create_dest(ctx, dest, args, roots,
+                                               (entry.pw_uid, entry.pw_gid) if root_run else None,
+                                               strict)
+                if not created:     # another run made it first: an existing DEST's checks
+                    check_dest_owner(ctx, dest_fd, dest, entry, root_run)
                 open_control(ctx, control_files, dest_fd, create=True)
             index = _load_index(ctx, out, control_files.state_fd, args, dest, repository.uuid,
                                 user.name)
