@@ -170,6 +170,52 @@ def test_a_metadata_step_still_writing_its_log_outlives_the_step_timeout(world, 
     assert not present()
 
 
+def test_a_log_mtime_later_than_the_servers_clock_is_no_sign_of_life(world):
+    """The repository is readable here, but the log's mtime lies ahead of the server's clock (an
+    NFS server with another clock, a restored or touched file): a time that has not come proves
+    nothing. It must not keep a dead metadata step alive for ever: its size is looked at instead
+    (a first look gives it a full step timeout, then no growth: dead)."""
+    sim, src, tmp_path = world
+    files = sorted(str(p) for p in src.iterdir())
+    session = kill_driver_after_first_fileset(sim, src, tmp_path)
+    busy = sim.import_fileset("alice", [files[1]], steps=0, session=session)
+    present = lambda: busy in {r[0] for r in sim.query("SELECT id FROM Fileset")}  # noqa: E731
+    args = ("--clean-ghosts", "--retries", "0", "--chunk-size", "20", str(src))
+    on_disk = sim._import_log(busy)[2]
+    ahead = sim.now().timestamp() + 10 * 365 * 86400
+    os.utime(on_disk, (ahead, ahead))
+    sim.advance(13 * 3600)
+    rc, out, err = imp(sim, *args)
+    assert rc == 4 and "still processing" in err and present(), err
+    sim.advance(13 * 3600)                # its size has not changed for 13 h: dead
+    rc, out, err = imp(sim, *args)
+    assert rc == 0, err
+    assert not present()
+
+
+@pytest.mark.parametrize("memory", ["[]", "null", "\"x\"", "{\"k\": 5}", "a directory"])
+def test_a_damaged_or_unwritable_log_size_memory_changes_no_outcome(world, memory):
+    """The remembered import log sizes are hints: a damaged file starts afresh, one that cannot
+    be written is warned about on stderr; the exit code and the --json lines are unchanged."""
+    sim, src, tmp_path = world
+    sim.set_reported_root(str(tmp_path / "server-host" / "ManagedRepository"))
+    files = sorted(str(p) for p in src.iterdir())
+    session = kill_driver_after_first_fileset(sim, src, tmp_path)
+    busy = sim.import_fileset("alice", [files[1]], steps=0, session=session)
+    path = tmp_path / "userdir" / "omero-cli-ext" / "import-log-sizes.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if memory == "a directory":
+        path.mkdir()
+    else:
+        path.write_text(memory)
+    sim.advance(13 * 3600)
+    rc, out, err = imp(sim, "--json", "--clean-ghosts", "--retries", "0", "--chunk-size", "20",
+                       str(src))
+    assert rc == 4 and busy in {r[0] for r in sim.query("SELECT id FROM Fileset")}, err
+    assert all(json.loads(line) for line in out.splitlines())
+    assert ("cannot remember import log sizes" in err) == (memory == "a directory"), err
+
+
 # --- identity -----------------------------------------------------------------------------------
 
 def test_another_server_is_refused_and_never_reported_done(world, tmp_path):

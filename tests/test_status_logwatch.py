@@ -76,6 +76,21 @@ def test_a_damaged_memory_file_starts_afresh(tmp_path):
     memory_file = tmp_path / "sizes.json"
     memory_file.write_text("{not json")
     assert logwatch.SizeMemory(str(memory_file)).seen == {}
+    for damaged in ("[]", "null", '"x"', "3"):      # valid JSON, not an object
+        memory_file.write_text(damaged)
+        assert logwatch.SizeMemory(str(memory_file)).seen == {}
+
+
+def test_a_remembered_look_with_no_time_or_one_not_come_yet_is_a_first_look(tmp_path):
+    """A damaged entry, or one a clock ahead wrote, would keep an import log "unchanged since"
+    no time or a time to come (for ever alive): it counts as a first look, now."""
+    memory_file = tmp_path / "sizes.json"
+    later = (T0 + dt.timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%S.%f%z")
+    memory_file.write_text(json.dumps({"r/1": [7, None, None], "r/2": [7, None, later]}))
+    memory = logwatch.SizeMemory(str(memory_file))
+    assert memory.unchanged_since("r/1", 7, T0) == T0
+    assert memory.unchanged_since("r/2", 7, T0) == T0
+    assert memory.unchanged_since("r/2", 7, T0 + dt.timedelta(hours=13)) == T0
 
 
 def test_memory_forgets_only_this_repositorys_unseen_logs():

@@ -48,6 +48,8 @@ class SizeMemory:
             try:
                 with open(path, encoding="utf-8") as f:
                     raw = json.load(f)
+                if not isinstance(raw, dict):
+                    raise ValueError("not an object")
                 self.seen = {key: (int(size), _parse(grew), _parse(since))
                              for key, (size, grew, since) in raw.items()}
             except (OSError, ValueError, TypeError):
@@ -69,6 +71,9 @@ class SizeMemory:
         """Record `size`; return the first look that saw it (now, for a first look or a change):
         the log has not grown since then, as far as the looks can tell."""
         self.look(key, size, now)
+        since = self.seen[key][2]
+        if since is None or since > now:  # damaged, or written by a clock ahead: a first look
+            self.seen[key] = (size, self.seen[key][1], now)
         return self.seen[key][2]
 
     def keep_only(self, prefix: str, keys: set) -> None:
@@ -142,11 +147,17 @@ def log_unchanged_since(port, repository, log, memory: SizeMemory,
     repository is readable here; else the first look (this one or a remembered one) that saw its
     current `RawFileStore.size()`; None when the server refuses it. A first look proves nothing
     about the past, so it answers `now`: a step found writing nothing is given a full timeout
-    from the first look, never judged dead on the database's signals alone."""
+    from the first look, never judged dead on the database's signals alone. An mtime later than
+    `now` (the server's clock: another clock wrote it, or the file was touched) proves nothing:
+    its size on disk is looked at instead, as a size through RawFileStore is."""
     st = _stat_in_repository(repository.root, log.repo_path)
     if st is not None:
-        return _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc)
-    size = port.file_sizes([log.original_file_id]).get(log.original_file_id)
+        mtime = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc)
+        if mtime <= now:
+            return mtime
+        size = st.st_size
+    else:
+        size = port.file_sizes([log.original_file_id]).get(log.original_file_id)
     if size is None:
         return None
     return memory.unchanged_since("%s/%d" % (repository.uuid, log.original_file_id), size, now)
