@@ -114,3 +114,24 @@ def test_a_log_path_leaving_the_repository_or_not_a_file_is_never_looked_at_on_d
         [(1, log(10, "../secret")), (2, log(20, "u/x.log")), (3, log(30, "u/./../../secret"))],
         T0, logwatch.SizeMemory())
     assert {p.source for p in probes.values()} == {"server"} and port.asked == [[10, 20, 30]]
+
+
+def test_two_runs_saving_the_memory_keep_each_others_looks(tmp_path):
+    """Two runs (two import jobs of one user) read the memory at their start and save after
+    their looks: neither save drops the other's looks (each would otherwise give its ghosts a
+    first look again on every rerun, and never let them die while the other job runs)."""
+    memory_file = str(tmp_path / "sizes.json")
+    first, second = logwatch.SizeMemory(memory_file), logwatch.SizeMemory(memory_file)
+    first.unchanged_since("r/1", 5, T0)
+    second.unchanged_since("r/2", 6, T0)
+    first.save()
+    second.save()
+    later = T0 + dt.timedelta(hours=13)
+    again = logwatch.SizeMemory(memory_file)
+    assert again.unchanged_since("r/1", 5, later) == T0
+    assert again.unchanged_since("r/2", 6, later) == T0
+    second.keep_only("r/", {"r/2"})        # what one run forgets is forgotten, only that
+    first.unchanged_since("r/1", 8, later)
+    first.save()
+    second.save()
+    assert set(logwatch.SizeMemory(memory_file).seen) == {"r/1", "r/2"}

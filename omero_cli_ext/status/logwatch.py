@@ -45,16 +45,19 @@ class SizeMemory:
         self.seen: dict = {}
         self._saved: dict = {}
         if path:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    raw = json.load(f)
-                if not isinstance(raw, dict):
-                    raise ValueError("not an object")
-                self.seen = {key: (int(size), _parse(grew), _parse(since))
-                             for key, (size, grew, since) in raw.items()}
-            except (OSError, ValueError, TypeError):
-                self.seen = {}   # absent, damaged or of an older layout: start afresh (hints only)
+            self.seen = self._read()
             self._saved = dict(self.seen)
+
+    def _read(self) -> dict:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                raw = json.load(f)
+            if not isinstance(raw, dict):
+                raise ValueError("not an object")
+            return {key: (int(size), _parse(grew), _parse(since))
+                    for key, (size, grew, since) in raw.items()}
+        except (OSError, ValueError, TypeError):
+            return {}   # absent, damaged or of an older layout: start afresh (hints only)
 
     def look(self, key: str, size: int, now: _dt.datetime) -> Optional[_dt.datetime]:
         """Record `size`; return when a look last saw the log grow (None: no look has yet)."""
@@ -82,15 +85,21 @@ class SizeMemory:
 
     def save(self) -> None:
         """Write the memory (OSError is the caller's: a look that cannot be remembered is a
-        problem, not a reason to fail)."""
+        problem, not a reason to fail), merged with what other runs saved since it was read:
+        only what this one changed or forgot is written over (a look another run changed since
+        is kept)."""
         if not self.path or self.seen == self._saved:
             return
         from omero_cli_ext.fsops import atomic_write
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        merged = {k: v for k, v in self._read().items()
+                  if k in self.seen or self._saved.get(k) != v}
+        merged.update({k: v for k, v in self.seen.items()
+                       if self._saved.get(k) != v or k not in merged})
         data = {k: [size, _format(grew), _format(since)]
-                for k, (size, grew, since) in sorted(self.seen.items())}
+                for k, (size, grew, since) in sorted(merged.items())}
         atomic_write(self.path, json.dumps(data).encode("utf-8"), 0o600)
-        self._saved = dict(self.seen)
+        self.seen, self._saved = merged, dict(merged)
 
 
 def _parse(text: Optional[str]) -> Optional[_dt.datetime]:
