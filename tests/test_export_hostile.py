@@ -665,3 +665,68 @@ def test_a_dest_of_another_user_made_by_another_run_is_refused_as_an_existing_on
     monkeypatch.undo()
     assert rc == 4 and f"--as-user {BOB}" in err, (rc, err)
     assert os.stat(site.dest).st_uid == site.bob.pw_uid and os.listdir(site.dest) == []
+
+
+def test_a_user_winning_the_mkdir_in_a_sticky_shared_parent_never_gets_roots_export(site,
+                                                                                   monkeypatch):
+    """DEST's parent is /tmp-like (1777): bob, who may write it, makes DEST his own (0777) or a
+    symlink just before root's run for alice makes it. The run whose mkdir lost meets what an
+    existing DEST would meet there: the sticky rule refuses a component bob owns, O_NOFOLLOW the
+    symlink (exit 3); nothing is written."""
+    shared = os.path.join(site.base, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    dest = os.path.join(shared, "out")
+    real_mkdir = os.mkdir
+    for plant in ("his directory", "a symlink"):
+        made = []
+
+        def bob_first(name, mode=0o777, *, dir_fd=None):
+            if dir_fd is not None and name == "out" and not made:
+                made.append(name)
+                if plant == "a symlink":
+                    os.symlink(site.home[BOB], name, dir_fd=dir_fd)
+                else:
+                    real_mkdir(name, 0o777, dir_fd=dir_fd)
+                    os.chmod(name, 0o777, dir_fd=dir_fd)
+                    os.chown(name, site.bob.pw_uid, site.bob.pw_gid, dir_fd=dir_fd,
+                             follow_symlinks=False)
+            return real_mkdir(name, mode, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, "mkdir", bob_first)
+        rc, _out, err = site.export(dest=dest, extra=["--wait", "5"])
+        monkeypatch.undo()
+        assert made and rc == 3, (plant, rc, err)
+        if plant == "a symlink":
+            assert "symlink" in err and os.listdir(site.home[BOB]) == ["secret"]
+            os.unlink(dest)
+        else:
+            assert "above DEST" in err and os.listdir(dest) == []
+            os.rmdir(dest)
+
+
+def test_a_run_whose_mkdir_lost_to_a_finished_export_reads_its_manifest(site, monkeypatch):
+    """Two runs for alice make the same missing DEST: the winner finishes its export (of the
+    project) while the loser waits for DEST's lock. The loser then reads the winner's manifest as
+    an existing DEST's: without --sync it is refused as one (exit 3) and the winner's manifest is
+    left as it was, never replaced by the loser's fresh one."""
+    real_mkdir, made = os.mkdir, []
+
+    def winner_first(name, mode=0o777, *, dir_fd=None):
+        if dir_fd is not None and name == os.path.basename(site.dest) and not made:
+            made.append(subprocess.run(
+                [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
+                 site.sim.root, "--sim-user", "root", "export", "--originals", site.dest,
+                 f"Project:{site.project}", "--as-user", ALICE, "--state-dir", site.state],
+                capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT)))
+        return real_mkdir(name, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", winner_first)
+    rc, _out, err = site.export(f"Dataset:{site.dataset}", extra=["--wait", "30"])
+    monkeypatch.undo()
+    assert made and made[0].returncode == 0, made[0].stderr
+    manifest = os.path.join(site.state, state.key(os.stat(site.dest)), MANIFEST_NAME)
+    with open(manifest, encoding="utf-8") as stream:
+        recorded = json.load(stream)
+    assert rc == 3 and "already holds an export" in err, (rc, err)
+    assert recorded["objects"] == [f"Project:{site.project}"], recorded["objects"]
