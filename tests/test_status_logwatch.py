@@ -37,6 +37,27 @@ def test_a_readable_log_is_looked_at_on_disk(tmp_path):
     assert port.asked == []
 
 
+def test_a_log_mtime_later_than_the_servers_clock_is_compared_by_size(tmp_path):
+    """A file written by another clock (or touched) must not show an import active for ever."""
+    path = tmp_path / "u_1" / "a.log"
+    path.parent.mkdir()
+    path.write_bytes(b"x" * 42)
+    ahead = T0 + dt.timedelta(hours=5)
+    os.utime(path, (ahead.timestamp(), ahead.timestamp()))
+    repo, memory = Repository("uuid", str(tmp_path)), logwatch.SizeMemory()
+    first = logwatch.probe_logs(Port({}), repo, [(1, log(10, "u_1/a.log"))], T0, memory)
+    assert first == {1: logwatch.LogProbe(size=42, grew=None, source="disk")}
+    later = T0 + dt.timedelta(minutes=10)
+    same = logwatch.probe_logs(Port({}), repo, [(1, log(10, "u_1/a.log"))], later, memory)
+    assert same[1].grew is None                   # no growth seen since the first look
+    with open(path, "ab") as fh:
+        fh.write(b"more")
+    os.utime(path, (ahead.timestamp(), ahead.timestamp()))
+    grown = logwatch.probe_logs(Port({}), repo, [(1, log(10, "u_1/a.log"))], later, memory)
+    assert grown == {1: logwatch.LogProbe(size=46, grew=later, source="disk")}
+    assert set(memory.seen) == {"uuid/10"}
+
+
 def test_an_unreadable_repository_asks_the_server_and_remembers(tmp_path):
     memory_file = tmp_path / "mem" / "sizes.json"
     repo = Repository("uuid", str(tmp_path / "absent"))

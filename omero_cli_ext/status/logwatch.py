@@ -126,26 +126,32 @@ def _stat_in_repository(root: str, repo_path: str):
 
 def probe_logs(port, repository, candidates: Sequence[tuple], now: _dt.datetime,
                memory: SizeMemory) -> Mapping[int, LogProbe]:
-    """LogProbe per fileset id of `candidates` ((fileset id, ImportLog) pairs, newest first)."""
+    """LogProbe per fileset id of `candidates` ((fileset id, ImportLog) pairs, newest first).
+    An mtime later than `now` (the server's clock) proves nothing: that log's size on disk is
+    compared with the remembered looks, as a size through RawFileStore is."""
     probes: dict = {}
     remote = []
+    keys = set()
+
+    def looked(log, size: int) -> Optional[_dt.datetime]:
+        key = "%s/%d" % (repository.uuid, log.original_file_id)
+        keys.add(key)
+        return memory.look(key, size, now)
+
     for fileset_id, log in candidates:
         st = _stat_in_repository(repository.root, log.repo_path)
         if st is None:
             remote.append((fileset_id, log))
             continue
+        mtime = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc)
         probes[fileset_id] = LogProbe(size=st.st_size, source="disk",
-                                      grew=_dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc))
+                                      grew=mtime if mtime <= now else looked(log, st.st_size))
     remote = remote[:MAX_SERVER_PROBES]
     sizes = port.file_sizes([log.original_file_id for _, log in remote]) if remote else {}
-    keys = set()
     for fileset_id, log in remote:
-        if log.original_file_id not in sizes:
-            continue
-        key = "%s/%d" % (repository.uuid, log.original_file_id)
-        keys.add(key)
-        size = sizes[log.original_file_id]
-        probes[fileset_id] = LogProbe(size=size, source="server", grew=memory.look(key, size, now))
+        if log.original_file_id in sizes:
+            size = sizes[log.original_file_id]
+            probes[fileset_id] = LogProbe(size=size, source="server", grew=looked(log, size))
     memory.keep_only(repository.uuid + "/", keys)
     return probes
 
