@@ -4,13 +4,10 @@ in its own process (tests/sim/launcher.py as a script)."""
 from __future__ import annotations
 
 import os
-import sys
 
 from sim.builder import lab_server
-from sim.launcher import run_cli
+from sim.launcher import CHECKOUT, run_cli, script_command
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
 # the fake importer's fault switches (tests/sim/fake_importer.py): none leaks in from the caller
 SIM_SWITCHES = ("CRASH_AFTER", "HANG", "FAIL_PATTERN", "UPLOAD_FAIL_PATTERN",
                 "SECONDS_PER_FILESET", "UPLOAD_SECONDS")
@@ -41,14 +38,12 @@ def imp(sim, *argv, user="alice"):
 
 def driver_command(sim_root, *argv, user="alice") -> list:
     """`omero import --resume ARGV` as `user` in its own process."""
-    return [sys.executable, LAUNCHER, "--sim-root", sim_root, "--sim-user", user, "import",
-            "--resume", *argv]
+    return script_command(sim_root, ["import", "--resume", *argv], user)
 
 
 def driver_env(tmp_path, **switches) -> dict:
     """A driver process's environment: omero_cli_ext from this work tree (as pytest imports it),
     the journals under tmp_path, and fault switches (`SECONDS_PER_FILESET="0.05"`, ...)."""
-    pythonpath = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH"))
-                                 if p)
+    pythonpath = os.pathsep.join(p for p in (CHECKOUT, os.environ.get("PYTHONPATH")) if p)
     return dict(os.environ, PYTHONPATH=pythonpath, OMERO_USERDIR=str(tmp_path / "userdir"),
                 **{"OMERO_CLI_EXT_SIM_" + k: v for k, v in switches.items()})

@@ -7,16 +7,12 @@ import contextlib
 import hashlib
 import os
 import subprocess
-import sys
 
 import pytest
 
 from omero_cli_ext.fsops import is_temp_name
 from sim.builder import build_inplace_tree, build_uploaded, lab_server
-from sim.launcher import run_cli
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-LAUNCHER = os.path.join(HERE, "sim", "launcher.py")
+from sim.launcher import run_cli, script_command
 
 
 def snapshot(*roots) -> dict:
@@ -93,14 +89,8 @@ class World:
 
     def mv_command(self, *argv) -> list:
         """`omero mv --no-server --repo REPO ARGV` as the command line of a process of its own
-        (run with `launcher_env()`)."""
-        return [sys.executable, LAUNCHER, "--sim-root", self.sim_root, "mv", "--no-server",
-                "--repo", self.repo, *argv]
-
-
-def launcher_env(**extra) -> dict:
-    """The environment of `World.mv_command`: omero_cli_ext from this work tree."""
-    return dict(os.environ, PYTHONPATH=os.path.dirname(HERE), **extra)
+        (run with `sim.launcher.script_env()`)."""
+        return script_command(self.sim_root, ["mv", "--no-server", "--repo", self.repo, *argv])
 
 
 def interrupt_after_retargets(monkeypatch, count: int) -> None:

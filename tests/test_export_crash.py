@@ -14,6 +14,7 @@ import pytest
 from omero_cli_ext.export import manifest as manifest_io
 from omero_cli_ext.export.manifest import MANIFEST_NAME
 from sim.builder import build_uploaded, lab_server
+from sim.launcher import script_env
 from test_export_world import manifest, state_dir, state_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,12 +35,11 @@ sys.exit(main(sys.argv[1:]))
 
 
 def start(sim_root, dest, dataset, link):
-    env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.Popen(
         [sys.executable, "-c", SLOW_LAUNCHER, "--sim-root", sim_root, "--sim-user", "alice", "export",
          "--originals", dest, f"Dataset:{dataset}", "--owner", "root", "--link", link, "--sync",
          "--state-dir", state_root(sim_root)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def uploaded_dataset(tmp_path, n_filesets: int) -> tuple:

@@ -16,7 +16,6 @@ import pwd
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 
 import pytest
@@ -24,7 +23,7 @@ import pytest
 from omero_cli_ext.export import state
 from omero_cli_ext.export.asuser import ReaderProcess
 from omero_cli_ext.export.manifest import LEGACY_MANIFEST_NAME, MANIFEST_NAME
-from sim.launcher import run_cli
+from sim.launcher import run_cli, script_command, script_env
 from sim.server import SimServer
 from test_export_world import records
 
@@ -35,7 +34,6 @@ TAG = f"{os.getpid() % 100000:05d}"
 ALICE, BOB, CAROL = f"i12a{TAG}", f"i12b{TAG}", f"i12c{TAG}"
 GROUP = f"i12g{TAG}"           # a primary group every user shares ("Domain Users")
 USERS = (ALICE, BOB, CAROL)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +118,18 @@ class Site:
                                     (fileset,))[0]
         return os.path.join(self.sim.repo_dir, path, name)
 
-    def export(self, *objects, dest=None, extra=(), as_user=ALICE):
-        argv = ["export", "--originals", dest or self.dest, *(objects or
-                [f"Dataset:{self.dataset}"]), "--state-dir", self.state, "--json"]
+    def command(self, mode, *objects, dest=None, extra=(), as_user=ALICE) -> list:
+        """`export MODE DEST OBJECTS --json` (DEST: ALICE's, OBJECTS: the dataset) for root to run
+        as `as_user`."""
+        argv = ["export", mode, dest or self.dest, *(objects or [f"Dataset:{self.dataset}"]),
+                "--state-dir", self.state, "--json"]
         if as_user:
             argv += ["--as-user", as_user]
-        return run_cli(self.sim.root, argv + list(extra), user="root")
+        return argv + list(extra)
+
+    def export(self, *objects, dest=None, extra=(), as_user=ALICE):
+        argv = self.command("--originals", *objects, dest=dest, extra=extra, as_user=as_user)
+        return run_cli(self.sim.root, argv, user="root")
 
     def outside(self) -> dict:
         """Everything under the site but DEST, the state directory and the simulated server's
@@ -568,11 +572,8 @@ def test_dry_run_reports_the_method_planned(site):
 
 
 def test_a_closed_stdout_ends_quietly_with_the_runs_exit_code(site):
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
-         site.sim.root, "--sim-user", "root", "export", "--originals", site.dest,
-         f"Dataset:{site.dataset}", "--as-user", ALICE, "--state-dir", site.state, "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
+    proc = subprocess.Popen(script_command(site.sim.root, site.command("--originals"), "root"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=script_env())
     proc.stdout.readline()
     proc.stdout.close()                                   # `| head -1`
     err = proc.stderr.read().decode()

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from import_helpers import LAUNCHER, driver_env, fake_images, imp, import_world
+from import_helpers import driver_env, fake_images, imp, import_world
+from sim.launcher import SCRIPT
 
 from omero_cli_ext.importing import importer, progress, results, store
 from omero_cli_ext.journal import JournalError, open_journal
@@ -112,7 +113,7 @@ def test_json_into_head_stops_like_ctrl_c_without_a_traceback(world):
         (src / f"img{i}.fake").write_bytes(b"y")
     env = driver_env(tmp_path, SECONDS_PER_FILESET="0.05")
     head = subprocess.run(
-        f"{sys.executable} {LAUNCHER} --sim-root {sim.root} --sim-user alice import --resume "
+        f"{sys.executable} {SCRIPT} --sim-root {sim.root} --sim-user alice import --resume "
         f"--json --chunk-size 5 {src} 2>{tmp_path}/err | head -1; exit ${{PIPESTATUS[0]}}",
         shell=True, executable="/bin/bash", env=env, capture_output=True, text=True, timeout=120)
     err = (tmp_path / "err").read_text()

@@ -11,9 +11,11 @@ import stat
 import subprocess
 import sys
 
-from import_helpers import HERE, LAUNCHER, driver_env, fake_images
+from import_helpers import driver_env, fake_images
 from sim.builder import lab_server
+from sim.launcher import SCRIPT
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(os.path.dirname(HERE), "docs", "import.md")
 
 
@@ -45,7 +47,7 @@ def test_the_documented_pipeline_gets_every_image_id_across_interrupted_runs(tmp
 if [ "$1" = render ]; then echo "$3" >> {tmp_path}/rendered; exit 0; fi
 n=$(( $(cat {calls} 2>/dev/null || echo 0) + 1 )); echo $n > {calls}
 if [ $n -eq 1 ]; then export OMERO_CLI_EXT_SIM_CRASH_AFTER=2; fi
-exec {sys.executable} {LAUNCHER} --sim-root {sim.root} --sim-user alice "$@"
+exec {sys.executable} {SCRIPT} --sim-root {sim.root} --sim-user alice "$@"
 """)
     stand_in(bin_dir / "sleep", f"""
 exec {sys.executable} -c 'import sys; sys.path.insert(0, "{HERE}"); from sim.server import SimServer; SimServer("{sim.root}").advance(700)'

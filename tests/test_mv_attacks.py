@@ -10,13 +10,12 @@ import subprocess
 
 import pytest
 
-from mv_helpers import (World, bind, interrupt_after_retargets, launcher_env, manifest,
-                        snapshot)
+from mv_helpers import World, bind, interrupt_after_retargets, manifest, snapshot
 from mv_helpers import world  # noqa: F401 (fixture)
 from omero_cli_ext.journal import _lock_slug
 from omero_cli_ext.mv import errors
 from omero_cli_ext.mv.locations import repo_place
-from sim.launcher import run_cli
+from sim.launcher import run_cli, script_env
 
 
 
@@ -103,7 +102,7 @@ def test_status_never_hangs_on_a_fifo_planted_as_a_lock_file(tmp_path, monkeypat
         os.mkfifo(str(tmp_path / "fifo"))
         os.symlink(str(tmp_path / "fifo"), fifo)
     done = subprocess.run(world.mv_command("--status"), capture_output=True, text=True,
-                          timeout=120, env=launcher_env())
+                          timeout=120, env=script_env())
     assert done.returncode == 0 and "job 1:" in done.stdout, done.stderr
 
 

@@ -6,10 +6,10 @@ import shutil
 import subprocess
 
 from unprivileged import require_unprivileged_python
-from mv_helpers import World, launcher_env, snapshot, tmpfs, world  # noqa: F401
+from mv_helpers import World, snapshot, tmpfs, world  # noqa: F401
 from omero_cli_ext.journal import open_journal
 from omero_cli_ext.mv import errors
-from sim.launcher import run_cli
+from sim.launcher import run_cli, script_env
 
 
 def refused(world, argv, code, words, server=False, user="root", extra_roots=()):
@@ -134,7 +134,7 @@ def test_permission_denied_on_a_repository_directory():
         done = subprocess.run(
             ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
              *world.mv_command(world.old, os.path.join(world.data, "new"))],
-            capture_output=True, text=True, env=launcher_env(HOME=base), timeout=120)
+            capture_output=True, text=True, env=script_env(HOME=base), timeout=120)
         assert done.returncode == errors.EXIT_REPO_PERMISSION, done.stderr
         assert "permission denied reading" in done.stderr and "locked" in done.stderr
         assert snapshot(world.repo, world.data) == before

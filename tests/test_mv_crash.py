@@ -18,9 +18,10 @@ import time
 
 import pytest
 
-from mv_helpers import World, launcher_env, manifest, repo_links, tmpfs
+from mv_helpers import World, manifest, repo_links, tmpfs
 from omero_cli_ext.fsops import is_temp_name
 from omero_cli_ext.workers import MIN_ITEMS
+from sim.launcher import script_env
 
 KILLS = 20
 
@@ -34,7 +35,7 @@ def _temporaries(*roots) -> list:
 
 
 def _planned_steps(world: World, argv) -> int:
-    done = subprocess.run(world.mv_command(*argv, "--dry-run", "--json"), env=launcher_env(),
+    done = subprocess.run(world.mv_command(*argv, "--dry-run", "--json"), env=script_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     plan = [json.loads(line) for line in done.stdout.splitlines() if '"type": "plan"' in line]
@@ -49,7 +50,7 @@ def _kill_and_rerun(world: World, argv, expected: dict, seed: int) -> int:
     per_kill = _planned_steps(world, argv) / KILLS
     landed = 0
     for attempt in range(KILLS):
-        proc = subprocess.Popen(world.mv_command(*argv, "--json"), env=launcher_env(),
+        proc = subprocess.Popen(world.mv_command(*argv, "--json"), env=script_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wanted = rng.randint(max(1, int(0.4 * per_kill)), max(2, int(1.4 * per_kill)))
         seen = 0
@@ -68,7 +69,7 @@ def _kill_and_rerun(world: World, argv, expected: dict, seed: int) -> int:
         if proc.returncode == 0:
             return landed
         landed += 1
-    done = subprocess.run(world.mv_command(*argv), env=launcher_env(), capture_output=True,
+    done = subprocess.run(world.mv_command(*argv), env=script_env(), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return landed

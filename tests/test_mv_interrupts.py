@@ -14,10 +14,10 @@ import subprocess
 
 import pytest
 
-from mv_helpers import (World, interrupt_after_retargets, launcher_env, manifest, repo_links,
-                        tmpfs)
+from mv_helpers import World, interrupt_after_retargets, manifest, repo_links, tmpfs
 from omero_cli_ext.mv import errors
 from omero_cli_ext.workers import MIN_ITEMS
+from sim.launcher import script_env
 
 HANG = 300   # seconds: far beyond any run here; reaching it means the command hung
 
@@ -34,7 +34,7 @@ def big(tmp_path):
 def _start(world: World, *argv) -> subprocess.Popen:
     return subprocess.Popen(
         world.mv_command("--workers", "2", *argv),
-        env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True)
 
 
@@ -64,7 +64,7 @@ def _read_until_retargets(proc: subprocess.Popen) -> None:
 def _finish_with_rerun(world: World, new: str, expected: dict) -> None:
     done = subprocess.run(
         world.mv_command("--workers", "2", world.old, new),
-        env=launcher_env(), capture_output=True, text=True, timeout=HANG)
+        env=script_env(), capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 0, done.stderr
     assert manifest(world.repo) == expected
     assert all(t.startswith(os.fsencode(new + "/")) for t in repo_links(world.repo).values())

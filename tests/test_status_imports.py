@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from omero_cli_ext import server as port_api
 from omero_cli_ext.cli import status_run
 from omero_cli_ext.status.snapshot import EXIT_CHECK_FAILED, EXIT_CHECK_STALLED, EXIT_CHECK_UNKNOWN
-from sim.launcher import run_cli
+from sim.launcher import run_cli, script_command
 from sim.server import SimServer
 
 MINUTE = 60.0
@@ -161,9 +160,6 @@ def test_check_with_json_is_one_record(sim):
     assert record["imports_by_state"]["done"] == 1
 
 
-LAUNCHER = os.path.join(os.path.dirname(__file__), "sim", "launcher.py")
-
-
 @pytest.mark.parametrize("argv, rc", [(["--json"], 0), ([], 0), (["--check", "--json"], EXIT_CHECK_FAILED),
                                       (["--check"], EXIT_CHECK_FAILED)])
 def test_a_reader_gone_before_the_first_line_ends_the_command_cleanly(sim, argv, rc):
@@ -174,9 +170,8 @@ def test_a_reader_gone_before_the_first_line_ends_the_command_cleanly(sim, argv,
     reader, writer = os.pipe()
     os.close(reader)                      # the reader is gone before anything is written
     try:
-        child = subprocess.run([sys.executable, LAUNCHER, "--sim-root", sim.root, "--sim-user",
-                                "alice", "status", "imports", *argv], stdout=writer,
-                               stderr=subprocess.PIPE, text=True, timeout=120)
+        child = subprocess.run(script_command(sim.root, ["status", "imports", *argv], "alice"),
+                               stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
     finally:
         os.close(writer)
     assert "Traceback" not in child.stderr and "Broken pipe" not in child.stderr, child.stderr

@@ -23,11 +23,10 @@ from omero_cli_ext.status import classify as c
 from omero_cli_ext.status.jobs import job_status
 from omero_cli_ext.status.snapshot import ServerView, Snapshot
 from sim.builder import lab_server
-from sim.launcher import run_cli
+from sim.launcher import run_cli, script_command, script_env
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc)
 STALL = 900.0
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def snapshot(n_done=2, n_active=1, n_stalled=1, with_job=True, unlisted=0):
@@ -194,15 +193,13 @@ def _read_until(fd, wanted: bytes, seen: bytearray, deadline_s: float = 60.0) ->
 
 
 def test_watch_in_a_real_terminal_redraws_and_leaves_cleanly_on_ctrl_c(sim, tmp_path):
-    env = dict(os.environ, TERM="xterm-256color", OMERO_USERDIR=str(tmp_path / "userdir"),
-               PYTHONPATH=os.path.dirname(HERE))
+    env = script_env(TERM="xterm-256color", OMERO_USERDIR=str(tmp_path / "userdir"))
     env.pop("COLUMNS", None)
     env.pop("LINES", None)
     pid, fd = pty.fork()
     if pid == 0:   # the child: the CLI on the pty, as a user would run it
-        os.execve(sys.executable, [sys.executable, os.path.join(HERE, "sim", "launcher.py"),
-                                   "--sim-root", sim.root, "--sim-user", "alice",
-                                   "status", "imports", "--watch", "0.2"], env)
+        os.execve(sys.executable, script_command(sim.root, ["status", "imports", "--watch", "0.2"],
+                                                 "alice"), env)
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 250, 0, 0))
     seen = bytearray()
     try:

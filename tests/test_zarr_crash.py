@@ -8,16 +8,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 from numcodecs import Blosc
 
-from sim.launcher import run_cli
+from sim.launcher import run_cli, script_command, script_env
 from test_zarr_export import add_fake, control_args, fake_name, make_world, tree
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCHER = os.path.join(ROOT, "tests", "sim", "launcher.py")
 
 
 def chunk_files(dest) -> list:
@@ -45,12 +42,10 @@ def check_whole(dest) -> None:
 
 
 def start(sim_root, dest, obj, workers):
-    env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.Popen(
-        [sys.executable, LAUNCHER, "--sim-root", sim_root, "--sim-user", "alice", "export",
-         "--zarr", dest, obj, "--chunk", "256", "--workers", str(workers),
-         *control_args(sim_root)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        script_command(sim_root, ["export", "--zarr", dest, obj, "--chunk", "256", "--workers",
+                                  str(workers), *control_args(sim_root)], "alice"),
+        env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def kill_when(proc, dest, target: int) -> None:

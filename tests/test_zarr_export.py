@@ -15,7 +15,7 @@ import pytest
 from omero_cli_ext.zarr.index import INDEX_NAME
 from sim import pixels as simpix
 from sim.builder import lab_server
-from sim.launcher import run_cli
+from sim.launcher import run_cli, script_command, script_env
 from sim.server import SimServer
 from test_export_world import state_root
 
@@ -388,15 +388,12 @@ def test_a_second_run_on_the_same_dest_is_refused(world, tmp_path):
 
 def test_closed_stdout_ends_cleanly_and_the_rerun_completes(world, tmp_path):
     import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     dest = tmp_path / "dest"
-    argv = [sys.executable, os.path.join(root, "tests", "sim", "launcher.py"), "--sim-root",
-            world.sim.root, "--sim-user", "alice", "export", "--zarr", str(dest),
-            "Dataset:%d" % world.dataset, "--json", "--chunk", "256",
-            *control_args(world.sim.root)]
+    argv = script_command(world.sim.root, ["export", "--zarr", str(dest),
+                                           "Dataset:%d" % world.dataset, "--json", "--chunk",
+                                           "256", *control_args(world.sim.root)], "alice")
     head = subprocess.run(" ".join("'%s'" % a for a in argv) + " | head -1", shell=True,
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root))
+                          capture_output=True, text=True, env=script_env())
     assert "Traceback" not in head.stderr, head.stderr
     rc, out, err = export(world, dest, "Dataset:%d" % world.dataset, extra=["--chunk", "256"])
     assert rc == 0, err

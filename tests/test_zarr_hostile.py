@@ -13,14 +13,13 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
 
 from omero_cli_ext.zarr.index import INDEX_NAME
-from sim.launcher import run_cli
-from test_export_hostile import ALICE, BOB, ROOT, as_alice, posix_users, site  # noqa: F401
+from sim.launcher import run_cli, script_command, script_env
+from test_export_hostile import ALICE, BOB, as_alice, posix_users, site  # noqa: F401
 from test_export_world import records
 from test_zarr_crash import check_whole, chunk_files
 from test_zarr_export import tree
@@ -30,11 +29,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is 
 
 
 def zarr(site, dest=None, extra=(), as_user=ALICE, objects=None):
-    argv = ["export", "--zarr", dest or site.dest,
-            *(objects or [f"Dataset:{site.dataset}"]), "--state-dir", site.state, "--json"]
-    if as_user:
-        argv += ["--as-user", as_user]
-    return run_cli(site.sim.root, argv + list(extra), user="root")
+    argv = site.command("--zarr", *(objects or []), dest=dest, extra=extra, as_user=as_user)
+    return run_cli(site.sim.root, argv, user="root")
 
 
 def outside(site, *dests) -> dict:
@@ -57,10 +53,10 @@ def alice_dir(site, path) -> None:
 def start(site, dest, extra=(), stdout=subprocess.DEVNULL):
     """The CLI in its own process, as root for ALICE (64 px chunks: many of them)."""
     return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
-         site.sim.root, "--sim-user", "root", "export", "--zarr", dest, f"Dataset:{site.dataset}",
-         "--as-user", ALICE, "--state-dir", site.state, "--chunk", "64", *extra],
-        stdout=stdout, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
+        script_command(site.sim.root, ["export", "--zarr", dest, f"Dataset:{site.dataset}",
+                                       "--as-user", ALICE, "--state-dir", site.state, "--chunk",
+                                       "64", *extra], "root"),
+        stdout=stdout, stderr=subprocess.PIPE, env=script_env())
 
 
 def test_repository_hard_links_moved_onto_every_name_are_never_written(site):

@@ -2,7 +2,8 @@
 
 In-process: `run_cli(sim_root, argv, user=...) -> (rc, stdout, stderr)`. As a script (for tests that
 kill the CLI): `python tests/sim/launcher.py --sim-root DIR --sim-user NAME <omero args...>` exits
-with the CLI's return code.
+with the CLI's return code; `script_command(sim_root, argv, user)` is that command line and
+`script_env()` its environment.
 
 Both build `omero.cli.CLI()`, call `loadplugins()` (so our plugins load through the real loader, as
 `bin/omero` does), swap `omero_cli_ext.server.connect` for one that opens `SimServer(root).port(user)`
@@ -21,8 +22,10 @@ import sys
 from typing import Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "launcher.py")
+CHECKOUT = os.path.dirname(os.path.dirname(HERE))
 # As a script: `import sim` from tests/, and omero_cli_ext from this work tree, not an older installed copy.
-for _path in (os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE)):
+for _path in (CHECKOUT, os.path.dirname(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
@@ -114,6 +117,18 @@ def run_cli(sim_root: str, argv: Sequence[str], user: Optional[str] = None) -> t
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = invoke(sim_root, argv, user)
     return rc, out.getvalue(), err.getvalue()
+
+
+def script_command(sim_root: str, argv: Sequence[str], user: Optional[str] = None) -> list:
+    """The command line of `omero ARGV` on the simulated server in a process of its own."""
+    return [sys.executable, SCRIPT, "--sim-root", sim_root,
+            *(["--sim-user", user] if user else []), *argv]
+
+
+def script_env(**extra) -> dict:
+    """The environment of a script_command: omero_cli_ext from this work tree (its processes,
+    workers and importers included), and `extra` variables."""
+    return dict(os.environ, PYTHONPATH=CHECKOUT, **extra)
 
 
 def main(argv: Sequence[str]) -> int:
