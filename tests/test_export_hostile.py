@@ -716,10 +716,10 @@ def test_a_run_whose_mkdir_lost_to_a_finished_export_reads_its_manifest(site, mo
     def winner_first(name, mode=0o777, *, dir_fd=None):
         if dir_fd is not None and name == os.path.basename(site.dest) and not made:
             made.append(subprocess.run(
-                [sys.executable, os.path.join(ROOT, "tests", "sim", "launcher.py"), "--sim-root",
-                 site.sim.root, "--sim-user", "root", "export", "--originals", site.dest,
-                 f"Project:{site.project}", "--as-user", ALICE, "--state-dir", site.state],
-                capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT)))
+                script_command(site.sim.root, ["export", "--originals", site.dest,
+                                               f"Project:{site.project}", "--as-user", ALICE,
+                                               "--state-dir", site.state], "root"),
+                capture_output=True, env=script_env()))
         return real_mkdir(name, mode, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "mkdir", winner_first)
