@@ -131,6 +131,15 @@ class Site:
         argv = self.command("--originals", *objects, dest=dest, extra=extra, as_user=as_user)
         return run_cli(self.sim.root, argv, user="root")
 
+    def small_tmpfs(self, nr_inodes: int) -> str:
+        """A 1 MB tmpfs of `nr_inodes` inodes at /exports/small (unmounted with the site)."""
+        mount = os.path.join(self.exports, "small")
+        os.mkdir(mount)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,nr_inodes={nr_inodes}", "tmpfs",
+                           mount]).returncode:
+            pytest.skip("cannot mount a tmpfs")
+        return mount
+
     def outside(self) -> dict:
         """Everything under the site but DEST, the state directory and the simulated server's
         database: kind, mode, owner, inode and content."""
@@ -583,11 +592,7 @@ def test_a_closed_stdout_ends_quietly_with_the_runs_exit_code(site):
 
 
 def test_a_full_dest_of_inodes_exits_6_and_sync_completes(site):
-    mount = os.path.join(site.exports, "small")
-    os.mkdir(mount)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=4", "tmpfs", mount]
-                      ).returncode:
-        pytest.skip("cannot mount a tmpfs")
+    mount = site.small_tmpfs(nr_inodes=4)
     dest = os.path.join(mount, ALICE)
     rc, out, err = site.export(dest=dest, extra=["--link", "copy"])
     assert rc == 6 and "--sync" in err, err

@@ -184,11 +184,7 @@ def test_kill_9_and_ctrl_c_as_root_for_her_then_rerun_is_byte_identical(site):
 
 
 def test_a_full_dest_exits_6_and_the_rerun_completes(site):
-    mount = os.path.join(site.exports, "small")
-    os.mkdir(mount)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=12", "tmpfs", mount]
-                      ).returncode:
-        pytest.skip("cannot mount a tmpfs")
+    mount = site.small_tmpfs(nr_inodes=12)
     dest = os.path.join(mount, ALICE)
     rc, _out, err = zarr(site, dest=dest, extra=["--chunk", "64"])
     assert rc == 6 and "rerun the same command" in err, err
