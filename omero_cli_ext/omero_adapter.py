@@ -155,6 +155,13 @@ HQL_LAST_IMAGE_EVENTS = (
     " where el.entityType = :type and el.entityId = i.id and i.fileset.id in (:ids)"
     " group by i.fileset.id")
 
+# every used file's transfer ends in RawFileStore.save (RawFileBean.save: size and hash, one UPDATE
+# EventLog on the OriginalFile): before verifyUpload the only sign of an upload at work
+HQL_LAST_FILE_EVENTS = (
+    "select fe.fileset.id, max(el.event.time) from FilesetEntry fe, EventLog el"
+    " where el.entityType = :type and el.entityId = fe.originalFile.id and fe.fileset.id in (:ids)"
+    " group by fe.fileset.id")
+
 # a readable fileset without images gives one row with a null image id
 HQL_IMAGES_OF = (
     "select fs.id, i.id from Fileset fs left outer join fs.images i where fs.id in (:ids)")
@@ -620,6 +627,9 @@ class OmeroPort:
             image_events = dict(unwrap(self._projection(
                 HQL_LAST_IMAGE_EVENTS, _ids_params(page).addString("type", EVENT_TYPE_IMAGE),
                 "reading image events")))
+            file_events = dict(unwrap(self._projection(
+                HQL_LAST_FILE_EVENTS, _ids_params(page).addString("type", EVENT_TYPE_ORIGINAL_FILE),
+                "reading the used files' events")))
             for fs_id, created_ms in created.items():
                 log = None
                 if fs_id in logs:
@@ -633,7 +643,7 @@ class OmeroPort:
                     fileset_id=fs_id, jobs=tuple(fs_jobs), image_count=int(counts.get(fs_id, 0)),
                     log=log,
                     last_event=_later(_time(created_ms), _time(job_events.get(fs_id)),
-                                      _time(image_events.get(fs_id)),
+                                      _time(image_events.get(fs_id)), _time(file_events.get(fs_id)),
                                       log.updated if log is not None else None))
         return result
 

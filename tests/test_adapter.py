@@ -490,6 +490,7 @@ def test_activity_combines_jobs_images_log_and_events(srv):
     srv.answers[adapter.HQL_LAST_UPDATES] = log_updates
     srv.answers[adapter.HQL_LAST_JOB_EVENTS] = lambda p: [[rlong(5), rtime(T0 + 10)]]
     srv.answers[adapter.HQL_LAST_IMAGE_EVENTS] = lambda p: [[rlong(5), rtime(T0 + 900)]]
+    srv.answers[adapter.HQL_LAST_FILE_EVENTS] = lambda p: [[rlong(5), rtime(T0 + 800)]]
     act = srv.port.activity([5, 6])
     assert list(act) == [5]
     a = act[5]
@@ -510,11 +511,30 @@ def test_activity_combines_jobs_images_log_and_events(srv):
 def test_activity_without_log_skips_the_eventlog_query_for_it(srv):
     srv.answers[adapter.HQL_FILESET_CREATED] = lambda p: [[rlong(5), rtime(T0)]]
     for hql in (adapter.HQL_FILESET_JOBS, adapter.HQL_FILESET_UPLOAD_JOBS, adapter.HQL_IMAGE_COUNTS,
-                adapter.HQL_IMPORT_LOGS, adapter.HQL_LAST_JOB_EVENTS, adapter.HQL_LAST_IMAGE_EVENTS):
+                adapter.HQL_IMPORT_LOGS, adapter.HQL_LAST_JOB_EVENTS, adapter.HQL_LAST_IMAGE_EVENTS,
+                adapter.HQL_LAST_FILE_EVENTS):
         srv.answers[hql] = lambda p: []
     a = srv.port.activity([5])[5]
     assert (a.jobs, a.image_count, a.log, a.last_event) == ((), 0, None, when(T0))
     assert srv.calls(adapter.HQL_LAST_UPDATES) == []
+
+
+def test_activity_last_event_counts_the_used_files_updates(srv):
+    """Each used file's transfer ends with RawFileStore.close/save, which saves its size and hash
+    (omero-server RawFileBean.save: an UPDATE EventLog on the OriginalFile): before verifyUpload
+    the only trace of an upload at work. The simulated server counts them (SimServer.store_file,
+    SimPort._last_events), so the adapter must read them too."""
+    srv.answers[adapter.HQL_FILESET_CREATED] = lambda p: [[rlong(5), rtime(T0)]]
+    for hql in (adapter.HQL_FILESET_JOBS, adapter.HQL_FILESET_UPLOAD_JOBS, adapter.HQL_IMAGE_COUNTS,
+                adapter.HQL_IMPORT_LOGS, adapter.HQL_LAST_JOB_EVENTS, adapter.HQL_LAST_IMAGE_EVENTS):
+        srv.answers[hql] = lambda p: []
+
+    def file_events(params):
+        assert ids_of(params) == [5]
+        assert params.map["type"].val == "ome.model.core.OriginalFile"
+        return [[rlong(5), rtime(T0 + 700)]]
+    srv.answers[adapter.HQL_LAST_FILE_EVENTS] = file_events
+    assert srv.port.activity([5])[5].last_event == when(T0 + 700)
 
 
 def test_server_time_is_the_config_service_clock(srv):

@@ -378,14 +378,14 @@ def test_port_protocol_and_round_trips(sim, tmp_path):
     assert sim.round_trips == 3 + 4
     port.filesets(range(1, 2201), image_counts=False)   # no counting query
     assert sim.round_trips == 7 + 3 + 3
-    port.activity([fid])                          # seven queries and one for its import log
+    port.activity([fid])                          # eight queries and one for its import log
     port.current_user()
     assert port.server_time() == sim.now()
-    assert SimServer(sim.root).round_trips == 23  # persisted, shared by every process
+    assert SimServer(sim.root).round_trips == 24  # persisted, shared by every process
     reader = port.open_original_file(
         port.filesets([fid], image_counts=False)[fid].entries[0].original_file.id)
     reader.read(0, 4)
-    assert sim.round_trips == 29                  # filesets (4) + open + one read
+    assert sim.round_trips == 30                  # filesets (4) + open + one read
 
 
 def test_filesets_by_client_paths_and_find_since(sim, tmp_path):

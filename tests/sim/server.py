@@ -73,7 +73,7 @@ DATA_MIMETYPE = "application/octet-stream"   # the database default for Original
 PAGE = 500                                   # ids per `in (:ids)` page of the real adapter
 FILESET_PAGE = 1000                          # its pages of Port.filesets (FILESET_PAGE_SIZE)
 ENTRY_PAGE = 5000                            # its entries per answer (ENTRY_PAGE_SIZE)
-ACTIVITY_QUERIES = 7                         # its queries per page of Port.activity
+ACTIVITY_QUERIES = 8                         # its queries per page of Port.activity
 START_TIME = _dt.datetime(2026, 11, 27, 15, 58, 1, 123000, tzinfo=_dt.timezone.utc)
 _TIME_FMT = "%Y-%m-%dT%H:%M:%S.%f"
 
@@ -1216,9 +1216,9 @@ class SimPort:
         return found
 
     def activity(self, fileset_ids: Iterable[int]) -> Mapping[int, FilesetActivity]:
-        """Round trips as the adapter's: per page of ids seven queries (filesets, upload jobs,
-        jobs, image counts, import logs, job events, image events), an eighth when the page has
-        logs. A job's kind is UploadJob or, for every other subclass, Job (the adapter tells only
+        """Round trips as the adapter's: per page of ids eight queries (filesets, upload jobs,
+        jobs, image counts, import logs, job events, image events, used-file events), a ninth
+        when the page has logs. A job's kind is UploadJob or, for every other subclass, Job (the adapter tells only
         UploadJobs apart)."""
         self._check_open()
         ids = list(fileset_ids)
