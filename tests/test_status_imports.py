@@ -305,6 +305,21 @@ def test_check_refuses_watch_and_answers_unknown_for_a_refusal(sim):
         {"type": "check", "code": 3, "line": "UNKNOWN - no group named x"}]
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--stalled-after", "15min"], "argument --stalled-after: not a duration"),
+    (["--since", "abc", "--json"], "argument --since: not a duration"),
+    (["--stalled-afer", "15m"], "unrecognized arguments: --stalled-afer 15m"),
+])
+def test_check_answers_unknown_for_arguments_argparse_refuses(sim, argv, message):
+    """A Nagios check with a typo in its command line is UNKNOWN (3), never CRITICAL (2)."""
+    rc, out, err = run_cli(sim.root, ["status", "imports", *argv], user="alice")
+    assert (rc, out) == (2, "") and message in err
+    rc, out, err = run_cli(sim.root, ["status", "imports", "--check", *argv], user="alice")
+    assert rc == EXIT_CHECK_UNKNOWN and len(out.splitlines()) == 1 and "usage" not in out
+    line = json.loads(out)["line"] if "--json" in argv else out.rstrip("\n")
+    assert line.startswith("UNKNOWN - ") and message in line
+
+
 def test_in_group_filters_by_group_name(sim):
     in_lab = sim.import_fileset("alice", files(sim, "l.fake"), group="lab")
     in_other = sim.import_fileset("alice", files(sim, "o.fake"), group="other")

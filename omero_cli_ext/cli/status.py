@@ -1,6 +1,8 @@
 """`omero status imports`: live views of server-side imports and of local --resume jobs."""
 from __future__ import annotations
 
+import sys
+
 from omero.cli import BaseControl
 
 from omero_cli_ext.cli.base import add_json_argument
@@ -27,6 +29,35 @@ def duration(text):
         return float(text)
     except ValueError:
         raise ArgumentTypeError(f"not a duration (e.g. 90s, 15m, 24h, 7d): {text!r}") from None
+
+
+def unknown_for_check(parser) -> None:
+    """With --check, what argparse refuses (a bad duration, an unknown option) is UNKNOWN too: exit 3
+    and one line on stdout, as for every other refusal of a check (argparse alone exits 2, CRITICAL
+    for Nagios)."""
+    parse_known_args, error = parser.parse_known_args, parser.error
+    given = {"args": ()}      # the arguments being parsed, for checked_error
+
+    def parse(args=None, namespace=None):
+        given["args"] = tuple(args or ())
+        namespace, extras = parse_known_args(args, namespace)
+        if extras and "--check" in given["args"]:
+            checked_error("unrecognized arguments: %s" % " ".join(extras))
+        return namespace, extras
+
+    def checked_error(message):
+        if "--check" not in given["args"]:
+            error(message)
+        from omero_cli_ext.output import to_json
+        from omero_cli_ext.status.snapshot import EXIT_CHECK_UNKNOWN
+        line = "UNKNOWN - %s" % message
+        if "--json" in given["args"]:
+            line = to_json({"type": "check", "code": EXIT_CHECK_UNKNOWN, "line": line})
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        sys.exit(EXIT_CHECK_UNKNOWN)
+
+    parser.parse_known_args, parser.error = parse, checked_error
 
 
 class StatusControl(BaseControl):
@@ -56,6 +87,7 @@ class StatusControl(BaseControl):
         imports.add_argument("--prometheus", metavar="FILE",
                              help="write node-exporter textfile metrics to FILE (atomically)")
         add_json_argument(imports)
+        unknown_for_check(imports)
         imports.set_defaults(func=self.imports)
 
     def imports(self, args):
