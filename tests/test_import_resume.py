@@ -207,7 +207,7 @@ def test_unreadable_path(world):
 
 def import_as_nobody(sim, tmp_path, *paths):
     import subprocess
-    from unprivileged import require_unprivileged_python
+    from unprivileged import nobody_command, require_unprivileged_python
     require_unprivileged_python()
     for directory in tmp_path.parents:
         if str(directory) != "/":
@@ -219,8 +219,7 @@ def import_as_nobody(sim, tmp_path, *paths):
             os.chmod(os.path.join(directory, name), 0o666)
     # omero's own temp directory (created by any CLI start) kept apart from the journal's user dir
     env = dict(os.environ, HOME=str(tmp_path), OMERO_TMPDIR=str(tmp_path / "omero-tmp"))
-    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           *driver_command(sim.root, *paths)],
+    done = subprocess.run(nobody_command(driver_command(sim.root, *paths)),
                           capture_output=True, text=True, env=env, timeout=120)
     return done.returncode, done.stderr
 

@@ -5,7 +5,7 @@ import os
 import shutil
 import subprocess
 
-from unprivileged import require_unprivileged_python
+from unprivileged import nobody_command, require_unprivileged_python
 from mv_helpers import World, snapshot, tmpfs, world  # noqa: F401
 from omero_cli_ext.journal import open_journal
 from omero_cli_ext.mv import errors
@@ -121,7 +121,6 @@ def test_permission_denied_on_a_repository_directory():
     try:
         os.chmod(base, 0o755)
         world = World(base, n_filesets=5, files_per_fileset=2, odd_names=False)
-        nobody = 65534
         locked = os.path.join(world.repo, "locked")
         os.makedirs(locked)
         for directory, dirs, files in os.walk(base):
@@ -132,8 +131,7 @@ def test_permission_denied_on_a_repository_directory():
         os.chmod(locked, 0o700)
         before = snapshot(world.repo, world.data)
         done = subprocess.run(
-            ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
-             *world.mv_command(world.old, os.path.join(world.data, "new"))],
+            nobody_command(world.mv_command(world.old, os.path.join(world.data, "new"))),
             capture_output=True, text=True, env=script_env(HOME=base), timeout=120)
         assert done.returncode == errors.EXIT_REPO_PERMISSION, done.stderr
         assert "permission denied reading" in done.stderr and "locked" in done.stderr

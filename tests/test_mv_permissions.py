@@ -14,9 +14,7 @@ from mv_helpers import World, manifest, repo_links, snapshot
 from omero_cli_ext.mv import errors
 from omero_cli_ext.mv.locations import repo_place
 from sim.launcher import run_cli, script_env
-from unprivileged import require_unprivileged_python
-
-NOBODY = 65534
+from unprivileged import NOBODY, nobody_command, require_unprivileged_python
 
 
 @pytest.fixture
@@ -37,10 +35,8 @@ def owned_by_nobody():
 
 
 def as_nobody(world: World, *argv) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         *world.mv_command(*argv)], capture_output=True, text=True,
-        env=script_env(HOME=world.base), timeout=300)
+    return subprocess.run(nobody_command(world.mv_command(*argv)), capture_output=True, text=True,
+                          env=script_env(HOME=world.base), timeout=300)
 
 
 def test_a_repository_directory_the_user_cannot_write_is_refused_before_any_copy(owned_by_nobody):
