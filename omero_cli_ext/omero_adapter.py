@@ -898,6 +898,8 @@ class OmeroPort:
             try:
                 store.setPixelsId(info.pixels_id, False, context)
                 return None
+            except omero.SessionException:
+                raise      # the session is over: no image's problem (mapped below)
             except (omero.ServerError, Ice.UserException) as err:
                 return f"{type(err).__name__}: {_message(err)}".split("\n")[0]
             finally:
@@ -906,7 +908,9 @@ class OmeroPort:
         ordered = [infos[i] for i in image_ids if i in infos]
         if not ordered:
             return {}
-        with concurrent.futures.ThreadPoolExecutor(max(1, min(concurrency, len(ordered)))) as pool:
+        # a lost connection or session (Ice.LocalException, SessionException) ends the check
+        with _server_call("opening the pixels of images"), \
+                concurrent.futures.ThreadPoolExecutor(max(1, min(concurrency, len(ordered)))) as pool:
             return {info.image_id: problem for info, problem in zip(ordered, pool.map(check, ordered))}
 
     # --- importing ---

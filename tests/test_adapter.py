@@ -850,6 +850,27 @@ def test_pixels_readable_opens_each_image_like_render_test(srv, monkeypatch):
         store.close.assert_called_once_with()
 
 
+@pytest.mark.parametrize("raised, text", [
+    (Ice.ConnectionLostException(), "lost or timed out"),
+    (Ice.ObjectNotExistException(), "Ice error ObjectNotExistException"),
+    (omero.SessionTimeoutException(message="expired"), "log in again"),
+])
+def test_pixels_readable_a_lost_session_or_connection_is_a_port_error_not_an_image_problem(
+        srv, monkeypatch, raised, text):
+    """The port raises only its own errors (ServerError), and the simulated server raises one
+    for a session that is over (SimPort._check_open): an image is not unreadable because the
+    session or the connection ended during the check."""
+    info = server.PixelsInfo(image_id=1, name="i", pixels_id=101, size_x=1, size_y=1, size_z=1,
+                             size_c=1, size_t=1, pixel_type="uint8")
+    monkeypatch.setattr(srv.port, "pixels_info", lambda ids: {1: info})
+    store = mock.create_autospec(omero.api.RawPixelsStorePrx, instance=True)
+    store.setPixelsId.side_effect = raised
+    srv.sf.createRawPixelsStore.return_value = store
+    with pytest.raises(ServerError, match=text):
+        srv.port.pixels_readable([1])
+    store.close.assert_called_once_with()
+
+
 @pytest.mark.parametrize("error, kind, text", [
     (Glacier2.PermissionDeniedException(reason="Password check failed"), PermissionDenied,
      "login: the server refused the login (Password check failed)"),
