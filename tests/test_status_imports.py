@@ -463,3 +463,18 @@ def test_bad_arguments_are_refused_with_rc_2_and_change_nothing(sim, tmp_path, a
                            user="root")
     assert (rc, out) == (2, "") and message in err
     assert not target.exists() and sim.round_trips == 0
+
+
+def test_help_names_every_exit_code_of_the_manual(sim):
+    """`-h` is what a script writer reads: every code of docs/status.md's two tables is in it."""
+    import re
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                           "status.md"), encoding="utf-8") as stream:
+        manual = stream.read()
+    section = manual[manual.index("## Monitoring"):manual.index("## Prometheus")]
+    documented = {int(code) for cell in re.findall(r"^\| ([\d, ]+) \|", section, re.M)
+                  for code in cell.split(",")}
+    assert documented == {0, 1, 2, 3, 13, 20, 21, 22}
+    rc, out, _ = run_cli(sim.root, ["status", "imports", "-h"], user="alice")
+    codes = out[out.index("Exit codes"):out.index("Optional Arguments")]
+    assert rc == 0 and {int(code) for code in re.findall(r"\b(\d+) ", codes)} == documented

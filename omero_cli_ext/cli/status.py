@@ -14,6 +14,11 @@ HELP = """Status of imports: on the server and in local `omero import --resume` 
   omero status imports --check         monitoring: one line; exit 0 OK, 1 stalled, 2 failed, 3 unknown
   omero status imports --json          one JSON object per import and per job
 
+Exit codes: 0 success (also when stdout's reader left early); 2 bad arguments; 13 the --prometheus
+file cannot be written; 20 server unreachable or session refused; 21 --all-users/--owner by a
+non-admin; 22 unknown --owner, --in-group or --journal. With --check: 0 OK, 1 stalled, 2 failed,
+3 unknown (every other code, bad arguments included).
+
 See docs/status.md for the states, the JSON keys and the exit codes."""
 
 
