@@ -90,8 +90,8 @@ def open_dest(path: str, *, create: bool, mode: int = 0o700, owner: Optional[tup
                 except DestError:
                     os.close(child)
                     raise
-            os.close(fd)
-            fd = child
+            fd, parent = child, fd      # one step: a Ctrl-C between never closes fd twice
+            os.close(parent)
     except BaseException:
         os.close(fd)
         raise
@@ -321,9 +321,8 @@ def chain(fd: int) -> list:
             if chain and chain[-1] == ident:
                 return chain
             chain.append(ident)
-            parent = os.open("..", _DIR_FLAGS, dir_fd=current)
-            os.close(current)
-            current = parent
+            current, child = os.open("..", _DIR_FLAGS, dir_fd=current), current
+            os.close(child)             # after the swap: a Ctrl-C never closes one fd twice
     finally:
         os.close(current)
 

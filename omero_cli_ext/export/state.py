@@ -89,8 +89,8 @@ def open_root(path: str) -> int:
             except OSError as err:
                 raise StateError(f"cannot open {what}: {err.strerror}") from None
             problem = ancestor_problem(os.fstat(fd), os.fstat(child).st_uid, {os.geteuid()})
-            os.close(fd)
-            fd = child
+            fd, parent = child, fd      # one step: a Ctrl-C between never closes fd twice
+            os.close(parent)
             if problem:
                 raise StateError(f"{os.path.dirname(what) or '/'}, above the state directory, "
                                  f"is {problem}")

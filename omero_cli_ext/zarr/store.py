@@ -46,8 +46,8 @@ def open_path(base_fd: int, parts: Iterable[str], create: bool, mode: int) -> in
     try:
         for part in parts:
             child = open_dir(fd, part, create, mode)
-            os.close(fd)
-            fd = child
+            fd, parent = child, fd      # one step: a Ctrl-C between never closes fd twice
+            os.close(parent)
     except BaseException:
         os.close(fd)
         raise
