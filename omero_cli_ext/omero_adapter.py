@@ -817,7 +817,14 @@ class OmeroPort:
                 if image is None:
                     continue
                 try:
-                    rendered = RenderObject(image)
+                    try:
+                        rendered = RenderObject(image)
+                    except Exception as err:
+                        if type(err) is not Exception:
+                            raise
+                        # RenderObject's own refusal: _prepareRenderingEngine answered False
+                        raise ServerError(f"reading the rendering settings of Image:{image_id}: "
+                                          f"{err}") from err
                     channels = []
                     for wrapper, ch in zip(image.getChannels(noRE=False), rendered.channels):
                         channels.append(server.ChannelRendering(

@@ -96,3 +96,20 @@ def test_plates_wells_fields_acquisitions(srv):
         containers=("Screen", "S"),
         wells=(server.WellInfo(0, 0, ((12, None),)),
                server.WellInfo(1, 2, ((10, 7), (11, 7)))))
+
+
+def test_rendering_settings_an_engine_that_cannot_be_prepared_is_a_server_error(srv, monkeypatch):
+    """omero-cli-render's RenderObject raises a bare Exception("Failed to prepare Rendering
+    Engine for ...") when BlitzGateway's _prepareRenderingEngine answers False (a ValidationException
+    from _prepareRE, or no Pixels): the port raises only its own errors."""
+    import omero.gateway
+    import omero_cli_render
+    image = mock.Mock()
+    gateway = mock.Mock()
+    gateway.getObject.return_value = image
+    monkeypatch.setattr(omero.gateway, "BlitzGateway", mock.Mock(return_value=gateway))
+    monkeypatch.setattr(omero_cli_render, "RenderObject", mock.Mock(
+        side_effect=Exception("Failed to prepare Rendering Engine for <ImageWrapper id=11>")))
+    with pytest.raises(server.ServerError, match="Failed to prepare Rendering Engine"):
+        srv.port.rendering_settings([11])
+    image._closeRE.assert_called_once_with()
