@@ -174,3 +174,18 @@ def test_an_upload_failure_of_a_used_file_fails_its_fileset(world, monkeypatch):
     assert [f["path"] for f in failed] == [str(src / "img1.fake")]
     assert "FILE_EXCEPTION" in failed[0]["message"] and "deleted" in failed[0]["message"]
     assert filesets(sim) == 3          # its half upload was the job's and is gone
+
+
+def test_help_names_every_exit_code_of_the_manual():
+    """`omero import -h` and docs/import.md's table name the same --resume exit codes."""
+    import os
+    import re
+    from omero_cli_ext.cli.import_ext import RESUME_HELP
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                           "import.md"), encoding="utf-8") as stream:
+        manual = stream.read()
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", manual, re.M)}
+    documented |= {20, 21, 22}   # docs/index.md's codes shared by every command
+    text = RESUME_HELP[RESUME_HELP.index("Exit codes"):]
+    named = {int(code) for code in re.findall(r"\b(\d+) ", text)} | {20, 21, 22}
+    assert "20-22 server errors" in text and named == documented

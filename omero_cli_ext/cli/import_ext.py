@@ -18,11 +18,12 @@ throttled workers, journal every fileset and continue after any failure by rerun
 command. A job is bound to its server, user, group, paths, target and result-changing options;
 --clean-ghosts deletes only filesets proven to be the job's and proven dead. See docs/import.md.
 
-Exit codes with --resume: 0 all imported; 3 some filesets failed; 4 interrupted or the server
-still importing (rerun); 5 dead filesets of the job on the server (rerun with --clean-ghosts);
-10 bad input; 11 nothing importable; 12 paths/target/options differ from the job's; 13 unknown
-job; 14 journal locked; 15 not a journal; 16 journal unusable (unreachable, disk full); 17 no
-importer; 18 listing failed; 19 job of another server, user or group; 20-22 server errors.
+Exit codes with --resume: 0 all imported; 2 bad arguments; 3 some filesets failed; 4 interrupted
+or the server still importing (rerun); 5 dead filesets of the job on the server (rerun with
+--clean-ghosts); 10 bad input; 11 nothing importable; 12 paths/target/options differ from the
+job's; 13 unknown job; 14 journal locked; 15 not a journal; 16 journal unusable (unreachable,
+disk full); 17 no importer; 18 listing failed; 19 job of another server, user or group;
+20-22 server errors.
 """
 
 # argparse dests that only mean something with --resume (never passed to the Java importer)
