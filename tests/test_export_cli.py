@@ -235,6 +235,23 @@ def test_as_user_exports_what_that_user_reads(world, tmp_path):
     assert manifest(dest)["user"] == "bob" and len(exported_files(dest)) == 10
 
 
+
+def test_the_readme_tour_export_runs_as_the_tour_logs_in(world, tmp_path):
+    """README.md's 2-minute tour logs in as a user and exports; its options must work for her."""
+    import re
+    import shlex
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "README.md"), encoding="utf-8").read()
+    tour = readme[readme.index("## A 2-minute tour"):readme.index("## Documentation")]
+    user = re.search(r"^omero login .*-u (\w+)", tour, re.M).group(1)
+    line = re.search(r"^omero export --originals .*$", tour, re.M).group(0)
+    words = shlex.split(line, comments=True)[4:]            # after `omero export --originals DEST`
+    options = [w for w in words if not re.match(r"^[A-Z][a-z]+:[\d,]+$", w)]
+    rc, _, err = export(world, tmp_path / "dest", f"Project:{world.project}", user=user,
+                        extra=options)
+    assert rc == 0, err
+
+
 # --------------------------------------------------------------------------- bad input
 
 def test_dest_inside_the_managed_repository(world, tmp_path):
