@@ -707,11 +707,22 @@ def test_open_original_file_reads_through_the_raw_file_store(srv):
     srv.store.close.assert_called_once_with()
 
 
-def test_binary_restriction_is_permission_denied_and_closes_the_store(srv):
-    srv.store.setFileId.side_effect = omero.SecurityViolation(message="RESTRICT-BINARY-ACCESS")
+def test_another_security_violation_at_open_is_permission_denied_and_closes_the_store(srv):
+    srv.store.setFileId.side_effect = omero.SecurityViolation(message="not permitted")
     with pytest.raises(PermissionDenied, match="download not allowed"):
         srv.port.open_original_file(11)
     srv.store.close.assert_called_once_with()
+
+
+def test_binary_access_is_refused_by_the_read_not_the_open(srv):
+    """omero-server RawFileBean.read is where BINARYACCESS is checked (`sec.checkRestriction`);
+    setFileId and size answer (PublicRepositoryI.checkId only asks the database)."""
+    srv.store.size.return_value = 10
+    srv.store.read.side_effect = omero.SecurityViolation(
+        message="Download is restricted for ome.model.core.OriginalFile:Id_11")
+    reader = srv.port.open_original_file(11)
+    with pytest.raises(PermissionDenied, match="Download is restricted"):
+        reader.read(0, 10)
 
 
 def test_a_repository_file_missing_on_the_server_is_named_so(srv):

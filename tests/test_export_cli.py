@@ -389,3 +389,22 @@ def test_an_export_outlives_the_old_ten_minute_sudo_lifetime(tmp_path, monkeypat
     assert rc == 0, err
     assert (world.sim.now() - before).total_seconds() >= 48 * 60
     assert (tmp_path / "dest" / "big" / "slow.fake").read_bytes() == content
+
+
+def test_a_download_binaryaccess_refuses_after_planning_is_named_so(world, tmp_path, monkeypatch):
+    """The policy changes between the plan (files readable) and the download: the server
+    refuses the reads (RawFileBean.read checks BINARYACCESS, not setFileId), each file fails
+    with the reason a refused open would give."""
+    import sim.server
+    opened = sim.server.SimPort.open_original_file
+
+    def restrict_then_open(self, original_file_id):
+        world.sim.set_binary_access(True, group="lab")
+        return opened(self, original_file_id)
+    monkeypatch.setattr(sim.server.SimPort, "open_original_file", restrict_then_open)
+    rc, out, err = export(world, tmp_path / "dest", f"Dataset:{world.dataset}", user="bob",
+                          extra=["--json", "--link", "download"])
+    failed = records(out, "failed")
+    assert rc != 0 and failed, err
+    assert {r["reason"] for r in failed} == {"download restricted by the server (BINARYACCESS)"}
+    assert exported_files(tmp_path / "dest") == {}

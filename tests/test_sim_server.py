@@ -71,8 +71,10 @@ def test_binary_access_restricts_non_owners_only(sim, tmp_path):
                                        write(str(tmp_path / "src" / "notes.txt"))])
     data_id, txt_id = [e.original_file.id for e in sim.port("owner").filesets([fid])[fid].entries]
     sim.set_binary_access(True, group=group_of("rwr---"))
-    with pytest.raises(PermissionDenied):
-        sim.port("member").open_original_file(data_id)
+    refused = sim.port("member").open_original_file(data_id)   # RawFileBean.read checks, not open
+    with pytest.raises(PermissionDenied, match="Download is restricted"):
+        refused.read(0, 4)
+    refused.close()
     entry = sim.port("member").filesets([fid])[fid].entries[0]
     assert entry.original_file.binary_restricted
     sim.port("member").open_original_file(txt_id).close()      # *.txt is never restricted
@@ -82,7 +84,7 @@ def test_binary_access_restricts_non_owners_only(sim, tmp_path):
     sim.port("member").open_original_file(data_id).close()
     sim.set_binary_access(True)                                 # server-wide
     with pytest.raises(PermissionDenied):
-        sim.port("member").open_original_file(data_id)
+        sim.port("member").open_original_file(data_id).read(0, 4)
 
 
 def test_per_user_binary_restriction(sim, tmp_path):
@@ -91,7 +93,7 @@ def test_per_user_binary_restriction(sim, tmp_path):
     fid = sim.import_fileset("owner", [write(str(tmp_path / "a.fake"))])
     of_id = sim.port("owner").filesets([fid])[fid].entries[0].original_file.id
     with pytest.raises(PermissionDenied):
-        sim.port("viewer").open_original_file(of_id)
+        sim.port("viewer").open_original_file(of_id).read(0, 4)
 
 
 def test_privileges_for_sudo_and_delete(sim, tmp_path):

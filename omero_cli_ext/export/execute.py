@@ -865,6 +865,9 @@ class Exporter:
                         data = reader.read(offset, min(CHUNK, entry.size - offset))
                     except FileMissing:
                         raise EntryFailed("the file is missing on the server") from None
+                    except PermissionDenied:   # RawFileBean.read checks BINARYACCESS, not open
+                        raise EntryFailed("download restricted by the server (BINARYACCESS)") \
+                            from None
                     except ServerError as err:
                         raise EntryFailed(f"server error: {err}") from None
                     if not data:

@@ -898,11 +898,15 @@ def _fileset_round_trips(ids: Sequence[int], loaded: Mapping, image_counts: bool
 
 
 class _Reader:
-    """A RawFileStore on one repository file (follows the ln_s link, as the server's open does)."""
+    """A RawFileStore on one repository file (follows the ln_s link, as the server's open does).
+    A binary-restricted file opens (setFileId, size) and refuses each read: RawFileBean.read is
+    where the server checks BinaryAccessPolicy (`sec.checkRestriction`)."""
 
-    def __init__(self, server: SimServer, path: str, port: Optional["SimPort"] = None):
+    def __init__(self, server: SimServer, path: str, port: Optional["SimPort"] = None,
+                 restricted: Optional[str] = None):
         self._server = server
         self._port = port
+        self._restricted = restricted
         self._file = open(path, "rb")
         self.size = os.fstat(self._file.fileno()).st_size
 
@@ -910,6 +914,8 @@ class _Reader:
         if self._port is not None:
             self._port._check_open()     # a call in the session: it must live, and it lives on
         self._server._count(1)
+        if self._restricted:
+            raise PermissionDenied("reading original file: " + self._restricted)
         return os.pread(self._file.fileno(), length, offset)
 
     def close(self) -> None:
@@ -1440,11 +1446,11 @@ class SimPort:
         if row is None:
             raise NotFound("OriginalFile:%d not found" % original_file_id, [original_file_id])
         path, name, owner_id, group_id = row
-        if self._binary_restricted_for(owner_id, group_id, name):
-            raise PermissionDenied("Download is restricted for OriginalFile:%d" % original_file_id)
+        restricted = ("Download is restricted for OriginalFile:%d" % original_file_id
+                      if self._binary_restricted_for(owner_id, group_id, name) else None)
         on_disk = os.path.join(self._server.repo_dir, path, name)
         try:
-            return _Reader(self._server, on_disk, self)
+            return _Reader(self._server, on_disk, self, restricted)
         except OSError:   # PublicRepositoryI.checkId / RawFileBean: named, not a permission
             raise port_api.FileMissing("FileNotFound: %d" % original_file_id) from None
 
