@@ -45,6 +45,26 @@ def test_bad_input_is_refused_before_anything_is_written(world, argv, rc, text):
     assert not (tmp_path / "userdir" / progress.JOURNAL_SUBDIR).exists()
 
 
+
+@pytest.mark.parametrize("argv", [["--dry-run"], ["--json"], []])
+def test_ctrl_c_while_the_importer_lists_the_files_ends_with_exit_4(world, monkeypatch, argv):
+    """Ctrl-C during the listing (minutes for a big tree, the likeliest moment to press it): exit 4,
+    one line, no traceback, no journal, nothing on the server."""
+    sim, src, tmp_path = world
+    from omero_cli_ext.importing import job
+
+    def interrupted(lines):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(job, "parse_groups", interrupted)
+    try:
+        rc, out, err = imp(sim, *argv, str(src))
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the command (a traceback for the user)")
+    assert (rc, out) == (4, "") and len(err.splitlines()) == 1 and "interrupted" in err, err
+    assert filesets(sim) == 0
+    assert not (tmp_path / "userdir" / progress.JOURNAL_SUBDIR).exists()
+
+
 def test_retry_failed_imports_the_failed_filesets_again(world, monkeypatch):
     sim, src, _ = world
     monkeypatch.setenv("OMERO_CLI_EXT_SIM_FAIL_PATTERN", "img2.fake")

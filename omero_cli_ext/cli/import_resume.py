@@ -15,8 +15,8 @@ from omero_cli_ext.importing.job import (DEFAULT_CHUNK_SIZE, JobRun, check_targe
                                          driver_settings, existing_job, importer_launcher,
                                          plan_filesets, remaining_plan, unknown_job,
                                          unknown_job_in)
-from omero_cli_ext.importing.outcome import (EXIT_BAD_INPUT, EXIT_JOURNAL, EXIT_JOURNAL_CORRUPT,
-                                             EXIT_JOURNAL_LOCKED, Refused, job_exit_code,
+from omero_cli_ext.importing.outcome import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_JOURNAL,
+                                             EXIT_JOURNAL_CORRUPT, EXIT_JOURNAL_LOCKED, Refused, job_exit_code,
                                              totals, totals_line)
 from omero_cli_ext.journal import JournalCorrupt, JournalError, JournalLocked, open_journal
 from omero_cli_ext.status.logwatch import IMPORT_MEMORY_FILE, SizeMemory, default_memory_path
@@ -113,7 +113,8 @@ def java_launch(control, args):
 def run_resume(control, args) -> None:
     """`omero import --resume`: plan (or load) the job, run its chunks, report, set the exit code.
     A new job is checked and planned before its journal is created: bad input leaves no trace.
-    A closed stdout outside the run (`--dry-run | head`) ends quietly with the code so far."""
+    A closed stdout outside the run (`--dry-run | head`) ends quietly with the code so far; Ctrl-C
+    outside the run (the driver handles its own) ends with exit 4, as it does inside."""
     out = output_for(args)
     try:
         _run_resume(control, args, out)
@@ -121,6 +122,8 @@ def run_resume(control, args) -> None:
         control.ctx.die(err.code, str(err))
     except BrokenPipeError:
         drop_stdout(out)
+    except KeyboardInterrupt:
+        control.ctx.die(EXIT_INTERRUPTED, "interrupted; rerun the same command to continue")
 
 
 def _run_resume(control, args, out) -> None:

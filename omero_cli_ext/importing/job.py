@@ -176,7 +176,12 @@ def plan_filesets(paths, java, chunk_size, chunk_bytes, options, after=None) -> 
                                  env=importer.utf8_environment())
     except importer.ImporterUnavailable as err:
         raise Refused(EXIT_NO_IMPORTER, f"cannot run the importer: {err}") from None
-    stdout, stderr = process.communicate()
+    try:
+        stdout, stderr = process.communicate()
+    except KeyboardInterrupt:
+        process.kill()       # Ctrl-C reached only this process: the listing must not outlive it
+        process.wait()
+        raise
     if process.returncode == NOTHING_IMPORTABLE_RC:
         raise Refused(EXIT_NOTHING_TO_IMPORT,
                       f"no importable files in {' '.join(map(printable, paths))}")
