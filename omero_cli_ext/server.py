@@ -353,7 +353,8 @@ class ServerPort(Protocol):
         row); files that cannot be read are left out. Costs 2 round trips per file: keep it small."""
 
     def open_original_file(self, original_file_id: int) -> RawFileReader:
-        """A reader on the file's bytes (RawFileStore); raises PermissionDenied if BINARYACCESS is restricted."""
+        """A reader on the file's bytes (RawFileStore). A BINARYACCESS-restricted file opens and
+        each read raises PermissionDenied (the server checks RawFileBean.read, not setFileId)."""
 
     # --- pixels (the zarr export) ---
     def images_and_plates_of(self, refs: Sequence[tuple]) -> Mapping[tuple, tuple]:
