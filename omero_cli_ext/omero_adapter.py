@@ -905,6 +905,8 @@ class OmeroPort:
             try:
                 store.setPixelsId(info.pixels_id, False, context)
                 return None
+            except omero.MissingPyramidException:
+                return server.PYRAMID_NOT_BUILT   # omero-romio PixelsService: no original read
             except omero.SessionException:
                 raise      # the session is over: no image's problem (mapped below)
             except (omero.ServerError, Ice.UserException) as err:

@@ -191,6 +191,11 @@ class FilesetQuery:
     ids: Optional[tuple] = None
 
 
+# pixels_readable's answer for an image whose pixel data the server serves from a pyramid that
+# is not built yet (MissingPyramidException, as omero-cli-render's `test` reports "miss:"): the
+# check could not say whether its original is readable, and is no failure.
+PYRAMID_NOT_BUILT = "pyramid not built yet: the server reads this image from its pyramid"
+
 # PixelsType values (ome/omero-model mappings/acquisition.ome.xml enum PixelsType) that the zarr
 # export writes, with their numpy dtypes; "bit" is not exported.
 PIXEL_TYPES = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4",
@@ -377,7 +382,8 @@ class ServerPort(Protocol):
     def pixels_readable(self, image_ids: Sequence[int], concurrency: int = 4
                         ) -> Mapping[int, Optional[str]]:
         """Can the server open each image's pixel data (for most images: its original file, with
-        Bio-Formats)? None when it can, else the server's error, for each readable image (others
+        Bio-Formats)? None when it can, PYRAMID_NOT_BUILT for a big image whose pyramid is still
+        missing (nothing was read), else the server's error, for each readable image (others
         left out); at most `concurrency` checks at once. What `omero render test` does, without
         asking the server to build a missing pyramid."""
 

@@ -839,7 +839,7 @@ def test_pixels_readable_opens_each_image_like_render_test(srv, monkeypatch):
     omero-cli-render's `test` does; a server error is that image's problem; stores are closed."""
     infos = {img: server.PixelsInfo(image_id=img, name="i", pixels_id=img + 100, size_x=1,
                                     size_y=1, size_z=1, size_c=1, size_t=1, pixel_type="uint8")
-             for img in (1, 2)}
+             for img in (1, 2, 3)}
     monkeypatch.setattr(srv.port, "pixels_info", lambda ids: {i: infos[i] for i in ids if i in infos})
     stores = {}
 
@@ -850,11 +850,14 @@ def test_pixels_readable_opens_each_image_like_render_test(srv, monkeypatch):
             stores[pixels_id] = (store, bypass, ctx)
             if pixels_id == 102:
                 raise omero.ResourceError(None, None, "Error instantiating pixel buffer: /x")
+            if pixels_id == 103:     # omero-romio PixelsService: a big image, no pyramid yet
+                raise omero.MissingPyramidException(None, None, "Missing pyramid")
         store.setPixelsId.side_effect = set_pixels
         return store
     srv.sf.createRawPixelsStore.side_effect = create
-    found = srv.port.pixels_readable([1, 2, 3], concurrency=2)
-    assert found[1] is None and "Error instantiating pixel buffer" in found[2] and 3 not in found
+    found = srv.port.pixels_readable([1, 2, 3, 4], concurrency=2)
+    assert found[1] is None and "Error instantiating pixel buffer" in found[2] and 4 not in found
+    assert found[3] == server.PYRAMID_NOT_BUILT
     for pixels_id, (store, bypass, ctx) in stores.items():
         assert bypass is False
         assert ctx == {"omero.group": "-1", "omero.pixeldata.fail_if_missing": "true"}

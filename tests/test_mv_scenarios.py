@@ -264,3 +264,28 @@ def test_render_check_names_an_image_whose_original_cannot_be_read(world):
     assert found["failed"] == [image] and len(found["checked"]) == 4
     [failed] = [r for r in found["results"] if not r["ok"]]
     assert failed["fileset"] == fileset and "Error instantiating pixel buffer" in failed["problem"]
+
+
+def test_render_check_an_image_without_its_pyramid_yet_is_unchecked_not_failed(world, monkeypatch):
+    """A big image's pixels come from its pyramid; while it is not built the server answers
+    MissingPyramidException and reads nothing (omero render test's "miss:"): no exit 17."""
+    from sim import server as sim_server
+    from omero_cli_ext.server import PYRAMID_NOT_BUILT
+    readable = sim_server.SimPort.pixels_readable
+    big = world.sim.port("root").images_of([world.built.fileset_ids[0]])[world.built.fileset_ids[0]][0]
+
+    def pyramid_pending(self, image_ids, concurrency=4):
+        found = dict(readable(self, image_ids, concurrency))
+        if big in found:
+            found[big] = PYRAMID_NOT_BUILT
+        return found
+    monkeypatch.setattr(sim_server.SimPort, "pixels_readable", pyramid_pending)
+    rc, out, err = world.mv(world.old, os.path.join(world.data, "new"), "--render-check-all",
+                            "--json")
+    assert rc == 0, err
+    records = json_lines(out)
+    summary = records[-1]["render_check"]
+    assert summary["unchecked"] == [big] and summary["failed"] == []
+    assert len(summary["checked"]) == summary["sampled"] - 1
+    [pending] = [r for r in records if r["type"] == "render_check" and r["image"] == big]
+    assert pending["ok"] is None and pending["problem"] == PYRAMID_NOT_BUILT

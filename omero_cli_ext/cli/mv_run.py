@@ -258,12 +258,15 @@ class _Run:
     def render_checked(self, results, found) -> None:
         for result in results:
             self.out.emit("render_check", **result)
-            if not result["ok"]:
-                self.out.warn(f"render check failed: Fileset:{result['fileset']} "
-                              f"Image:{result['image']}: {result['problem']}")
+            if result["ok"] is not True:
+                self.out.warn(f"render check {'failed' if result['ok'] is False else 'skipped'}: "
+                              f"Fileset:{result['fileset']} Image:{result['image']}: "
+                              f"{result['problem']}")
         if self.out.mode != "json":
+            skipped = f", {len(found['unchecked'])} not read (pyramid not built yet)" \
+                if found["unchecked"] else ""
             self.out.info(f"render check: {len(found['checked'])} image(s) read, "
-                          f"{len(found['failed'])} failed, of {found['sampled']} of "
+                          f"{len(found['failed'])} failed{skipped}, of {found['sampled']} of "
                           f"{found['filesets']} affected fileset(s)")
 
     def finished(self, outcome) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
+from omero_cli_ext.server import PYRAMID_NOT_BUILT
+
 SAMPLE = 10   # filesets checked by default: spread over the job's filesets
 
 
@@ -23,21 +25,23 @@ def choose(filesets: Sequence[int], every: bool, sample: int = SAMPLE) -> List[i
 
 
 def render_check(port, filesets: Sequence[int], *, every: bool, concurrency: int) -> Dict:
-    """{"checked": [image ids read fine], "failed": [image ids], "results": [per image:
-    fileset, image, ok, problem]}; filesets without a readable image are not counted."""
+    """{"checked": [image ids read fine], "failed": [image ids], "unchecked": [image ids whose
+    pyramid is not built yet: nothing was read, no failure], "results": [per image: fileset,
+    image, ok (None when unchecked), problem]}; filesets without a readable image are not
+    counted."""
     chosen = choose(filesets, every)
     images = port.images_of(chosen) if chosen else {}
     first = {fileset: ids[0] for fileset, ids in images.items() if ids}
     problems = port.pixels_readable(sorted(first.values()), concurrency=concurrency) \
         if first else {}
-    results, checked, failed = [], [], []
+    results, checked, failed, unchecked = [], [], [], []
     for fileset in chosen:
         image = first.get(fileset)
         if image is None or image not in problems:
             continue
         problem = problems[image]
-        (checked if problem is None else failed).append(image)
-        results.append({"fileset": fileset, "image": image, "ok": problem is None,
-                        "problem": problem})
-    return {"checked": checked, "failed": failed, "results": results,
+        ok = None if problem == PYRAMID_NOT_BUILT else problem is None
+        {True: checked, False: failed, None: unchecked}[ok].append(image)
+        results.append({"fileset": fileset, "image": image, "ok": ok, "problem": problem})
+    return {"checked": checked, "failed": failed, "unchecked": unchecked, "results": results,
             "filesets": len(set(filesets)), "sampled": len(chosen)}
