@@ -474,7 +474,25 @@ def test_help_names_every_exit_code_of_the_manual(sim):
     section = manual[manual.index("## Monitoring"):manual.index("## Prometheus")]
     documented = {int(code) for cell in re.findall(r"^\| ([\d, ]+) \|", section, re.M)
                   for code in cell.split(",")}
-    assert documented == {0, 1, 2, 3, 13, 20, 21, 22}
+    assert documented == {0, 1, 2, 3, 13, 20, 21, 22, 130}
     rc, out, _ = run_cli(sim.root, ["status", "imports", "-h"], user="alice")
     codes = out[out.index("Exit codes"):out.index("Optional Arguments")]
     assert rc == 0 and {int(code) for code in re.findall(r"\b(\d+) ", codes)} == documented
+
+
+@pytest.mark.parametrize("argv, rc, out_lines", [
+    ([], 130, []), (["--json"], 130, []), (["--check"], EXIT_CHECK_UNKNOWN, ["UNKNOWN - interrupted"]),
+    (["--watch", "5"], 0, []),
+])
+def test_ctrl_c_while_the_server_is_read_ends_cleanly(sim, monkeypatch, argv, rc, out_lines):
+    """Ctrl-C during a slow server read: no traceback; a one-shot run is not a success (130, as a
+    shell reports SIGINT), a check is UNKNOWN, --watch leaves with 0."""
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(status_run, "read_server", interrupted)
+    try:
+        got, out, err = run_cli(sim.root, ["status", "imports", *argv], user="alice")
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the command (a traceback for the user)")
+    assert (got, out.splitlines()) == (rc, out_lines)
+    assert "Traceback" not in err and ("interrupted" in err) == (rc == 130)

@@ -16,8 +16,9 @@ HELP = """Status of imports: on the server and in local `omero import --resume` 
 
 Exit codes: 0 success (also when stdout's reader left early); 2 bad arguments; 13 the --prometheus
 file cannot be written; 20 server unreachable or session refused; 21 --all-users/--owner by a
-non-admin; 22 unknown --owner, --in-group or --journal. With --check: 0 OK, 1 stalled, 2 failed,
-3 unknown (every other code, bad arguments included).
+non-admin; 22 unknown --owner, --in-group or --journal; 130 interrupted (Ctrl-C; --watch leaves
+with 0). With --check: 0 OK, 1 stalled, 2 failed, 3 unknown (every other code, bad arguments and
+Ctrl-C included).
 
 See docs/status.md for the states, the JSON keys and the exit codes."""
 

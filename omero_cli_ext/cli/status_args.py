@@ -10,6 +10,7 @@ from omero_cli_ext.exitcodes import EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_USAGE
 from omero_cli_ext.status.snapshot import EXIT_CHECK_UNKNOWN, ServerScope
 
 EXIT_METRICS = 13            # the --prometheus file cannot be written
+EXIT_INTERRUPTED = 130       # Ctrl-C of a one-shot run (what a shell reports for SIGINT)
 
 
 class CheckContext:

@@ -14,7 +14,8 @@ from omero.cli import NonZeroReturnCode
 from omero_cli_ext import server
 from omero_cli_ext.cli.base import output_for, server_errors
 from omero_cli_ext.cli.import_view import drop_stdout
-from omero_cli_ext.cli.status_args import EXIT_METRICS, CheckContext, check_arguments, scope_of
+from omero_cli_ext.cli.status_args import (EXIT_INTERRUPTED, EXIT_METRICS, CheckContext,
+                                             check_arguments, scope_of)
 from omero_cli_ext.status import views
 from omero_cli_ext.status.classify import DONE
 from omero_cli_ext.status.jobs import read_local_jobs
@@ -40,6 +41,14 @@ def local_clock() -> _dt.datetime:
 def run_status_imports(control, args) -> None:
     out = output_for(args)
     ctx = CheckContext(control.ctx, out) if args.check else control.ctx
+    try:
+        _status_imports(ctx, out, args)
+    except KeyboardInterrupt:
+        if args.watch is None:      # --watch: Ctrl-C is how one leaves it (rc 0)
+            ctx.die(EXIT_INTERRUPTED, "interrupted")
+
+
+def _status_imports(ctx, out, args) -> None:
     check_arguments(ctx, args)
     port, scope, viewer_id, open_error = None, None, None, None
     if not args.local_only:
