@@ -61,6 +61,21 @@ def test_check_counts_jobs(p, code, word):
         assert "job nightly (" in line
 
 
+
+@pytest.mark.parametrize("p, perf", [
+    (progress(state="interrupted"), "jobs_interrupted=1"),
+    (progress(idle=2 * STALL), "jobs_stalled=1"),
+    (progress(state="failed", failed=3), "jobs_failed=1"),
+])
+def test_check_performance_data_counts_the_jobs_it_alerts_on(p, perf):
+    """A STALLED (or FAILED) answer about a job: the performance data a graph reads says so too,
+    not only `stalled=0` of the server imports."""
+    snapshot = Snapshot(local_time=NOW, stalled_after=STALL, asked_server=False,
+                        jobs=(local.job_status(p, NOW, STALL),))
+    _, line = check(snapshot)
+    assert perf in line.split(" | ")[1].split()
+
+
 def test_job_metrics():
     snapshot = Snapshot(local_time=NOW, stalled_after=STALL, asked_server=False,
                         jobs=(local.job_status(progress(), NOW, STALL),))

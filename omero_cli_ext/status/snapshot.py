@@ -130,6 +130,7 @@ def check(snapshot: Snapshot) -> tuple:
     perfdata = " ".join("%s=%d" % (s, n) for s, n in summary.imports_by_state.items())
     perfdata += " oldest_activity_age=%ds bytes_in_flight=%dB" % (summary.oldest_activity_age,
                                                                    summary.bytes_in_flight)
+    perfdata += "".join(" jobs_%s=%d" % (s, n) for s, n in summary.jobs_by_state.items())
     return code, "%s - %s | %s" % (word, "; ".join(parts), perfdata)
 
 
