@@ -27,6 +27,22 @@ def test_src_missing(world):
             errors.EXIT_SRC_MISSING, ["does not exist"])
 
 
+
+def test_a_mistyped_fileset_ref_is_named_as_such(world):
+    """`Fileset:abc`, `Fileset:-1`, `fileset:3`: a Fileset:ID gone wrong, not a missing path in the
+    current directory."""
+    for ref in ("Fileset:abc", "Fileset:-1", "fileset:3"):
+        for argv in ([ref, os.path.join(world.data, "off")], ["--inline", ref]):
+            err = refused(world, argv, errors.EXIT_USAGE, [f"{ref} is not Fileset:ID"])
+            assert len(err.strip().splitlines()) == 1, err
+
+
+def test_what_argparse_refuses_leaves_stdout_empty_with_json(world):
+    """docs/mv.md: no "error" record then, only argparse's usage on stderr (exit 2)."""
+    rc, out, err = world.mv("--json", "--workers", "abc", world.old, world.old + "-new")
+    assert (rc, out) == (errors.EXIT_USAGE, "") and "--workers" in err
+
+
 def test_dst_exists_and_is_not_a_directory(world):
     """(An existing directory is merged into: tests/test_mv_second_pass.py.)"""
     with open(os.path.join(world.data, "there"), "wb") as f:

@@ -50,14 +50,24 @@ def choose_mode(a) -> str:
     if a.inline:
         if not a.source or a.destination:
             raise _usage("--inline takes one repository path: omero mv --inline PATH")
+        _check_fileset_ref(a.source)
         return "inline"
     if not a.source or not a.destination:
         raise _usage("usage: omero mv SRC DST (see omero mv -h)")
+    _check_fileset_ref(a.source)
     if a.links_only:
         return "links-only"
     if FILESET_REF.match(a.source):
         return "offload"
     return "path"
+
+
+def _check_fileset_ref(source: str) -> None:
+    """`Fileset:abc`, `Fileset:-1`, `fileset:3` is a mistyped Fileset:ID, not a path (unless a file
+    of that name exists)."""
+    if source.lower().startswith("fileset:") and not FILESET_REF.match(source) \
+            and not os.path.lexists(source):
+        raise _usage(f"{source} is not Fileset:ID (the id is a number) and no such path exists")
 
 
 def needs_server(mode: str, a) -> bool:
