@@ -25,6 +25,8 @@ OTHER_JOB = "Job"
 HASHERS = ("Adler-32", "CRC-32", "MD5-128", "Murmur3-32", "Murmur3-128", "SHA1-160", "File-Size-64")
 # Container classes an object reference may name
 CONTAINER_TYPES = ("Project", "Dataset", "Image", "Screen", "Plate", "Fileset")
+# Ids are Java longs (ome.model's Long id): a longer number names no object
+MAX_ID = 2 ** 63 - 1
 # Group permission levels as omero.model.PermissionsI strings
 GROUP_LEVELS = {"private": "rw----", "read-only": "rwr---",
                 "read-annotate": "rwra--", "read-write": "rwrw--"}

@@ -346,6 +346,19 @@ def test_bad_arguments_change_nothing(world, tmp_path, argv, rc, message):
     assert not dest.exists()
 
 
+
+@pytest.mark.parametrize("obj", ["Image:99999999999999999999999", "Image:9223372036854775808"])
+def test_an_id_beyond_omeros_long_is_bad_syntax_not_a_crash(world, tmp_path, obj):
+    """OMERO ids are Java longs: a longer number is not an object id (exit 2), for both exports."""
+    dest = tmp_path / "dest"
+    code, out, err = export(world, dest, obj)
+    assert (code, out) == (2, "") and "is not an object id" in err and "Traceback" not in err
+    code, _, err = run_cli(world.sim.root, ["export", "--originals", str(dest), obj,
+                                        *control_args(world.sim.root)], user="alice")
+    assert code == 2 and "is not an object id" in err
+    assert not dest.exists()
+
+
 def test_refusals_fileset_objects_other_users_dest_and_all_missing(world, tmp_path):
     dest = tmp_path / "dest"
     rc, _out, err = export(world, dest, "Fileset:1")

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
 from omero_cli_ext.export import LAYOUTS
 from omero_cli_ext.export.paths import (client_path_components, is_safe_relpath, safe_component,
                                         split_common_root)
-from omero_cli_ext.server import CONTAINER_TYPES
+from omero_cli_ext.server import CONTAINER_TYPES, MAX_ID
 
 ORPHANED = "orphaned"   # tree layout: filesets whose images are in no Dataset or Plate
 
@@ -35,7 +35,7 @@ def parse_objects(texts: Iterable[str]) -> list:
                 oid = int(part)
             except ValueError:
                 raise BadObject(f"{text!r}: {part!r} is not an object id") from None
-            if oid < 0:
+            if not 0 <= oid <= MAX_ID:
                 raise BadObject(f"{text!r}: {part!r} is not an object id")
             ref = (canonical[kind.lower()], oid)
             if ref not in refs:

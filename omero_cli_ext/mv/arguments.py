@@ -13,6 +13,7 @@ from omero_cli_ext.mv.errors import EXIT_USAGE, MvError
 from omero_cli_ext.mv.plan import Request
 from omero_cli_ext.mv.serverfacts import fileset_files
 from omero_cli_ext.mv.tree import canonical, fs_path, is_under, shell_word
+from omero_cli_ext.server import MAX_ID
 from omero_cli_ext.workers import default_workers
 
 FILESET_REF = re.compile(r"^Fileset:(\d+)$")
@@ -63,9 +64,10 @@ def choose_mode(a) -> str:
 
 
 def _check_fileset_ref(source: str) -> None:
-    """`Fileset:abc`, `Fileset:-1`, `fileset:3` is a mistyped Fileset:ID, not a path (unless a file
-    of that name exists)."""
-    if source.lower().startswith("fileset:") and not FILESET_REF.match(source) \
+    """`Fileset:abc`, `Fileset:-1`, `fileset:3`, an id beyond OMERO's longs: a mistyped Fileset:ID,
+    not a path (unless a file of that name exists)."""
+    ref = FILESET_REF.match(source)
+    if source.lower().startswith("fileset:") and not (ref and int(ref.group(1)) <= MAX_ID) \
             and not os.path.lexists(source):
         raise _usage(f"{source} is not Fileset:ID (the id is a number) and no such path exists")
 
