@@ -103,3 +103,14 @@ def test_cached_wheel_is_installed_without_compiling(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "installed zeroc_ice-3.6.5" in out.stdout
     assert "compiling" not in out.stdout
+
+
+def test_docs_index_names_the_supported_pythons():
+    """docs/index.md's exit code 3 and tox line name exactly build_ice.SUPPORTED (README: 3.9–3.12)."""
+    import re
+    with open(os.path.join(ROOT, "docs", "index.md"), encoding="utf-8") as stream:
+        index = stream.read()
+    supported = {"%d.%d" % v for v in build_ice.SUPPORTED}
+    row = re.search(r"^\| 3 \| unsupported Python \((.*)\) \|$", index, re.M).group(1)
+    tox = re.search(r"^`tox` runs the suite on Python (.*) with", index, re.M).group(1)
+    assert set(re.findall(r"3\.\d+", row)) == supported == set(re.findall(r"3\.\d+", tox))
