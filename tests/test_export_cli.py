@@ -290,6 +290,13 @@ def test_bad_object_syntax(world, tmp_path):
     assert rc == 2 and "Type:id" in err and not (tmp_path / "dest").exists()
 
 
+@pytest.mark.parametrize("wait", ["-1", "nan", "inf", "soon"])
+def test_a_wait_that_is_not_a_number_of_seconds_is_bad_usage(world, tmp_path, wait):
+    rc, _, err = export(world, tmp_path / "dest", f"Project:{world.project}",
+                        extra=["--wait", wait])
+    assert rc == 2 and "--wait" in err and not (tmp_path / "dest").exists()
+
+
 def test_as_user_without_sudo(world, tmp_path):
     rc, _, err = export(world, tmp_path / "dest", f"Project:{world.project}", user="bob",
                         extra=["--as-user", "alice"])

@@ -32,6 +32,18 @@ def positive_int(text):
     return value
 
 
+def seconds(text):
+    """A number of seconds, 0 or more (a finite float)."""
+    from omero_ext.argparse import ArgumentTypeError
+    try:
+        value = float(text)
+    except ValueError:
+        raise ArgumentTypeError(f"not a number of seconds: {text!r}")
+    if not 0 <= value < float("inf"):
+        raise ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
 def output_for(args) -> Output:
     return Output(json_mode=bool(getattr(args, "json", False)))
 

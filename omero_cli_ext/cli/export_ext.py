@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from omero_cli_ext.cli.base import add_dry_run_argument, add_json_argument
+from omero_cli_ext.cli.base import add_dry_run_argument, add_json_argument, seconds
 from omero_cli_ext.export import CHAINS, LAYOUTS
 
 _builtin = importlib.import_module("omero.plugins.export")
@@ -122,7 +122,7 @@ def add_originals_arguments(group) -> None:
                        help="where the manifest, journal and lock are kept, out of DEST "
                             "(default /var/lib/omero-cli-ext/exports as root, else "
                             "~/.local/state/omero-cli-ext/exports)")
-    group.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    group.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
                        help="when another run holds DEST, wait this long for it (default: exit 9 "
                             "at once)")
     group.add_argument("--verify", action="store_true",
