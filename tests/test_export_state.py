@@ -102,6 +102,46 @@ def test_dest_made_by_another_run_first_is_opened_as_an_existing_dest(tmp_path, 
         dest_io.open_dest(str(tmp_path / "planted"), create=True)
 
 
+class _Died(Exception):
+    pass
+
+
+class _Ctx:
+    def die(self, code, message):
+        raise _Died(code, message)
+
+
+@pytest.mark.parametrize("winner_uid, refused", [(4242, True), (4343, False)])
+def test_a_users_run_whose_mkdir_lost_uses_only_a_dest_of_her_own(tmp_path, monkeypatch,
+                                                                  winner_uid, refused):
+    """Not as root, a run that meant to make DEST and lost the mkdir race accepts the DEST only
+    when the winner was one of her own runs (her uid): a DEST another user (who may write the
+    parent) made at that moment would receive what she exports (exit 3, DEST left alone)."""
+    from omero_cli_ext.cli import export_common
+    real_mkdir = os.mkdir
+
+    def winner_first(name, mode=0o777, *, dir_fd=None):
+        real_mkdir(name, 0o777, dir_fd=dir_fd)
+        os.chown(name, winner_uid, winner_uid, dir_fd=dir_fd)
+        real_mkdir(name, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(export_common.os, "geteuid", lambda: 4343)     # the user running it
+    monkeypatch.setattr(dest_io.os, "mkdir", winner_first)
+    args = type("Args", (), {"dir_mode": 0o700})()
+    dest = str(tmp_path / "out")
+    if refused:
+        with pytest.raises(_Died) as died:
+            export_common.create_dest(_Ctx(), dest, args, [], None, None)
+        assert died.value.args[0] == export_common.EXIT_DEST
+        assert "made by uid 4242 while this run was making it" in died.value.args[1]
+    else:
+        fd, created = export_common.create_dest(_Ctx(), dest, args, [], None, None)
+        os.close(fd)
+        assert not created
+    monkeypatch.undo()
+    assert os.listdir(dest) == [] and os.stat(dest).st_uid == winner_uid
+
+
 def test_dest_inside_equal_or_above_the_repository(tmp_path):
     repo = tmp_path / "top" / "repo"
     (repo / "alice").mkdir(parents=True)

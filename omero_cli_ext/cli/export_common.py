@@ -168,10 +168,22 @@ def create_dest(ctx, dest: str, args, roots, owner, strict) -> tuple:
         ctx.die(EXIT_DEST, f"cannot create DEST: {err.strerror}")
     try:
         check_apart(ctx, fd, dest, roots)
+        made_by = os.fstat(fd).st_uid
+        if not created and os.geteuid() != 0 and made_by != os.geteuid():
+            # the run meant to make DEST: one of hers may have won the race, another user's not
+            ctx.die(EXIT_DEST, f"DEST {printable(dest)} was made by {_user_name(made_by)} while "
+                               "this run was making it; not used (choose another DEST)")
     except BaseException:
         os.close(fd)
         raise
     return fd, created
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return repr(pwd.getpwuid(uid).pw_name)
+    except KeyError:
+        return f"uid {uid}"
 
 
 def close_run(control_files, dest_fd, acting, port) -> None:
