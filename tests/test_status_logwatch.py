@@ -107,20 +107,37 @@ def test_a_remembered_look_with_no_time_or_one_not_come_yet_is_a_first_look(tmp_
     no time or a time to come (for ever alive): it counts as a first look, now."""
     memory_file = tmp_path / "sizes.json"
     later = (T0 + dt.timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%S.%f%z")
-    memory_file.write_text(json.dumps({"r/1": [7, None, None], "r/2": [7, None, later]}))
+    now = T0.strftime("%Y-%m-%dT%H:%M:%S.%f%z")
+    memory_file.write_text(json.dumps({"r/1": [7, None, None, now], "r/2": [7, None, later, now]}))
     memory = logwatch.SizeMemory(str(memory_file))
     assert memory.unchanged_since("r/1", 7, T0) == T0
     assert memory.unchanged_since("r/2", 7, T0) == T0
     assert memory.unchanged_since("r/2", 7, T0 + dt.timedelta(hours=13)) == T0
 
 
-def test_memory_forgets_only_this_repositorys_unseen_logs():
+def test_memory_forgets_only_the_logs_no_look_renewed_for_a_month():
     memory = logwatch.SizeMemory()
     memory.look("a/1", 5, T0)
-    memory.look("a/2", 5, T0)
     memory.look("b/1", 5, T0)
-    memory.keep_only("a/", {"a/2"})
-    assert set(memory.seen) == {"a/2", "b/1"}
+    memory.look("a/2", 5, T0 + dt.timedelta(days=29))
+    memory.forget_stale(T0 + dt.timedelta(days=30))
+    assert set(memory.seen) == {"a/2"}
+
+
+def test_runs_of_other_scopes_never_forget_each_others_looks(tmp_path):
+    """A `--watch` of one user's imports and a cron `--all-users` status share the file: each
+    looks at other logs, and neither erases the other's remembered sizes (a log's next look
+    would otherwise be a first look again, and a stalled step never be seen stalled)."""
+    memory_file = str(tmp_path / "sizes.json")
+    repo = Repository("R", str(tmp_path / "absent"))
+    watch, cron = logwatch.SizeMemory(memory_file), logwatch.SizeMemory(memory_file)
+    logwatch.probe_logs(Port({10: 1, 20: 2}), repo, [(1, log(10)), (2, log(20))], T0, watch)
+    watch.save()
+    logwatch.probe_logs(Port({30: 3}), repo, [(3, log(30))], T0, cron)
+    cron.save()
+    logwatch.probe_logs(Port({10: 1, 20: 2}), repo, [(1, log(10)), (2, log(20))], T0, watch)
+    watch.save()
+    assert set(logwatch.SizeMemory(memory_file).seen) == {"R/10", "R/20", "R/30"}
 
 
 def test_a_log_path_leaving_the_repository_or_not_a_file_is_never_looked_at_on_disk(tmp_path):
@@ -151,8 +168,9 @@ def test_two_runs_saving_the_memory_keep_each_others_looks(tmp_path):
     again = logwatch.SizeMemory(memory_file)
     assert again.unchanged_since("r/1", 5, later) == T0
     assert again.unchanged_since("r/2", 6, later) == T0
-    second.keep_only("r/", {"r/2"})        # what one run forgets is forgotten, only that
+    second.unchanged_since("r/2", 6, later + dt.timedelta(days=31))
+    second.forget_stale(later + dt.timedelta(days=31))     # r/1: no look for a month
     first.unchanged_since("r/1", 8, later)
     first.save()
     second.save()
-    assert set(logwatch.SizeMemory(memory_file).seen) == {"r/1", "r/2"}
+    assert set(logwatch.SizeMemory(memory_file).seen) == {"r/1", "r/2"}   # r/1 renewed meanwhile

@@ -424,6 +424,7 @@ class Driver:
             target_filesets=self._target_filesets,
             log_quiet_since=lambda log: log_unchanged_since(
                 self.port, self.port.repository(), log, self.log_sizes, server_now))
+        self.log_sizes.forget_stale(server_now)
         try:
             self.log_sizes.save()
         except OSError as err:

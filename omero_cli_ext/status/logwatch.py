@@ -23,6 +23,7 @@ from typing import Mapping, Optional, Sequence
 from omero_cli_ext.status.classify import LogProbe
 
 MAX_SERVER_PROBES = 50     # RawFileStore looks per snapshot (2 round trips each, plus 2)
+FORGET_AFTER = _dt.timedelta(days=30)   # a remembered size no look has renewed since is dropped
 MEMORY_FILE = os.path.join("omero-cli-ext", "status-log-sizes.json")
 IMPORT_MEMORY_FILE = os.path.join("omero-cli-ext", "import-log-sizes.json")   # import --resume's
 _TIME = "%Y-%m-%dT%H:%M:%S.%f%z"
@@ -37,8 +38,11 @@ def default_memory_path(name: str = MEMORY_FILE) -> str:
 
 class SizeMemory:
     """Per (repository uuid, log OriginalFile id): (size, when a look saw it change to that size
-    (None when no look has: the first one), when a look first saw that size). `path` None keeps
-    it in memory only; else it is read once and rewritten (crash-safe) after each look."""
+    (None when no look has: the first one), when a look first saw that size, when a look last
+    saw it). `path` None keeps it in memory only; else it is read once and rewritten
+    (crash-safe) after each look. Several runs share one file (a `--watch`, a cron job, import
+    jobs), each looking at its own logs: a run never forgets another's looks, only those no look
+    has renewed for FORGET_AFTER."""
 
     def __init__(self, path: Optional[str] = None):
         self.path = path
@@ -54,8 +58,8 @@ class SizeMemory:
                 raw = json.load(f)
             if not isinstance(raw, dict):
                 raise ValueError("not an object")
-            return {key: (int(size), _parse(grew), _parse(since))
-                    for key, (size, grew, since) in raw.items()}
+            return {key: (int(size), _parse(grew), _parse(since), _parse(last))
+                    for key, (size, grew, since, last) in raw.items()}
         except (OSError, ValueError, TypeError):
             return {}   # absent, damaged or of an older layout: start afresh (hints only)
 
@@ -63,11 +67,12 @@ class SizeMemory:
         """Record `size`; return when a look last saw the log grow (None: no look has yet)."""
         before = self.seen.get(key)
         if before is None:
-            self.seen[key] = (size, None, now)
+            self.seen[key] = (size, None, now, now)
             return None
         if before[0] != size:
-            self.seen[key] = (size, now, now)
+            self.seen[key] = (size, now, now, now)
             return now
+        self.seen[key] = before[:3] + (now,)
         return before[1]
 
     def unchanged_since(self, key: str, size: int, now: _dt.datetime) -> _dt.datetime:
@@ -76,12 +81,14 @@ class SizeMemory:
         self.look(key, size, now)
         since = self.seen[key][2]
         if since is None or since > now:  # damaged, or written by a clock ahead: a first look
-            self.seen[key] = (size, self.seen[key][1], now)
+            self.seen[key] = (size, self.seen[key][1], now, now)
         return self.seen[key][2]
 
-    def keep_only(self, prefix: str, keys: set) -> None:
-        """Forget the logs under `prefix` (one repository) not looked at this time."""
-        self.seen = {k: v for k, v in self.seen.items() if k in keys or not k.startswith(prefix)}
+    def forget_stale(self, now: _dt.datetime) -> None:
+        """Forget the logs no look (of any run) has seen for FORGET_AFTER: their imports are
+        long over, or nobody asks about them any more (the file stays small)."""
+        self.seen = {k: v for k, v in self.seen.items()
+                     if v[3] is not None and now - v[3] < FORGET_AFTER}
 
     def save(self) -> None:
         """Write the memory (OSError is the caller's: a look that cannot be remembered is a
@@ -96,8 +103,8 @@ class SizeMemory:
                   if k in self.seen or self._saved.get(k) != v}
         merged.update({k: v for k, v in self.seen.items()
                        if self._saved.get(k) != v or k not in merged})
-        data = {k: [size, _format(grew), _format(since)]
-                for k, (size, grew, since) in sorted(merged.items())}
+        data = {k: [_format(t) if i else t for i, t in enumerate(entry)]
+                for k, entry in sorted(merged.items())}
         atomic_write(self.path, json.dumps(data).encode("utf-8"), 0o600)
         self.seen, self._saved = merged, dict(merged)
 
@@ -131,12 +138,9 @@ def probe_logs(port, repository, candidates: Sequence[tuple], now: _dt.datetime,
     compared with the remembered looks, as a size through RawFileStore is."""
     probes: dict = {}
     remote = []
-    keys = set()
 
     def looked(log, size: int) -> Optional[_dt.datetime]:
-        key = "%s/%d" % (repository.uuid, log.original_file_id)
-        keys.add(key)
-        return memory.look(key, size, now)
+        return memory.look("%s/%d" % (repository.uuid, log.original_file_id), size, now)
 
     for fileset_id, log in candidates:
         st = _stat_in_repository(repository.root, log.repo_path)
@@ -152,7 +156,7 @@ def probe_logs(port, repository, candidates: Sequence[tuple], now: _dt.datetime,
         if log.original_file_id in sizes:
             size = sizes[log.original_file_id]
             probes[fileset_id] = LogProbe(size=size, source="server", grew=looked(log, size))
-    memory.keep_only(repository.uuid + "/", keys)
+    memory.forget_stale(now)
     return probes
 
 
