@@ -27,6 +27,14 @@ HASHERS = ("Adler-32", "CRC-32", "MD5-128", "Murmur3-32", "Murmur3-128", "SHA1-1
 CONTAINER_TYPES = ("Project", "Dataset", "Image", "Screen", "Plate", "Fileset")
 # Ids are Java longs (ome.model's Long id): a longer number names no object
 MAX_ID = 2 ** 63 - 1
+
+
+def parse_id(text: str) -> Optional[int]:
+    """An object id written in ASCII digits that fits OMERO's ids (Java longs), else None
+    (`int` would also take "٣", "1_000", " 7" and numbers no object has)."""
+    if text.isascii() and text.isdigit() and int(text) <= MAX_ID:
+        return int(text)
+    return None
 # Group permission levels as omero.model.PermissionsI strings
 GROUP_LEVELS = {"private": "rw----", "read-only": "rwr---",
                 "read-annotate": "rwra--", "read-write": "rwrw--"}

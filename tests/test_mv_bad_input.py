@@ -31,7 +31,8 @@ def test_src_missing(world):
 def test_a_mistyped_fileset_ref_is_named_as_such(world):
     """`Fileset:abc`, `Fileset:-1`, `fileset:3`: a Fileset:ID gone wrong, not a missing path in the
     current directory."""
-    for ref in ("Fileset:abc", "Fileset:-1", "fileset:3", "Fileset:99999999999999999999999"):
+    for ref in ("Fileset:abc", "Fileset:-1", "fileset:3", "Fileset:99999999999999999999999",
+                "Fileset:\u0663", "Fileset:1_0", "Fileset: 3"):
         for argv in ([ref, os.path.join(world.data, "off")], ["--inline", ref]):
             err = refused(world, argv, errors.EXIT_USAGE, [f"{ref} is not Fileset:ID"])
             assert len(err.strip().splitlines()) == 1, err

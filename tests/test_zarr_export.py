@@ -347,7 +347,8 @@ def test_bad_arguments_change_nothing(world, tmp_path, argv, rc, message):
 
 
 
-@pytest.mark.parametrize("obj", ["Image:99999999999999999999999", "Image:9223372036854775808"])
+@pytest.mark.parametrize("obj", ["Image:99999999999999999999999", "Image:9223372036854775808",
+                                 "Image:\u0663", "Image:1_000", "Image: 7"])
 def test_an_id_beyond_omeros_long_is_bad_syntax_not_a_crash(world, tmp_path, obj):
     """OMERO ids are Java longs: a longer number is not an object id (exit 2), for both exports."""
     dest = tmp_path / "dest"

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
 from omero_cli_ext.export import LAYOUTS
 from omero_cli_ext.export.paths import (client_path_components, is_safe_relpath, safe_component,
                                         split_common_root)
-from omero_cli_ext.server import CONTAINER_TYPES, MAX_ID
+from omero_cli_ext.server import CONTAINER_TYPES, parse_id
 
 ORPHANED = "orphaned"   # tree layout: filesets whose images are in no Dataset or Plate
 
@@ -31,11 +31,8 @@ def parse_objects(texts: Iterable[str]) -> list:
         if not sep or kind.lower() not in canonical:
             raise BadObject(f"{text!r}: expected Type:id with Type one of {', '.join(CONTAINER_TYPES)}")
         for part in ids.split(","):
-            try:
-                oid = int(part)
-            except ValueError:
-                raise BadObject(f"{text!r}: {part!r} is not an object id") from None
-            if not 0 <= oid <= MAX_ID:
+            oid = parse_id(part)
+            if oid is None:
                 raise BadObject(f"{text!r}: {part!r} is not an object id")
             ref = (canonical[kind.lower()], oid)
             if ref not in refs:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from omero_cli_ext.server import MAX_ID
+from omero_cli_ext.server import parse_id
 
 # CommandLineImporter options that do not change what ends on the server (those with a value
 # take it as `--opt=value` or as the next argument)
@@ -44,13 +44,6 @@ def result_options(options: Sequence[str]) -> list:
     return kept
 
 
-def _object_id(text: str) -> Optional[int]:
-    """An id in ASCII digits that fits OMERO's ids (Java longs), else None."""
-    if text.isascii() and text.isdigit() and int(text) <= MAX_ID:
-        return int(text)
-    return None
-
-
 def parse_target(text: str) -> tuple:
     """`Dataset:5`, `Dataset:id:5`, `Dataset:name:X` (and Screen) -> (kind, id or None, name or
     None); ValueError with the reason otherwise."""
@@ -59,10 +52,10 @@ def parse_target(text: str) -> tuple:
     if kind not in TARGET_KINDS or len(parts) < 2:
         raise ValueError(f"not an import target: {text} (use Dataset:ID, Dataset:name:NAME, "
                          "Screen:ID or Screen:name:NAME)")
-    if len(parts) == 2 and _object_id(parts[1]) is not None:
-        return kind, _object_id(parts[1]), None
-    if len(parts) == 3 and parts[1] == "id" and _object_id(parts[2]) is not None:
-        return kind, _object_id(parts[2]), None
+    if len(parts) == 2 and parse_id(parts[1]) is not None:
+        return kind, parse_id(parts[1]), None
+    if len(parts) == 3 and parts[1] == "id" and parse_id(parts[2]) is not None:
+        return kind, parse_id(parts[2]), None
     if len(parts) == 3 and parts[1] == "name" and parts[2]:
         return kind, None, parts[2]
     raise ValueError(f"not an import target: {text} (use {kind}:ID or {kind}:name:NAME)")

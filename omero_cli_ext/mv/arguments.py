@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-from typing import Callable
+from typing import Callable, Optional
 
 from omero_cli_ext.mv.errors import EXIT_USAGE, MvError
 from omero_cli_ext.mv.plan import Request
 from omero_cli_ext.mv.serverfacts import fileset_files
 from omero_cli_ext.mv.tree import canonical, fs_path, is_under, shell_word
-from omero_cli_ext.server import MAX_ID
+from omero_cli_ext.server import parse_id
 from omero_cli_ext.workers import default_workers
 
-FILESET_REF = re.compile(r"^Fileset:(\d+)$")
+FILESET = "Fileset:"
+
+
+def fileset_ref(source: str) -> Optional[int]:
+    """The id of a `Fileset:ID` SRC (ASCII digits, an id OMERO can have), else None."""
+    return parse_id(source[len(FILESET):]) if source.startswith(FILESET) else None
 
 
 def _usage(message: str) -> MvError:
@@ -58,7 +62,7 @@ def choose_mode(a) -> str:
     _check_fileset_ref(a.source)
     if a.links_only:
         return "links-only"
-    if FILESET_REF.match(a.source):
+    if fileset_ref(a.source) is not None:
         return "offload"
     return "path"
 
@@ -66,8 +70,7 @@ def choose_mode(a) -> str:
 def _check_fileset_ref(source: str) -> None:
     """`Fileset:abc`, `Fileset:-1`, `fileset:3`, an id beyond OMERO's longs: a mistyped Fileset:ID,
     not a path (unless a file of that name exists)."""
-    ref = FILESET_REF.match(source)
-    if source.lower().startswith("fileset:") and not (ref and int(ref.group(1)) <= MAX_ID) \
+    if source.lower().startswith(FILESET.lower()) and fileset_ref(source) is None \
             and not os.path.lexists(source):
         raise _usage(f"{source} is not Fileset:ID (the id is a number) and no such path exists")
 
@@ -75,7 +78,7 @@ def _check_fileset_ref(source: str) -> None:
 def needs_server(mode: str, a) -> bool:
     """Offloading, inlining a Fileset:ID and the render checks ask the server."""
     return mode == "offload" or render_checking(a) \
-        or (mode == "inline" and bool(FILESET_REF.match(a.source)))
+        or (mode == "inline" and fileset_ref(a.source) is not None)
 
 
 def render_checking(a) -> bool:
@@ -99,13 +102,13 @@ def _request(mode: str, a, repo: bytes, readable_fileset: Callable[[int], object
         return Request("repair", repo, search=tuple(fs_path(s) for s in a.search),
                        checksums=checksums)
     if mode == "offload":
-        fileset_id, dst = int(FILESET_REF.match(a.source).group(1)), fs_path(a.destination)
+        fileset_id, dst = fileset_ref(a.source), fs_path(a.destination)
         check_offload_rights()
         src, files = fileset_files(readable_fileset(fileset_id), repo)
         return Request("offload", repo, src=src, dst=dst, fileset=fileset_id,
                        fileset_files=files, checksums=checksums, force=a.force)
-    if mode == "inline" and FILESET_REF.match(a.source):
-        fileset_id = int(FILESET_REF.match(a.source).group(1))
+    fileset_id = fileset_ref(a.source) if mode == "inline" else None
+    if fileset_id is not None:
         prefix = readable_fileset(fileset_id).template_prefix
         return Request("inline", repo, src=os.path.join(repo, os.fsencode(prefix.rstrip("/"))),
                        checksums=checksums, force=a.force, fileset=fileset_id)
