@@ -3,8 +3,8 @@ created in the journal or found there and checked against this command (identity
 target, options), its target checked, the user's earlier imports of its files reported; then the
 driver's settings and importer launch, and how the run concludes.
 
-Pure core: the port, the journal and plain values. A refusal raises outcome.Refused with its exit
-code; what people are shown goes through `report(kind, **fields)` (cli/import_view.py).
+No omero-py, Ice or rich: the port, the journal, plain values and the importer's command line
+(started as a child process). A refusal raises outcome.Refused with its exit code; what people are shown goes through `report(kind, **fields)` (cli/import_view.py).
 """
 from __future__ import annotations
 

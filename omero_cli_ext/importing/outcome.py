@@ -20,7 +20,6 @@ EXIT_IMPORTER_FAILED = 18   # the importer could not list the files (-f failed o
 EXIT_IDENTITY = 19          # the job belongs to another server, user or group
 # 20, 21 (the target is not the user's and its group is not read-write), 22 (the target does not
 # exist or is not readable): omero_cli_ext.exitcodes
-# (21 and 22 are the codes every command gives these, omero_cli_ext/cli/base.py)
 
 
 class Refused(Exception):
