@@ -4,7 +4,8 @@ target, options), its target checked, the user's earlier imports of its files re
 driver's settings and importer launch, and how the run concludes.
 
 No omero-py, Ice or rich: the port, the journal, plain values and the importer's command line
-(started as a child process). A refusal raises outcome.Refused with its exit code; what people are shown goes through `report(kind, **fields)` (cli/import_view.py).
+(started as a child process). A refusal raises outcome.Refused with its exit code; what people
+are shown goes through `report(kind, **fields)` (cli/import_view.py).
 """
 from __future__ import annotations
 
