@@ -26,7 +26,7 @@ from omero_cli_ext.importing import store
 from omero_cli_ext.pathrules import client_path
 from omero_cli_ext.importing.reconcile import Decision, Limits, reconcile
 from omero_cli_ext.importing.results import LogReader, parse_results
-from omero_cli_ext.status.logwatch import SizeMemory, log_unchanged_since
+from omero_cli_ext.status.logwatch import SizeMemory, logs_unchanged_since
 
 STDERR_TAIL = 20
 MAP_EVERY = 1.0      # seconds: results are matched to filesets (one server query) this often
@@ -422,8 +422,8 @@ class Driver:
             server_now=server_now, raw_results=raw, reported=reported, final=final,
             limits=Limits(self.settings.lease_seconds, self.settings.server_step_timeout),
             target_filesets=self._target_filesets,
-            log_quiet_since=lambda log: log_unchanged_since(
-                self.port, self.port.repository(), log, self.log_sizes, server_now))
+            log_quiet_since=lambda logs: logs_unchanged_since(
+                self.port, self.port.repository(), logs, self.log_sizes, server_now))
         self.log_sizes.forget_stale(server_now)
         try:
             self.log_sizes.save()

@@ -96,8 +96,9 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
     failed (or, skipped by `--exclude`, is done when a complete foreign one is in the target).
     `target_filesets()`: ids of the filesets already in the job's target, None for a job without
     a target (asked only when a complete fileset not announced by the job is found).
-    `log_quiet_since(log)`: since when that ImportLog's file has not grown (None: unknown);
-    asked only for a fileset the database's signals would declare dead by the step timeout.
+    `log_quiet_since(logs)`: per ImportLog (OriginalFile id), since when its file has not grown
+    (None: unknown); asked once, for every image-less verified fileset the database's signals
+    would declare dead by the step timeout.
     """
     decision = Decision()
     if not doubtful:
@@ -155,6 +156,22 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
                 log_errors[act.log.original_file_id] = False
         return log_errors[act.log.original_file_id]
 
+    def quiet_past_timeout(act) -> bool:
+        upload = _upload_job(act)
+        return (act.log is not None and not act.image_count and upload is not None
+                and upload.status == FINISHED
+                and quiet_for(act, upload.finished) >= limits.server_step_timeout)
+
+    files_quiet: Optional[Mapping] = None
+
+    def file_quiet_since(act) -> Optional[_dt.datetime]:
+        """The import log file's own last growth, looked at once for all that need it."""
+        nonlocal files_quiet
+        if files_quiet is None:
+            files_quiet = log_quiet_since(
+                [a.log for a in activity.values() if quiet_past_timeout(a)])
+        return files_quiet.get(act.log.original_file_id)
+
     def dead(fid: int, failed_upload: bool) -> tuple:
         """(dead?, reason) for an image-less fileset of this job; `failed_upload`: its importer
         reported it failed and ended, so an unverified upload of it moves no more."""
@@ -167,7 +184,7 @@ def reconcile(port, owner_id: int, group_id: Optional[int], doubtful: Sequence, 
                 return True, "the server import failed (its import log has an ERROR)"
             quiet = quiet_for(act, upload.finished)
             if quiet >= limits.server_step_timeout and log_quiet_since and act.log is not None:
-                quiet = quiet_for(act, upload.finished, log_quiet_since(act.log))
+                quiet = quiet_for(act, upload.finished, file_quiet_since(act))
             if quiet >= limits.server_step_timeout:
                 return True, (f"no images, and no sign of the server for {quiet / 3600:.1f} h "
                               "since its upload was verified (--server-step-timeout)")

@@ -140,7 +140,7 @@ def probe_logs(port, repository, candidates: Sequence[tuple], now: _dt.datetime,
     remote = []
 
     def looked(log, size: int) -> Optional[_dt.datetime]:
-        return memory.look("%s/%d" % (repository.uuid, log.original_file_id), size, now)
+        return memory.look(_key(repository, log), size, now)
 
     for fileset_id, log in candidates:
         st = _stat_in_repository(repository.root, log.repo_path)
@@ -160,23 +160,40 @@ def probe_logs(port, repository, candidates: Sequence[tuple], now: _dt.datetime,
     return probes
 
 
-def log_unchanged_since(port, repository, log, memory: SizeMemory,
-                        now: _dt.datetime) -> Optional[_dt.datetime]:
-    """Since when one import log has not grown, as far as can be told: its mtime when the
-    repository is readable here; else the first look (this one or a remembered one) that saw its
-    current `RawFileStore.size()`; None when the server refuses it. A first look proves nothing
-    about the past, so it answers `now`: a step found writing nothing is given a full timeout
-    from the first look, never judged dead on the database's signals alone. An mtime later than
-    `now` (the server's clock: another clock wrote it, or the file was touched) proves nothing:
-    its size on disk is looked at instead, as a size through RawFileStore is."""
-    st = _stat_in_repository(repository.root, log.repo_path)
-    if st is not None:
+def logs_unchanged_since(port, repository, logs: Sequence, memory: SizeMemory,
+                         now: _dt.datetime) -> Mapping[int, Optional[_dt.datetime]]:
+    """Per ImportLog (by its OriginalFile id): since when it has not grown, as far as can be
+    told — its mtime when the repository is readable here; else the first look (this one or a
+    remembered one) that saw its current `RawFileStore.size()`, one batched `file_sizes` for all;
+    None when the server refuses it. A first look proves nothing about the past, so it answers
+    `now`: a step found writing nothing is given a full timeout from the first look, never
+    judged dead on the database's signals alone. An mtime later than `now` (the server's clock:
+    another clock wrote it, or the file was touched) proves nothing: its size on disk is looked
+    at instead, as a size through RawFileStore is."""
+    found: dict = {}
+    sizes: dict = {}
+    remote = []
+    for log in logs:
+        st = _stat_in_repository(repository.root, log.repo_path)
+        if st is None:
+            remote.append(log.original_file_id)
+            continue
         mtime = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc)
         if mtime <= now:
-            return mtime
-        size = st.st_size
-    else:
-        size = port.file_sizes([log.original_file_id]).get(log.original_file_id)
-    if size is None:
-        return None
-    return memory.unchanged_since("%s/%d" % (repository.uuid, log.original_file_id), size, now)
+            found[log.original_file_id] = mtime
+        else:
+            sizes[log.original_file_id] = st.st_size
+    if remote:
+        sizes.update(port.file_sizes(remote))
+    for log in logs:
+        if log.original_file_id in found:
+            continue
+        size = sizes.get(log.original_file_id)
+        found[log.original_file_id] = None if size is None else memory.unchanged_since(
+            _key(repository, log), size, now)
+    return found
+
+
+def _key(repository, log) -> str:
+    """A remembered log: its repository's uuid and its OriginalFile id."""
+    return "%s/%d" % (repository.uuid, log.original_file_id)
