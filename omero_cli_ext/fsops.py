@@ -97,6 +97,15 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def account_name(uid: int) -> Optional[str]:
+    """The POSIX account name of `uid`, None when it has none (a uid no passwd entry names)."""
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
 def remove_stale_temps(directory) -> list:
     """Remove the temporaries a crashed process left in `directory` (not recursive).
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
-import pwd
 
+from omero_cli_ext import fsops
 from omero_cli_ext.export import asuser, dest as dest_io, state
 from omero_cli_ext.output import printable
 
@@ -110,10 +110,7 @@ def check_dest_owner(ctx, dest_fd: int, dest: str, entry, root_run: bool,
         ctx.die(EXIT_OWNER, "DEST %s belongs to root, not to %r: if it is her export, give it "
                             "to her (chown -R %s) and rerun; else choose another DEST"
                 % (printable(dest), entry.pw_name, entry.pw_name))
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = str(uid)
+    name = fsops.account_name(uid) or str(uid)
     ctx.die(EXIT_OWNER, "DEST %s belongs to %r, not to %r (the POSIX account of the acting "
                         "user): the export would give %r what another user may read; rerun "
                         "with --as-user %s, or choose another DEST"
@@ -171,19 +168,14 @@ def create_dest(ctx, dest: str, args, roots, owner, strict) -> tuple:
         made_by = os.fstat(fd).st_uid
         if not created and os.geteuid() != 0 and made_by != os.geteuid():
             # the run meant to make DEST: one of hers may have won the race, another user's not
-            ctx.die(EXIT_DEST, f"DEST {printable(dest)} was made by {_user_name(made_by)} while "
-                               "this run was making it; not used (choose another DEST)")
+            name = fsops.account_name(made_by)
+            who = repr(name) if name else f"uid {made_by}"
+            ctx.die(EXIT_DEST, f"DEST {printable(dest)} was made by {who} while this run was "
+                               "making it; not used (choose another DEST)")
     except BaseException:
         os.close(fd)
         raise
     return fd, created
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return repr(pwd.getpwuid(uid).pw_name)
-    except KeyError:
-        return f"uid {uid}"
 
 
 def close_run(control_files, dest_fd, acting, port) -> None:

@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass
 from typing import Optional
 
+from omero_cli_ext import fsops
 from omero_cli_ext.mv.errors import EXIT_JOURNAL, MvError
 from omero_cli_ext.mv.mounts import canonical_directory
 from omero_cli_ext.mv.tree import show
@@ -170,8 +171,4 @@ def _unusable(place: RepoPlace, why: str) -> MvError:
 
 
 def _user_name(uid: int) -> str:
-    try:
-        import pwd
-        return pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
-        return f"uid {uid}"
+    return fsops.account_name(uid) or f"uid {uid}"
