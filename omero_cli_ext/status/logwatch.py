@@ -131,11 +131,20 @@ def _stat_in_repository(root: str, repo_path: str):
     return st if stat.S_ISREG(st.st_mode) else None
 
 
+def _on_disk(repository, log, now: _dt.datetime) -> Optional[tuple]:
+    """(size, mtime) of an import log readable on disk here, else None. An mtime later than
+    `now` (the server's clock: another clock wrote it, or the file was touched) proves nothing:
+    it is None then, and only the size counts, compared with remembered looks."""
+    st = _stat_in_repository(repository.root, log.repo_path)
+    if st is None:
+        return None
+    mtime = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc)
+    return st.st_size, (mtime if mtime <= now else None)
+
+
 def probe_logs(port, repository, candidates: Sequence[tuple], now: _dt.datetime,
                memory: SizeMemory) -> Mapping[int, LogProbe]:
-    """LogProbe per fileset id of `candidates` ((fileset id, ImportLog) pairs, newest first).
-    An mtime later than `now` (the server's clock) proves nothing: that log's size on disk is
-    compared with the remembered looks, as a size through RawFileStore is."""
+    """LogProbe per fileset id of `candidates` ((fileset id, ImportLog) pairs, newest first)."""
     probes: dict = {}
     remote = []
 
@@ -143,13 +152,12 @@ def probe_logs(port, repository, candidates: Sequence[tuple], now: _dt.datetime,
         return memory.look(_key(repository, log), size, now)
 
     for fileset_id, log in candidates:
-        st = _stat_in_repository(repository.root, log.repo_path)
-        if st is None:
+        disk = _on_disk(repository, log, now)
+        if disk is None:
             remote.append((fileset_id, log))
             continue
-        mtime = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc)
-        probes[fileset_id] = LogProbe(size=st.st_size, source="disk",
-                                      grew=mtime if mtime <= now else looked(log, st.st_size))
+        size, mtime = disk
+        probes[fileset_id] = LogProbe(size=size, source="disk", grew=mtime or looked(log, size))
     remote = remote[:MAX_SERVER_PROBES]
     sizes = port.file_sizes([log.original_file_id for _, log in remote]) if remote else {}
     for fileset_id, log in remote:
@@ -167,22 +175,18 @@ def logs_unchanged_since(port, repository, logs: Sequence, memory: SizeMemory,
     remembered one) that saw its current `RawFileStore.size()`, one batched `file_sizes` for all;
     None when the server refuses it. A first look proves nothing about the past, so it answers
     `now`: a step found writing nothing is given a full timeout from the first look, never
-    judged dead on the database's signals alone. An mtime later than `now` (the server's clock:
-    another clock wrote it, or the file was touched) proves nothing: its size on disk is looked
-    at instead, as a size through RawFileStore is."""
+    judged dead on the database's signals alone."""
     found: dict = {}
     sizes: dict = {}
     remote = []
     for log in logs:
-        st = _stat_in_repository(repository.root, log.repo_path)
-        if st is None:
+        disk = _on_disk(repository, log, now)
+        if disk is None:
             remote.append(log.original_file_id)
-            continue
-        mtime = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc)
-        if mtime <= now:
-            found[log.original_file_id] = mtime
+        elif disk[1] is not None:
+            found[log.original_file_id] = disk[1]
         else:
-            sizes[log.original_file_id] = st.st_size
+            sizes[log.original_file_id] = disk[0]
     if remote:
         sizes.update(port.file_sizes(remote))
     for log in logs:
